@@ -1,0 +1,273 @@
+//! The `commucat` command line: verbs over the local control API, plus `init`, `run`, `id` and
+//! `config show`, which work without a running node.
+
+mod output;
+mod run;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use libp2p::{Multiaddr, PeerId};
+
+use crate::{
+    config::{self, Config, Role},
+    control::{self, ConnectRequest, FindPeerRequest},
+    identity::Identity,
+    node,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "commucat",
+    version,
+    about = "CommuCat peer-to-peer node",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Data directory: identity, database, control files.
+    /// [default: $XDG_DATA_HOME/commucat, else ~/.local/share/commucat]
+    #[arg(long, global = true, env = "COMMUCAT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, global = true, env = "COMMUCAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data directory and this node's identity (an existing identity is kept).
+    Init,
+    /// Run the node until Ctrl-C or SIGTERM.
+    Run(ConfigArgs),
+    /// Show this node's PeerId and ML-DSA-65 key (reads the data dir; no running node needed).
+    Id(Output),
+    /// Show the running node's status: addresses, reachability, peers, DHT.
+    Status(Output),
+    /// List connected peers, one line per connection.
+    Peers(Output),
+    /// Connect to a peer: a multiaddr ending in /p2p/<id>, or a peer id looked up in the DHT.
+    Connect {
+        /// Peer id or multiaddr.
+        target: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Kademlia DHT operations.
+    Dht {
+        #[command(subcommand)]
+        command: DhtCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DhtCommand {
+    /// Find a peer's addresses through the DHT.
+    Find {
+        peer_id: PeerId,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults < --config file < COMMUCAT_* env < flags).
+    Show(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct Output {
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags that feed the configuration (the strongest layer).
+#[derive(Debug, Clone, Args)]
+struct ConfigArgs {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node role.
+    #[arg(long, value_enum)]
+    role: Option<Role>,
+    /// Listen address (repeatable); replaces `network.listen`.
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Address this node is publicly reachable at (repeatable); replaces `network.external_addresses`.
+    #[arg(long = "external", value_name = "MULTIADDR")]
+    external: Vec<Multiaddr>,
+    /// Bootstrap peer, a multiaddr ending in /p2p/<id> (repeatable); replaces `bootstrap.peers`.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Control API address; port 0 picks a free port. [default: 127.0.0.1:5731]
+    #[arg(long, value_name = "ADDR")]
+    control_listen: Option<SocketAddr>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let nonempty = |v: &Vec<Multiaddr>| (!v.is_empty()).then(|| v.clone());
+        let overrides = config::Overrides {
+            role: self.role,
+            network: config::NetworkOverrides {
+                listen: nonempty(&self.listen),
+                external_addresses: nonempty(&self.external),
+            },
+            bootstrap: config::BootstrapOverrides {
+                peers: nonempty(&self.bootstrap),
+            },
+            control: config::ControlOverrides {
+                listen: self.control_listen,
+            },
+        };
+        Ok(Config::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+/// Entry point of the binary: parse, set up logging, run the verb, map errors to exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => crate::fsutil::default_data_dir()
+            .context("cannot tell the default data directory (no HOME); pass --data-dir"),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let dir = data_dir(&cli)?;
+    match cli.command {
+        Command::Init => {
+            let (identity, created) = Identity::load_or_create(&dir)?;
+            if created {
+                eprintln!("Created a new identity in {}", dir.display());
+            } else {
+                eprintln!(
+                    "An identity already exists in {}; keeping it",
+                    dir.display()
+                );
+            }
+            println!("{}", identity.peer_id());
+            Ok(())
+        }
+        Command::Run(args) => run::run(&dir, args.load()?).await,
+        Command::Id(out) => {
+            let identity = Identity::load(&dir)?.with_context(|| {
+                format!(
+                    "no identity in {} (create one with `commucat init`)",
+                    dir.display()
+                )
+            })?;
+            output::id(&control::Id::new(identity.binding().clone()), out.json)
+        }
+        Command::Status(out) => {
+            let status: node::Status = control::Client::for_data_dir(&dir)?
+                .get("/v1/status")
+                .await?;
+            output::status(&status, out.json)
+        }
+        Command::Peers(out) => {
+            let peers: Vec<node::PeerInfo> = control::Client::for_data_dir(&dir)?
+                .get("/v1/peers")
+                .await?;
+            output::peers(&peers, out.json)
+        }
+        Command::Connect {
+            target,
+            output: out,
+        } => {
+            let request = if let Ok(peer_id) = target.parse::<PeerId>() {
+                ConnectRequest {
+                    peer_id: Some(peer_id),
+                    addrs: Vec::new(),
+                }
+            } else if let Ok(addr) = target.parse::<Multiaddr>() {
+                if config::peer_id_of(&addr).is_none() {
+                    bail!("{addr} does not end in /p2p/<peer-id>");
+                }
+                ConnectRequest {
+                    peer_id: None,
+                    addrs: vec![addr],
+                }
+            } else {
+                bail!("`{target}` is neither a peer id nor a multiaddr");
+            };
+            let client = control::Client::for_data_dir(&dir)?;
+            let connected: node::Connected = client.post("/v1/connect", &request).await?;
+            output::connected(&connected, out.json)
+        }
+        Command::Dht {
+            command:
+                DhtCommand::Find {
+                    peer_id,
+                    output: out,
+                },
+        } => {
+            let client = control::Client::for_data_dir(&dir)?;
+            let found: node::FoundPeer = client
+                .post("/v1/dht/find-peer", &FindPeerRequest { peer_id })
+                .await?;
+            output::found(&found, out.json)
+        }
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => {
+            print!("{}", args.load()?.to_toml());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! What the CLI prints: JSON with `--json`, readable text otherwise.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    control::Id,
+    node::{Connected, Direction, FoundPeer, PeerInfo, Status},
+};
+
+fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn id(id: &Id, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(id);
+    }
+    let fingerprint = hex::encode(&Sha256::digest(&id.binding.ml_dsa_public)[..16]);
+    println!("Peer ID:         {}", id.binding.peer_id);
+    println!(
+        "ML-DSA-65 key:   sha256:{fingerprint}… ({} bytes; --json for all of it)",
+        id.binding.ml_dsa_public.len()
+    );
+    println!("Agent:           {}", id.agent_version);
+    Ok(())
+}
+
+pub fn status(s: &Status, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(s);
+    }
+    println!("Peer ID:          {}", s.peer_id);
+    println!("Role:             {}", s.role);
+    println!("Agent:            {}", s.agent_version);
+    println!("Reachability:     {}", s.reachability);
+    println!("Kademlia mode:    {}", s.kad_mode);
+    println!("Connected peers:  {}", s.connected_peers);
+    println!("Routing table:    {} peers", s.routing_table_size);
+    println!("Peer book:        {} peers", s.peer_book_size);
+    println!("Uptime:           {}", duration(s.uptime_secs));
+    print_list("Listen addresses:", s.listen_addrs.iter());
+    print_list("External addresses:", s.external_addrs.iter());
+    Ok(())
+}
+
+fn print_list<T: std::fmt::Display>(title: &str, items: impl Iterator<Item = T>) {
+    println!("{title}");
+    let mut any = false;
+    for item in items {
+        any = true;
+        println!("  {item}");
+    }
+    if !any {
+        println!("  (none)");
+    }
+}
+
+pub fn peers(peers: &[PeerInfo], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(&peers);
+    }
+    if peers.is_empty() {
+        println!("No connected peers.");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["PEER", "DIR", "KIND", "RTT", "AGENT", "ADDRESS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for p in peers {
+        for c in &p.connections {
+            rows.push(vec![
+                p.peer_id.to_string(),
+                match c.direction {
+                    Direction::Outbound => "out".into(),
+                    Direction::Inbound => "in".into(),
+                },
+                if c.relayed { "relayed" } else { "direct" }.into(),
+                p.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+                p.agent_version.clone().unwrap_or_else(|| "-".into()),
+                c.remote_addr.to_string(),
+            ]);
+        }
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+pub fn found(f: &FoundPeer, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(f);
+    }
+    let how = match f.source {
+        crate::node::FindSource::Connected => "already connected".to_string(),
+        crate::node::FindSource::Dht => format!("DHT lookup, {} ms", f.duration_ms),
+    };
+    print_list(&format!("{} ({how}):", f.peer_id), f.addrs.iter());
+    Ok(())
+}
+
+pub fn connected(c: &Connected, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(c);
+    }
+    if c.already_connected {
+        println!("Already connected to {} at {}", c.peer_id, c.remote_addr);
+    } else {
+        println!("Connected to {} at {}", c.peer_id, c.remote_addr);
+    }
+    Ok(())
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                let _ = writeln!(out, "{cell}");
+            } else {
+                let _ = write!(out, "{cell:<width$}  ", width = widths[c]);
+            }
+        }
+    }
+    out
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["A".to_string(), "LONG".into(), "x".into()],
+            vec!["abc".to_string(), "b".into(), "yy".into()],
+        ];
+        assert_eq!(table(&rows), "A    LONG  x\nabc  b     yy\n");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m 5s");
+        assert_eq!(duration(7260), "2h 1m");
+        assert_eq!(duration(90_000), "1d 1h");
+    }
+}

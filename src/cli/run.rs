@@ -1,0 +1,77 @@
+//! `commucat run`: open the data directory, start the node and the control API, and shut both
+//! down cleanly (sled flushed, control files removed) on Ctrl-C or SIGTERM.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    control, fsutil,
+    identity::Identity,
+    node::{Node, Transport},
+    store::Store,
+};
+
+pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
+    fsutil::create_private_dir(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let (identity, created) = Identity::load_or_create(data_dir)?;
+    if created {
+        tracing::info!(peer = %identity.peer_id(), dir = %data_dir.display(), "created a new identity");
+    }
+    let store = Store::open(data_dir, cfg.storage.cache_mib)?;
+    let listener = tokio::net::TcpListener::bind(cfg.control.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the control API on {}",
+                cfg.control.listen
+            )
+        })?;
+    let control_addr = listener.local_addr()?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+
+    let node = Node::spawn(&cfg, &identity, &store, Transport::Network).await?;
+    tracing::info!(peer = %identity.peer_id(), role = %cfg.role, "node started");
+
+    let token = control::Token::generate();
+    let shutdown = CancellationToken::new();
+    let router = control::router(
+        node.client().clone(),
+        identity.binding().clone(),
+        token.clone(),
+        node.metrics(),
+        shutdown.clone(),
+    );
+    let server = tokio::spawn(control::serve(listener, router, shutdown.clone()));
+    let written = control::write_files(data_dir, control_addr, &token)
+        .with_context(|| format!("cannot write the control files in {}", data_dir.display()));
+    if written.is_ok() {
+        tracing::info!(addr = %control_addr, "control API listening");
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot wait for Ctrl-C");
+                }
+            }
+            _ = sigterm.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }
+
+    control::remove_files(data_dir);
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "control API server error"),
+        Err(e) => tracing::warn!(error = %e, "control API task failed"),
+        Ok(Ok(())) => {}
+    }
+    node.shutdown().await;
+    store.flush().await.context("flushing the database")?;
+    tracing::info!("stopped");
+    written
+}

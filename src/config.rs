@@ -1,0 +1,459 @@
+//! Node configuration, layered: built-in defaults < TOML file (`--config`) < `COMMUCAT_*` environment
+//! < command-line flags.
+//!
+//! Environment keys: `COMMUCAT_<KEY>` for top-level keys and `COMMUCAT_<SECTION>__<KEY>` (two
+//! underscores) for keys in a section, e.g. `COMMUCAT_ROLE=bootstrap`,
+//! `COMMUCAT_KAD__MODE=server`, `COMMUCAT_NETWORK__LISTEN='["/ip4/0.0.0.0/tcp/4001"]'`.
+//! Unknown keys, in any layer, are an error that names the key and where it came from.
+//! `config/desktop.toml` documents every key.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::LazyLock,
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "COMMUCAT_";
+/// `COMMUCAT_*` variables (lower-cased, prefix removed) that are command-line settings, not config keys.
+pub const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log_format"];
+/// The built-in bootstrap list, compiled in from `bootstrap/peers.toml`.
+pub const BUILTIN_PEERS_TOML: &str = include_str!("../bootstrap/peers.toml");
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot read config file {path}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax errors and unknown or mistyped keys; the message names the key and its source.
+    #[error("{}", describe(.0))]
+    Invalid(Box<figment::Error>),
+    #[error("invalid value for `{key}`: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+/// The effective node configuration. Every field states its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What this node is for: `desktop` (default) or `bootstrap`.
+    pub role: Role,
+    pub network: Network,
+    pub bootstrap: Bootstrap,
+    pub kad: Kad,
+    pub mdns: Mdns,
+    pub autonat: Autonat,
+    pub peerbook: PeerBook,
+    pub control: Control,
+    pub storage: Storage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A person's computer: Kademlia client until reachable, AutoNAT client.
+    #[default]
+    Desktop,
+    /// A public server: Kademlia server always, AutoNAT server.
+    Bootstrap,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Desktop => "desktop",
+            Role::Bootstrap => "bootstrap",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// Addresses to listen on. Default: TCP and QUIC on all IPv4 and IPv6 interfaces, port 4001.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses this node is known to be reachable at (e.g. a server's public address); they are
+    /// announced and count as confirmed. Default: none.
+    pub external_addresses: Vec<Multiaddr>,
+    /// Seconds a connection with no active protocol stays open. Default: 120.
+    pub idle_connection_timeout_secs: u64,
+    /// Seconds between pings on each connection (liveness and the RTT shown by `peers`). Default: 15.
+    pub ping_interval_secs: u64,
+    /// Established connections, in total. Default: 256.
+    pub max_connections: u32,
+    /// Established connections to one peer. Default: 4.
+    pub max_connections_per_peer: u32,
+    /// Incoming connections still handshaking. Default: 64.
+    pub max_pending_incoming: u32,
+    /// Outgoing dials in progress. Default: 64.
+    pub max_pending_outgoing: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Peers to join the network through, as multiaddrs ending in `/p2p/<peer-id>`.
+    /// Default: the list in `bootstrap/peers.toml`, compiled in.
+    pub peers: Vec<Multiaddr>,
+    /// When fewer peers than this are connected, bootstrap peers are dialled again. Default: 4.
+    pub min_peers: usize,
+    /// Seconds between those checks. Default: 30.
+    pub check_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Client until an external address is confirmed, then server (desktop default).
+    #[default]
+    Auto,
+    Client,
+    /// Always serve DHT requests (forced for the bootstrap role).
+    Server,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kad {
+    /// `auto` (default), `client` or `server`. The bootstrap role always runs as server.
+    pub mode: KadMode,
+    /// Seconds before a DHT query gives up. Default: 30.
+    pub query_timeout_secs: u64,
+    /// Seconds between periodic bootstrap (routing-table refresh) queries. Default: 300.
+    pub periodic_bootstrap_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mdns {
+    /// Discover peers on the local network with mDNS and dial them. Default: true.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Autonat {
+    /// Run the AutoNAT v2 server (always on for the bootstrap role). Default: false.
+    pub server: bool,
+    /// Seconds between AutoNAT v2 probes of candidate external addresses. Default: 5.
+    pub probe_interval_secs: u64,
+    /// Candidate external addresses tested at most. Default: 10.
+    pub max_candidates: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerBook {
+    /// Peers remembered across restarts; the least recently seen are forgotten first. Default: 1000.
+    pub max_peers: usize,
+    /// Addresses remembered per peer. Default: 8.
+    pub max_addrs_per_peer: usize,
+    /// Most recently seen peers dialled again when the node starts. Default: 16.
+    pub redial_on_start: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
+    /// Address of the local control API (HTTP + JSON, bearer token). Port 0 picks a free port; the
+    /// actual address is written to `DATA_DIR/control.addr`. Default: 127.0.0.1:5731.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// sled page-cache size in MiB. Default: 64.
+    pub cache_mib: u64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        let listen = [
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+            "/ip6/::/tcp/4001",
+            "/ip6/::/udp/4001/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().expect("built-in listen addresses are valid"))
+        .collect();
+        Self {
+            listen,
+            external_addresses: Vec::new(),
+            idle_connection_timeout_secs: 120,
+            ping_interval_secs: 15,
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 64,
+            max_pending_outgoing: 64,
+        }
+    }
+}
+
+/// `bootstrap/peers.toml` uses the `[bootstrap]` table of this config, so it is itself a valid
+/// config file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFile {
+    bootstrap: PeersFileTable,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFileTable {
+    peers: Vec<Multiaddr>,
+}
+
+static BUILTIN_PEERS: LazyLock<Vec<Multiaddr>> = LazyLock::new(|| {
+    toml::from_str::<PeersFile>(BUILTIN_PEERS_TOML)
+        .expect("bootstrap/peers.toml is checked by a unit test")
+        .bootstrap
+        .peers
+});
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self {
+            peers: BUILTIN_PEERS.clone(),
+            min_peers: 4,
+            check_interval_secs: 30,
+        }
+    }
+}
+
+impl Default for Kad {
+    fn default() -> Self {
+        Self {
+            mode: KadMode::Auto,
+            query_timeout_secs: 30,
+            periodic_bootstrap_secs: 300,
+        }
+    }
+}
+
+impl Default for Mdns {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Default for Autonat {
+    fn default() -> Self {
+        Self {
+            server: false,
+            probe_interval_secs: 5,
+            max_candidates: 10,
+        }
+    }
+}
+
+impl Default for PeerBook {
+    fn default() -> Self {
+        Self {
+            max_peers: 1000,
+            max_addrs_per_peer: 8,
+            redial_on_start: 16,
+        }
+    }
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5731)),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self { cache_mib: 64 }
+    }
+}
+
+/// Values given on the command line: the last and strongest layer. `None` leaves a key alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    pub network: NetworkOverrides,
+    pub bootstrap: BootstrapOverrides,
+    pub control: ControlOverrides,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Vec<Multiaddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_addresses: Option<Vec<Multiaddr>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BootstrapOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<Multiaddr>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ControlOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Builds the effective config from the defaults, an optional file, the `COMMUCAT_*` process
+    /// environment and the command-line overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            // figment treats a missing file as empty; a file the user named must exist and be readable.
+            std::fs::read(path).map_err(|source| Error::Unreadable {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_CONFIG).split("__");
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| Error::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: bootstrap addresses name a peer, limits are non-zero.
+    pub fn validate(&self) -> Result<(), Error> {
+        for addr in &self.bootstrap.peers {
+            if peer_id_of(addr).is_none() {
+                return Err(Error::Value {
+                    key: "bootstrap.peers",
+                    reason: format!("{addr} does not end in /p2p/<peer-id>"),
+                });
+            }
+        }
+        if self.network.listen.is_empty() {
+            return Err(Error::Value {
+                key: "network.listen",
+                reason: "at least one listen address is needed".into(),
+            });
+        }
+        let nonzero: &[(&'static str, u64)] = &[
+            (
+                "network.max_connections",
+                self.network.max_connections.into(),
+            ),
+            (
+                "network.max_connections_per_peer",
+                self.network.max_connections_per_peer.into(),
+            ),
+            (
+                "network.ping_interval_secs",
+                self.network.ping_interval_secs,
+            ),
+            ("kad.query_timeout_secs", self.kad.query_timeout_secs),
+            (
+                "bootstrap.check_interval_secs",
+                self.bootstrap.check_interval_secs,
+            ),
+            (
+                "autonat.probe_interval_secs",
+                self.autonat.probe_interval_secs,
+            ),
+        ];
+        for &(key, value) in nonzero {
+            if value == 0 {
+                return Err(Error::Value {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Kademlia runs in server mode from the start (bootstrap role, or `kad.mode = "server"`).
+    pub fn kad_forced_server(&self) -> bool {
+        self.role == Role::Bootstrap || self.kad.mode == KadMode::Server
+    }
+
+    /// The AutoNAT v2 server runs (bootstrap role, or `autonat.server = true`).
+    pub fn autonat_server(&self) -> bool {
+        self.role == Role::Bootstrap || self.autonat.server
+    }
+
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_secs(self.network.idle_connection_timeout_secs)
+    }
+
+    /// The effective config as TOML (what `commucat config show` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config is plain TOML values")
+    }
+}
+
+/// A config error in the user's terms: the dotted key, what is wrong with it, and where it came from
+/// (file, environment variable or flag). figment's own text shows its internal profile and
+/// upper-cases environment keys.
+fn describe(error: &figment::Error) -> String {
+    use figment::{Source, error::Kind};
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e
+                .path
+                .iter()
+                .map(|p| p.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            let origin = match e.metadata.as_ref() {
+                Some(m) => match &m.source {
+                    Some(Source::File(path)) => format!("config file {}", path.display()),
+                    _ if m.name.contains("environment") => format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        e.path.join("__").to_uppercase()
+                    ),
+                    Some(Source::Code(_)) => "command-line flags".to_string(),
+                    _ => m.name.to_string(),
+                },
+                None => "configuration".to_string(),
+            };
+            let what = match &e.kind {
+                Kind::UnknownField(_, expected) => {
+                    format!(
+                        "unknown key `{key}` (expected one of: {})",
+                        expected.join(", ")
+                    )
+                }
+                kind if key.is_empty() => return format!("{origin}: {kind}"),
+                kind => format!("invalid value for `{key}`: {kind}"),
+            };
+            format!("{what} in {origin}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The peer id at the end of a multiaddr (`…/p2p/<id>`), if any.
+pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
+}

@@ -1,0 +1,358 @@
+//! The local control API: HTTP + JSON for the CLI and desktop apps, on `control.listen`
+//! (127.0.0.1:5731 by default). Every request needs `Authorization: Bearer <token>`; the token is
+//! created at start and written, with the actual address, to `DATA_DIR/control.token` and
+//! `DATA_DIR/control.addr` (mode 0600). Errors are RFC 9457 `application/problem+json`.
+//!
+//! Spec: `protocols/control-api.md`.
+
+pub mod client;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response, Sse, sse},
+    routing::{get, post},
+};
+use libp2p::{Multiaddr, PeerId, metrics::Registry};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, broadcast::error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+pub use client::Client;
+
+use crate::{
+    config::peer_id_of,
+    identity::Binding,
+    node::{self, agent_version},
+};
+
+/// File in the data directory holding the address the control API listens on.
+pub const ADDR_FILE: &str = "control.addr";
+/// File in the data directory holding the bearer token.
+pub const TOKEN_FILE: &str = "control.token";
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Requests served at once; more wait.
+pub const MAX_CONCURRENT_REQUESTS: usize = 128;
+/// `GET /v1/events` streams open at once; more get 503.
+pub const MAX_EVENT_STREAMS: usize = 32;
+
+/// A bearer token: 32 random bytes, hex-encoded.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn generate() -> Self {
+        Self(hex::encode(rand::random::<[u8; 32]>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+/// Writes `control.addr` and `control.token` into the data directory (mode 0600).
+pub fn write_files(data_dir: &Path, addr: SocketAddr, token: &Token) -> std::io::Result<()> {
+    crate::fsutil::write_private(&data_dir.join(TOKEN_FILE), token.0.as_bytes())?;
+    crate::fsutil::write_private(&data_dir.join(ADDR_FILE), addr.to_string().as_bytes())
+}
+
+/// Removes the files again (clean shutdown), so clients see at once that no node is running.
+pub fn remove_files(data_dir: &Path) {
+    for name in [ADDR_FILE, TOKEN_FILE] {
+        let _ = std::fs::remove_file(data_dir.join(name));
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<Option<String>>) -> Self {
+        Self {
+            kind: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("Error").into(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, Json(&self)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<node::Error> for Problem {
+    fn from(e: node::Error) -> Self {
+        let status = match &e {
+            node::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            node::Error::Busy(..) | node::Error::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            node::Error::Dial(_) => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Problem::new(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(e: JsonRejection) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+/// `GET /v1/id`, and `commucat id --json` without a running node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Id {
+    #[serde(flatten)]
+    pub binding: Binding,
+    pub agent_version: String,
+}
+
+impl Id {
+    pub fn new(binding: Binding) -> Self {
+        Self {
+            binding,
+            agent_version: agent_version(),
+        }
+    }
+}
+
+/// `POST /v1/dht/find-peer` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindPeerRequest {
+    pub peer_id: PeerId,
+}
+
+/// `POST /v1/connect` body: a peer id (addresses looked up in the DHT unless given), or a
+/// multiaddr ending in `/p2p/<id>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<PeerId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<Multiaddr>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: node::Client,
+    id: Arc<Id>,
+    token: Token,
+    metrics: Arc<Registry>,
+    event_streams: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// The control API as an axum router. `shutdown` ends open event streams.
+pub fn router(
+    node: node::Client,
+    binding: Binding,
+    token: Token,
+    metrics: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Router {
+    let state = AppState {
+        node,
+        id: Arc::new(Id::new(binding)),
+        token,
+        metrics,
+        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        shutdown,
+    };
+    Router::new()
+        .route("/v1/id", get(id))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/dht/find-peer", post(find_peer))
+        .route("/v1/connect", post(connect))
+        .route("/v1/events", get(events))
+        .route("/v1/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
+        Some(_) => {
+            Problem::new(StatusCode::UNAUTHORIZED, "wrong bearer token".to_string()).into_response()
+        }
+        None => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "missing `Authorization: Bearer <token>`; the token is in DATA_DIR/{TOKEN_FILE}"
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no such endpoint".to_string())
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, None)
+}
+
+async fn id(State(state): State<AppState>) -> Json<Id> {
+    Json((*state.id).clone())
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<node::Status>, Problem> {
+    Ok(Json(state.node.status().await?))
+}
+
+async fn peers(State(state): State<AppState>) -> Result<Json<Vec<node::PeerInfo>>, Problem> {
+    Ok(Json(state.node.peers().await?))
+}
+
+async fn find_peer(
+    State(state): State<AppState>,
+    body: Result<Json<FindPeerRequest>, JsonRejection>,
+) -> Result<Json<node::FoundPeer>, Problem> {
+    let Json(req) = body?;
+    Ok(Json(state.node.find_peer(req.peer_id).await?))
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Result<Json<node::Connected>, Problem> {
+    let Json(req) = body?;
+    let from_addrs: Vec<PeerId> = req.addrs.iter().filter_map(peer_id_of).collect();
+    let peer = req
+        .peer_id
+        .or_else(|| from_addrs.first().copied())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "give `peer_id`, or `addrs` ending in /p2p/<peer-id>".to_string(),
+            )
+        })?;
+    if from_addrs.iter().any(|p| *p != peer) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "the addresses name a different peer".to_string(),
+        ));
+    }
+    Ok(Json(state.node.connect(peer, req.addrs).await?))
+}
+
+async fn events(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
+    let permit = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("at most {MAX_EVENT_STREAMS} event streams at once"),
+            )
+        })?;
+    let rx = state.node.subscribe();
+    let shutdown = state.shutdown.clone();
+    let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
+        let event = match rx.recv().await {
+            Ok(ev) => {
+                let name = serde_json::to_value(&ev)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| "event".into());
+                sse::Event::default()
+                    .event(name)
+                    .json_data(&ev)
+                    .unwrap_or_else(|e| sse::Event::default().comment(e.to_string()))
+            }
+            Err(RecvError::Lagged(missed)) => sse::Event::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{missed}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(event), (rx, permit)))
+    });
+    let stream =
+        futures::StreamExt::take_until(stream, async move { shutdown.cancelled_owned().await });
+    Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, Problem> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &state.metrics)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Paths of the control files of a data directory.
+pub fn files(data_dir: &Path) -> (PathBuf, PathBuf) {
+    (data_dir.join(ADDR_FILE), data_dir.join(TOKEN_FILE))
+}

@@ -1,0 +1,44 @@
+//! Kademlia on CommuCat's own network (`/commucat/kad/1.0.0`, not the IPFS DHT).
+//!
+//! Desktop nodes are DHT clients until an external address is confirmed (AutoNAT v2), then serve;
+//! bootstrap nodes always serve. Peers learned through identify that speak [`PROTOCOL`] go into
+//! the routing table; a periodic bootstrap query keeps it fresh.
+
+use std::{num::NonZeroUsize, time::Duration};
+
+use libp2p::{
+    PeerId, StreamProtocol,
+    kad::{self, store::MemoryStore},
+};
+
+use crate::config::{self, KadMode};
+
+/// The Kademlia protocol id of the CommuCat network.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/kad/1.0.0");
+/// k: bucket size and number of closest peers a lookup converges on.
+pub const K_VALUE: NonZeroUsize = NonZeroUsize::new(20).expect("20 > 0");
+
+/// Closest peers a peer lookup asks for: one, the target itself (see `node::Client::find_peer`).
+pub const FIND_PEER_RESULTS: NonZeroUsize = NonZeroUsize::MIN;
+
+pub type Behaviour = kad::Behaviour<MemoryStore>;
+
+pub fn behaviour(local: PeerId, cfg: &config::Config) -> Behaviour {
+    let mut kc = kad::Config::new(PROTOCOL);
+    kc.set_query_timeout(Duration::from_secs(cfg.kad.query_timeout_secs))
+        .set_replication_factor(K_VALUE)
+        .set_kbucket_size(K_VALUE)
+        .set_periodic_bootstrap_interval(match cfg.kad.periodic_bootstrap_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        });
+    let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kc);
+    kad.set_mode(if cfg.kad_forced_server() {
+        Some(kad::Mode::Server)
+    } else if cfg.kad.mode == KadMode::Client {
+        Some(kad::Mode::Client)
+    } else {
+        None // automatic: server once an external address is confirmed
+    });
+    kad
+}

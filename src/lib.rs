@@ -1,0 +1,21 @@
+//! CommuCat: a peer-to-peer node. One binary, `commucat`, for desktops and for bootstrap servers.
+//!
+//! Crate map:
+//! - [`config`]: layered configuration (defaults < file < `COMMUCAT_*` env < flags).
+//! - [`identity`]: Ed25519 (PeerId) + ML-DSA-65 keys and their binding (`protocols/identity-v1.md`).
+//! - [`store`]: the sled database (peer book).
+//! - [`node`]: the event loop owning the libp2p Swarm, and its [`node::Client`].
+//! - [`dht`]: Kademlia on `/commucat/kad/1.0.0`.
+//! - [`nat`]: reachability and address scopes.
+//! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
+//! - [`cli`]: the `commucat` command line.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod dht;
+pub mod fsutil;
+pub mod identity;
+pub mod nat;
+pub mod node;
+pub mod store;

@@ -1,0 +1,5 @@
+//! The `commucat` binary: see [`commucat::cli`].
+
+fn main() -> std::process::ExitCode {
+    commucat::cli::main()
+}

@@ -1,0 +1,151 @@
+//! A CommuCat node: an event loop that owns the libp2p [`Swarm`](libp2p::Swarm) in one task, and a
+//! [`Client`] through which everything else (control API, CLI, tests, simnet) talks to it.
+//!
+//! The same node runs on real sockets ([`Transport::Network`]) or many in one process on the
+//! memory transport ([`Transport::Memory`]).
+
+mod behaviour;
+mod client;
+mod command;
+mod event;
+mod event_loop;
+pub mod transport;
+
+use std::sync::Arc;
+
+use libp2p::{
+    PeerId, Swarm,
+    metrics::{Metrics, Registry},
+    swarm,
+};
+use tokio::{
+    sync::{broadcast, mpsc},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use behaviour::{PROTOCOL_VERSION, agent_version};
+pub use client::Client;
+pub use command::{Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status};
+pub use event::{EVENT_BUFFER, Event};
+pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS};
+pub use transport::Transport;
+
+use crate::{config::Config, identity::Identity, store::Store};
+
+/// Commands queued for the event loop before senders wait.
+pub const COMMAND_BUFFER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("too many {0} in progress (limit {1}); try again later")]
+    Busy(&'static str, usize),
+    #[error("peer {0} was not found in the DHT")]
+    NotFound(PeerId),
+    #[error("dial failed: {0}")]
+    Dial(String),
+    #[error("cannot listen: {0}")]
+    Listen(String),
+    #[error("transport setup: {0}")]
+    Transport(#[from] libp2p::noise::Error),
+    #[error("mDNS: {0}")]
+    Mdns(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] aborts the event loop.
+pub struct Node {
+    client: Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    registry: Arc<Registry>,
+}
+
+impl Node {
+    /// Builds the swarm, opens the listeners, dials bootstrap and remembered peers, and starts the
+    /// event loop. Returns once at least one listen address is up. mDNS is never started on the
+    /// memory transport (it would advertise `/memory` addresses on the real LAN).
+    pub async fn spawn(
+        cfg: &Config,
+        identity: &Identity,
+        store: &Store,
+        transport: Transport,
+    ) -> Result<Self, Error> {
+        let keypair = identity.keypair().clone();
+        let local = identity.peer_id();
+        let with_mdns = cfg.mdns.enabled && !matches!(transport, Transport::Memory);
+        let mut registry = Registry::with_prefix("commucat");
+        let transport = transport::build(transport, &keypair, &mut registry)?;
+        let behaviour = behaviour::Behaviour::new(&keypair, cfg, with_mdns).map_err(Error::Mdns)?;
+        let swarm = Swarm::new(
+            transport,
+            behaviour,
+            local,
+            swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(cfg.idle_connection_timeout()),
+        );
+        let metrics = Metrics::new(&mut registry);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
+        let (ev_tx, _) = broadcast::channel(EVENT_BUFFER);
+        let shutdown = CancellationToken::new();
+        let peer_book = store.peer_book((&cfg.peerbook).into())?;
+        let mut event_loop = event_loop::EventLoop::new(
+            swarm,
+            cfg,
+            cmd_rx,
+            ev_tx.clone(),
+            shutdown.clone(),
+            peer_book,
+            metrics,
+        );
+        event_loop
+            .start(&cfg.network.listen, &cfg.network.external_addresses)
+            .await?;
+        let task = tokio::spawn(event_loop.run());
+        Ok(Self {
+            client: Client {
+                peer_id: local,
+                commands: cmd_tx,
+                events: ev_tx,
+            },
+            shutdown,
+            task: Some(task),
+            registry: Arc::new(registry),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.client.peer_id
+    }
+
+    /// The node's Prometheus registry (libp2p swarm, identify, kad, ping and bandwidth metrics).
+    pub fn metrics(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Stops the event loop and waits for it; open connections are closed.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "event loop ended abnormally");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

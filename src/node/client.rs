@@ -1,0 +1,67 @@
+//! The handle everything outside the event loop uses to talk to the node (control API, CLI,
+//! tests, simnet). Cheap to clone; each call is a command with a `oneshot` reply.
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    Error, Event,
+    command::{Command, Connected, FoundPeer, PeerInfo, Status},
+};
+
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) peer_id: PeerId,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) events: broadcast::Sender<Event>,
+}
+
+impl Client {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Node events from now on. A subscriber that falls more than
+    /// [`super::event::EVENT_BUFFER`] events behind is told how many it missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.request(|reply| Command::Status { reply }).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.request(|reply| Command::Peers { reply }).await
+    }
+
+    /// Looks `peer` up with a Kademlia query; if the DHT does not know it but we are connected to
+    /// it, answers with the addresses it announced to us.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<FoundPeer, Error> {
+        self.request(|reply| Command::FindPeer { peer, reply })
+            .await?
+    }
+
+    /// Connects to `peer`, at `addrs` if given, else at the addresses a DHT lookup finds.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<Connected, Error> {
+        let addrs = if addrs.is_empty() {
+            self.find_peer(peer).await?.addrs
+        } else {
+            addrs
+        };
+        self.request(|reply| Command::Connect { peer, addrs, reply })
+            .await?
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+}

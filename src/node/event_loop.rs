@@ -1,0 +1,721 @@
+//! The event loop: the one task that owns the [`Swarm`]. It reacts to swarm events (identify
+//! feeds Kademlia and the peer book, mDNS discoveries are dialled, AutoNAT sets reachability) and
+//! answers [`Command`]s from clients. Nothing here blocks: per-stream work runs in other tasks.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat,
+    core::ConnectedPoint,
+    identify, kad, mdns,
+    metrics::{Metrics, Recorder},
+    multiaddr::Protocol,
+    ping,
+    swarm::{
+        ConnectionId, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Error, Event,
+    behaviour::{Behaviour, BehaviourEvent},
+    command::{
+        Command, Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status,
+    },
+};
+use crate::{
+    config::{Config, Role, peer_id_of},
+    dht, nat,
+    store::PeerBook,
+};
+
+/// DHT lookups waiting for their answer at once.
+pub const MAX_PENDING_FINDS: usize = 256;
+/// Dials requested through the client waiting for their outcome at once.
+pub const MAX_PENDING_DIALS: usize = 256;
+/// Listen addresses taken from one identify message.
+pub const MAX_IDENTIFY_ADDRS: usize = 16;
+/// How long `start` waits for the first listen address to come up.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before bootstrap peers are dialled again while the node has too few peers; it doubles
+/// up to `bootstrap.check_interval_secs`.
+pub const REDIAL_BACKOFF_START: Duration = Duration::from_secs(1);
+
+struct PeerState {
+    connections: HashMap<ConnectionId, ConnectionInfo>,
+    rtt: Option<Duration>,
+    agent_version: Option<String>,
+    protocols: Vec<String>,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+struct PendingFind {
+    target: PeerId,
+    started: Instant,
+    reply: oneshot::Sender<Result<FoundPeer, Error>>,
+}
+
+struct PendingDial {
+    peer: PeerId,
+    reply: oneshot::Sender<Result<Connected, Error>>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+    peer_book: PeerBook,
+    metrics: Metrics,
+    role: Role,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    min_peers: usize,
+    check_interval: Duration,
+    redial_backoff: Duration,
+    next_redial: tokio::time::Instant,
+    redial_on_start: usize,
+    started: Instant,
+    peers: HashMap<PeerId, PeerState>,
+    finds: HashMap<kad::QueryId, PendingFind>,
+    dials: HashMap<ConnectionId, PendingDial>,
+    nat: nat::Tracker,
+}
+
+impl EventLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        cfg: &Config,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<Event>,
+        shutdown: CancellationToken,
+        peer_book: PeerBook,
+        metrics: Metrics,
+    ) -> Self {
+        let local = *swarm.local_peer_id();
+        let bootstrap = cfg
+            .bootstrap
+            .peers
+            .iter()
+            .filter_map(|a| Some((peer_id_of(a)?, a.clone())))
+            .filter(|(p, _)| *p != local)
+            .collect();
+        Self {
+            swarm,
+            commands,
+            events,
+            shutdown,
+            peer_book,
+            metrics,
+            role: cfg.role,
+            bootstrap,
+            min_peers: cfg.bootstrap.min_peers,
+            check_interval: Duration::from_secs(cfg.bootstrap.check_interval_secs),
+            redial_backoff: REDIAL_BACKOFF_START,
+            next_redial: tokio::time::Instant::now() + REDIAL_BACKOFF_START,
+            redial_on_start: cfg.peerbook.redial_on_start,
+            started: Instant::now(),
+            peers: HashMap::new(),
+            finds: HashMap::new(),
+            dials: HashMap::new(),
+            nat: nat::Tracker::default(),
+        }
+    }
+
+    /// Opens the listeners, announces configured external addresses and dials bootstrap peers and
+    /// remembered peers. Fails when no listener could be opened.
+    pub(crate) async fn start(
+        &mut self,
+        listen: &[Multiaddr],
+        external: &[Multiaddr],
+    ) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        for addr in listen {
+            if let Err(e) = self.swarm.listen_on(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot listen");
+                failures.push(format!("{addr}: {e}"));
+            }
+        }
+        if failures.len() == listen.len() {
+            return Err(Error::Listen(failures.join("; ")));
+        }
+        for addr in external {
+            self.swarm.add_external_address(addr.clone());
+        }
+        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        while self.swarm.listeners().next().is_none() {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => self.on_swarm_event(event),
+                Err(_) => {
+                    return Err(Error::Listen(format!(
+                        "no listener came up within {LISTEN_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+        self.dial_known_peers();
+        Ok(())
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(self.next_redial) => self.maintain_connectivity(),
+            }
+        }
+        tracing::debug!("event loop stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn dial_known_peers(&mut self) {
+        let local = *self.swarm.local_peer_id();
+        for (peer, addr) in self.bootstrap.clone() {
+            let transport_addr: Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, transport_addr);
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let remembered = match self.peer_book.all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peer book");
+                Vec::new()
+            }
+        };
+        let bootstrap: HashSet<PeerId> = self.bootstrap.iter().map(|(p, _)| *p).collect();
+        let mut redialled = 0;
+        for (peer, entry) in remembered {
+            if peer == local || entry.addrs.is_empty() {
+                continue;
+            }
+            if entry.kad_server {
+                for addr in &entry.addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
+            }
+            if redialled < self.redial_on_start && !bootstrap.contains(&peer) {
+                redialled += 1;
+                let opts = DialOpts::peer_id(peer).addresses(entry.addrs).build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "cannot redial remembered peer");
+                }
+            }
+        }
+        tracing::info!(
+            bootstrap = self.bootstrap.len(),
+            remembered = redialled,
+            "dialling known peers"
+        );
+        // No explicit `kad.bootstrap()`: kad bootstraps by itself (throttled) when `add_address` puts
+        // the first peers into a small routing table, and then every `kad.periodic_bootstrap_secs`.
+    }
+
+    /// While fewer than `bootstrap.min_peers` peers are connected, dials the bootstrap peers we are
+    /// not connected to, backing off from 1 s up to `bootstrap.check_interval_secs`; once enough
+    /// peers are connected, checks every `check_interval_secs`.
+    fn maintain_connectivity(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.swarm.connected_peers().count() >= self.min_peers || self.bootstrap.is_empty() {
+            self.redial_backoff = REDIAL_BACKOFF_START;
+            self.next_redial = now + self.check_interval;
+            return;
+        }
+        for (peer, addr) in self.bootstrap.clone() {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+        self.next_redial = now + self.redial_backoff;
+        self.redial_backoff = (self.redial_backoff * 2).min(self.check_interval);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
+            Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let routing_table_size = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        Status {
+            peer_id: *self.swarm.local_peer_id(),
+            role: self.role,
+            agent_version: super::behaviour::agent_version(),
+            listen_addrs: self.swarm.listeners().cloned().collect(),
+            external_addrs: self.swarm.external_addresses().cloned().collect(),
+            reachability: self.nat.reachability(),
+            kad_mode: self.swarm.behaviour().kad.mode().to_string(),
+            connected_peers: self.swarm.connected_peers().count(),
+            routing_table_size,
+            peer_book_size: self.peer_book.len(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer, s)| PeerInfo {
+                peer_id: *peer,
+                connections: s.connections.values().cloned().collect(),
+                rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                agent_version: s.agent_version.clone(),
+                protocols: s.protocols.clone(),
+                listen_addrs: s.listen_addrs.clone(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer_id.to_base58());
+        out
+    }
+
+    fn find_peer(&mut self, target: PeerId, reply: oneshot::Sender<Result<FoundPeer, Error>>) {
+        if self.finds.len() >= MAX_PENDING_FINDS {
+            let _ = reply.send(Err(Error::Busy("DHT lookups", MAX_PENDING_FINDS)));
+            return;
+        }
+        // The target is at distance 0 from its own key: asking for the single closest peer ends
+        // the query as soon as the target itself answers, instead of converging on k peers.
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_n_closest_peers(target, dht::FIND_PEER_RESULTS);
+        self.finds.insert(
+            id,
+            PendingFind {
+                target,
+                started: Instant::now(),
+                reply,
+            },
+        );
+    }
+
+    /// Answers a lookup from the query's closest peers; if the DHT does not know the target but we
+    /// are connected to it (a DHT client, say), from what identify told us.
+    fn finish_find(&mut self, id: kad::QueryId, peers: Vec<kad::PeerInfo>) {
+        let Some(pending) = self.finds.remove(&id) else {
+            return;
+        };
+        let duration_ms = pending
+            .started
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+        // The query reached the target. Its addresses come with the answers of other peers, or,
+        // when the target was already in our routing table, from there.
+        let from_dht = peers
+            .into_iter()
+            .find(|p| p.peer_id == pending.target)
+            .map(|info| match info.addrs.is_empty() {
+                false => info.addrs,
+                true => self.routing_table_addrs(&pending.target),
+            })
+            .filter(|addrs| !addrs.is_empty())
+            .map(|addrs| (addrs, FindSource::Dht));
+        let from_connection = || {
+            let state = self.peers.get(&pending.target)?;
+            let addrs: Vec<Multiaddr> = if state.listen_addrs.is_empty() {
+                state
+                    .connections
+                    .values()
+                    .map(|c| c.remote_addr.clone())
+                    .collect()
+            } else {
+                state.listen_addrs.clone()
+            };
+            Some((addrs, FindSource::Connected))
+        };
+        let result = match from_dht.or_else(from_connection) {
+            Some((addrs, source)) => {
+                for addr in &addrs {
+                    self.swarm.add_peer_address(pending.target, addr.clone());
+                }
+                Ok(FoundPeer {
+                    peer_id: pending.target,
+                    addrs,
+                    source,
+                    duration_ms,
+                })
+            }
+            None => Err(Error::NotFound(pending.target)),
+        };
+        let _ = pending.reply.send(result);
+    }
+
+    fn routing_table_addrs(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(*peer) else {
+            return Vec::new();
+        };
+        bucket
+            .iter()
+            .find(|e| e.node.key.preimage() == peer)
+            .map(|e| e.node.value.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn connect(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<Connected, Error>>,
+    ) {
+        if let Some(conn) = self
+            .peers
+            .get(&peer)
+            .and_then(|s| s.connections.values().next())
+        {
+            let _ = reply.send(Ok(Connected {
+                peer_id: peer,
+                remote_addr: conn.remote_addr.clone(),
+                already_connected: true,
+            }));
+            return;
+        }
+        if self.dials.len() >= MAX_PENDING_DIALS {
+            let _ = reply.send(Err(Error::Busy("dials", MAX_PENDING_DIALS)));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::Always)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, PendingDial { peer, reply });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Dial(e.to_string())));
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let local = *self.swarm.local_peer_id();
+                tracing::info!("listening on {address}/p2p/{local}");
+                self.emit(Event::Listening { address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.emit(Event::ListenAddrExpired { address });
+            }
+            SwarmEvent::ListenerClosed {
+                addresses,
+                reason: Err(e),
+                ..
+            } => {
+                tracing::warn!(?addresses, error = %e, "listener closed");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => self.on_connection_established(peer_id, connection_id, &endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.connections.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    self.emit(Event::PeerDisconnected { peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(dial) = self.dials.remove(&connection_id) {
+                    let _ = dial.reply.send(Err(Error::Dial(error.to_string())));
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.set_reachability(|nat| nat.confirmed(&address));
+                self.emit(Event::ExternalAddrConfirmed { address });
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.set_reachability(|nat| nat.expired(&address));
+                self.emit(Event::ExternalAddrExpired { address });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_established(
+        &mut self,
+        peer_id: PeerId,
+        id: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
+        let (remote_addr, direction) = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => (address.clone(), Direction::Outbound),
+            ConnectedPoint::Listener { send_back_addr, .. } => {
+                (send_back_addr.clone(), Direction::Inbound)
+            }
+        };
+        let relayed = endpoint.is_relayed();
+        tracing::debug!(peer = %peer_id, %remote_addr, ?direction, relayed, "connected");
+        let info = ConnectionInfo {
+            remote_addr: remote_addr.clone(),
+            direction,
+            relayed,
+        };
+        let state = self.peers.entry(peer_id).or_insert_with(|| PeerState {
+            connections: HashMap::new(),
+            rtt: None,
+            agent_version: None,
+            protocols: Vec::new(),
+            listen_addrs: Vec::new(),
+        });
+        let first = state.connections.is_empty();
+        state.connections.insert(id, info);
+        if let Some(dial) = self.dials.remove(&id) {
+            let _ = dial.reply.send(Ok(Connected {
+                peer_id: dial.peer,
+                remote_addr: remote_addr.clone(),
+                already_connected: false,
+            }));
+        }
+        if first {
+            self.emit(Event::PeerConnected {
+                peer_id,
+                address: remote_addr,
+                direction,
+                relayed,
+            });
+        }
+    }
+
+    fn set_reachability(&mut self, change: impl FnOnce(&mut nat::Tracker)) {
+        let before = self.nat.reachability();
+        change(&mut self.nat);
+        let after = self.nat.reachability();
+        if before != after {
+            tracing::info!(%after, "reachability changed");
+            self.emit(Event::ReachabilityChanged {
+                reachability: after,
+            });
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(event) => {
+                self.metrics.record(&event);
+                if let identify::Event::Received {
+                    peer_id,
+                    connection_id,
+                    info,
+                } = event
+                {
+                    self.on_identified(peer_id, connection_id, info);
+                }
+            }
+            BehaviourEvent::Ping(event) => {
+                self.metrics.record(&event);
+                if let ping::Event {
+                    peer,
+                    result: Ok(rtt),
+                    ..
+                } = event
+                    && let Some(state) = self.peers.get_mut(&peer)
+                {
+                    state.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Kad(event) => {
+                self.metrics.record(&event);
+                self.on_kad_event(event);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    self.emit(Event::MdnsDiscovered {
+                        peer_id: peer,
+                        address: addr.clone(),
+                    });
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                // mDNS only discovers; dialling is ours. Identify then tells whether the peer
+                // serves Kademlia and belongs in the routing table.
+                for (peer, addrs) in by_peer {
+                    if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "cannot dial mDNS peer");
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::AutonatClient(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                tracing::debug!(addr = %tested_addr, %server, ok = result.is_ok(), "AutoNAT probe");
+                if result.is_err() {
+                    self.set_reachability(|nat| nat.probe_failed(&tested_addr));
+                }
+                self.emit(Event::AutonatProbe {
+                    address: tested_addr,
+                    server,
+                    ok: result.is_ok(),
+                    error: result.err().map(|e| e.to_string()),
+                });
+            }
+            BehaviourEvent::AutonatServer(event) => {
+                tracing::debug!(client = %event.client, addr = %event.tested_addr, ok = event.result.is_ok(), "served AutoNAT probe");
+            }
+            BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    fn on_identified(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        info: identify::Info,
+    ) {
+        let Some(state) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let remote = state
+            .connections
+            .get(&connection_id)
+            .map(|c| c.remote_addr.clone())
+            .unwrap_or_else(|| {
+                Multiaddr::empty().with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+            });
+        let mut addrs = nat::usable_from(&remote, info.listen_addrs);
+        addrs.truncate(MAX_IDENTIFY_ADDRS);
+        let kad_server = info.protocols.contains(&dht::PROTOCOL);
+        state.agent_version = Some(info.agent_version.clone());
+        state.protocols = info.protocols.iter().map(ToString::to_string).collect();
+        state.listen_addrs = addrs.clone();
+        if kad_server {
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer_id, addr.clone());
+            }
+        }
+        if !addrs.is_empty()
+            && let Err(e) = self.peer_book.record(
+                &peer_id,
+                addrs.clone(),
+                Some(info.agent_version.clone()),
+                kad_server,
+            )
+        {
+            tracing::warn!(peer = %peer_id, error = %e, "cannot update the peer book");
+        }
+        self.emit(Event::PeerIdentified {
+            peer_id,
+            agent_version: info.agent_version,
+            listen_addrs: addrs,
+            kad_server,
+        });
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed { id, result, .. } => match result {
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => self.finish_find(id, ok.peers),
+                kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                    peers,
+                    ..
+                })) => self.finish_find(id, peers),
+                kad::QueryResult::Bootstrap(result) => {
+                    tracing::debug!(ok = result.is_ok(), "kademlia bootstrap step");
+                }
+                _ => {}
+            },
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer,
+                addresses,
+                ..
+            } => self.emit(Event::RoutingUpdated {
+                peer_id: peer,
+                is_new_peer,
+                addresses: addresses.into_vec(),
+            }),
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::info!(mode = %new_mode, "kademlia mode changed");
+                self.emit(Event::KadModeChanged {
+                    mode: new_mode.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Helpers for integration tests: run the real `commucat` binary on 127.0.0.1 with its own data
+//! directory, talk to it through the CLI or the control API, wait on conditions with timeouts.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_commucat");
+/// How long a test waits for a condition before failing.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// Listen flags for a node on loopback with OS-chosen ports.
+pub const LOOPBACK: &[&str] = &[
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+    "--control-listen",
+    "127.0.0.1:0",
+];
+
+/// Runs a CLI verb against `data_dir` and returns its output.
+pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
+    cli_env(data_dir, args, &[])
+}
+
+pub fn cli_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run commucat")
+}
+
+/// Runs a CLI verb with `--json`, asserts success, parses stdout.
+pub fn cli_json(data_dir: &Path, args: &[&str]) -> Value {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let out = cli(data_dir, &full);
+    assert!(
+        out.status.success(),
+        "commucat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `commucat run` child process. Killed on drop; [`NodeProc::stop`] shuts it down cleanly.
+pub struct NodeProc {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts `commucat --data-dir dir run <args>` with mDNS off (so that discovery in tests is
+    /// the DHT's doing) and waits until its control API is up.
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_env(dir, args, &[])
+    }
+
+    pub fn start_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("run")
+            .args(args)
+            .env("COMMUCAT_MDNS__ENABLED", "false")
+            .env("RUST_LOG", "info,commucat=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn commucat run");
+        let mut node = Self {
+            dir: dir.to_owned(),
+            child: Some(child),
+            log,
+        };
+        let addr_file = dir.join("control.addr");
+        wait_for("the control API to come up", WAIT, || {
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("commucat run exited early ({status}):\n{}", node.log());
+            }
+            addr_file.exists().then_some(())
+        });
+        node
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Value {
+        cli_json(&self.dir, &["status"])
+    }
+
+    pub fn peer_id(&self) -> String {
+        self.status()["peer_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The node's TCP listen address with `/p2p/<id>`, for `--bootstrap`.
+    pub fn tcp_addr(&self) -> String {
+        let status = self.status();
+        let tcp = status["listen_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/"))
+            .expect("a TCP listen address")
+            .to_owned();
+        format!("{tcp}/p2p/{}", status["peer_id"].as_str().unwrap())
+    }
+
+    /// Peer ids this node is connected to.
+    pub fn connected_to(&self) -> Vec<String> {
+        cli_json(&self.dir, &["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn control(&self) -> (String, String) {
+        let addr = std::fs::read_to_string(self.dir.join("control.addr")).unwrap();
+        let token = std::fs::read_to_string(self.dir.join("control.token")).unwrap();
+        (format!("http://{}", addr.trim()), token.trim().to_owned())
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("commucat did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- log of {} ---\n{}", self.dir.display(), self.log());
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Real `commucat` processes on 127.0.0.1: discovery through the DHT, and what survives a restart.
+
+mod common;
+
+use common::{LOOPBACK, NodeProc, WAIT, cli, cli_json, wait_for};
+use serde_json::Value;
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = LOOPBACK.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A bootstrap node B and two desktop nodes A and C that were only told about B: A finds C's
+/// addresses with `commucat dht find` and then connects to it.
+#[test]
+fn desktop_finds_another_desktop_through_the_dht() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let b_addr = b.tcp_addr();
+    let b_id = b.peer_id();
+    assert_eq!(
+        b.status()["kad_mode"],
+        "server",
+        "the bootstrap role always serves the DHT"
+    );
+
+    // A stays a DHT client (a desktop behind NAT would), so C cannot stumble on A by itself.
+    let a = NodeProc::start_env(
+        &tmp.path().join("a"),
+        &args(&["--bootstrap", &b_addr]),
+        &[("COMMUCAT_KAD__MODE", "client")],
+    );
+    let c = NodeProc::start(&tmp.path().join("c"), &args(&["--bootstrap", &b_addr]));
+    let c_id = c.peer_id();
+    let c_tcp_port = c.tcp_addr().split('/').nth(4).unwrap().to_owned();
+
+    // C learns through AutoNAT (B dials it back) that it is reachable and starts serving the DHT…
+    wait_for(
+        "C to confirm an external address and serve the DHT",
+        WAIT,
+        || {
+            let s = c.status();
+            (s["reachability"] == "public" && s["kad_mode"] == "server").then_some(())
+        },
+    );
+    // …and B, told by identify, puts C into its routing table.
+    wait_for("B to see C as a DHT server", WAIT, || {
+        let peers = cli_json(&b.dir, &["peers"]);
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| {
+                p["peer_id"] == c_id.as_str()
+                    && p["protocols"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == "/commucat/kad/1.0.0")
+            })
+            .then_some(())
+    });
+    assert!(
+        !a.connected_to().contains(&c_id),
+        "A must not know C before the lookup"
+    );
+    assert!(a.connected_to().contains(&b_id));
+
+    let found = cli_json(&a.dir, &["dht", "find", &c_id]);
+    assert_eq!(found["peer_id"], c_id.as_str());
+    assert_eq!(found["source"], "dht");
+    let addrs: Vec<&str> = found["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.contains(&format!("/tcp/{c_tcp_port}"))),
+        "C's TCP listen address is among {addrs:?}"
+    );
+
+    let connected = cli_json(&a.dir, &["connect", &c_id]);
+    assert_eq!(connected["peer_id"], c_id.as_str());
+    assert!(a.connected_to().contains(&c_id));
+    let peers = cli_json(&a.dir, &["peers"]);
+    let c_entry = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == c_id.as_str())
+        .unwrap();
+    assert_eq!(
+        c_entry["agent_version"],
+        format!("commucat/{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(c_entry["connections"][0]["relayed"], false);
+}
+
+/// The PeerId and the peer book survive a restart: the restarted node, given no bootstrap peer,
+/// dials the peer it remembers.
+#[test]
+fn identity_and_peer_book_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let b_id = b.peer_id();
+    let a_dir = tmp.path().join("a");
+
+    let a = NodeProc::start(&a_dir, &args(&["--bootstrap", &b.tcp_addr()]));
+    let a_id = a.peer_id();
+    wait_for("A to remember B in its peer book", WAIT, || {
+        (a.status()["peer_book_size"].as_u64().unwrap() >= 1).then_some(())
+    });
+    assert!(a.stop().success(), "a clean SIGTERM shutdown exits 0");
+
+    // Stopped: the CLI says so in one line and exits 1; `id` still works from the data dir.
+    let out = cli(&a_dir, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("no commucat node is running"), "{stderr}");
+    assert_eq!(cli_json(&a_dir, &["id"])["peer_id"], a_id.as_str());
+
+    let a = NodeProc::start(&a_dir, LOOPBACK);
+    assert_eq!(a.peer_id(), a_id, "same identity after restart");
+    assert!(a.status()["peer_book_size"].as_u64().unwrap() >= 1);
+    wait_for("A to redial B from its peer book", WAIT, || {
+        a.connected_to().contains(&b_id).then_some(())
+    });
+}
