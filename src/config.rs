@@ -457,3 +457,66 @@ pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every dotted key of a TOML table (`network.listen`, …).
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => keys(t, &format!("{key}."), out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn builtin_bootstrap_list_parses() {
+        let cfg = Config::default();
+        cfg.validate().expect("built-in defaults are valid");
+        assert_eq!(cfg.bootstrap.peers, *BUILTIN_PEERS);
+    }
+
+    #[test]
+    fn shipped_configs_load_and_document_every_key() {
+        let mut all = Vec::new();
+        keys(
+            &toml::from_str(&Config::default().to_toml()).unwrap(),
+            "",
+            &mut all,
+        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["desktop.toml", "bootstrap.toml", "dev.toml"] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Strict parse of the file alone: deny_unknown_fields, every value of the right type.
+            let cfg: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            cfg.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let mut present = Vec::new();
+            keys(&toml::from_str(&text).unwrap(), "", &mut present);
+            let missing: Vec<_> = all.iter().filter(|k| !present.contains(k)).collect();
+            assert!(missing.is_empty(), "{name} lacks {missing:?}");
+        }
+        let desktop: Config =
+            toml::from_str(&std::fs::read_to_string(dir.join("desktop.toml")).unwrap()).unwrap();
+        assert_eq!(
+            desktop,
+            Config::default(),
+            "desktop.toml spells out the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn bootstrap_addresses_must_name_a_peer() {
+        let mut cfg = Config::default();
+        cfg.bootstrap.peers = vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("bootstrap.peers") && err.contains("/p2p/"),
+            "{err}"
+        );
+    }
+}

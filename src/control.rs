@@ -129,8 +129,13 @@ impl From<node::Error> for Problem {
 }
 
 impl From<JsonRejection> for Problem {
+    /// 413 (too large) and 415 (not JSON) as axum tells; malformed and ill-fitting JSON alike: 400.
     fn from(e: JsonRejection) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, e.body_text())
+        let status = match e.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            s => s,
+        };
+        Problem::new(status, e.body_text())
     }
 }
 

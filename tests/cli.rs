@@ -200,7 +200,9 @@ async fn control_api_refuses_requests_without_the_token() {
         (Method::DELETE, "/v1/status"),
     ];
     let http = reqwest::Client::new();
-    let wrong = format!("{}0", &token[..token.len() - 1]);
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &token[..token.len() - 1]);
+    assert_ne!(wrong, token);
     for (method, path) in &routes {
         for auth in [None, Some(wrong.as_str()), Some("")] {
             let mut req = http
@@ -260,4 +262,48 @@ async fn control_api_refuses_requests_without_the_token() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let resp = http
+        .post(format!("{base}/v1/connect"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}
+
+/// A second node on the first node's TCP and QUIC ports refuses to start instead of sharing them.
+#[test]
+fn run_refuses_ports_held_by_another_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = NodeProc::start(&tmp.path().join("first"), LOOPBACK);
+    let status = first.status();
+    let mut args = vec![
+        "run".to_string(),
+        "--control-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    for addr in status["listen_addrs"].as_array().unwrap() {
+        args.push("--listen".into());
+        args.push(addr.as_str().unwrap().to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cli(&tmp.path().join("second"), &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        first.status()["uptime_secs"].is_u64(),
+        "the first node is unaffected"
+    );
 }

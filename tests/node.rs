@@ -131,3 +131,101 @@ fn identity_and_peer_book_survive_a_restart() {
         a.connected_to().contains(&b_id).then_some(())
     });
 }
+
+/// `GET /v1/events` streams what happens: a peer that connects shows up as `peer_connected` and,
+/// once identified, as `peer_identified` with its agent.
+#[tokio::test]
+async fn event_stream_reports_a_connecting_peer() {
+    use futures::StreamExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let (base, token) = b.control();
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = resp.bytes_stream();
+
+    let a = NodeProc::start(
+        &tmp.path().join("a"),
+        &args(&["--bootstrap", &b.tcp_addr()]),
+    );
+    let a_id = a.peer_id();
+    let mut seen = String::new();
+    let mut wanted = vec!["peer_connected", "peer_identified"];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !wanted.is_empty() {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream stays open")
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        // SSE frames end with a blank line; each has `event: <type>` and `data: <json>`.
+        while let Some(end) = seen.find("\n\n") {
+            let frame: String = seen.drain(..end + 2).collect();
+            let event = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map(str::trim);
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(str::trim);
+            if let (Some(event), Some(data)) = (event, data) {
+                let json: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(json["type"], event, "the SSE event name is the JSON type");
+                if json["peer_id"] == a_id.as_str() {
+                    wanted.retain(|w| *w != event);
+                    if event == "peer_identified" {
+                        assert_eq!(
+                            json["agent_version"],
+                            format!("commucat/{}", env!("CARGO_PKG_VERSION"))
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Two nodes on the same LAN, told about no one, find each other with mDNS and connect.
+#[test]
+fn mdns_peers_on_the_lan_connect_by_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = &[
+        "--listen",
+        "/ip4/0.0.0.0/tcp/0",
+        "--control-listen",
+        "127.0.0.1:0",
+    ];
+    let mdns_on = &[("COMMUCAT_MDNS__ENABLED", "true")];
+    let a = NodeProc::start_env(&tmp.path().join("a"), lan, mdns_on);
+    let has_lan_interface = a.status()["listen_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|addr| !addr.starts_with("/ip4/127."));
+    if !has_lan_interface {
+        let msg = "this machine has no non-loopback IPv4 interface for mDNS multicast";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED mdns_peers_on_the_lan_connect_by_themselves: {msg}");
+        return;
+    }
+    let b = NodeProc::start_env(&tmp.path().join("b"), lan, mdns_on);
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    wait_for("A and B to connect after mDNS discovery", WAIT, || {
+        (a.connected_to().contains(&b_id) && b.connected_to().contains(&a_id)).then_some(())
+    });
+}

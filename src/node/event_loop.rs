@@ -23,12 +23,12 @@ use libp2p::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod commands;
+
 use super::{
     Error, Event,
     behaviour::{Behaviour, BehaviourEvent},
-    command::{
-        Command, Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status,
-    },
+    command::{Command, Connected, ConnectionInfo, Direction, FoundPeer},
 };
 use crate::{
     config::{Config, Role, peer_id_of},
@@ -47,6 +47,36 @@ pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before bootstrap peers are dialled again while the node has too few peers; it doubles
 /// up to `bootstrap.check_interval_secs`.
 pub const REDIAL_BACKOFF_START: Duration = Duration::from_secs(1);
+
+/// A dial from a fresh source port. libp2p-tcp dials from the listen port by default (hole punching
+/// needs that); when two peers dial each other at the same moment, as both ends of an mDNS discovery
+/// or two restarted nodes redialling their peer books do, the two connects then share one 4-tuple,
+/// TCP merges them into a simultaneous open and the security handshake fails on both sides.
+fn lan_dial(peer: PeerId, addrs: Vec<Multiaddr>) -> DialOpts {
+    DialOpts::peer_id(peer)
+        .addresses(addrs)
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .allocate_new_port()
+        .build()
+}
+
+/// An error and its sources, without the empty messages of libp2p's boxing layers.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
+    }
+}
 
 struct PeerState {
     connections: HashMap<ConnectionId, ConnectionInfo>,
@@ -138,7 +168,20 @@ impl EventLoop {
     ) -> Result<(), Error> {
         let mut failures = Vec::new();
         for addr in listen {
-            if let Err(e) = self.swarm.listen_on(addr.clone()) {
+            let result = super::transport::check_tcp_port_free(addr)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "the port is in use by another process".to_string()
+                    }
+                    _ => e.to_string(),
+                })
+                .and_then(|()| {
+                    self.swarm
+                        .listen_on(addr.clone())
+                        .map(drop)
+                        .map_err(|e| error_chain(&e))
+                });
+            if let Err(e) = result {
                 tracing::warn!(%addr, error = %e, "cannot listen");
                 failures.push(format!("{addr}: {e}"));
             }
@@ -223,8 +266,7 @@ impl EventLoop {
             }
             if redialled < self.redial_on_start && !bootstrap.contains(&peer) {
                 redialled += 1;
-                let opts = DialOpts::peer_id(peer).addresses(entry.addrs).build();
-                if let Err(e) = self.swarm.dial(opts) {
+                if let Err(e) = self.swarm.dial(lan_dial(peer, entry.addrs)) {
                     tracing::debug!(%peer, error = %e, "cannot redial remembered peer");
                 }
             }
@@ -260,182 +302,6 @@ impl EventLoop {
         }
         self.next_redial = now + self.redial_backoff;
         self.redial_backoff = (self.redial_backoff * 2).min(self.check_interval);
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Status { reply } => {
-                let _ = reply.send(self.status());
-            }
-            Command::Peers { reply } => {
-                let _ = reply.send(self.peer_infos());
-            }
-            Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
-            Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
-        }
-    }
-
-    fn status(&mut self) -> Status {
-        let routing_table_size = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
-        Status {
-            peer_id: *self.swarm.local_peer_id(),
-            role: self.role,
-            agent_version: super::behaviour::agent_version(),
-            listen_addrs: self.swarm.listeners().cloned().collect(),
-            external_addrs: self.swarm.external_addresses().cloned().collect(),
-            reachability: self.nat.reachability(),
-            kad_mode: self.swarm.behaviour().kad.mode().to_string(),
-            connected_peers: self.swarm.connected_peers().count(),
-            routing_table_size,
-            peer_book_size: self.peer_book.len(),
-            uptime_secs: self.started.elapsed().as_secs(),
-        }
-    }
-
-    fn peer_infos(&self) -> Vec<PeerInfo> {
-        let mut out: Vec<PeerInfo> = self
-            .peers
-            .iter()
-            .map(|(peer, s)| PeerInfo {
-                peer_id: *peer,
-                connections: s.connections.values().cloned().collect(),
-                rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                agent_version: s.agent_version.clone(),
-                protocols: s.protocols.clone(),
-                listen_addrs: s.listen_addrs.clone(),
-            })
-            .collect();
-        out.sort_by_key(|p| p.peer_id.to_base58());
-        out
-    }
-
-    fn find_peer(&mut self, target: PeerId, reply: oneshot::Sender<Result<FoundPeer, Error>>) {
-        if self.finds.len() >= MAX_PENDING_FINDS {
-            let _ = reply.send(Err(Error::Busy("DHT lookups", MAX_PENDING_FINDS)));
-            return;
-        }
-        // The target is at distance 0 from its own key: asking for the single closest peer ends
-        // the query as soon as the target itself answers, instead of converging on k peers.
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_n_closest_peers(target, dht::FIND_PEER_RESULTS);
-        self.finds.insert(
-            id,
-            PendingFind {
-                target,
-                started: Instant::now(),
-                reply,
-            },
-        );
-    }
-
-    /// Answers a lookup from the query's closest peers; if the DHT does not know the target but we
-    /// are connected to it (a DHT client, say), from what identify told us.
-    fn finish_find(&mut self, id: kad::QueryId, peers: Vec<kad::PeerInfo>) {
-        let Some(pending) = self.finds.remove(&id) else {
-            return;
-        };
-        let duration_ms = pending
-            .started
-            .elapsed()
-            .as_millis()
-            .try_into()
-            .unwrap_or(u64::MAX);
-        // The query reached the target. Its addresses come with the answers of other peers, or,
-        // when the target was already in our routing table, from there.
-        let from_dht = peers
-            .into_iter()
-            .find(|p| p.peer_id == pending.target)
-            .map(|info| match info.addrs.is_empty() {
-                false => info.addrs,
-                true => self.routing_table_addrs(&pending.target),
-            })
-            .filter(|addrs| !addrs.is_empty())
-            .map(|addrs| (addrs, FindSource::Dht));
-        let from_connection = || {
-            let state = self.peers.get(&pending.target)?;
-            let addrs: Vec<Multiaddr> = if state.listen_addrs.is_empty() {
-                state
-                    .connections
-                    .values()
-                    .map(|c| c.remote_addr.clone())
-                    .collect()
-            } else {
-                state.listen_addrs.clone()
-            };
-            Some((addrs, FindSource::Connected))
-        };
-        let result = match from_dht.or_else(from_connection) {
-            Some((addrs, source)) => {
-                for addr in &addrs {
-                    self.swarm.add_peer_address(pending.target, addr.clone());
-                }
-                Ok(FoundPeer {
-                    peer_id: pending.target,
-                    addrs,
-                    source,
-                    duration_ms,
-                })
-            }
-            None => Err(Error::NotFound(pending.target)),
-        };
-        let _ = pending.reply.send(result);
-    }
-
-    fn routing_table_addrs(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
-        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(*peer) else {
-            return Vec::new();
-        };
-        bucket
-            .iter()
-            .find(|e| e.node.key.preimage() == peer)
-            .map(|e| e.node.value.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn connect(
-        &mut self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        reply: oneshot::Sender<Result<Connected, Error>>,
-    ) {
-        if let Some(conn) = self
-            .peers
-            .get(&peer)
-            .and_then(|s| s.connections.values().next())
-        {
-            let _ = reply.send(Ok(Connected {
-                peer_id: peer,
-                remote_addr: conn.remote_addr.clone(),
-                already_connected: true,
-            }));
-            return;
-        }
-        if self.dials.len() >= MAX_PENDING_DIALS {
-            let _ = reply.send(Err(Error::Busy("dials", MAX_PENDING_DIALS)));
-            return;
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::Always)
-            .build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                self.dials.insert(id, PendingDial { peer, reply });
-            }
-            Err(e) => {
-                let _ = reply.send(Err(Error::Dial(e.to_string())));
-            }
-        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -599,16 +465,14 @@ impl EventLoop {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 // mDNS only discovers; dialling is ours. Identify then tells whether the peer
-                // serves Kademlia and belongs in the routing table.
+                // serves Kademlia and belongs in the routing table. Both sides discover each other
+                // at the same moment and dial: from a fresh port, so that the two TCP dials do not
+                // collide into one simultaneous open (see `lan_dial`).
                 for (peer, addrs) in by_peer {
                     if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
                         continue;
                     }
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = self.swarm.dial(opts) {
+                    if let Err(e) = self.swarm.dial(lan_dial(peer, addrs)) {
                         tracing::debug!(%peer, error = %e, "cannot dial mDNS peer");
                     }
                 }

@@ -2,10 +2,13 @@
 //! transport for tests and simulation, or one built by the caller. Every transport is counted in the
 //! bandwidth metrics.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use libp2p::{
-    PeerId, Transport as _,
+    Multiaddr, PeerId, Transport as _,
     core::{
         muxing::StreamMuxerBox,
         transport::{self, MemoryTransport, OrTransport},
@@ -13,6 +16,7 @@ use libp2p::{
     },
     identity::Keypair,
     metrics::{BandwidthTransport, Registry},
+    multiaddr::Protocol,
     noise, quic, tcp, yamux,
 };
 
@@ -87,4 +91,59 @@ fn tcp_quic(keypair: &Keypair) -> Result<Boxed, noise::Error> {
             futures::future::Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
         })
         .boxed())
+}
+
+/// Fails when another socket already listens on the TCP port of `addr` (`/ip4|ip6/…/tcp/N`, N ≠ 0).
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on its listeners (outgoing dials reuse the listen port, which hole
+/// punching needs), so a second process binding the same port succeeds and the kernel then splits
+/// incoming connections between the two. A plain bind (`SO_REUSEADDR` only, so a restart is not
+/// blocked by `TIME_WAIT`) tells whether the port is really ours. QUIC's UDP sockets need no such
+/// check: libp2p-quic binds without reuse flags and fails by itself.
+pub(crate) fn check_tcp_port_free(addr: &Multiaddr) -> std::io::Result<()> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    let sa = SocketAddr::new(ip, port);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sa),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if sa.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&sa.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_tcp_port_is_reported() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let err = check_tcp_port_free(&addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(held);
+        check_tcp_port_free(&addr).expect("free once released");
+        check_tcp_port_free(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+        check_tcp_port_free(&"/ip4/127.0.0.1/udp/9/quic-v1".parse().unwrap()).unwrap();
+    }
 }

@@ -156,11 +156,13 @@ impl NodeProc {
     /// SIGTERM, then waits for a clean exit; returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: plain syscall on the pid of a child we own and have not reaped.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "SIGTERM delivered"
+        );
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
