@@ -107,7 +107,8 @@ pub struct Bootstrap {
     /// Peers to join the network through, as multiaddrs ending in `/p2p/<peer-id>`.
     /// Default: the list in `bootstrap/peers.toml`, compiled in.
     pub peers: Vec<Multiaddr>,
-    /// When fewer peers than this are connected, bootstrap peers are dialled again. Default: 4.
+    /// When fewer peers than this are connected, bootstrap and remembered peers are dialled again.
+    /// Default: 4.
     pub min_peers: usize,
     /// Seconds between those checks. Default: 30.
     pub check_interval_secs: u64,
@@ -160,7 +161,8 @@ pub struct PeerBook {
     pub max_peers: usize,
     /// Addresses remembered per peer. Default: 8.
     pub max_addrs_per_peer: usize,
-    /// Most recently seen peers dialled again when the node starts. Default: 16.
+    /// Most recently seen peers dialled again when the node starts, and while it has too few peers.
+    /// Default: 16.
     pub redial_on_start: usize,
 }
 

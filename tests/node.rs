@@ -229,3 +229,41 @@ fn mdns_peers_on_the_lan_connect_by_themselves() {
         (a.connected_to().contains(&b_id) && b.connected_to().contains(&a_id)).then_some(())
     });
 }
+
+/// A node that loses its only peer redials it from the peer book (backing off) until it is back,
+/// without any bootstrap peer configured.
+#[test]
+fn a_lost_peer_is_redialled_when_it_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b_dir = tmp.path().join("b");
+    let a_dir = tmp.path().join("a");
+    let b = NodeProc::start(&b_dir, LOOPBACK);
+    let b_id = b.peer_id();
+    // B comes back on the same ports, so the address A remembers stays right.
+    let mut b_args: Vec<String> = vec!["--control-listen".into(), "127.0.0.1:0".into()];
+    for addr in b.status()["listen_addrs"].as_array().unwrap() {
+        b_args.push("--listen".into());
+        b_args.push(addr.as_str().unwrap().to_owned());
+    }
+    let b_args: Vec<&str> = b_args.iter().map(String::as_str).collect();
+
+    let a = NodeProc::start(&a_dir, &args(&["--bootstrap", &b.tcp_addr()]));
+    wait_for("A to remember B", WAIT, || {
+        (a.status()["peer_book_size"].as_u64().unwrap() >= 1).then_some(())
+    });
+    assert!(a.stop().success());
+    // Restarted without --bootstrap: B is only a remembered peer now.
+    let a = NodeProc::start(&a_dir, LOOPBACK);
+    wait_for("A to redial B at start", WAIT, || {
+        a.connected_to().contains(&b_id).then_some(())
+    });
+
+    assert!(b.stop().success());
+    wait_for("A to notice B is gone", WAIT, || {
+        (!a.connected_to().contains(&b_id)).then_some(())
+    });
+    let _b = NodeProc::start(&b_dir, &b_args);
+    wait_for("A to redial B once it is back", WAIT, || {
+        a.connected_to().contains(&b_id).then_some(())
+    });
+}

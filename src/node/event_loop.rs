@@ -228,8 +228,10 @@ impl EventLoop {
         let _ = self.events.send(event);
     }
 
+    /// At start: bootstrap peers and the peer book's DHT servers go into the routing table, then
+    /// [`Self::redial`]. kad bootstraps by itself (throttled) once `add_address` has put the first
+    /// peers into a small routing table, and then every `kad.periodic_bootstrap_secs`.
     fn dial_known_peers(&mut self) {
-        let local = *self.swarm.local_peer_id();
         for (peer, addr) in self.bootstrap.clone() {
             let transport_addr: Multiaddr = addr
                 .iter()
@@ -239,67 +241,80 @@ impl EventLoop {
                 .behaviour_mut()
                 .kad
                 .add_address(&peer, transport_addr);
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+        for (peer, entry) in self.remembered() {
+            if entry.kad_server {
+                for addr in entry.addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
             }
         }
-        let remembered = match self.peer_book.all() {
-            Ok(all) => all,
+        let (bootstrap, remembered) = self.redial();
+        tracing::info!(bootstrap, remembered, "dialling known peers");
+    }
+
+    /// Peer-book entries other than ourselves and the bootstrap peers, most recently seen first.
+    fn remembered(&self) -> Vec<(PeerId, crate::store::peerbook::Entry)> {
+        let local = *self.swarm.local_peer_id();
+        let bootstrap: HashSet<PeerId> = self.bootstrap.iter().map(|(p, _)| *p).collect();
+        match self.peer_book.all() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|(p, e)| *p != local && !bootstrap.contains(p) && !e.addrs.is_empty())
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the peer book");
                 Vec::new()
             }
-        };
-        let bootstrap: HashSet<PeerId> = self.bootstrap.iter().map(|(p, _)| *p).collect();
-        let mut redialled = 0;
-        for (peer, entry) in remembered {
-            if peer == local || entry.addrs.is_empty() {
-                continue;
-            }
-            if entry.kad_server {
-                for addr in &entry.addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
-                }
-            }
-            if redialled < self.redial_on_start && !bootstrap.contains(&peer) {
-                redialled += 1;
-                if let Err(e) = self.swarm.dial(lan_dial(peer, entry.addrs)) {
-                    tracing::debug!(%peer, error = %e, "cannot redial remembered peer");
-                }
-            }
         }
-        tracing::info!(
-            bootstrap = self.bootstrap.len(),
-            remembered = redialled,
-            "dialling known peers"
-        );
-        // No explicit `kad.bootstrap()`: kad bootstraps by itself (throttled) when `add_address` puts
-        // the first peers into a small routing table, and then every `kad.periodic_bootstrap_secs`.
     }
 
-    /// While fewer than `bootstrap.min_peers` peers are connected, dials the bootstrap peers we are
-    /// not connected to, backing off from 1 s up to `bootstrap.check_interval_secs`; once enough
-    /// peers are connected, checks every `check_interval_secs`.
-    fn maintain_connectivity(&mut self) {
-        let now = tokio::time::Instant::now();
-        if self.swarm.connected_peers().count() >= self.min_peers || self.bootstrap.is_empty() {
-            self.redial_backoff = REDIAL_BACKOFF_START;
-            self.next_redial = now + self.check_interval;
-            return;
-        }
+    /// Dials the bootstrap peers and up to `peerbook.redial_on_start` remembered peers that are
+    /// neither connected nor being dialled. Returns how many of each were dialled.
+    fn redial(&mut self) -> (usize, usize) {
+        let mut bootstrap = 0;
         for (peer, addr) in self.bootstrap.clone() {
             if self.swarm.is_connected(&peer) {
                 continue;
             }
+            // From the listen port: the bootstrap node then observes our listen address, which
+            // AutoNAT tests. Bootstrap nodes do not dial desktops, so no simultaneous open.
             let opts = DialOpts::peer_id(peer)
                 .addresses(vec![addr])
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            let _ = self.swarm.dial(opts);
+            if self.swarm.dial(opts).is_ok() {
+                bootstrap += 1;
+            }
         }
+        let mut remembered = 0;
+        for (peer, entry) in self.remembered() {
+            if remembered == self.redial_on_start {
+                break;
+            }
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            match self.swarm.dial(lan_dial(peer, entry.addrs)) {
+                Ok(()) => remembered += 1,
+                Err(e) => tracing::debug!(%peer, error = %e, "cannot redial remembered peer"),
+            }
+        }
+        (bootstrap, remembered)
+    }
+
+    /// While fewer than `bootstrap.min_peers` peers are connected, redials bootstrap and remembered
+    /// peers, backing off from 1 s up to `bootstrap.check_interval_secs`; once enough peers are
+    /// connected, checks every `check_interval_secs`.
+    fn maintain_connectivity(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.swarm.connected_peers().count() >= self.min_peers {
+            self.redial_backoff = REDIAL_BACKOFF_START;
+            self.next_redial = now + self.check_interval;
+            return;
+        }
+        let (bootstrap, remembered) = self.redial();
+        tracing::debug!(bootstrap, remembered, backoff = ?self.redial_backoff, "too few peers: redialling");
         self.next_redial = now + self.redial_backoff;
         self.redial_backoff = (self.redial_backoff * 2).min(self.check_interval);
     }
@@ -343,6 +358,14 @@ impl EventLoop {
                 if num_established == 0 {
                     self.peers.remove(&peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
+                    if self.swarm.connected_peers().count() < self.min_peers {
+                        // Start over: try to get peers back within a second, not after the
+                        // backoff reached while we were merely short of peers.
+                        self.redial_backoff = REDIAL_BACKOFF_START;
+                        self.next_redial = self
+                            .next_redial
+                            .min(tokio::time::Instant::now() + REDIAL_BACKOFF_START);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -77,9 +77,10 @@ impl PeerBook {
                 || p.kad_server != entry.kad_server
         });
         let value = serde_json::to_vec(&entry).expect("entries serialise");
-        self.tree.insert(peer.to_bytes(), value)?;
+        let key = peer.to_bytes();
+        self.tree.insert(&key, value)?;
         if previous.is_none() {
-            self.evict_over_limit()?;
+            self.evict_over_limit(&key)?;
         }
         Ok(changed)
     }
@@ -115,7 +116,9 @@ impl PeerBook {
         Ok(out)
     }
 
-    fn evict_over_limit(&self) -> Result<(), Error> {
+    /// Forgets the least recently seen peers beyond the limit, never `keep` (the entry just
+    /// recorded: `last_seen` has one-second resolution, so it may tie with the oldest).
+    fn evict_over_limit(&self, keep: &[u8]) -> Result<(), Error> {
         let len = self.tree.len();
         if len <= self.limits.max_peers {
             return Ok(());
@@ -124,7 +127,9 @@ impl PeerBook {
         let mut keyed: Vec<(u64, sled::IVec)> = Vec::with_capacity(len);
         for item in self.tree.iter() {
             let (k, v) = item?;
-            keyed.push((decode(&v).map_or(0, |e| e.last_seen), k));
+            if k != keep {
+                keyed.push((decode(&v).map_or(0, |e| e.last_seen), k));
+            }
         }
         keyed.sort_by_key(|(seen, _)| *seen);
         for (_, key) in keyed.into_iter().take(len - self.limits.max_peers) {
@@ -179,11 +184,15 @@ mod tests {
             assert!(changed);
         }
         assert_eq!(book.len(), 3);
+        let last = peers.last().unwrap();
+        assert!(
+            book.get(last).unwrap().is_some(),
+            "the newest peer is never the one evicted"
+        );
         for (_, e) in book.all().unwrap() {
             assert_eq!(e.addrs.len(), 2, "addresses are capped per peer");
         }
         // Re-recording the same facts is not a change.
-        let last = peers.last().unwrap();
         let again = book
             .record(last, [addr(1), addr(2)], Some("agent4".into()), true)
             .unwrap();
