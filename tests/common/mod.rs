@@ -147,6 +147,39 @@ impl NodeProc {
             .collect()
     }
 
+    /// Waits until AutoNAT has confirmed this node's address and it serves the DHT.
+    pub fn wait_serving_dht(&self) {
+        wait_for(
+            "the node to confirm an external address and serve the DHT",
+            WAIT,
+            || {
+                let s = self.status();
+                (s["reachability"] == "public" && s["kad_mode"] == "server").then_some(())
+            },
+        );
+    }
+
+    /// Waits until this node is connected to `peer` and knows, through identify, that it serves
+    /// the DHT (so it is in the routing table).
+    pub fn wait_sees_dht_server(&self, peer: &str) {
+        wait_for("a peer to be seen as a DHT server", WAIT, || {
+            let peers = cli_json(&self.dir, &["peers"]);
+            peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| {
+                    p["peer_id"] == peer
+                        && p["protocols"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|x| x == "/commucat/kad/1.0.0")
+                })
+                .then_some(())
+        });
+    }
+
     pub fn control(&self) -> (String, String) {
         let addr = std::fs::read_to_string(self.dir.join("control.addr")).unwrap();
         let token = std::fs::read_to_string(self.dir.join("control.token")).unwrap();
