@@ -35,32 +35,10 @@ fn desktop_finds_another_desktop_through_the_dht() {
     let c_id = c.peer_id();
     let c_tcp_port = c.tcp_addr().split('/').nth(4).unwrap().to_owned();
 
-    // C learns through AutoNAT (B dials it back) that it is reachable and starts serving the DHT…
-    wait_for(
-        "C to confirm an external address and serve the DHT",
-        WAIT,
-        || {
-            let s = c.status();
-            (s["reachability"] == "public" && s["kad_mode"] == "server").then_some(())
-        },
-    );
-    // …and B, told by identify, puts C into its routing table.
-    wait_for("B to see C as a DHT server", WAIT, || {
-        let peers = cli_json(&b.dir, &["peers"]);
-        peers
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| {
-                p["peer_id"] == c_id.as_str()
-                    && p["protocols"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|x| x == "/commucat/kad/1.0.0")
-            })
-            .then_some(())
-    });
+    // C learns through AutoNAT (B dials it back) that it is reachable and starts serving the DHT,
+    // and B, told by identify, puts C into its routing table.
+    c.wait_serving_dht();
+    b.wait_sees_dht_server(&c_id);
     assert!(
         !a.connected_to().contains(&c_id),
         "A must not know C before the lookup"
