@@ -90,22 +90,12 @@ fn js_libp2p_pings_identifies_and_finds_peers_through_commucat() {
         report["agent_version"],
         format!("commucat/{}", env!("CARGO_PKG_VERSION"))
     );
-    let protocols: Vec<&str> = report["protocols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let protocols = common::strs(&report["protocols"]);
     for p in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/commucat/kad/1.0.0"] {
         assert!(protocols.contains(&p), "{p} missing from {protocols:?}");
     }
     assert!(report["ping_rtt_ms"].as_f64().is_some());
-    let found: Vec<&str> = report["found"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let found = common::strs(&report["found"]);
     assert!(
         found.contains(&c_tcp.as_str()),
         "js-libp2p found {found:?}, expected {c_tcp}"

@@ -48,12 +48,7 @@ fn desktop_finds_another_desktop_through_the_dht() {
     let found = cli_json(&a.dir, &["dht", "find", &c_id]);
     assert_eq!(found["peer_id"], c_id.as_str());
     assert_eq!(found["source"], "dht");
-    let addrs: Vec<&str> = found["addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let addrs = common::strs(&found["addrs"]);
     assert!(
         addrs
             .iter()
@@ -189,11 +184,8 @@ fn mdns_peers_on_the_lan_connect_by_themselves() {
     ];
     let mdns_on = &[("COMMUCAT_MDNS__ENABLED", "true")];
     let a = NodeProc::start_env(&tmp.path().join("a"), lan, mdns_on);
-    let has_lan_interface = a.status()["listen_addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
+    let has_lan_interface = common::strs(&a.status()["listen_addrs"])
+        .into_iter()
         .any(|addr| !addr.starts_with("/ip4/127."));
     if !has_lan_interface {
         let msg = "this machine has no non-loopback IPv4 interface for mDNS multicast";

@@ -23,6 +23,13 @@ pub const LOOPBACK: &[&str] = &[
     "127.0.0.1:0",
 ];
 
+/// The strings in a JSON array (empty when `v` is not an array).
+pub fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// Runs a CLI verb against `data_dir` and returns its output.
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
     cli_env(data_dir, args, &[])
@@ -126,11 +133,8 @@ impl NodeProc {
     /// The node's TCP listen address with `/p2p/<id>`, for `--bootstrap`.
     pub fn tcp_addr(&self) -> String {
         let status = self.status();
-        let tcp = status["listen_addrs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
+        let tcp = strs(&status["listen_addrs"])
+            .into_iter()
             .find(|a| a.contains("/tcp/"))
             .expect("a TCP listen address")
             .to_owned();
