@@ -6,6 +6,7 @@
 //! - [`store`]: the sled database (peer book).
 //! - [`node`]: the event loop owning the libp2p Swarm, and its [`node::Client`].
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0`.
+//! - [`crypto`]: key bundle, hybrid post-quantum handshake, frame sealing (`protocols/data-v1.md`).
 //! - [`nat`]: reachability and address scopes.
 //! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
 //! - [`cli`]: the `commucat` command line.
@@ -13,9 +14,12 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crypto;
+pub mod data;
 pub mod dht;
 pub mod fsutil;
 pub mod identity;
 pub mod nat;
 pub mod node;
 pub mod store;
+pub mod time;

@@ -4,8 +4,6 @@
 //! Bounded: at most [`Limits::max_peers`] peers (the least recently seen are forgotten first) and
 //! [`Limits::max_addrs_per_peer`] addresses each.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +64,7 @@ impl PeerBook {
         addrs.truncate(self.limits.max_addrs_per_peer);
         let entry = Entry {
             addrs,
-            last_seen: now_unix(),
+            last_seen: crate::time::unix_secs(),
             agent_version,
             kad_server,
         };
@@ -141,12 +139,6 @@ impl PeerBook {
 
 fn decode(v: &[u8]) -> Option<Entry> {
     serde_json::from_slice(v).ok()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

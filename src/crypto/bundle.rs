@@ -1,0 +1,379 @@
+//! The signed key bundle a node hands to peers that open sessions to it (`protocols/data-v1.md` §4):
+//! its X25519 Noise static key and ML-KEM-768 encapsulation key, with its identity binding, signed by
+//! both identity keys.
+
+use std::path::Path;
+
+use libp2p::PeerId;
+use ml_dsa::{MlDsa65, Signature};
+use ml_kem::{
+    Decapsulate as _, DecapsulationKey, Encapsulate as _, EncapsulationKey, KeyExport as _,
+    MlKem768,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Error;
+use crate::identity::{self, Binding, Identity};
+
+pub const VERSION: u8 = 1;
+pub const X25519_LEN: usize = 32;
+/// ML-KEM-768 encapsulation key.
+pub const KEM_EK_LEN: usize = 1184;
+/// ML-KEM-768 ciphertext.
+pub const KEM_CT_LEN: usize = 1088;
+/// The signed part: version, created_at, keys, identity binding.
+pub const BODY_LEN: usize = 1
+    + 8
+    + X25519_LEN
+    + KEM_EK_LEN
+    + identity::ML_DSA_PUBLIC_KEY_LEN
+    + 64
+    + identity::ML_DSA_SIGNATURE_LEN;
+/// A whole bundle: body and both signatures (9 923 bytes).
+pub const BUNDLE_LEN: usize = BODY_LEN + 64 + identity::ML_DSA_SIGNATURE_LEN;
+/// Ed25519 domain prefix and ML-DSA-65 context of the bundle signatures.
+pub const SIGNATURE_CONTEXT: &[u8] = b"commucat/bundle/v1";
+/// File in the data directory with the bundle's secret keys.
+pub const FILE_NAME: &str = "bundle.key";
+
+/// `SHA-256(body)[0..16]`: names a bundle in HANDSHAKE step 1.
+pub type BundleId = [u8; 16];
+
+/// A verified public key bundle of some peer.
+#[derive(Clone)]
+pub struct Bundle {
+    bytes: Vec<u8>,
+    peer_id: PeerId,
+    created_at: u64,
+    x25519_public: [u8; X25519_LEN],
+    kem_ek: EncapsulationKey<MlKem768>,
+    binding: Binding,
+    id: BundleId,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("peer_id", &self.peer_id)
+            .field("id", &hex::encode(self.id))
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bundle {
+    /// Builds and signs the bundle of `identity` for the given public keys.
+    fn sign(
+        identity: &Identity,
+        created_at: u64,
+        x25519_public: [u8; 32],
+        kem_ek: &EncapsulationKey<MlKem768>,
+    ) -> Self {
+        let binding = identity.binding();
+        let mut bytes = Vec::with_capacity(BUNDLE_LEN);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&created_at.to_be_bytes());
+        bytes.extend_from_slice(&x25519_public);
+        bytes.extend_from_slice(&kem_ek.to_bytes());
+        bytes.extend_from_slice(&binding.ml_dsa_public);
+        bytes.extend_from_slice(&binding.ed25519_signature);
+        bytes.extend_from_slice(&binding.ml_dsa_signature);
+        debug_assert_eq!(bytes.len(), BODY_LEN);
+        let peer = identity.peer_id().to_bytes();
+        let ed = identity
+            .keypair()
+            .sign(&[SIGNATURE_CONTEXT, &peer, &bytes].concat())
+            .expect("Ed25519 signing cannot fail");
+        let ml = identity.sign_ml_dsa(&[&peer[..], &bytes].concat(), SIGNATURE_CONTEXT);
+        bytes.extend_from_slice(&ed);
+        bytes.extend_from_slice(&ml);
+        Self::verify(&bytes, &identity.peer_id()).expect("a bundle we just signed verifies")
+    }
+
+    /// Parses `bytes` as the bundle of `peer` and checks the binding and both signatures.
+    pub fn verify(bytes: &[u8], peer: &PeerId) -> Result<Self, Error> {
+        if bytes.len() != BUNDLE_LEN {
+            return Err(Error::BadBundle("wrong length"));
+        }
+        if bytes[0] != VERSION {
+            return Err(Error::BadBundle("unknown version"));
+        }
+        let (body, sigs) = bytes.split_at(BODY_LEN);
+        let mut r = Reader(&body[1..]);
+        let created_at = u64::from_be_bytes(r.take());
+        let x25519_public: [u8; 32] = r.take();
+        let kem_ek_bytes = r.bytes(KEM_EK_LEN);
+        let binding = Binding {
+            peer_id: *peer,
+            ml_dsa_public: r.bytes(identity::ML_DSA_PUBLIC_KEY_LEN).to_vec(),
+            ed25519_signature: r.bytes(64).to_vec(),
+            ml_dsa_signature: r.bytes(identity::ML_DSA_SIGNATURE_LEN).to_vec(),
+        };
+        binding
+            .verify()
+            .map_err(|_| Error::BadBundle("identity binding does not verify"))?;
+        let (ed_sig, ml_sig) = sigs.split_at(64);
+        let peer_bytes = peer.to_bytes();
+        let ed_public =
+            identity::public_key_of(peer).ok_or(Error::BadBundle("peer id has no Ed25519 key"))?;
+        if !ed_public.verify(&[SIGNATURE_CONTEXT, &peer_bytes, body].concat(), ed_sig) {
+            return Err(Error::BadBundle("Ed25519 signature"));
+        }
+        let vk = binding
+            .ml_dsa_verifying_key()
+            .ok_or(Error::BadBundle("ML-DSA-65 key"))?;
+        let sig = Signature::<MlDsa65>::try_from(ml_sig)
+            .map_err(|_| Error::BadBundle("ML-DSA-65 signature encoding"))?;
+        if !vk.verify_with_context(&[&peer_bytes[..], body].concat(), SIGNATURE_CONTEXT, &sig) {
+            return Err(Error::BadBundle("ML-DSA-65 signature"));
+        }
+        let ek_array = kem_ek_bytes
+            .try_into()
+            .map_err(|_| Error::BadBundle("ML-KEM-768 key length"))?;
+        let kem_ek = EncapsulationKey::<MlKem768>::new(ek_array)
+            .map_err(|_| Error::BadBundle("ML-KEM-768 key"))?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&Sha256::digest(body)[..16]);
+        Ok(Self {
+            bytes: bytes.to_vec(),
+            peer_id: *peer,
+            created_at,
+            x25519_public,
+            kem_ek,
+            binding,
+            id,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn id(&self) -> BundleId {
+        self.id
+    }
+
+    pub fn created_at(&self) -> u64 {
+        self.created_at
+    }
+
+    /// The Noise static public key.
+    pub fn x25519_public(&self) -> &[u8; X25519_LEN] {
+        &self.x25519_public
+    }
+
+    /// The identity binding inside the bundle (its ML-DSA-65 key, verified for the peer).
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+
+    /// Encapsulates a fresh shared secret to the bundle's ML-KEM-768 key: `(ciphertext, secret)`.
+    pub fn encapsulate(&self) -> (Vec<u8>, [u8; 32]) {
+        let (ct, ss) = self.kem_ek.encapsulate_with_rng(&mut rand::rng());
+        (ct.to_vec(), ss.into())
+    }
+
+    /// As [`Bundle::encapsulate`] with the FIPS 203 message `m` given (test vectors only).
+    pub fn encapsulate_deterministic(&self, m: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
+        let (ct, ss) = self.kem_ek.encapsulate_deterministic(&(*m).into());
+        (ct.to_vec(), ss.into())
+    }
+}
+
+/// Fixed-layout reader over a slice whose length was checked before.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        self.bytes(N).try_into().expect("length checked")
+    }
+}
+
+/// The bundle's secret keys, and the signed public bundle.
+pub struct Keys {
+    x25519_secret: [u8; 32],
+    kem_seed: [u8; 64],
+    kem_dk: DecapsulationKey<MlKem768>,
+    bundle: Bundle,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u8,
+    created_at: u64,
+    x25519_secret: String,
+    ml_kem_seed: String,
+}
+
+impl Keys {
+    /// Fresh keys for `identity`, created now.
+    pub fn generate(identity: &Identity) -> Self {
+        let created_at = crate::time::unix_secs();
+        let mut seed = [0u8; 64];
+        rand::fill(&mut seed[..]);
+        Self::from_secrets(identity, created_at, rand::random(), seed)
+    }
+
+    /// Rebuilds the keys (and re-signs the bundle, deterministically) from their secrets.
+    pub fn from_secrets(
+        identity: &Identity,
+        created_at: u64,
+        x25519_secret: [u8; 32],
+        kem_seed: [u8; 64],
+    ) -> Self {
+        let x25519_public =
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(x25519_secret))
+                .to_bytes();
+        let kem_dk = DecapsulationKey::<MlKem768>::from_seed(kem_seed.into());
+        let bundle = Bundle::sign(
+            identity,
+            created_at,
+            x25519_public,
+            kem_dk.encapsulation_key(),
+        );
+        Self {
+            x25519_secret,
+            kem_seed,
+            kem_dk,
+            bundle,
+        }
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The Noise static secret key.
+    pub fn x25519_secret(&self) -> &[u8; 32] {
+        &self.x25519_secret
+    }
+
+    /// Decapsulates an ML-KEM-768 ciphertext. Wrong ciphertexts of the right length give an
+    /// unrelated secret (implicit rejection); key confirmation catches them.
+    pub fn decapsulate(&self, ct: &[u8]) -> Result<[u8; 32], Error> {
+        self.kem_dk
+            .decapsulate_slice(ct)
+            .map(Into::into)
+            .map_err(|_| Error::BadKemCiphertext)
+    }
+
+    /// Loads the keys from `dir`, or creates and saves new ones. A bundle is re-signed at load, so a
+    /// changed identity cannot leave a stale signature behind.
+    pub fn load_or_create(dir: &Path, identity: &Identity) -> Result<Self, Error> {
+        let path = dir.join(FILE_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bad = |reason: String| Error::KeyFile {
+                    path: path.clone(),
+                    reason,
+                };
+                let file: File = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+                if file.version != VERSION {
+                    return Err(bad(format!("unknown version {}", file.version)));
+                }
+                let x = hex_array::<32>(&file.x25519_secret)
+                    .map_err(|r| bad(format!("x25519_secret {r}")))?;
+                let k = hex_array::<64>(&file.ml_kem_seed)
+                    .map_err(|r| bad(format!("ml_kem_seed {r}")))?;
+                Ok(Self::from_secrets(identity, file.created_at, x, k))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let keys = Self::generate(identity);
+                let file = File {
+                    version: VERSION,
+                    created_at: keys.bundle.created_at,
+                    x25519_secret: hex::encode(keys.x25519_secret),
+                    ml_kem_seed: hex::encode(keys.kem_seed),
+                };
+                let text = format!(
+                    "# CommuCat data-protocol key bundle secrets (protocols/data-v1.md §4). Keep private.\n{}",
+                    toml::to_string(&file).expect("plain values")
+                );
+                crate::fsutil::write_private(&path, text.as_bytes()).map_err(|e| {
+                    Error::KeyFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(keys)
+            }
+            Err(e) => Err(Error::KeyFile {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    let bytes = hex::decode(text).map_err(|e| format!("is not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("must be {N} bytes, found {}", b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_verify_only_for_their_owner_and_unchanged() {
+        let alice = Identity::generate();
+        let keys = Keys::generate(&alice);
+        let bytes = keys.bundle().as_bytes().to_vec();
+        assert_eq!(bytes.len(), BUNDLE_LEN);
+        let ok = Bundle::verify(&bytes, &alice.peer_id()).unwrap();
+        assert_eq!(ok.id(), keys.bundle().id());
+
+        let mallory = Identity::generate();
+        assert!(
+            Bundle::verify(&bytes, &mallory.peer_id()).is_err(),
+            "someone else's bundle"
+        );
+        for at in [0, 5, 40, 2000, BODY_LEN - 1, BODY_LEN + 3, BUNDLE_LEN - 1] {
+            let mut b = bytes.clone();
+            b[at] ^= 0x40;
+            assert!(
+                Bundle::verify(&b, &alice.peer_id()).is_err(),
+                "flipped byte {at}"
+            );
+        }
+        assert!(Bundle::verify(&bytes[..100], &alice.peer_id()).is_err());
+
+        // Mallory's own keys wrapped in Alice's binding: the signatures are not Alice's.
+        let forged_keys = Keys::generate(&mallory);
+        let mut forged = forged_keys.bundle().as_bytes().to_vec();
+        forged[1 + 8 + 32 + KEM_EK_LEN..BODY_LEN]
+            .copy_from_slice(&bytes[1 + 8 + 32 + KEM_EK_LEN..BODY_LEN]);
+        assert!(Bundle::verify(&forged, &alice.peer_id()).is_err());
+    }
+
+    #[test]
+    fn kem_round_trip_and_persistence() {
+        let id = Identity::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(dir.path(), &id).unwrap();
+        let again = Keys::load_or_create(dir.path(), &id).unwrap();
+        assert_eq!(
+            keys.bundle().as_bytes(),
+            again.bundle().as_bytes(),
+            "stable across loads"
+        );
+        let (ct, ss) = again.bundle().encapsulate();
+        assert_eq!(ct.len(), KEM_CT_LEN);
+        assert_eq!(keys.decapsulate(&ct).unwrap(), ss);
+        assert!(keys.decapsulate(&ct[1..]).is_err());
+    }
+}

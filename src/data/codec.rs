@@ -1,0 +1,659 @@
+//! Frames of `/commucat/data/1.0.0` (`protocols/data-v1.md` §1–§2): the outer frames, the inner
+//! frames carried by SEALED, and a `tokio_util` decoder that checks a frame's length before it
+//! allocates for it and tells "need more bytes" from "malformed".
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+use crate::identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN};
+
+/// Largest value of a frame's length field (type + payload).
+pub const MAX_FRAME_LEN: usize = 262_144;
+/// Largest DATA body.
+pub const MAX_MESSAGE_BYTES: usize = 65_536;
+/// Largest ERROR message.
+pub const MAX_ERROR_MESSAGE: usize = 256;
+/// Largest FILE_META name.
+pub const MAX_FILE_NAME: usize = 255;
+/// Largest Noise message in a HANDSHAKE frame.
+pub const MAX_NOISE_MESSAGE: usize = crate::crypto::handshake::MAX_NOISE_MESSAGE;
+/// Protocol version carried by HELLO.
+pub const VERSION: u8 = 1;
+
+/// Frame type bytes.
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const BUNDLE: u8 = 0x02;
+    pub const HANDSHAKE: u8 = 0x03;
+    pub const ERROR: u8 = 0x04;
+    pub const SEALED: u8 = 0x10;
+    pub const AUTH: u8 = 0x20;
+    pub const DATA: u8 = 0x21;
+    pub const ACK: u8 = 0x22;
+    pub const FILE_META: u8 = 0x23;
+    pub const FILE_CHUNK: u8 = 0x24;
+    pub const FILE_STATUS: u8 = 0x25;
+    pub const PRESENCE: u8 = 0x26;
+    pub const PING: u8 = 0x27;
+    pub const PONG: u8 = 0x28;
+    pub const CLOSE: u8 = 0x29;
+}
+
+/// An ERROR code (§2). Unknown codes from peers are kept as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    pub const MALFORMED: Self = Self(1);
+    pub const UNSUPPORTED_VERSION: Self = Self(2);
+    pub const FRAME_TOO_LARGE: Self = Self(3);
+    pub const UNKNOWN_FRAME_TYPE: Self = Self(4);
+    pub const UNEXPECTED_FRAME: Self = Self(5);
+    pub const HANDSHAKE_FAILED: Self = Self(6);
+    pub const BAD_SIGNATURE: Self = Self(7);
+    pub const BAD_KEM_CIPHERTEXT: Self = Self(8);
+    pub const BAD_BUNDLE: Self = Self(9);
+    pub const DECRYPT_FAILED: Self = Self(10);
+    pub const REPLAY: Self = Self(11);
+    pub const OUT_OF_ORDER: Self = Self(12);
+    pub const MESSAGE_TOO_LARGE: Self = Self(13);
+    pub const STALE_BUNDLE: Self = Self(14);
+    pub const SEQUENCE_GAP: Self = Self(15);
+    pub const FILE_REJECTED: Self = Self(16);
+    pub const STORAGE: Self = Self(17);
+    pub const LIMIT: Self = Self(18);
+    pub const TIMEOUT: Self = Self(19);
+    pub const INTERNAL: Self = Self(20);
+    pub const HASH_MISMATCH: Self = Self(21);
+
+    pub fn name(self) -> &'static str {
+        const NAMES: [&str; 22] = [
+            "UNKNOWN",
+            "MALFORMED",
+            "UNSUPPORTED_VERSION",
+            "FRAME_TOO_LARGE",
+            "UNKNOWN_FRAME_TYPE",
+            "UNEXPECTED_FRAME",
+            "HANDSHAKE_FAILED",
+            "BAD_SIGNATURE",
+            "BAD_KEM_CIPHERTEXT",
+            "BAD_BUNDLE",
+            "DECRYPT_FAILED",
+            "REPLAY",
+            "OUT_OF_ORDER",
+            "MESSAGE_TOO_LARGE",
+            "STALE_BUNDLE",
+            "SEQUENCE_GAP",
+            "FILE_REJECTED",
+            "STORAGE",
+            "LIMIT",
+            "TIMEOUT",
+            "INTERNAL",
+            "HASH_MISMATCH",
+        ];
+        NAMES.get(usize::from(self.0)).copied().unwrap_or("UNKNOWN")
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// Why bytes are not a frame. Each maps to the ERROR code the receiver answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame length {0} exceeds {MAX_FRAME_LEN}")]
+    TooLarge(u32),
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("frame type 0x{0:02x} is not valid here")]
+    Unexpected(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    #[error("message body of {0} bytes exceeds {MAX_MESSAGE_BYTES}")]
+    MessageTooLarge(usize),
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DecodeError {
+    /// The ERROR code to answer with; `None` for I/O errors (nobody to answer).
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            DecodeError::TooLarge(_) => ErrorCode::FRAME_TOO_LARGE,
+            DecodeError::UnknownType(_) => ErrorCode::UNKNOWN_FRAME_TYPE,
+            DecodeError::Unexpected(_) => ErrorCode::UNEXPECTED_FRAME,
+            DecodeError::Malformed(_) => ErrorCode::MALFORMED,
+            DecodeError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+            DecodeError::MessageTooLarge(_) => ErrorCode::MESSAGE_TOO_LARGE,
+            DecodeError::Io(_) => return None,
+        })
+    }
+}
+
+/// An outer frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        version: u8,
+        need_bundle: bool,
+    },
+    Bundle(Bytes),
+    Handshake {
+        step: u8,
+        pattern: u8,
+        bundle_id: Option<[u8; 16]>,
+        noise: Bytes,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// Still encrypted: `length` and `counter` are what the AEAD authenticates with `body`.
+    Sealed {
+        length: u32,
+        counter: u64,
+        body: BytesMut,
+    },
+}
+
+/// The identity binding an initiator sends in AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingParts {
+    pub ml_dsa_public: Bytes,
+    pub ed25519_signature: Bytes,
+    pub ml_dsa_signature: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    pub epoch: u64,
+    pub seq: u64,
+    pub msg_id: [u8; 16],
+    pub sent_at_ms: u64,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub transfer_id: [u8; 16],
+    pub size: u64,
+    pub hash_alg: u8,
+    pub hash: [u8; 32],
+    pub block_size: u32,
+    pub symbol_size: u16,
+    pub repair_per_mille: u16,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChunk {
+    pub transfer_id: [u8; 16],
+    pub block: u32,
+    pub packets: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    pub transfer_id: [u8; 16],
+    pub state: u8,
+    pub error: u16,
+    pub blocks: u32,
+    pub bitmap: Bytes,
+}
+
+/// FILE_STATUS states.
+pub mod file_state {
+    pub const RECEIVING: u8 = 0;
+    pub const COMPLETE: u8 = 1;
+    pub const FAILED: u8 = 2;
+}
+
+/// A frame inside SEALED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inner {
+    Auth {
+        binding: Option<BindingParts>,
+        signature: Bytes,
+    },
+    Data(Data),
+    Ack {
+        epoch: u64,
+        seq: u64,
+    },
+    FileMeta(FileMeta),
+    FileChunk(FileChunk),
+    FileStatus(FileStatus),
+    Presence {
+        status: u8,
+        since: u64,
+    },
+    Ping(u64),
+    Pong(u64),
+    Close(u16),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Bounds-checked reading of a payload.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Malformed("payload too short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.bytes(N)?.try_into().expect("length checked"))
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Malformed("trailing bytes"))
+        }
+    }
+    fn text(&mut self, max: usize) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(DecodeError::Malformed("text too long"));
+        }
+        let bytes = self.bytes(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Malformed("text is not UTF-8"))
+    }
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str, max: usize) {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u16(u16::try_from(end).expect("max ≤ u16"));
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
+fn decode_error_payload(c: &mut Cursor<'_>) -> Result<(ErrorCode, String), DecodeError> {
+    let code = ErrorCode(c.u16()?);
+    let message = c.text(MAX_ERROR_MESSAGE)?;
+    c.end()?;
+    Ok((code, message))
+}
+
+impl Frame {
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.put_u32(0); // length, patched below
+        match self {
+            Frame::Hello {
+                version,
+                need_bundle,
+            } => {
+                out.push(kind::HELLO);
+                out.push(*version);
+                out.push(u8::from(*need_bundle));
+            }
+            Frame::Bundle(b) => {
+                out.push(kind::BUNDLE);
+                out.extend_from_slice(b);
+            }
+            Frame::Handshake {
+                step,
+                pattern,
+                bundle_id,
+                noise,
+            } => {
+                out.push(kind::HANDSHAKE);
+                out.push(*step);
+                out.push(*pattern);
+                if let Some(id) = bundle_id {
+                    out.extend_from_slice(id);
+                }
+                out.extend_from_slice(noise);
+            }
+            Frame::Error { code, message } => {
+                out.push(kind::ERROR);
+                out.put_u16(code.0);
+                put_text(out, message, MAX_ERROR_MESSAGE);
+            }
+            Frame::Sealed { counter, body, .. } => {
+                out.push(kind::SEALED);
+                out.put_u64(*counter);
+                out.extend_from_slice(body);
+            }
+        }
+        let length = u32::try_from(out.len() - start - 4).expect("frames are bounded");
+        out[start..start + 4].copy_from_slice(&length.to_be_bytes());
+    }
+
+    /// Parses one whole frame (`bytes` = type ‖ payload, without the length field).
+    fn parse(length: u32, mut bytes: BytesMut) -> Result<Frame, DecodeError> {
+        let ty = bytes[0];
+        bytes.advance(1);
+        let mut c = Cursor(&bytes);
+        let frame = match ty {
+            kind::HELLO => {
+                let version = c.u8()?;
+                let flags = c.u8()?;
+                c.end()?;
+                if version != VERSION {
+                    return Err(DecodeError::UnsupportedVersion(version));
+                }
+                if flags & !1 != 0 {
+                    return Err(DecodeError::Malformed("reserved HELLO flags set"));
+                }
+                Frame::Hello {
+                    version,
+                    need_bundle: flags & 1 == 1,
+                }
+            }
+            kind::BUNDLE => Frame::Bundle(bytes.freeze()),
+            kind::HANDSHAKE => {
+                let step = c.u8()?;
+                let pattern = c.u8()?;
+                if !(1..=3).contains(&step) || !(1..=2).contains(&pattern) {
+                    return Err(DecodeError::Malformed("HANDSHAKE step or pattern"));
+                }
+                let bundle_id = if step == 1 {
+                    Some(c.array::<16>()?)
+                } else {
+                    None
+                };
+                let noise = c.rest();
+                if noise.len() > MAX_NOISE_MESSAGE {
+                    return Err(DecodeError::Malformed("Noise message too long"));
+                }
+                Frame::Handshake {
+                    step,
+                    pattern,
+                    bundle_id,
+                    noise: Bytes::copy_from_slice(noise),
+                }
+            }
+            kind::ERROR => {
+                let (code, message) = decode_error_payload(&mut c)?;
+                Frame::Error { code, message }
+            }
+            kind::SEALED => {
+                let counter = c.u64()?;
+                if c.0.len() < crate::crypto::aead::TAG_LEN {
+                    return Err(DecodeError::Malformed("SEALED frame shorter than its tag"));
+                }
+                bytes.advance(8);
+                Frame::Sealed {
+                    length,
+                    counter,
+                    body: bytes,
+                }
+            }
+            kind::AUTH..=kind::CLOSE => return Err(DecodeError::Unexpected(ty)),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(frame)
+    }
+}
+
+impl Inner {
+    /// Appends `inner_type ‖ payload` to `out` (what SEALED encrypts).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Inner::Auth { binding, signature } => {
+                out.push(kind::AUTH);
+                out.push(u8::from(binding.is_some()));
+                if let Some(b) = binding {
+                    out.extend_from_slice(&b.ml_dsa_public);
+                    out.extend_from_slice(&b.ed25519_signature);
+                    out.extend_from_slice(&b.ml_dsa_signature);
+                }
+                out.extend_from_slice(signature);
+            }
+            Inner::Data(d) => {
+                out.push(kind::DATA);
+                out.put_u64(d.epoch);
+                out.put_u64(d.seq);
+                out.extend_from_slice(&d.msg_id);
+                out.put_u64(d.sent_at_ms);
+                out.extend_from_slice(d.body.as_bytes());
+            }
+            Inner::Ack { epoch, seq } => {
+                out.push(kind::ACK);
+                out.put_u64(*epoch);
+                out.put_u64(*seq);
+            }
+            Inner::FileMeta(m) => {
+                out.push(kind::FILE_META);
+                out.extend_from_slice(&m.transfer_id);
+                out.put_u64(m.size);
+                out.push(m.hash_alg);
+                out.extend_from_slice(&m.hash);
+                out.put_u32(m.block_size);
+                out.put_u16(m.symbol_size);
+                out.put_u16(m.repair_per_mille);
+                put_text(out, &m.name, MAX_FILE_NAME);
+            }
+            Inner::FileChunk(c) => {
+                out.push(kind::FILE_CHUNK);
+                out.extend_from_slice(&c.transfer_id);
+                out.put_u32(c.block);
+                out.extend_from_slice(&c.packets);
+            }
+            Inner::FileStatus(s) => {
+                out.push(kind::FILE_STATUS);
+                out.extend_from_slice(&s.transfer_id);
+                out.push(s.state);
+                out.put_u16(s.error);
+                out.put_u32(s.blocks);
+                out.extend_from_slice(&s.bitmap);
+            }
+            Inner::Presence { status, since } => {
+                out.push(kind::PRESENCE);
+                out.push(*status);
+                out.put_u64(*since);
+            }
+            Inner::Ping(n) => {
+                out.push(kind::PING);
+                out.put_u64(*n);
+            }
+            Inner::Pong(n) => {
+                out.push(kind::PONG);
+                out.put_u64(*n);
+            }
+            Inner::Close(code) => {
+                out.push(kind::CLOSE);
+                out.put_u16(*code);
+            }
+            Inner::Error { code, message } => {
+                out.push(kind::ERROR);
+                out.put_u16(code.0);
+                put_text(out, message, MAX_ERROR_MESSAGE);
+            }
+        }
+    }
+
+    /// Parses a decrypted inner frame.
+    pub fn decode(bytes: &[u8]) -> Result<Inner, DecodeError> {
+        let mut c = Cursor(bytes);
+        let ty = c.u8()?;
+        let inner = match ty {
+            kind::AUTH => {
+                let flags = c.u8()?;
+                if flags & !1 != 0 {
+                    return Err(DecodeError::Malformed("reserved AUTH flags set"));
+                }
+                let binding = if flags & 1 == 1 {
+                    Some(BindingParts {
+                        ml_dsa_public: Bytes::copy_from_slice(c.bytes(ML_DSA_PUBLIC_KEY_LEN)?),
+                        ed25519_signature: Bytes::copy_from_slice(c.bytes(64)?),
+                        ml_dsa_signature: Bytes::copy_from_slice(c.bytes(ML_DSA_SIGNATURE_LEN)?),
+                    })
+                } else {
+                    None
+                };
+                let signature = Bytes::copy_from_slice(c.bytes(ML_DSA_SIGNATURE_LEN)?);
+                c.end()?;
+                Inner::Auth { binding, signature }
+            }
+            kind::DATA => {
+                let epoch = c.u64()?;
+                let seq = c.u64()?;
+                let msg_id = c.array()?;
+                let sent_at_ms = c.u64()?;
+                let body = c.rest();
+                if body.len() > MAX_MESSAGE_BYTES {
+                    return Err(DecodeError::MessageTooLarge(body.len()));
+                }
+                let body = String::from_utf8(body.to_vec())
+                    .map_err(|_| DecodeError::Malformed("DATA body is not UTF-8"))?;
+                Inner::Data(Data {
+                    epoch,
+                    seq,
+                    msg_id,
+                    sent_at_ms,
+                    body,
+                })
+            }
+            kind::ACK => {
+                let epoch = c.u64()?;
+                let seq = c.u64()?;
+                c.end()?;
+                Inner::Ack { epoch, seq }
+            }
+            kind::FILE_META => {
+                let transfer_id = c.array()?;
+                let size = c.u64()?;
+                let hash_alg = c.u8()?;
+                let hash = c.array()?;
+                let block_size = c.u32()?;
+                let symbol_size = c.u16()?;
+                let repair_per_mille = c.u16()?;
+                let name = c.text(MAX_FILE_NAME)?;
+                c.end()?;
+                Inner::FileMeta(FileMeta {
+                    transfer_id,
+                    size,
+                    hash_alg,
+                    hash,
+                    block_size,
+                    symbol_size,
+                    repair_per_mille,
+                    name,
+                })
+            }
+            kind::FILE_CHUNK => {
+                let transfer_id = c.array()?;
+                let block = c.u32()?;
+                Inner::FileChunk(FileChunk {
+                    transfer_id,
+                    block,
+                    packets: Bytes::copy_from_slice(c.rest()),
+                })
+            }
+            kind::FILE_STATUS => {
+                let transfer_id = c.array()?;
+                let state = c.u8()?;
+                let error = c.u16()?;
+                let blocks = c.u32()?;
+                let bitmap = c.rest();
+                if bitmap.len() != usize::try_from(blocks.div_ceil(8)).unwrap_or(usize::MAX) {
+                    return Err(DecodeError::Malformed("FILE_STATUS bitmap length"));
+                }
+                Inner::FileStatus(FileStatus {
+                    transfer_id,
+                    state,
+                    error,
+                    blocks,
+                    bitmap: Bytes::copy_from_slice(bitmap),
+                })
+            }
+            kind::PRESENCE => {
+                let status = c.u8()?;
+                let since = c.u64()?;
+                c.end()?;
+                Inner::Presence { status, since }
+            }
+            kind::PING => {
+                let n = c.u64()?;
+                c.end()?;
+                Inner::Ping(n)
+            }
+            kind::PONG => {
+                let n = c.u64()?;
+                c.end()?;
+                Inner::Pong(n)
+            }
+            kind::CLOSE => {
+                let code = c.u16()?;
+                c.end()?;
+                Inner::Close(code)
+            }
+            kind::ERROR => {
+                let (code, message) = decode_error_payload(&mut c)?;
+                Inner::Error { code, message }
+            }
+            kind::HELLO | kind::BUNDLE | kind::HANDSHAKE | kind::SEALED => {
+                return Err(DecodeError::Unexpected(ty));
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(inner)
+    }
+}
+
+/// Decodes outer frames from a byte stream.
+#[derive(Debug, Default)]
+pub struct FrameCodec;
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = DecodeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes(src[..4].try_into().expect("4 bytes"));
+        if length == 0 {
+            return Err(DecodeError::Malformed("zero frame length"));
+        }
+        let len = usize::try_from(length).unwrap_or(usize::MAX);
+        if len > MAX_FRAME_LEN {
+            return Err(DecodeError::TooLarge(length));
+        }
+        if src.len() < 4 + len {
+            // The length is within bounds: now it is safe to make room for the rest.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let bytes = src.split_to(len);
+        Frame::parse(length, bytes).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests;

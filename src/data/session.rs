@@ -1,0 +1,617 @@
+//! One end-to-end session over one stream (`protocols/data-v1.md` §3): HELLO / BUNDLE / HANDSHAKE /
+//! AUTH around [`crate::crypto::handshake`], then sealed inner frames both ways. Generic over any
+//! tokio byte stream, so the same code runs on libp2p streams and in-memory pipes in tests.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use libp2p::PeerId;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_util::codec::FramedRead;
+
+use super::codec::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner, VERSION};
+use crate::{
+    crypto::{
+        self, Bundle, Pattern, Role,
+        aead::{OpenError, Opener, Sealer},
+        bundle,
+        handshake::{self, Initiator, Responder},
+    },
+    identity::{Binding, Identity},
+};
+
+/// The whole handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This node's long-term keys, shared by all sessions.
+pub struct LocalKeys {
+    pub identity: Identity,
+    pub bundle: bundle::Keys,
+}
+
+/// Completed handshakes, for `/api/server-info` and the metrics: Noise handshakes that finished,
+/// and post-quantum ones (ML-KEM confirmed and both ML-DSA transcript signatures verified).
+#[derive(Debug, Default)]
+pub struct HandshakeCounters {
+    pub noise: AtomicU64,
+    pub post_quantum: AtomicU64,
+}
+
+impl HandshakeCounters {
+    pub fn noise(&self) -> u64 {
+        self.noise.load(Ordering::Relaxed)
+    }
+    pub fn post_quantum(&self) -> u64 {
+        self.post_quantum.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the stream")]
+    Closed,
+    /// We rejected what the peer sent (and told it with an ERROR frame).
+    #[error("{code}: {detail}")]
+    Protocol { code: ErrorCode, detail: String },
+    /// The peer rejected what we sent.
+    #[error("peer reported {code}: {message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+impl Error {
+    fn protocol(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Error::Protocol {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// The ERROR code of a protocol failure on either side.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Protocol { code, .. } | Error::Remote { code, .. } => Some(*code),
+            Error::Timeout => Some(ErrorCode::TIMEOUT),
+            _ => None,
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Io(io) => Error::Io(io),
+            other => Error::Protocol {
+                code: other.code().unwrap_or(ErrorCode::INTERNAL),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<crypto::Error> for Error {
+    fn from(e: crypto::Error) -> Self {
+        let code = match &e {
+            crypto::Error::BadKemCiphertext => ErrorCode::BAD_KEM_CIPHERTEXT,
+            crypto::Error::BadBundle(_) => ErrorCode::BAD_BUNDLE,
+            crypto::Error::BadSignature(_) => ErrorCode::BAD_SIGNATURE,
+            crypto::Error::HandshakeFailed(_) => ErrorCode::HANDSHAKE_FAILED,
+            _ => ErrorCode::INTERNAL,
+        };
+        Error::protocol(code, e.to_string())
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        let code = match e {
+            OpenError::Replay { .. } => ErrorCode::REPLAY,
+            OpenError::OutOfOrder { .. } => ErrorCode::OUT_OF_ORDER,
+            OpenError::DecryptFailed => ErrorCode::DECRYPT_FAILED,
+            OpenError::Exhausted => ErrorCode::LIMIT,
+        };
+        Error::protocol(code, e.to_string())
+    }
+}
+
+/// The receiving half of an established session.
+pub struct Reader<S> {
+    frames: FramedRead<ReadHalf<S>, FrameCodec>,
+    opener: Opener,
+}
+
+/// The sending half of an established session.
+pub struct Writer<S> {
+    io: WriteHalf<S>,
+    sealer: Sealer,
+    buf: Vec<u8>,
+    inner: Vec<u8>,
+}
+
+/// A session after a successful handshake.
+pub struct Session<S> {
+    pub reader: Reader<S>,
+    pub writer: Writer<S>,
+    pub remote: PeerId,
+    pub pattern: Pattern,
+    /// The responder's verified bundle (initiator side), for caching.
+    pub remote_bundle: Option<Bundle>,
+}
+
+impl<S: AsyncRead> Reader<S> {
+    /// The next inner frame; `Ok(None)` when the peer closed the stream between frames. An ERROR
+    /// from the peer is returned as `Err(Remote)`.
+    pub async fn recv(&mut self) -> Result<Option<Inner>, Error> {
+        let Some(frame) = self.frames.next().await else {
+            return Ok(None);
+        };
+        match frame? {
+            Frame::Sealed {
+                length,
+                counter,
+                mut body,
+            } => {
+                let plain = self.opener.open(length, counter, &mut body)?;
+                match Inner::decode(plain)? {
+                    Inner::Error { code, message } => Err(Error::Remote { code, message }),
+                    inner => Ok(Some(inner)),
+                }
+            }
+            Frame::Error { code, message } => Err(Error::Remote { code, message }),
+            other => Err(Error::protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                format!("{} frame after the handshake", frame_name(&other)),
+            )),
+        }
+    }
+}
+
+impl<S: AsyncWrite> Writer<S> {
+    /// Seals and queues `inner` without writing it yet (see [`Writer::flush`]).
+    pub fn queue(&mut self, inner: &Inner) -> Result<(), Error> {
+        self.inner.clear();
+        inner.encode(&mut self.inner);
+        self.sealer.seal_frame(&self.inner, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    pub async fn send(&mut self, inner: &Inner) -> Result<(), Error> {
+        self.queue(inner)?;
+        self.flush().await
+    }
+
+    /// Seals `inner` and returns the frame's bytes without sending them (for tools and tests that
+    /// replay or tamper with frames).
+    #[doc(hidden)]
+    pub fn seal_detached(&mut self, inner: &Inner) -> Result<Vec<u8>, Error> {
+        self.inner.clear();
+        inner.encode(&mut self.inner);
+        let mut out = Vec::new();
+        self.sealer.seal_frame(&self.inner, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes raw bytes to the stream (for tools and tests).
+    #[doc(hidden)]
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Sends a sealed ERROR (best effort) and shuts the stream down.
+    pub async fn fail(&mut self, code: ErrorCode, message: &str) {
+        let _ = self
+            .send(&Inner::Error {
+                code,
+                message: message.to_owned(),
+            })
+            .await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Sends CLOSE and shuts the stream down.
+    pub async fn close(&mut self) {
+        let _ = self.send(&Inner::Close(0)).await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "HELLO",
+        Frame::Bundle(_) => "BUNDLE",
+        Frame::Handshake { .. } => "HANDSHAKE",
+        Frame::Error { .. } => "ERROR",
+        Frame::Sealed { .. } => "SEALED",
+    }
+}
+
+/// The cleartext phase: frames, and an ERROR sent before giving up.
+struct Cleartext<S> {
+    frames: FramedRead<ReadHalf<S>, FrameCodec>,
+    io: WriteHalf<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
+    async fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        self.io.write_all(&out).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Frame, Error> {
+        match self.frames.next().await {
+            None => Err(Error::Closed),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Frame::Error { code, message })) => Err(Error::Remote { code, message }),
+            Some(Ok(f)) => Ok(f),
+        }
+    }
+
+    /// Tells the peer why we give up (cleartext ERROR), if the failure is ours to report.
+    async fn report(&mut self, e: &Error) {
+        if let Error::Protocol { code, detail } = e {
+            let _ = self
+                .send(&[Frame::Error {
+                    code: *code,
+                    message: detail.clone(),
+                }])
+                .await;
+            let _ = self.io.shutdown().await;
+        }
+    }
+
+    fn into_session(
+        self,
+        sealer: Sealer,
+        opener: Opener,
+        remote: PeerId,
+        pattern: Pattern,
+    ) -> Session<S> {
+        Session {
+            reader: Reader {
+                frames: self.frames,
+                opener,
+            },
+            writer: Writer {
+                io: self.io,
+                sealer,
+                buf: Vec::new(),
+                inner: Vec::new(),
+            },
+            remote,
+            pattern,
+            remote_bundle: None,
+        }
+    }
+}
+
+fn unexpected(f: &Frame, wanted: &str) -> Error {
+    Error::protocol(
+        ErrorCode::UNEXPECTED_FRAME,
+        format!("expected {wanted}, got {}", frame_name(f)),
+    )
+}
+
+async fn with_timeout<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout))
+}
+
+/// Runs the initiator's side over `stream` to `remote` (authenticated by the libp2p connection).
+/// With `known` (a bundle verified earlier, e.g. from the DHT) the handshake is IK, else XK after
+/// fetching the bundle.
+pub async fn initiate<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: &LocalKeys,
+    remote: PeerId,
+    known: Option<Bundle>,
+    counters: &HandshakeCounters,
+) -> Result<Session<S>, Error> {
+    let (r, w) = tokio::io::split(stream);
+    let mut c = Cleartext {
+        frames: FramedRead::new(r, FrameCodec),
+        io: w,
+    };
+    let result = with_timeout(initiate_inner(&mut c, local, remote, known, counters)).await;
+    match result {
+        Ok((keys, bundle, pattern)) => {
+            let mut session = c.into_session(
+                Sealer::new(&keys.initiator_to_responder),
+                Opener::new(&keys.responder_to_initiator),
+                remote,
+                pattern,
+            );
+            // AUTH both ways.
+            let local_id = local.identity.peer_id();
+            let h = keys.handshake_hash;
+            let b = local.identity.binding();
+            let auth = Inner::Auth {
+                binding: Some(BindingParts {
+                    ml_dsa_public: Bytes::copy_from_slice(&b.ml_dsa_public),
+                    ed25519_signature: Bytes::copy_from_slice(&b.ed25519_signature),
+                    ml_dsa_signature: Bytes::copy_from_slice(&b.ml_dsa_signature),
+                }),
+                signature: handshake::sign_transcript(
+                    &local.identity,
+                    Role::Initiator,
+                    &local_id,
+                    &remote,
+                    &h,
+                )
+                .into(),
+            };
+            let verified = with_timeout(async {
+                session.writer.send(&auth).await?;
+                match session.reader.recv().await? {
+                    Some(Inner::Auth {
+                        binding: None,
+                        signature,
+                    }) => {
+                        handshake::verify_transcript(
+                            bundle.binding(),
+                            &signature,
+                            Role::Responder,
+                            &local_id,
+                            &remote,
+                            &h,
+                        )?;
+                        Ok(())
+                    }
+                    Some(_) => Err(Error::protocol(
+                        ErrorCode::UNEXPECTED_FRAME,
+                        "expected AUTH",
+                    )),
+                    None => Err(Error::Closed),
+                }
+            })
+            .await;
+            if let Err(e) = verified {
+                if let Error::Protocol { code, detail } = &e {
+                    session.writer.fail(*code, detail).await;
+                }
+                return Err(e);
+            }
+            counters.post_quantum.fetch_add(1, Ordering::Relaxed);
+            session.remote_bundle = Some(bundle);
+            Ok(session)
+        }
+        Err(e) => {
+            c.report(&e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn initiate_inner<S: AsyncRead + AsyncWrite>(
+    c: &mut Cleartext<S>,
+    local: &LocalKeys,
+    remote: PeerId,
+    known: Option<Bundle>,
+    counters: &HandshakeCounters,
+) -> Result<(crypto::SessionKeys, Bundle, Pattern), Error> {
+    let (bundle, pattern, mut out) = match known {
+        Some(b) => (
+            b,
+            Pattern::Ik,
+            vec![Frame::Hello {
+                version: VERSION,
+                need_bundle: false,
+            }],
+        ),
+        None => {
+            c.send(&[Frame::Hello {
+                version: VERSION,
+                need_bundle: true,
+            }])
+            .await?;
+            match c.recv().await? {
+                Frame::Bundle(bytes) => (Bundle::verify(&bytes, &remote)?, Pattern::Xk, Vec::new()),
+                other => return Err(unexpected(&other, "BUNDLE")),
+            }
+        }
+    };
+    let (mut init, msg1) = Initiator::start(&local.bundle, &bundle, pattern)?;
+    out.push(Frame::Handshake {
+        step: 1,
+        pattern: pattern as u8,
+        bundle_id: Some(bundle.id()),
+        noise: msg1.into(),
+    });
+    c.send(&out).await?;
+    let msg2 = match c.recv().await? {
+        Frame::Handshake {
+            step: 2,
+            pattern: p,
+            noise,
+            ..
+        } if p == pattern as u8 => noise,
+        other => return Err(unexpected(&other, "HANDSHAKE step 2")),
+    };
+    if let Some(msg3) = init.read_step2(&msg2)? {
+        c.send(&[Frame::Handshake {
+            step: 3,
+            pattern: pattern as u8,
+            bundle_id: None,
+            noise: msg3.into(),
+        }])
+        .await?;
+    }
+    let keys = init.finish()?;
+    counters.noise.fetch_add(1, Ordering::Relaxed);
+    Ok((keys, bundle, pattern))
+}
+
+/// Runs the responder's side over `stream`, opened by `remote` (authenticated by the libp2p
+/// connection).
+pub async fn respond<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: &LocalKeys,
+    remote: PeerId,
+    counters: &HandshakeCounters,
+) -> Result<Session<S>, Error> {
+    let (r, w) = tokio::io::split(stream);
+    let mut c = Cleartext {
+        frames: FramedRead::new(r, FrameCodec),
+        io: w,
+    };
+    let (keys, pattern) = match with_timeout(respond_inner(&mut c, local, counters)).await {
+        Ok(v) => v,
+        Err(e) => {
+            c.report(&e).await;
+            return Err(e);
+        }
+    };
+    let mut session = c.into_session(
+        Sealer::new(&keys.responder_to_initiator),
+        Opener::new(&keys.initiator_to_responder),
+        remote,
+        pattern,
+    );
+    let local_id = local.identity.peer_id();
+    let h = keys.handshake_hash;
+    let verified = with_timeout(async {
+        let sig =
+            handshake::sign_transcript(&local.identity, Role::Responder, &remote, &local_id, &h);
+        session
+            .writer
+            .send(&Inner::Auth {
+                binding: None,
+                signature: sig.into(),
+            })
+            .await?;
+        match session.reader.recv().await? {
+            Some(Inner::Auth {
+                binding: Some(parts),
+                signature,
+            }) => {
+                let binding = Binding {
+                    peer_id: remote,
+                    ml_dsa_public: parts.ml_dsa_public.to_vec(),
+                    ed25519_signature: parts.ed25519_signature.to_vec(),
+                    ml_dsa_signature: parts.ml_dsa_signature.to_vec(),
+                };
+                binding
+                    .verify()
+                    .map_err(|e| Error::protocol(ErrorCode::BAD_SIGNATURE, e.to_string()))?;
+                handshake::verify_transcript(
+                    &binding,
+                    &signature,
+                    Role::Initiator,
+                    &remote,
+                    &local_id,
+                    &h,
+                )?;
+                Ok(())
+            }
+            Some(_) => Err(Error::protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                "expected AUTH with the initiator's identity binding",
+            )),
+            None => Err(Error::Closed),
+        }
+    })
+    .await;
+    if let Err(e) = verified {
+        if let Error::Protocol { code, detail } = &e {
+            session.writer.fail(*code, detail).await;
+        }
+        return Err(e);
+    }
+    counters.post_quantum.fetch_add(1, Ordering::Relaxed);
+    Ok(session)
+}
+
+async fn respond_inner<S: AsyncRead + AsyncWrite>(
+    c: &mut Cleartext<S>,
+    local: &LocalKeys,
+    counters: &HandshakeCounters,
+) -> Result<(crypto::SessionKeys, Pattern), Error> {
+    match c.recv().await? {
+        Frame::Hello { need_bundle, .. } => {
+            if need_bundle {
+                c.send(&[Frame::Bundle(Bytes::copy_from_slice(
+                    local.bundle.bundle().as_bytes(),
+                ))])
+                .await?;
+            }
+        }
+        other => return Err(unexpected(&other, "HELLO")),
+    }
+    let (pattern, bundle_id, msg1) = match c.recv().await? {
+        Frame::Handshake {
+            step: 1,
+            pattern,
+            bundle_id,
+            noise,
+        } => (pattern, bundle_id, noise),
+        other => return Err(unexpected(&other, "HANDSHAKE step 1")),
+    };
+    let pattern = Pattern::from_u8(pattern)
+        .ok_or_else(|| Error::protocol(ErrorCode::HANDSHAKE_FAILED, "unknown pattern"))?;
+    if bundle_id != Some(local.bundle.bundle().id()) {
+        return Err(Error::protocol(
+            ErrorCode::STALE_BUNDLE,
+            "unknown bundle id: fetch the bundle again",
+        ));
+    }
+    let (mut resp, msg2) = Responder::read_step1(&local.bundle, pattern, &msg1)?;
+    c.send(&[Frame::Handshake {
+        step: 2,
+        pattern: pattern as u8,
+        bundle_id: None,
+        noise: msg2.into(),
+    }])
+    .await?;
+    if pattern == Pattern::Xk {
+        match c.recv().await? {
+            Frame::Handshake {
+                step: 3,
+                pattern: 1,
+                noise,
+                ..
+            } => resp.read_step3(&noise)?,
+            other => return Err(unexpected(&other, "HANDSHAKE step 3")),
+        }
+    }
+    let keys = resp.finish()?;
+    counters.noise.fetch_add(1, Ordering::Relaxed);
+    Ok((keys, pattern))
+}
+
+/// Shared handle to the local keys.
+pub type SharedKeys = Arc<LocalKeys>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! Sessions over in-memory pipes: both patterns, and each kind of bad input rejected with the code
+//! the spec gives.
+
+use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+use super::*;
+use crate::data::codec::{Data, kind};
+
+fn keys() -> LocalKeys {
+    let identity = Identity::generate();
+    let bundle = bundle::Keys::generate(&identity);
+    LocalKeys { identity, bundle }
+}
+
+fn pipe() -> (DuplexStream, DuplexStream) {
+    duplex(1 << 20)
+}
+
+async fn pair(
+    a: &LocalKeys,
+    b: &LocalKeys,
+    known: Option<Bundle>,
+) -> (
+    Result<Session<DuplexStream>, Error>,
+    Result<Session<DuplexStream>, Error>,
+) {
+    let (x, y) = pipe();
+    let c = HandshakeCounters::default();
+    let d = HandshakeCounters::default();
+    tokio::join!(
+        initiate(x, a, b.identity.peer_id(), known, &c),
+        respond(y, b, a.identity.peer_id(), &d)
+    )
+}
+
+fn data(seq: u64, body: &str) -> Inner {
+    Inner::Data(Data {
+        epoch: 7,
+        seq,
+        msg_id: [seq as u8; 16],
+        sent_at_ms: 1,
+        body: body.into(),
+    })
+}
+
+#[tokio::test]
+async fn xk_then_ik_sessions_carry_frames_both_ways() {
+    let (a, b) = (keys(), keys());
+    let (i, r) = pair(&a, &b, None).await;
+    let (mut i, mut r) = (i.unwrap(), r.unwrap());
+    assert_eq!(i.pattern, Pattern::Xk);
+    assert_eq!(r.remote, a.identity.peer_id());
+    i.writer.send(&data(1, "hello")).await.unwrap();
+    assert_eq!(r.reader.recv().await.unwrap(), Some(data(1, "hello")));
+    r.writer
+        .send(&Inner::Ack { epoch: 7, seq: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        i.reader.recv().await.unwrap(),
+        Some(Inner::Ack { epoch: 7, seq: 1 })
+    );
+
+    // With the bundle from the first session, the next one is IK.
+    let bundle = i.remote_bundle.clone().unwrap();
+    let (i, r) = pair(&a, &b, Some(bundle)).await;
+    let (mut i, mut r) = (i.unwrap(), r.unwrap());
+    assert_eq!(i.pattern, Pattern::Ik);
+    i.writer.send(&data(2, "again")).await.unwrap();
+    assert_eq!(r.reader.recv().await.unwrap(), Some(data(2, "again")));
+}
+
+#[tokio::test]
+async fn tampered_and_replayed_frames_end_the_session_with_the_right_error() {
+    let (a, b) = (keys(), keys());
+    for (case, expected) in [
+        ("tamper", ErrorCode::DECRYPT_FAILED),
+        ("replay", ErrorCode::REPLAY),
+        ("skip", ErrorCode::OUT_OF_ORDER),
+    ] {
+        let (i, r) = pair(&a, &b, None).await;
+        let (mut i, mut r) = (i.unwrap(), r.unwrap());
+        let first = i.writer.seal_detached(&data(1, "one")).unwrap();
+        match case {
+            "tamper" => {
+                let mut bad = first.clone();
+                let last = bad.len() - 20;
+                bad[last] ^= 0x01;
+                i.writer.write_raw(&bad).await.unwrap();
+            }
+            "replay" => {
+                i.writer.write_raw(&first).await.unwrap();
+                assert_eq!(r.reader.recv().await.unwrap(), Some(data(1, "one")));
+                i.writer.write_raw(&first).await.unwrap();
+            }
+            _ => {
+                let second = i.writer.seal_detached(&data(2, "two")).unwrap();
+                i.writer.write_raw(&second).await.unwrap();
+            }
+        }
+        let err = r.reader.recv().await.unwrap_err();
+        assert_eq!(err.code(), Some(expected), "{case}: {err}");
+        // The receiver tells the sender.
+        r.writer.fail(expected, &err.to_string()).await;
+        let told = i.reader.recv().await.unwrap_err();
+        assert_eq!(told.code(), Some(expected), "{case}: sender hears {told}");
+    }
+}
+
+#[tokio::test]
+async fn a_forged_bundle_is_rejected_by_the_initiator() {
+    let (a, b, mallory) = (keys(), keys(), keys());
+    let (x, mut y) = pipe();
+    let c = HandshakeCounters::default();
+    let fake = async {
+        // B's stream answers HELLO with Mallory's bundle.
+        let mut hello = [0u8; 7];
+        y.read_exact(&mut hello).await.unwrap();
+        let mut out = Vec::new();
+        Frame::Bundle(Bytes::copy_from_slice(mallory.bundle.bundle().as_bytes())).encode(&mut out);
+        y.write_all(&out).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = y.read_to_end(&mut reply).await;
+        reply
+    };
+    let (res, reply) = tokio::join!(initiate(x, &a, b.identity.peer_id(), None, &c), fake);
+    assert_eq!(
+        res.err().and_then(|e| e.code()),
+        Some(ErrorCode::BAD_BUNDLE)
+    );
+    // The initiator said why before closing: a cleartext ERROR frame with code 9.
+    assert_eq!(reply[4], kind::ERROR);
+    assert_eq!(u16::from_be_bytes([reply[5], reply[6]]), 9);
+}
+
+/// Feeds raw bytes to a responder and returns the ERROR code it answers with.
+async fn responder_answer(raw: &[u8]) -> Option<u16> {
+    let b = keys();
+    let (mut x, y) = pipe();
+    let c = HandshakeCounters::default();
+    let peer = Identity::generate().peer_id();
+    x.write_all(raw).await.unwrap();
+    let (res, reply) = tokio::join!(respond(y, &b, peer, &c), async {
+        let mut reply = Vec::new();
+        let _ = x.read_to_end(&mut reply).await;
+        reply
+    });
+    assert!(res.is_err());
+    (reply.len() >= 7 && reply[4] == kind::ERROR).then(|| u16::from_be_bytes([reply[5], reply[6]]))
+}
+
+#[tokio::test]
+async fn bad_first_frames_get_the_spec_codes() {
+    // DATA before the handshake (an inner type outside SEALED).
+    assert_eq!(responder_answer(&[0, 0, 0, 1, kind::DATA]).await, Some(5));
+    // Oversized frame: refused from its header.
+    assert_eq!(
+        responder_answer(&[0x00, 0x10, 0x00, 0x00, kind::HELLO]).await,
+        Some(3)
+    );
+    // Unknown frame type.
+    assert_eq!(responder_answer(&[0, 0, 0, 1, 0x7e]).await, Some(4));
+    // Wrong version.
+    assert_eq!(
+        responder_answer(&[0, 0, 0, 3, kind::HELLO, 9, 0]).await,
+        Some(2)
+    );
+    // HANDSHAKE naming a bundle the responder does not hold.
+    let mut raw = Vec::new();
+    Frame::Hello {
+        version: 1,
+        need_bundle: false,
+    }
+    .encode(&mut raw);
+    Frame::Handshake {
+        step: 1,
+        pattern: 2,
+        bundle_id: Some([0; 16]),
+        noise: Bytes::from_static(&[0; 64]),
+    }
+    .encode(&mut raw);
+    assert_eq!(responder_answer(&raw).await, Some(14));
+}
+
+#[tokio::test]
+async fn counters_count_completed_handshakes() {
+    let (a, b) = (keys(), keys());
+    let (x, y) = pipe();
+    let c = HandshakeCounters::default();
+    let d = HandshakeCounters::default();
+    let (i, r) = tokio::join!(
+        initiate(x, &a, b.identity.peer_id(), None, &c),
+        respond(y, &b, a.identity.peer_id(), &d)
+    );
+    i.unwrap();
+    r.unwrap();
+    assert_eq!((c.noise(), c.post_quantum()), (1, 1));
+    assert_eq!((d.noise(), d.post_quantum()), (1, 1));
+}
