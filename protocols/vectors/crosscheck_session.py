@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Checks data-v1-session.json with implementations CommuCat did not write.
+
+    pip install noiseprotocol kyber-py cryptography
+    python3 protocols/vectors/crosscheck_session.py
+
+Recomputes from the vector's secrets and randomness: the ML-KEM-768 ciphertext and secret (kyber-py),
+the key confirmation (hashlib SHA3-256), the three Noise XK messages and the handshake hash
+(noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hashlib) and the first SEALED frame
+(ChaCha20-Poly1305 from pyca/cryptography). Exits non-zero on any mismatch.
+"""
+import hashlib
+import hmac
+import json
+import pathlib
+import sys
+import warnings
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from kyber_py.ml_kem import ML_KEM_768
+from noise.connection import Keypair, NoiseConnection
+
+warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
+v = json.loads((pathlib.Path(__file__).parent / "data-v1-session.json").read_text())
+b = bytes.fromhex
+failures = []
+
+
+def check(name, ok):
+    print(("ok   " if ok else "FAIL ") + name)
+    if not ok:
+        failures.append(name)
+
+
+def hkdf_sha3_512(ikm, info, length):
+    prk = hmac.new(bytes(64), ikm, hashlib.sha3_512).digest()  # salt = none: HashLen zeros
+    out, t, i = b"", b"", 1
+    while len(out) < length:
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha3_512).digest()
+        out, i = out + t, i + 1
+    return out[:length]
+
+
+ek, dk = ML_KEM_768.key_derive(b(v["responder_ml_kem_seed"]))
+ss, ct = ML_KEM_768._encaps_internal(ek, b(v["kem_m"]))  # FIPS 203 ML-KEM.Encaps_internal
+check("ML-KEM-768 ciphertext", ct.hex() == v["kem_ciphertext"])
+check("ML-KEM-768 shared secret", ss.hex() == v["kem_shared_secret"] and ML_KEM_768.decaps(dk, ct) == ss)
+confirm = hashlib.sha3_256(b"commucat.kem.confirm.v1" + ct + ss).digest()
+check("key confirmation", confirm.hex() == v["kem_confirm"])
+
+
+def noise(initiator, static, ephemeral, remote_static=None):
+    n = NoiseConnection.from_name(b"Noise_XK_25519_ChaChaPoly_BLAKE2s")
+    n.set_as_initiator() if initiator else n.set_as_responder()
+    n.set_prologue(b"commucat")
+    n.set_keypair_from_private_bytes(Keypair.STATIC, static)
+    n.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+    if remote_static:
+        n.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
+    n.start_handshake()
+    return n
+
+
+r_static = X25519PrivateKey.from_private_bytes(b(v["responder_x25519_secret"])).public_key()
+r_public = r_static.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+i = noise(True, b(v["initiator_x25519_secret"]), b(v["initiator_ephemeral"]), r_public)
+r = noise(False, b(v["responder_x25519_secret"]), b(v["responder_ephemeral"]))
+m1 = i.write_message(ct + confirm)
+check("Noise message 1", m1.hex() == v["msg1"] and r.read_message(m1) == ct + confirm)
+m2 = r.write_message(b"")
+check("Noise message 2", m2.hex() == v["msg2"])
+i.read_message(m2)
+m3 = i.write_message(b"")
+check("Noise message 3", m3.hex() == v["msg3"])
+r.read_message(m3)
+h = i.get_handshake_hash()
+check("handshake hash", h.hex() == v["handshake_hash"] == r.get_handshake_hash().hex())
+
+okm = hkdf_sha3_512(h + ss, b"commucat.hybrid.session.v1", 96)
+check("session keys", [okm[:32].hex(), okm[32:64].hex(), okm[64:].hex()]
+      == [v["root"], v["initiator_to_responder"], v["responder_to_initiator"]])
+
+inner = bytes([0x27]) + (1).to_bytes(8, "big")  # PING nonce 1
+header = (1 + 8 + len(inner) + 16).to_bytes(4, "big") + b"\x10" + (0).to_bytes(8, "big")
+sealed = ChaCha20Poly1305(okm[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), inner, header)
+check("first SEALED frame", (header + sealed).hex() == v["first_sealed_ping"])
+sys.exit(1 if failures else 0)
