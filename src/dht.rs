@@ -4,6 +4,8 @@
 //! bootstrap nodes always serve. Peers learned through identify that speak [`PROTOCOL`] go into
 //! the routing table; a periodic bootstrap query keeps it fresh.
 
+pub mod record;
+
 use std::{num::NonZeroUsize, time::Duration};
 
 use libp2p::{

@@ -1,13 +1,26 @@
 //! Persistent node state in one sled database under the data directory.
 //!
-//! Trees: `peerbook` (known peers and their addresses, see [`peerbook`]). Later capabilities add
-//! the outbox, inbox, transfers and DHT records as trees of the same database.
+//! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
+//! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
+//! handshakes) and `meta` (small counters: the outbox epoch, the presence record sequence number).
 
+pub mod inbox;
+pub mod outbox;
 pub mod peerbook;
+pub mod transfers;
 
 use std::path::{Path, PathBuf};
 
+pub use inbox::Inbox;
+use libp2p::PeerId;
+pub use outbox::Outbox;
 pub use peerbook::PeerBook;
+pub use transfers::Transfers;
+
+/// Small values: outbox epoch, presence sequence number.
+pub const META_TREE: &str = "meta";
+/// Verified key bundles of peers, by PeerId.
+pub const BUNDLES_TREE: &str = "bundles";
 
 /// Sub-directory of the data directory that holds the database.
 pub const DB_DIR: &str = "db";
@@ -25,12 +38,26 @@ pub enum Error {
     },
     #[error("database: {0}")]
     Sled(#[from] sled::Error),
+    #[error("{0} is full (limit {1})")]
+    Full(&'static str, usize),
+    #[error("database entry is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A PeerId as a key prefix: length byte, then the bytes (no PeerId is a prefix of another).
+pub fn peer_key(peer: &PeerId) -> Vec<u8> {
+    let b = peer.to_bytes();
+    let mut k = Vec::with_capacity(1 + b.len() + 8);
+    k.push(u8::try_from(b.len()).expect("peer ids are short"));
+    k.extend_from_slice(&b);
+    k
 }
 
 /// Handle to the node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    inbox_notify: tokio::sync::broadcast::Sender<inbox::Message>,
 }
 
 impl Store {
@@ -48,7 +75,14 @@ impl Store {
                 }
                 _ => Error::Db { path, source },
             })?;
-        Ok(Self { db })
+        Ok(Self::new(db))
+    }
+
+    fn new(db: sled::Db) -> Self {
+        Self {
+            db,
+            inbox_notify: tokio::sync::broadcast::channel(inbox::NOTIFY_BUFFER).0,
+        }
     }
 
     /// A database that lives in memory and vanishes on drop (tests, in-process simulation).
@@ -58,11 +92,31 @@ impl Store {
             .cache_capacity(1024 * 1024)
             .flush_every_ms(None)
             .open()?;
-        Ok(Self { db })
+        Ok(Self::new(db))
     }
 
     pub fn peer_book(&self, limits: peerbook::Limits) -> Result<PeerBook, Error> {
         Ok(PeerBook::new(self.db.open_tree(peerbook::TREE)?, limits))
+    }
+
+    pub fn outbox(&self) -> Result<Outbox, Error> {
+        Outbox::open(&self.db)
+    }
+
+    pub fn inbox(&self) -> Result<Inbox, Error> {
+        Inbox::open(&self.db, self.inbox_notify.clone())
+    }
+
+    pub fn transfers(&self) -> Result<Transfers, Error> {
+        Transfers::open(&self.db)
+    }
+
+    pub fn bundles(&self) -> Result<sled::Tree, Error> {
+        Ok(self.db.open_tree(BUNDLES_TREE)?)
+    }
+
+    pub fn meta(&self) -> Result<sled::Tree, Error> {
+        Ok(self.db.open_tree(META_TREE)?)
     }
 
     /// Makes everything written so far durable.

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Checks data-v1-session.json with implementations CommuCat did not write.
+"""Checks the protocol vectors with implementations CommuCat did not write.
 
-    pip install noiseprotocol kyber-py cryptography
-    python3 protocols/vectors/crosscheck_session.py
+    pip install noiseprotocol kyber-py dilithium-py cryptography
+    python3 protocols/vectors/crosscheck.py
 
-Recomputes from the vector's secrets and randomness: the ML-KEM-768 ciphertext and secret (kyber-py),
-the key confirmation (hashlib SHA3-256), the three Noise XK messages and the handshake hash
-(noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hashlib) and the first SEALED frame
-(ChaCha20-Poly1305 from pyca/cryptography). Exits non-zero on any mismatch.
+data-v1-session.json: recomputes from the vector's secrets and randomness the ML-KEM-768 ciphertext and
+secret (kyber-py), the key confirmation (hashlib SHA3-256), the three Noise XK messages and the
+handshake hash (noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hashlib) and the first
+SEALED frame (ChaCha20-Poly1305 from pyca/cryptography).
+identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
+Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
+Exits non-zero on any mismatch.
 """
 import hashlib
 import hmac
@@ -18,12 +21,15 @@ import warnings
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from dilithium_py.ml_dsa import ML_DSA_65
 from kyber_py.ml_kem import ML_KEM_768
 from noise.connection import Keypair, NoiseConnection
 
 warnings.filterwarnings("ignore", message="One of ephemeral keypairs")
-v = json.loads((pathlib.Path(__file__).parent / "data-v1-session.json").read_text())
+here = pathlib.Path(__file__).parent
+v = json.loads((here / "data-v1-session.json").read_text())
 b = bytes.fromhex
 failures = []
 
@@ -86,4 +92,39 @@ inner = bytes([0x27]) + (1).to_bytes(8, "big")  # PING nonce 1
 header = (1 + 8 + len(inner) + 16).to_bytes(4, "big") + b"\x10" + (0).to_bytes(8, "big")
 sealed = ChaCha20Poly1305(okm[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), inner, header)
 check("first SEALED frame", (header + sealed).hex() == v["first_sealed_ping"])
+
+# identity-v1: the binding, recomputed (both signatures are deterministic).
+ident = json.loads((here / "identity-v1.json").read_text())
+ed_key = Ed25519PrivateKey.from_private_bytes(b(ident["ed25519_secret"]))
+ml_pk, ml_sk = ML_DSA_65.key_derive(b(ident["ml_dsa_65_seed"]))
+check("identity: ML-DSA-65 public key", ml_pk.hex() == ident["ml_dsa_public"])
+check("identity: Ed25519 binding signature",
+      ed_key.sign(b"commucat/identity/v1/ml-dsa-65-key" + ml_pk).hex() == ident["ed25519_signature"])
+check("identity: ML-DSA-65 binding signature",
+      ML_DSA_65.sign(ml_sk, b(ident["peer_id_bytes"]), ctx=b"commucat/identity/v1/peer-id", deterministic=True).hex()
+      == ident["ml_dsa_signature"])
+
+# dht-records-v1: a presence record and the bundle inside it.
+rec = json.loads((here / "dht-records-v1.json").read_text())
+key, value = b(rec["key"]), b(rec["value"])
+peer = key[len(b"/commucat/presence/"):]
+ed_pub = Ed25519PublicKey.from_public_bytes(peer[6:])  # identity multihash: 00 24 08 01 12 20 ‖ key
+body, ed_sig, ml_sig = value[:-3373], value[-3373:-3309], value[-3309:]
+bundle = body[-9923:]
+bundle_body, bundle_ed, bundle_ml = bundle[:6550], bundle[6550:6614], bundle[6614:]
+bundle_ml_pk = bundle_body[1 + 8 + 32 + 1184:1 + 8 + 32 + 1184 + 1952]
+
+
+def ed_ok(sig, msg):
+    try:
+        ed_pub.verify(sig, msg)
+        return True
+    except Exception:
+        return False
+
+
+check("record: Ed25519 signature", ed_ok(ed_sig, b"commucat/presence/v1" + key + body))
+check("record: ML-DSA-65 signature", ML_DSA_65.verify(bundle_ml_pk, key + body, ml_sig, ctx=b"commucat/presence/v1"))
+check("bundle: Ed25519 signature", ed_ok(bundle_ed, b"commucat/bundle/v1" + peer + bundle_body))
+check("bundle: ML-DSA-65 signature", ML_DSA_65.verify(bundle_ml_pk, peer + bundle_body, bundle_ml, ctx=b"commucat/bundle/v1"))
 sys.exit(1 if failures else 0)

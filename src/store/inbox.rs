@@ -1,0 +1,197 @@
+//! The inbox: received messages, and per (sender, epoch) the highest sequence number stored, which
+//! makes delivery exactly-once across retries and restarts (`protocols/data-v1.md` §5). A message
+//! and its high-water mark are written in one transaction.
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+use tokio::sync::broadcast;
+
+use super::{Error, peer_key};
+
+pub const TREE: &str = "inbox";
+pub const HWM_TREE: &str = "inbox_hwm";
+/// New-message notifications buffered per subscriber.
+pub const NOTIFY_BUFFER: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Local position in this inbox (increasing), for `?after=`.
+    pub seq: u64,
+    /// The sender's message id, hex.
+    pub id: String,
+    pub from: PeerId,
+    pub body: String,
+    pub sent_at_ms: u64,
+    pub received_at_ms: u64,
+}
+
+/// What became of a received DATA frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Stored(Message),
+    /// Already stored earlier (the sender missed our ACK).
+    Duplicate,
+    /// The sender skipped sequence numbers; `expected` is the next one we can take.
+    Gap {
+        expected: u64,
+    },
+}
+
+#[derive(Clone)]
+pub struct Inbox {
+    db: sled::Db,
+    messages: sled::Tree,
+    hwm: sled::Tree,
+    notify: broadcast::Sender<Message>,
+}
+
+fn hwm_key(from: &PeerId, epoch: u64) -> Vec<u8> {
+    let mut k = peer_key(from);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+impl Inbox {
+    pub(super) fn open(db: &sled::Db, notify: broadcast::Sender<Message>) -> Result<Self, Error> {
+        Ok(Self {
+            db: db.clone(),
+            messages: db.open_tree(TREE)?,
+            hwm: db.open_tree(HWM_TREE)?,
+            notify,
+        })
+    }
+
+    /// Stores message `seq` of `(from, epoch)` if it is the next one; not durable until [`Inbox::flush`].
+    pub fn accept(
+        &self,
+        from: &PeerId,
+        epoch: u64,
+        seq: u64,
+        msg_id: &[u8; 16],
+        sent_at_ms: u64,
+        body: &str,
+    ) -> Result<Accepted, Error> {
+        let key = hwm_key(from, epoch);
+        let local = self.db.generate_id()? + 1; // from 1: `after = 0` lists everything
+        let received_at_ms = crate::time::unix_ms();
+        let result = (&self.messages, &self.hwm).transaction(|(messages, hwm)| {
+            let last = hwm.get(&key)?.map_or(0, |v| {
+                u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+            });
+            if seq <= last {
+                return Ok(Accepted::Duplicate);
+            }
+            if seq != last + 1 {
+                return Ok(Accepted::Gap { expected: last + 1 });
+            }
+            let msg = Message {
+                seq: local,
+                id: hex::encode(msg_id),
+                from: *from,
+                body: body.to_owned(),
+                sent_at_ms,
+                received_at_ms,
+            };
+            messages.insert(
+                &local.to_be_bytes(),
+                serde_json::to_vec(&msg).expect("messages serialise"),
+            )?;
+            hwm.insert(key.as_slice(), &seq.to_be_bytes())?;
+            Ok::<_, ConflictableTransactionError<()>>(Accepted::Stored(msg))
+        });
+        match result {
+            Ok(Accepted::Stored(msg)) => {
+                let _ = self.notify.send(msg.clone());
+                Ok(Accepted::Stored(msg))
+            }
+            Ok(other) => Ok(other),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        }
+    }
+
+    /// Makes every accepted message durable (call before acknowledging them).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` messages with a local sequence number above `after`, oldest first.
+    pub fn list(&self, after: u64, limit: usize) -> Result<Vec<Message>, Error> {
+        let mut out = Vec::new();
+        for item in self
+            .messages
+            .range(after.saturating_add(1).to_be_bytes()..)
+            .take(limit)
+        {
+            let (_, v) = item?;
+            if let Ok(m) = serde_json::from_slice(&v) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// New messages from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
+        self.notify.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn exactly_once_per_sender_and_epoch() {
+        let store = Store::temporary().unwrap();
+        let inbox = store.inbox().unwrap();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let id = [1u8; 16];
+        assert!(matches!(
+            inbox.accept(&a, 9, 1, &id, 0, "x").unwrap(),
+            Accepted::Stored(_)
+        ));
+        assert_eq!(
+            inbox.accept(&a, 9, 1, &id, 0, "x").unwrap(),
+            Accepted::Duplicate
+        );
+        assert_eq!(
+            inbox.accept(&a, 9, 3, &id, 0, "z").unwrap(),
+            Accepted::Gap { expected: 2 }
+        );
+        assert!(matches!(
+            inbox.accept(&a, 9, 2, &id, 0, "y").unwrap(),
+            Accepted::Stored(_)
+        ));
+        // Another epoch of the same sender (its database was recreated) starts over at 1.
+        assert!(matches!(
+            inbox.accept(&a, 10, 1, &id, 0, "new").unwrap(),
+            Accepted::Stored(_)
+        ));
+        assert!(matches!(
+            inbox.accept(&b, 9, 1, &id, 0, "b").unwrap(),
+            Accepted::Stored(_)
+        ));
+        let all = inbox.list(0, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+            ["x", "y", "new", "b"]
+        );
+        let after = inbox.list(all[1].seq, 100).unwrap();
+        assert_eq!(after.len(), 2);
+    }
+}

@@ -1,0 +1,273 @@
+//! The outbox: messages queued for peers, in order per destination, kept until the peer's ACK covers
+//! them (`protocols/data-v1.md` §5). Delivered messages move to a bounded history so that
+//! `commucat outbox` can show them as delivered.
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+
+use super::{Error, peer_key};
+
+pub const TREE: &str = "outbox";
+pub const SEQ_TREE: &str = "outbox_seq";
+pub const SENT_TREE: &str = "outbox_sent";
+/// Key in the `meta` tree holding this database's outbox epoch.
+pub const EPOCH_KEY: &[u8] = b"outbox_epoch";
+/// Delivered messages remembered for `commucat outbox`.
+pub const MAX_SENT_HISTORY: usize = 10_000;
+/// Messages queued for one peer at most.
+pub const MAX_QUEUED_PER_PEER: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Random message id, hex.
+    pub id: String,
+    pub to: PeerId,
+    /// Position among all messages from this outbox to `to`, from 1.
+    pub seq: u64,
+    pub body: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Delivered,
+}
+
+/// A row of `GET /v1/outbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub message: Message,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at_ms: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    queue: sled::Tree,
+    seqs: sled::Tree,
+    sent: sled::Tree,
+    epoch: u64,
+}
+
+fn queue_key(peer: &PeerId, seq: u64) -> Vec<u8> {
+    let mut k = peer_key(peer);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Outbox {
+    pub(super) fn open(db: &sled::Db) -> Result<Self, Error> {
+        let meta = db.open_tree(super::META_TREE)?;
+        let epoch = match meta.get(EPOCH_KEY)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+            _ => {
+                // A fresh database gets a fresh epoch, so a receiver never mistakes its sequence
+                // numbers for those of an outbox that was lost.
+                let epoch: u64 = rand::random::<u64>() | 1;
+                meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                epoch
+            }
+        };
+        Ok(Self {
+            db: db.clone(),
+            queue: db.open_tree(TREE)?,
+            seqs: db.open_tree(SEQ_TREE)?,
+            sent: db.open_tree(SENT_TREE)?,
+            epoch,
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Queues `body` for `to`: the sequence number and the message are written in one transaction.
+    pub fn enqueue(&self, to: PeerId, body: String) -> Result<Message, Error> {
+        if self.pending_count(&to) >= MAX_QUEUED_PER_PEER {
+            return Err(Error::Full("outbox for this peer", MAX_QUEUED_PER_PEER));
+        }
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let created_at_ms = crate::time::unix_ms();
+        let pk = peer_key(&to);
+        let result = (&self.queue, &self.seqs).transaction(|(queue, seqs)| {
+            let seq = match seqs.get(&pk)? {
+                Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                None => 1,
+            };
+            seqs.insert(pk.as_slice(), &seq.to_be_bytes())?;
+            let msg = Message {
+                id: id.clone(),
+                to,
+                seq,
+                body: body.clone(),
+                created_at_ms,
+            };
+            let value = serde_json::to_vec(&msg).expect("messages serialise");
+            queue.insert(queue_key(&to, seq), value)?;
+            Ok::<_, ConflictableTransactionError<()>>(msg)
+        });
+        match result {
+            Ok(msg) => Ok(msg),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+        }
+    }
+
+    /// Up to `limit` queued messages for `to` with a sequence number above `after`, in order.
+    pub fn pending(&self, to: &PeerId, after: u64, limit: usize) -> Result<Vec<Message>, Error> {
+        let start = queue_key(to, after.saturating_add(1));
+        let end = queue_key(to, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.queue.range(start..=end).take(limit) {
+            let (_, v) = item?;
+            if let Ok(m) = serde_json::from_slice(&v) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pending_count(&self, to: &PeerId) -> usize {
+        self.queue.scan_prefix(peer_key(to)).count()
+    }
+
+    /// Peers with queued messages.
+    pub fn peers_with_pending(&self) -> Result<Vec<PeerId>, Error> {
+        let mut peers = Vec::new();
+        let mut last: Option<PeerId> = None;
+        for item in self.queue.iter() {
+            let (_, v) = item?;
+            if let Ok(m) = serde_json::from_slice::<Message>(&v)
+                && last != Some(m.to)
+            {
+                last = Some(m.to);
+                peers.push(m.to);
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Removes every queued message to `to` up to `seq` (an ACK) and records them as delivered.
+    /// Returns how many were removed.
+    pub fn acknowledge(&self, to: &PeerId, seq: u64) -> Result<usize, Error> {
+        let now = crate::time::unix_ms();
+        let mut removed = 0;
+        let keys: Vec<_> = self
+            .queue
+            .range(queue_key(to, 0)..=queue_key(to, seq))
+            .filter_map(Result::ok)
+            .collect();
+        for (k, v) in keys {
+            self.queue.remove(&k)?;
+            let id = self.db.generate_id()?;
+            let entry = Entry {
+                message: serde_json::from_slice(&v).map_err(|_| Error::Corrupt("outbox entry"))?,
+                state: State::Delivered,
+                delivered_at_ms: Some(now),
+            };
+            self.sent.insert(
+                id.to_be_bytes(),
+                serde_json::to_vec(&entry).expect("entries serialise"),
+            )?;
+            removed += 1;
+        }
+        while self.sent.len() > MAX_SENT_HISTORY {
+            self.sent.pop_min()?;
+        }
+        Ok(removed)
+    }
+
+    /// Queued and (recently) delivered messages: delivered ones first, oldest first, then queued.
+    pub fn list(&self, limit: usize) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        let skip = self.sent.len().saturating_sub(limit);
+        for item in self.sent.iter().skip(skip) {
+            let (_, v) = item?;
+            if let Ok(e) = serde_json::from_slice(&v) {
+                out.push(e);
+            }
+        }
+        for item in self.queue.iter().take(limit) {
+            let (_, v) = item?;
+            if let Ok(message) = serde_json::from_slice(&v) {
+                out.push(Entry {
+                    message,
+                    state: State::Queued,
+                    delivered_at_ms: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of queued messages.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn per_peer_sequences_and_cumulative_acks() {
+        let store = Store::temporary().unwrap();
+        let ob = store.outbox().unwrap();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        for i in 1..=5 {
+            assert_eq!(ob.enqueue(a, format!("a{i}")).unwrap().seq, i);
+        }
+        assert_eq!(ob.enqueue(b, "b1".into()).unwrap().seq, 1);
+        let p = ob.pending(&a, 2, 10).unwrap();
+        assert_eq!(p.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(ob.acknowledge(&a, 3).unwrap(), 3);
+        assert_eq!(ob.pending(&a, 0, 10).unwrap().len(), 2);
+        assert_eq!(
+            ob.pending(&b, 0, 10).unwrap().len(),
+            1,
+            "other peers untouched"
+        );
+        let list = ob.list(100).unwrap();
+        assert_eq!(
+            list.iter().filter(|e| e.state == State::Delivered).count(),
+            3
+        );
+        assert_eq!(list.iter().filter(|e| e.state == State::Queued).count(), 3);
+        // Sequence numbers keep growing after acknowledgements.
+        assert_eq!(ob.enqueue(a, "a6".into()).unwrap().seq, 6);
+        let mut peers = ob.peers_with_pending().unwrap();
+        peers.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(peers, want);
+    }
+
+    #[test]
+    fn the_epoch_survives_a_reopen_and_differs_between_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let e1 = Store::open(dir.path(), 8)
+            .unwrap()
+            .outbox()
+            .unwrap()
+            .epoch();
+        let e2 = Store::open(dir.path(), 8)
+            .unwrap()
+            .outbox()
+            .unwrap()
+            .epoch();
+        assert_eq!(e1, e2);
+        let other = Store::temporary().unwrap().outbox().unwrap().epoch();
+        assert_ne!(e1, other);
+    }
+}
