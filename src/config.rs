@@ -56,6 +56,8 @@ pub struct Config {
     pub mdns: Mdns,
     pub autonat: Autonat,
     pub peerbook: PeerBook,
+    pub presence: Presence,
+    pub data: Data,
     pub control: Control,
     pub storage: Storage,
 }
@@ -168,6 +170,33 @@ pub struct PeerBook {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct Presence {
+    /// Lifetime of the signed presence record this node publishes in the DHT. Default: 3600.
+    pub ttl_secs: u64,
+    /// Seconds between republications (addresses that change trigger one sooner). Default: 1200.
+    pub republish_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Data {
+    /// Where received files land. Default: empty = `DATA_DIR/downloads`.
+    pub downloads_dir: Option<std::path::PathBuf>,
+    /// Largest file this node accepts. Default: 4 GiB.
+    pub max_file_bytes: u64,
+    /// RaptorQ symbol size of files this node sends (64 … 8192, multiple of 8). Default: 1024.
+    pub symbol_size: u16,
+    /// Bytes per RaptorQ source block of files this node sends (a multiple of the symbol size,
+    /// 4 KiB … 4 MiB). Default: 1048576.
+    pub block_size: u32,
+    /// Repair packets per block in ‰ of its source packets; 0 on a reliable stream. Default: 0.
+    pub repair_per_mille: u16,
+    /// Longest wait between delivery attempts to an unreachable peer (backoff from 1 s). Default: 60.
+    pub max_retry_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Control {
     /// Address of the local control API (HTTP + JSON, bearer token). Port 0 picks a free port; the
     /// actual address is written to `DATA_DIR/control.addr`. Default: 127.0.0.1:5731.
@@ -268,6 +297,28 @@ impl Default for PeerBook {
             max_peers: 1000,
             max_addrs_per_peer: 8,
             redial_on_start: 16,
+        }
+    }
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 3600,
+            republish_secs: 1200,
+        }
+    }
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Self {
+            downloads_dir: None,
+            max_file_bytes: 4 << 30,
+            symbol_size: 1024,
+            block_size: 1 << 20,
+            repair_per_mille: 0,
+            max_retry_secs: 60,
         }
     }
 }
@@ -385,6 +436,37 @@ impl Config {
                     reason: "must be greater than 0".into(),
                 });
             }
+        }
+        if self.presence.ttl_secs > crate::dht::record::MAX_TTL_SECS {
+            return Err(Error::Value {
+                key: "presence.ttl_secs",
+                reason: format!("at most {} (other nodes refuse longer-lived records)", crate::dht::record::MAX_TTL_SECS),
+            });
+        }
+        if self.presence.republish_secs >= self.presence.ttl_secs {
+            return Err(Error::Value {
+                key: "presence.republish_secs",
+                reason: "must be shorter than presence.ttl_secs".into(),
+            });
+        }
+        let d = &self.data;
+        if !(64..=8192).contains(&d.symbol_size) || !d.symbol_size.is_multiple_of(8) {
+            return Err(Error::Value {
+                key: "data.symbol_size",
+                reason: "must be 64 … 8192 and a multiple of 8".into(),
+            });
+        }
+        if !(4096..=4 << 20).contains(&d.block_size) || !d.block_size.is_multiple_of(u32::from(d.symbol_size)) {
+            return Err(Error::Value {
+                key: "data.block_size",
+                reason: "must be 4 KiB … 4 MiB and a multiple of data.symbol_size".into(),
+            });
+        }
+        if d.repair_per_mille > 1000 {
+            return Err(Error::Value {
+                key: "data.repair_per_mille",
+                reason: "at most 1000 (as many repair as source packets)".into(),
+            });
         }
         Ok(())
     }

@@ -5,9 +5,37 @@ pub mod aead;
 pub mod bundle;
 pub mod handshake;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use bundle::{Bundle, BundleId};
+
+use crate::identity::Identity;
+
+/// This node's long-term keys: its identity and its key bundle. Shared by the node (it signs the
+/// presence record) and every session.
+pub struct LocalKeys {
+    pub identity: Identity,
+    pub bundle: bundle::Keys,
+}
+
+impl LocalKeys {
+    /// Fresh keys (tests, in-process simulation).
+    pub fn generate() -> Self {
+        let identity = Identity::generate();
+        let bundle = bundle::Keys::generate(&identity);
+        Self { identity, bundle }
+    }
+
+    /// The bundle of `identity`, loaded from (or created in) the data directory.
+    pub fn load_or_create(dir: &Path, identity: Identity) -> Result<Self, Error> {
+        let bundle = bundle::Keys::load_or_create(dir, &identity)?;
+        Ok(Self { identity, bundle })
+    }
+
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.identity.peer_id()
+    }
+}
 pub use handshake::{Pattern, Role, SessionKeys};
 
 #[derive(Debug, thiserror::Error)]

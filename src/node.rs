@@ -28,10 +28,10 @@ pub use behaviour::{PROTOCOL_VERSION, agent_version};
 pub use client::Client;
 pub use command::{Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status};
 pub use event::{EVENT_BUFFER, Event};
-pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS};
+pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS, MAX_PENDING_VALIDATIONS};
 pub use transport::Transport;
 
-use crate::{config::Config, identity::Identity, store::Store};
+use crate::{config::Config, crypto::LocalKeys, store::Store};
 
 /// Commands queued for the event loop before senders wait.
 pub const COMMAND_BUFFER: usize = 64;
@@ -63,6 +63,7 @@ pub struct Node {
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
     registry: Arc<Registry>,
+    stream_control: libp2p_stream::Control,
 }
 
 impl Node {
@@ -71,12 +72,12 @@ impl Node {
     /// memory transport (it would advertise `/memory` addresses on the real LAN).
     pub async fn spawn(
         cfg: &Config,
-        identity: &Identity,
+        keys: Arc<LocalKeys>,
         store: &Store,
         transport: Transport,
     ) -> Result<Self, Error> {
-        let keypair = identity.keypair().clone();
-        let local = identity.peer_id();
+        let keypair = keys.identity.keypair().clone();
+        let local = keys.peer_id();
         let with_mdns = cfg.mdns.enabled && !matches!(transport, Transport::Memory);
         let mut registry = Registry::with_prefix("commucat");
         let transport = transport::build(transport, &keypair, &mut registry)?;
@@ -89,6 +90,8 @@ impl Node {
                 .with_idle_connection_timeout(cfg.idle_connection_timeout()),
         );
         let metrics = Metrics::new(&mut registry);
+        let presence_metrics = event_loop::PresenceMetrics::register(&mut registry);
+        let stream_control = swarm.behaviour().stream.new_control();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
         let (ev_tx, _) = broadcast::channel(EVENT_BUFFER);
         let shutdown = CancellationToken::new();
@@ -101,6 +104,9 @@ impl Node {
             shutdown.clone(),
             peer_book,
             metrics,
+            keys,
+            store.meta()?,
+            presence_metrics,
         );
         event_loop
             .start(&cfg.network.listen, &cfg.network.external_addresses)
@@ -115,6 +121,7 @@ impl Node {
             shutdown,
             task: Some(task),
             registry: Arc::new(registry),
+            stream_control,
         })
     }
 
@@ -129,6 +136,11 @@ impl Node {
     /// The node's Prometheus registry (libp2p swarm, identify, kad, ping and bandwidth metrics).
     pub fn metrics(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// A handle to open and accept `libp2p-stream` streams (the data protocol).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.stream_control.clone()
     }
 
     /// Stops the event loop and waits for it; open connections are closed.

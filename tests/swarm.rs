@@ -1,11 +1,14 @@
 //! Many nodes in one process on the libp2p memory transport: 200 desktop nodes bootstrap from 3
 //! bootstrap nodes at once, then every node finds 20 random others through the DHT.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use commucat::{
     config::{Config, KadMode, Role},
-    identity::Identity,
+    crypto::LocalKeys,
     node::{FindSource, Node, Transport},
     store::Store,
 };
@@ -35,7 +38,7 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
 
 async fn spawn(cfg: &Config) -> Node {
     let store = Store::temporary().unwrap();
-    Node::spawn(cfg, &Identity::generate(), &store, Transport::Memory)
+    Node::spawn(cfg, Arc::new(LocalKeys::generate()), &store, Transport::Memory)
         .await
         .expect("node starts")
 }

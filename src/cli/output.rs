@@ -98,6 +98,7 @@ pub fn found(f: &FoundPeer, as_json: bool) -> anyhow::Result<()> {
     let how = match f.source {
         crate::node::FindSource::Connected => "already connected".to_string(),
         crate::node::FindSource::Dht => format!("DHT lookup, {} ms", f.duration_ms),
+        crate::node::FindSource::Presence => format!("signed presence record, {} ms", f.duration_ms),
     };
     print_list(&format!("{} ({how}):", f.peer_id), f.addrs.iter());
     Ok(())

@@ -1,7 +1,7 @@
 //! `commucat run`: open the data directory, start the node and the control API, and shut both
 //! down cleanly (sled flushed, control files removed) on Ctrl-C or SIGTERM.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
-    control, fsutil,
+    control,
+    crypto::LocalKeys,
+    fsutil,
     identity::Identity,
     node::{Node, Transport},
     store::Store,
@@ -22,6 +24,7 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
     if created {
         tracing::info!(peer = %identity.peer_id(), dir = %data_dir.display(), "created a new identity");
     }
+    let keys = Arc::new(LocalKeys::load_or_create(data_dir, identity)?);
     let store = Store::open(data_dir, cfg.storage.cache_mib)?;
     let listener = tokio::net::TcpListener::bind(cfg.control.listen)
         .await
@@ -35,14 +38,14 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
 
-    let node = Node::spawn(&cfg, &identity, &store, Transport::Network).await?;
-    tracing::info!(peer = %identity.peer_id(), role = %cfg.role, "node started");
+    let node = Node::spawn(&cfg, keys.clone(), &store, Transport::Network).await?;
+    tracing::info!(peer = %keys.peer_id(), role = %cfg.role, "node started");
 
     let token = control::Token::generate();
     let shutdown = CancellationToken::new();
     let router = control::router(
         node.client().clone(),
-        identity.binding().clone(),
+        keys.identity.binding().clone(),
         token.clone(),
         node.metrics(),
         shutdown.clone(),

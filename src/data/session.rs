@@ -3,10 +3,7 @@
 //! tokio byte stream, so the same code runs on libp2p streams and in-memory pipes in tests.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -19,22 +16,15 @@ use tokio_util::codec::FramedRead;
 use super::codec::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner, VERSION};
 use crate::{
     crypto::{
-        self, Bundle, Pattern, Role,
+        self, Bundle, LocalKeys, Pattern, Role,
         aead::{OpenError, Opener, Sealer},
-        bundle,
         handshake::{self, Initiator, Responder},
     },
-    identity::{Binding, Identity},
+    identity::Binding,
 };
 
 /// The whole handshake must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// This node's long-term keys, shared by all sessions.
-pub struct LocalKeys {
-    pub identity: Identity,
-    pub bundle: bundle::Keys,
-}
 
 /// Completed handshakes, for `/api/server-info` and the metrics: Noise handshakes that finished,
 /// and post-quantum ones (ML-KEM confirmed and both ML-DSA transcript signatures verified).
@@ -609,9 +599,6 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
     counters.noise.fetch_add(1, Ordering::Relaxed);
     Ok((keys, pattern))
 }
-
-/// Shared handle to the local keys.
-pub type SharedKeys = Arc<LocalKeys>;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! The composed libp2p behaviour of a node: connection limits, identify, ping, Kademlia, mDNS and
-//! AutoNAT v2 (client always, server for the bootstrap role).
+//! The composed libp2p behaviour of a node: connection limits, identify, ping, Kademlia, mDNS,
+//! AutoNAT v2 (client always, server for the bootstrap role) and `libp2p-stream` for
+//! `/commucat/data/1.0.0`.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub autonat_client: autonat::v2::client::Behaviour,
     pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    pub stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -70,6 +72,7 @@ impl Behaviour {
             mdns: mdns.into(),
             autonat_client,
             autonat_server: autonat_server.into(),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

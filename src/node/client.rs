@@ -36,10 +36,27 @@ impl Client {
     }
 
     /// Looks `peer` up with a Kademlia query; if the DHT does not know it but we are connected to
-    /// it, answers with the addresses it announced to us.
+    /// it, answers with the addresses it announced to us; failing both, with the addresses in its
+    /// signed presence record.
     pub async fn find_peer(&self, peer: PeerId) -> Result<FoundPeer, Error> {
-        self.request(|reply| Command::FindPeer { peer, reply })
-            .await?
+        let started = std::time::Instant::now();
+        match self.request(|reply| Command::FindPeer { peer, reply }).await? {
+            Err(Error::NotFound(_)) => match self.presence(peer).await? {
+                Some(p) if !p.addrs.is_empty() => Ok(FoundPeer {
+                    peer_id: peer,
+                    addrs: p.addrs,
+                    source: super::FindSource::Presence,
+                    duration_ms: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+                }),
+                _ => Err(Error::NotFound(peer)),
+            },
+            other => other,
+        }
+    }
+
+    /// The valid presence record of `peer` with the highest sequence number, if the DHT has one.
+    pub async fn presence(&self, peer: PeerId) -> Result<Option<crate::dht::record::Presence>, Error> {
+        self.request(|reply| Command::GetPresence { peer, reply }).await?
     }
 
     /// Connects to `peer`, at `addrs` if given, else at the addresses a DHT lookup finds.

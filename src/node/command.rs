@@ -24,6 +24,10 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<Result<Connected, Error>>,
     },
+    GetPresence {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Option<crate::dht::record::Presence>, Error>>,
+    },
 }
 
 /// `GET /v1/status`.
@@ -91,6 +95,8 @@ pub enum FindSource {
     /// The DHT did not know the peer, but we are connected to it: the addresses it announced
     /// through identify (typical for a DHT client).
     Connected,
+    /// From the peer's signed presence record (a DHT client that nobody routes to).
+    Presence,
     /// A Kademlia lookup found the peer.
     Dht,
 }

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,6 +25,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
+mod presence;
+
+pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
 
 use super::{
     Error, Event,
@@ -32,7 +36,9 @@ use super::{
 };
 use crate::{
     config::{Config, Role, peer_id_of},
-    dht, nat,
+    crypto::LocalKeys,
+    dht::{self, record::Reject},
+    nat,
     store::PeerBook,
 };
 
@@ -78,6 +84,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// Results of work the loop handed to other tasks.
+pub(crate) enum Internal {
+    /// Our presence record, signed.
+    Signed { record: kad::Record, seq: u64 },
+    /// An inbound record checked: `(seq, expires_at)` or why not.
+    Validated {
+        record: kad::Record,
+        result: Result<(u64, u64), Reject>,
+    },
+    /// A presence lookup's records checked.
+    LookupDone {
+        reply: oneshot::Sender<Result<Option<dht::record::Presence>, Error>>,
+        best: Option<Box<dht::record::Presence>>,
+        rejected: Vec<(Reject, Vec<u8>)>,
+    },
+}
+
+/// Results queued from other tasks before they wait.
+const INTERNAL_BUFFER: usize = MAX_PENDING_VALIDATIONS + MAX_PENDING_FINDS + 8;
+
 struct PeerState {
     connections: HashMap<ConnectionId, ConnectionInfo>,
     rtt: Option<Duration>,
@@ -116,6 +142,17 @@ pub(crate) struct EventLoop {
     finds: HashMap<kad::QueryId, PendingFind>,
     dials: HashMap<ConnectionId, PendingDial>,
     nat: nat::Tracker,
+    keys: Arc<LocalKeys>,
+    meta: sled::Tree,
+    presence_ttl: Duration,
+    republish_interval: Duration,
+    next_publish: tokio::time::Instant,
+    publishing: bool,
+    validations: usize,
+    lookups: HashMap<kad::QueryId, presence::Lookup>,
+    presence_metrics: presence::Metrics,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
 }
 
 impl EventLoop {
@@ -128,8 +165,12 @@ impl EventLoop {
         shutdown: CancellationToken,
         peer_book: PeerBook,
         metrics: Metrics,
+        keys: Arc<LocalKeys>,
+        meta: sled::Tree,
+        presence_metrics: presence::Metrics,
     ) -> Self {
         let local = *swarm.local_peer_id();
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_BUFFER);
         let bootstrap = cfg
             .bootstrap
             .peers
@@ -156,6 +197,17 @@ impl EventLoop {
             finds: HashMap::new(),
             dials: HashMap::new(),
             nat: nat::Tracker::default(),
+            keys,
+            meta,
+            presence_ttl: Duration::from_secs(cfg.presence.ttl_secs),
+            republish_interval: Duration::from_secs(cfg.presence.republish_secs),
+            next_publish: tokio::time::Instant::now() + presence::FIRST_PUBLISH_DELAY,
+            publishing: false,
+            validations: 0,
+            lookups: HashMap::new(),
+            presence_metrics,
+            internal_tx,
+            internal_rx,
         }
     }
 
@@ -216,11 +268,26 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(self.next_redial) => self.maintain_connectivity(),
+                () = tokio::time::sleep_until(self.next_publish) => self.publish_presence(),
             }
         }
         tracing::debug!("event loop stopped");
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Signed { record, seq } => self.on_signed(record, seq),
+            Internal::Validated { record, result } => self.on_validated(record, result),
+            Internal::LookupDone { reply, best, rejected } => {
+                for (reason, key) in rejected {
+                    self.reject(reason, &key);
+                }
+                let _ = reply.send(Ok(best.map(|b| *b)));
+            }
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -326,9 +393,11 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
                 tracing::info!("listening on {address}/p2p/{local}");
+                self.presence_dirty();
                 self.emit(Event::Listening { address });
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.presence_dirty();
                 self.emit(Event::ListenAddrExpired { address });
             }
             SwarmEvent::ListenerClosed {
@@ -381,11 +450,13 @@ impl EventLoop {
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
                 self.set_reachability(|nat| nat.confirmed(&address));
+                self.presence_dirty();
                 self.emit(Event::ExternalAddrConfirmed { address });
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 tracing::info!(%address, "external address expired");
                 self.set_reachability(|nat| nat.expired(&address));
+                self.presence_dirty();
                 self.emit(Event::ExternalAddrExpired { address });
             }
             _ => {}
@@ -522,6 +593,7 @@ impl EventLoop {
                 tracing::debug!(client = %event.client, addr = %event.tested_addr, ok = event.result.is_ok(), "served AutoNAT probe");
             }
             BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Stream(()) => {}
         }
     }
 
@@ -575,7 +647,17 @@ impl EventLoop {
 
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
-            kad::Event::OutboundQueryProgressed { id, result, .. } => match result {
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord {
+                    record: Some(record), ..
+                },
+            } => self.validate_inbound(record),
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
+                kad::QueryResult::PutRecord(result) => match result {
+                    Ok(_) => tracing::debug!("presence record stored in the DHT"),
+                    Err(e) => tracing::debug!(error = ?e, "presence record not stored by enough peers"),
+                },
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => self.finish_find(id, ok.peers),
                 kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
                     peers,

@@ -4,12 +4,13 @@
 use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
 use super::*;
-use crate::data::codec::{Data, kind};
+use crate::{
+    data::codec::{Data, kind},
+    identity::Identity,
+};
 
 fn keys() -> LocalKeys {
-    let identity = Identity::generate();
-    let bundle = bundle::Keys::generate(&identity);
-    LocalKeys { identity, bundle }
+    LocalKeys::generate()
 }
 
 fn pipe() -> (DuplexStream, DuplexStream) {

@@ -29,6 +29,7 @@ impl EventLoop {
             }
             Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
             Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
+            Command::GetPresence { peer, reply } => self.lookup_presence(peer, reply),
         }
     }
 
