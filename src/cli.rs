@@ -1,6 +1,7 @@
 //! The `commucat` command line: verbs over the local control API, plus `init`, `run`, `id` and
 //! `config show`, which work without a running node.
 
+mod data;
 mod output;
 mod run;
 
@@ -61,6 +62,40 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Queue a text message for a peer; it is delivered when the peer is reachable.
+    Send {
+        peer_id: PeerId,
+        /// The message (UTF-8, at most 64 KiB).
+        text: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Messages queued for peers, and recently delivered ones.
+    Outbox(Output),
+    /// Received messages.
+    Inbox {
+        /// Only messages after this inbox position (the `seq` of `--json` output).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep running and print new messages as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Send a file to a peer (RaptorQ blocks, resumed after interruptions), showing progress.
+    SendFile {
+        peer_id: PeerId,
+        path: PathBuf,
+        /// Return once the file is queued instead of waiting for delivery.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print progress as JSON lines instead of a progress bar.
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Outgoing and incoming file transfers.
+    Transfers(Output),
     /// Kademlia DHT operations.
     Dht {
         #[command(subcommand)]
@@ -215,7 +250,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output::id(&control::Id::new(identity.binding().clone()), out.json)
         }
         Command::Status(out) => {
-            let status: node::Status = control::Client::for_data_dir(&dir)?
+            let status: control::Status = control::Client::for_data_dir(&dir)?
                 .get("/v1/status")
                 .await?;
             output::status(&status, out.json)
@@ -250,6 +285,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let connected: node::Connected = client.post("/v1/connect", &request).await?;
             output::connected(&connected, out.json)
         }
+        Command::Send {
+            peer_id,
+            text,
+            output: out,
+        } => data::send(&dir, peer_id, text, out.json).await,
+        Command::Outbox(out) => data::outbox(&dir, out.json).await,
+        Command::Inbox {
+            after,
+            follow,
+            output: out,
+        } => data::inbox(&dir, after, follow, out.json).await,
+        Command::SendFile {
+            peer_id,
+            path,
+            no_wait,
+            output: out,
+        } => data::send_file(&dir, peer_id, &path, !no_wait, out.json).await,
+        Command::Transfers(out) => data::transfers(&dir, out.json).await,
         Command::Dht {
             command:
                 DhtCommand::Find {

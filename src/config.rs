@@ -440,7 +440,10 @@ impl Config {
         if self.presence.ttl_secs > crate::dht::record::MAX_TTL_SECS {
             return Err(Error::Value {
                 key: "presence.ttl_secs",
-                reason: format!("at most {} (other nodes refuse longer-lived records)", crate::dht::record::MAX_TTL_SECS),
+                reason: format!(
+                    "at most {} (other nodes refuse longer-lived records)",
+                    crate::dht::record::MAX_TTL_SECS
+                ),
             });
         }
         if self.presence.republish_secs >= self.presence.ttl_secs {
@@ -456,10 +459,21 @@ impl Config {
                 reason: "must be 64 … 8192 and a multiple of 8".into(),
             });
         }
-        if !(4096..=4 << 20).contains(&d.block_size) || !d.block_size.is_multiple_of(u32::from(d.symbol_size)) {
+        if !(4096..=4 << 20).contains(&d.block_size)
+            || !d.block_size.is_multiple_of(u32::from(d.symbol_size))
+        {
             return Err(Error::Value {
                 key: "data.block_size",
                 reason: "must be 4 KiB … 4 MiB and a multiple of data.symbol_size".into(),
+            });
+        }
+        if u64::from(d.block_size / u32::from(d.symbol_size)) > crate::fec::MAX_SYMBOLS_PER_BLOCK {
+            return Err(Error::Value {
+                key: "data.block_size",
+                reason: format!(
+                    "at most {} symbols of data.symbol_size per block",
+                    crate::fec::MAX_SYMBOLS_PER_BLOCK
+                ),
             });
         }
         if d.repair_per_mille > 1000 {

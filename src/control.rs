@@ -6,6 +6,7 @@
 //! Spec: `protocols/control-api.md`.
 
 pub mod client;
+pub mod data;
 
 use std::{
     convert::Infallible,
@@ -22,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response, Sse, sse},
     routing::{get, post},
 };
-use libp2p::{Multiaddr, PeerId, metrics::Registry};
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, broadcast::error::RecvError};
@@ -33,7 +34,7 @@ pub use client::Client;
 use crate::{
     config::peer_id_of,
     identity::Binding,
-    node::{self, agent_version},
+    node::{self, SharedRegistry, agent_version},
 };
 
 /// File in the data directory holding the address the control API listens on.
@@ -174,12 +175,21 @@ pub struct ConnectRequest {
     pub addrs: Vec<Multiaddr>,
 }
 
+/// `GET /v1/status`: the node's status and the data service's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub node: node::Status,
+    pub data: data::DataStatus,
+}
+
 #[derive(Clone)]
 struct AppState {
     node: node::Client,
+    data: Arc<crate::data::Service>,
     id: Arc<Id>,
     token: Token,
-    metrics: Arc<Registry>,
+    metrics: SharedRegistry,
     event_streams: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
@@ -187,13 +197,15 @@ struct AppState {
 /// The control API as an axum router. `shutdown` ends open event streams.
 pub fn router(
     node: node::Client,
+    data: Arc<crate::data::Service>,
     binding: Binding,
     token: Token,
-    metrics: Arc<Registry>,
+    metrics: SharedRegistry,
     shutdown: CancellationToken,
 ) -> Router {
     let state = AppState {
         node,
+        data,
         id: Arc::new(Id::new(binding)),
         token,
         metrics,
@@ -207,6 +219,13 @@ pub fn router(
         .route("/v1/dht/find-peer", post(find_peer))
         .route("/v1/connect", post(connect))
         .route("/v1/events", get(events))
+        .route("/v1/messages", post(data::send_message))
+        .route("/v1/outbox", get(data::outbox))
+        .route("/v1/inbox", get(data::inbox))
+        .route("/v1/inbox/stream", get(data::inbox_stream))
+        .route("/v1/files", post(data::send_file))
+        .route("/v1/transfers", get(data::transfers))
+        .route("/v1/transfers/{id}", get(data::transfer))
         .route("/v1/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -266,8 +285,11 @@ async fn id(State(state): State<AppState>) -> Json<Id> {
     Json((*state.id).clone())
 }
 
-async fn status(State(state): State<AppState>) -> Result<Json<node::Status>, Problem> {
-    Ok(Json(state.node.status().await?))
+async fn status(State(state): State<AppState>) -> Result<Json<Status>, Problem> {
+    Ok(Json(Status {
+        node: state.node.status().await?,
+        data: data::status(&state.data),
+    }))
 }
 
 async fn peers(State(state): State<AppState>) -> Result<Json<Vec<node::PeerInfo>>, Problem> {
@@ -317,9 +339,27 @@ async fn events(State(state): State<AppState>) -> Result<impl IntoResponse, Prob
                 format!("at most {MAX_EVENT_STREAMS} event streams at once"),
             )
         })?;
-    let rx = state.node.subscribe();
+    let merged = futures::stream::select(
+        subscription(state.node.subscribe()),
+        subscription(state.data.subscribe()),
+    );
+    // The permit lives as long as the stream.
+    let stream = futures::StreamExt::map(merged, move |e| {
+        let _held = &permit;
+        Ok::<_, Infallible>(e)
+    });
     let shutdown = state.shutdown.clone();
-    let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
+    let stream =
+        futures::StreamExt::take_until(stream, async move { shutdown.cancelled_owned().await });
+    Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
+}
+
+/// SSE events from a broadcast of serialisable events tagged with `type`; a subscriber that falls
+/// behind gets a `lagged` event.
+fn subscription<E: Serialize + Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<E>,
+) -> impl futures::Stream<Item = sse::Event> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(ev) => {
                 let name = serde_json::to_value(&ev)
@@ -336,16 +376,19 @@ async fn events(State(state): State<AppState>) -> Result<impl IntoResponse, Prob
                 .data(format!("{{\"missed\":{missed}}}")),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(event), (rx, permit)))
-    });
-    let stream =
-        futures::StreamExt::take_until(stream, async move { shutdown.cancelled_owned().await });
-    Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
+        Some((event, rx))
+    })
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, Problem> {
     let mut body = String::new();
-    prometheus_client::encoding::text::encode(&mut body, &state.metrics)
+    let registry = state.metrics.read().map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics registry poisoned".to_string(),
+        )
+    })?;
+    prometheus_client::encoding::text::encode(&mut body, &registry)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((
         [(

@@ -17,6 +17,7 @@ pub mod control;
 pub mod crypto;
 pub mod data;
 pub mod dht;
+pub mod fec;
 pub mod fsutil;
 pub mod identity;
 pub mod nat;

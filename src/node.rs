@@ -11,7 +11,7 @@ mod event;
 mod event_loop;
 pub mod transport;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use libp2p::{
     PeerId, Swarm,
@@ -32,6 +32,9 @@ pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS, MAX_PENDING_VALIDATIO
 pub use transport::Transport;
 
 use crate::{config::Config, crypto::LocalKeys, store::Store};
+
+/// A metrics registry parts of the node add to after it started.
+pub type SharedRegistry = Arc<RwLock<Registry>>;
 
 /// Commands queued for the event loop before senders wait.
 pub const COMMAND_BUFFER: usize = 64;
@@ -62,7 +65,7 @@ pub struct Node {
     client: Client,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     stream_control: libp2p_stream::Control,
 }
 
@@ -120,7 +123,7 @@ impl Node {
             },
             shutdown,
             task: Some(task),
-            registry: Arc::new(registry),
+            registry: Arc::new(RwLock::new(registry)),
             stream_control,
         })
     }
@@ -133,8 +136,9 @@ impl Node {
         self.client.peer_id
     }
 
-    /// The node's Prometheus registry (libp2p swarm, identify, kad, ping and bandwidth metrics).
-    pub fn metrics(&self) -> Arc<Registry> {
+    /// The node's Prometheus registry (libp2p swarm, identify, kad, ping and bandwidth metrics, DHT
+    /// record validation); other parts of the node register theirs too.
+    pub fn metrics(&self) -> SharedRegistry {
         self.registry.clone()
     }
 

@@ -38,9 +38,14 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
 
 async fn spawn(cfg: &Config) -> Node {
     let store = Store::temporary().unwrap();
-    Node::spawn(cfg, Arc::new(LocalKeys::generate()), &store, Transport::Memory)
-        .await
-        .expect("node starts")
+    Node::spawn(
+        cfg,
+        Arc::new(LocalKeys::generate()),
+        &store,
+        Transport::Memory,
+    )
+    .await
+    .expect("node starts")
 }
 
 /// Sum of one counter over every node's metrics registry.
@@ -48,7 +53,7 @@ fn total(nodes: &[&Node], metric: &str) -> f64 {
     let mut sum = 0.0;
     for node in nodes {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &node.metrics()).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &node.metrics().read().unwrap()).unwrap();
         sum += text
             .lines()
             .filter(|l| l.starts_with(metric))

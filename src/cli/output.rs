@@ -7,10 +7,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     control::Id,
-    node::{Connected, Direction, FoundPeer, PeerInfo, Status},
+    node::{Connected, Direction, FoundPeer, PeerInfo},
 };
 
-fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -29,10 +29,12 @@ pub fn id(id: &Id, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(s: &Status, as_json: bool) -> anyhow::Result<()> {
+pub fn status(full: &crate::control::Status, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        return json(s);
+        return json(full);
     }
+    let s = &full.node;
+    let d = &full.data;
     println!("Peer ID:          {}", s.peer_id);
     println!("Role:             {}", s.role);
     println!("Agent:            {}", s.agent_version);
@@ -42,6 +44,12 @@ pub fn status(s: &Status, as_json: bool) -> anyhow::Result<()> {
     println!("Routing table:    {} peers", s.routing_table_size);
     println!("Peer book:        {} peers", s.peer_book_size);
     println!("Uptime:           {}", duration(s.uptime_secs));
+    println!("Outbox:           {} queued", d.outbox_queued);
+    println!("Inbox:            {} messages", d.inbox_messages);
+    println!(
+        "Sessions:         {} Noise handshakes, {} post-quantum",
+        d.handshakes_noise, d.handshakes_post_quantum
+    );
     print_list("Listen addresses:", s.listen_addrs.iter());
     print_list("External addresses:", s.external_addrs.iter());
     Ok(())
@@ -98,7 +106,9 @@ pub fn found(f: &FoundPeer, as_json: bool) -> anyhow::Result<()> {
     let how = match f.source {
         crate::node::FindSource::Connected => "already connected".to_string(),
         crate::node::FindSource::Dht => format!("DHT lookup, {} ms", f.duration_ms),
-        crate::node::FindSource::Presence => format!("signed presence record, {} ms", f.duration_ms),
+        crate::node::FindSource::Presence => {
+            format!("signed presence record, {} ms", f.duration_ms)
+        }
     };
     print_list(&format!("{} ({how}):", f.peer_id), f.addrs.iter());
     Ok(())
@@ -117,7 +127,7 @@ pub fn connected(c: &Connected, as_json: bool) -> anyhow::Result<()> {
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -141,6 +151,12 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A unix time in milliseconds as RFC 3339 UTC (`2023-11-14T22:13:20Z`).
+pub fn time_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 fn duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -161,6 +177,11 @@ mod tests {
             vec!["abc".to_string(), "b".into(), "yy".into()],
         ];
         assert_eq!(table(&rows), "A    LONG  x\nabc  b     yy\n");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time_ms(1_700_000_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     control,
     crypto::LocalKeys,
-    fsutil,
+    data, fsutil,
     identity::Identity,
     node::{Node, Transport},
     store::Store,
@@ -40,11 +40,30 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
 
     let node = Node::spawn(&cfg, keys.clone(), &store, Transport::Network).await?;
     tracing::info!(peer = %keys.peer_id(), role = %cfg.role, "node started");
+    let downloads = cfg
+        .data
+        .downloads_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("downloads"));
+    std::fs::create_dir_all(&downloads).with_context(|| {
+        format!(
+            "cannot create the downloads directory {}",
+            downloads.display()
+        )
+    })?;
+    let data = Arc::new(data::Service::start(
+        &node,
+        keys.clone(),
+        &store,
+        &cfg.data,
+        downloads,
+    )?);
 
     let token = control::Token::generate();
     let shutdown = CancellationToken::new();
     let router = control::router(
         node.client().clone(),
+        data.clone(),
         keys.identity.binding().clone(),
         token.clone(),
         node.metrics(),
@@ -73,6 +92,7 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "control API task failed"),
         Ok(Ok(())) => {}
     }
+    data.shutdown().await;
     node.shutdown().await;
     store.flush().await.context("flushing the database")?;
     tracing::info!("stopped");

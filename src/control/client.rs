@@ -89,6 +89,64 @@ impl Client {
             .await
     }
 
+    /// Opens a server-sent-event stream and yields `(event, data)` pairs until it ends.
+    pub async fn events(
+        &self,
+        path: &str,
+    ) -> Result<impl futures::Stream<Item = Result<(String, String), Error>> + use<>, Error> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        // No overall timeout: the stream lasts as long as the user wants.
+        let req = req.timeout(Duration::from_secs(u64::from(u32::MAX)));
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Err(Error::NotRunning(self.data_dir.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(Error::Api(
+                serde_json::from_str(&body).unwrap_or_else(|_| Problem::new(status, Some(body))),
+            ));
+        }
+        let bytes = resp.bytes_stream();
+        Ok(futures::stream::unfold(
+            (bytes, String::new()),
+            |(mut bytes, mut buf)| async move {
+                use futures::StreamExt;
+                loop {
+                    if let Some(end) = buf.find("\n\n") {
+                        let frame: String = buf.drain(..end + 2).collect();
+                        let mut event = String::from("message");
+                        let mut data = String::new();
+                        for line in frame.lines() {
+                            if let Some(v) = line.strip_prefix("event:") {
+                                event = v.trim().to_owned();
+                            } else if let Some(v) = line.strip_prefix("data:") {
+                                if !data.is_empty() {
+                                    data.push('\n');
+                                }
+                                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                            }
+                        }
+                        if !data.is_empty() {
+                            return Some((Ok((event, data)), (bytes, buf)));
+                        }
+                        continue; // a keep-alive comment
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                        Some(Err(e)) => return Some((Err(e.into()), (bytes, buf))),
+                        None => return None,
+                    }
+                }
+            },
+        ))
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, Error> {
         let resp = match req.bearer_auth(&self.token).send().await {
             Ok(resp) => resp,

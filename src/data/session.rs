@@ -2,10 +2,9 @@
 //! AUTH around [`crate::crypto::handshake`], then sealed inner frames both ways. Generic over any
 //! tokio byte stream, so the same code runs on libp2p streams and in-memory pipes in tests.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
+
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,18 +27,34 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Completed handshakes, for `/api/server-info` and the metrics: Noise handshakes that finished,
 /// and post-quantum ones (ML-KEM confirmed and both ML-DSA transcript signatures verified).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HandshakeCounters {
-    pub noise: AtomicU64,
-    pub post_quantum: AtomicU64,
+    noise: Counter,
+    post_quantum: Counter,
 }
 
 impl HandshakeCounters {
     pub fn noise(&self) -> u64 {
-        self.noise.load(Ordering::Relaxed)
+        self.noise.get()
     }
+
     pub fn post_quantum(&self) -> u64 {
-        self.post_quantum.load(Ordering::Relaxed)
+        self.post_quantum.get()
+    }
+
+    /// Exports both: `commucat_data_handshakes_noise_total`,
+    /// `commucat_data_handshakes_post_quantum_total`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "data_handshakes_noise",
+            "Completed Noise handshakes of /commucat/data sessions",
+            self.noise.clone(),
+        );
+        registry.register(
+            "data_handshakes_post_quantum",
+            "Completed hybrid post-quantum handshakes (ML-KEM confirmed, ML-DSA transcripts verified)",
+            self.post_quantum.clone(),
+        );
     }
 }
 
@@ -393,7 +408,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite>(
                 }
                 return Err(e);
             }
-            counters.post_quantum.fetch_add(1, Ordering::Relaxed);
+            counters.post_quantum.inc();
             session.remote_bundle = Some(bundle);
             Ok(session)
         }
@@ -459,7 +474,7 @@ async fn initiate_inner<S: AsyncRead + AsyncWrite>(
         .await?;
     }
     let keys = init.finish()?;
-    counters.noise.fetch_add(1, Ordering::Relaxed);
+    counters.noise.inc();
     Ok((keys, bundle, pattern))
 }
 
@@ -539,7 +554,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
         }
         return Err(e);
     }
-    counters.post_quantum.fetch_add(1, Ordering::Relaxed);
+    counters.post_quantum.inc();
     Ok(session)
 }
 
@@ -596,7 +611,7 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
         }
     }
     let keys = resp.finish()?;
-    counters.noise.fetch_add(1, Ordering::Relaxed);
+    counters.noise.inc();
     Ok((keys, pattern))
 }
 

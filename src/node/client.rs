@@ -40,7 +40,10 @@ impl Client {
     /// signed presence record.
     pub async fn find_peer(&self, peer: PeerId) -> Result<FoundPeer, Error> {
         let started = std::time::Instant::now();
-        match self.request(|reply| Command::FindPeer { peer, reply }).await? {
+        match self
+            .request(|reply| Command::FindPeer { peer, reply })
+            .await?
+        {
             Err(Error::NotFound(_)) => match self.presence(peer).await? {
                 Some(p) if !p.addrs.is_empty() => Ok(FoundPeer {
                     peer_id: peer,
@@ -55,8 +58,12 @@ impl Client {
     }
 
     /// The valid presence record of `peer` with the highest sequence number, if the DHT has one.
-    pub async fn presence(&self, peer: PeerId) -> Result<Option<crate::dht::record::Presence>, Error> {
-        self.request(|reply| Command::GetPresence { peer, reply }).await?
+    pub async fn presence(
+        &self,
+        peer: PeerId,
+    ) -> Result<Option<crate::dht::record::Presence>, Error> {
+        self.request(|reply| Command::GetPresence { peer, reply })
+            .await?
     }
 
     /// Connects to `peer`, at `addrs` if given, else at the addresses a DHT lookup finds.

@@ -281,7 +281,11 @@ impl EventLoop {
         match internal {
             Internal::Signed { record, seq } => self.on_signed(record, seq),
             Internal::Validated { record, result } => self.on_validated(record, result),
-            Internal::LookupDone { reply, best, rejected } => {
+            Internal::LookupDone {
+                reply,
+                best,
+                rejected,
+            } => {
                 for (reason, key) in rejected {
                     self.reject(reason, &key);
                 }
@@ -648,15 +652,21 @@ impl EventLoop {
     fn on_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::InboundRequest {
-                request: kad::InboundRequest::PutRecord {
-                    record: Some(record), ..
-                },
+                request:
+                    kad::InboundRequest::PutRecord {
+                        record: Some(record),
+                        ..
+                    },
             } => self.validate_inbound(record),
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
                 kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
                 kad::QueryResult::PutRecord(result) => match result {
                     Ok(_) => tracing::debug!("presence record stored in the DHT"),
-                    Err(e) => tracing::debug!(error = ?e, "presence record not stored by enough peers"),
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "presence record not stored by enough peers")
+                    }
                 },
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => self.finish_find(id, ok.peers),
                 kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {

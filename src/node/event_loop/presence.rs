@@ -71,7 +71,9 @@ impl EventLoop {
     pub(super) fn reject(&self, reason: Reject, key: &[u8]) {
         self.presence_metrics
             .rejected
-            .get_or_create(&RejectLabels { reason: reason.as_str() })
+            .get_or_create(&RejectLabels {
+                reason: reason.as_str(),
+            })
             .inc();
         tracing::debug!(reason = reason.as_str(), key = %String::from_utf8_lossy(key), "DHT record rejected");
     }
@@ -85,7 +87,10 @@ impl EventLoop {
                 addrs.push(a.clone());
             }
         }
-        if addrs.iter().any(|a| nat::scope(a).is_some_and(|s| s > Scope::Loopback)) {
+        if addrs
+            .iter()
+            .any(|a| nat::scope(a).is_some_and(|s| s > Scope::Loopback))
+        {
             addrs.retain(|a| nat::scope(a) != Some(Scope::Loopback));
         }
         addrs.truncate(record::MAX_RECORD_ADDRS);
@@ -105,7 +110,13 @@ impl EventLoop {
             self.next_publish = now + MIN_REPUBLISH_INTERVAL;
             return;
         }
-        let table: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+        let table: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
         if table == 0 {
             self.next_publish = now + MIN_REPUBLISH_INTERVAL;
             return;
@@ -141,7 +152,12 @@ impl EventLoop {
 
     pub(super) fn on_signed(&mut self, record: Record, seq: u64) {
         self.publishing = false;
-        match self.swarm.behaviour_mut().kad.put_record(record, Quorum::One) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, Quorum::One)
+        {
             Ok(_) => tracing::debug!(seq, "publishing presence record"),
             Err(e) => tracing::warn!(error = ?e, "cannot store our presence record"),
         }
@@ -157,7 +173,8 @@ impl EventLoop {
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
             let now = crate::time::unix_secs();
-            let result = record::verify(record.key.as_ref(), &record.value, now).map(|p| (p.seq, p.expires_at));
+            let result = record::verify(record.key.as_ref(), &record.value, now)
+                .map(|p| (p.seq, p.expires_at));
             let _ = tx.blocking_send(Internal::Validated { record, result });
         });
     }
@@ -185,12 +202,20 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn lookup_presence(&mut self, peer: PeerId, reply: oneshot::Sender<Result<Option<Presence>, Error>>) {
+    pub(super) fn lookup_presence(
+        &mut self,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Option<Presence>, Error>>,
+    ) {
         if self.lookups.len() >= MAX_PENDING_FINDS {
             let _ = reply.send(Err(Error::Busy("presence lookups", MAX_PENDING_FINDS)));
             return;
         }
-        let id = self.swarm.behaviour_mut().kad.get_record(record::key(&peer));
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_record(record::key(&peer));
         self.lookups.insert(
             id,
             Lookup {
@@ -200,7 +225,12 @@ impl EventLoop {
         );
     }
 
-    pub(super) fn on_get_record(&mut self, id: kad::QueryId, result: kad::GetRecordResult, last: bool) {
+    pub(super) fn on_get_record(
+        &mut self,
+        id: kad::QueryId,
+        result: kad::GetRecordResult,
+        last: bool,
+    ) {
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
         };

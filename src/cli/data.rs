@@ -1,0 +1,241 @@
+//! CLI verbs of the data protocol: `send`, `outbox`, `inbox`, `send-file`, `transfers`.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use libp2p::PeerId;
+
+use super::output::{json, table, time_ms};
+use crate::{
+    control::{
+        self,
+        data::{SendFile, SendMessage, Transfer, TransferList},
+    },
+    store::{inbox, outbox, transfers},
+};
+
+/// How often `send-file` asks for progress.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
+
+pub async fn send(dir: &Path, to: PeerId, body: String, as_json: bool) -> anyhow::Result<()> {
+    let client = control::Client::for_data_dir(dir)?;
+    let m: outbox::Message = client
+        .post("/v1/messages", &SendMessage { to, body })
+        .await?;
+    if as_json {
+        return json(&m);
+    }
+    println!("Queued message {} for {} (#{})", m.id, m.to, m.seq);
+    Ok(())
+}
+
+pub async fn outbox(dir: &Path, as_json: bool) -> anyhow::Result<()> {
+    let entries: Vec<outbox::Entry> = control::Client::for_data_dir(dir)?
+        .get("/v1/outbox")
+        .await?;
+    if as_json {
+        return json(&entries);
+    }
+    if entries.is_empty() {
+        println!("The outbox is empty.");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["STATE", "TO", "#", "QUEUED", "ID", "TEXT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for e in &entries {
+        rows.push(vec![
+            match e.state {
+                outbox::State::Queued => "queued".into(),
+                outbox::State::Delivered => "delivered".into(),
+            },
+            e.message.to.to_string(),
+            e.message.seq.to_string(),
+            time_ms(e.message.created_at_ms),
+            e.message.id.clone(),
+            preview(&e.message.body),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+fn preview(body: &str) -> String {
+    let one_line: String = body
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one_line.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+fn print_message(m: &inbox::Message) {
+    println!("[{}] {}: {}", time_ms(m.received_at_ms), m.from, m.body);
+}
+
+pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyhow::Result<()> {
+    let client = control::Client::for_data_dir(dir)?;
+    if !follow {
+        let msgs: Vec<inbox::Message> = client.get(&format!("/v1/inbox?after={after}")).await?;
+        if as_json {
+            return json(&msgs);
+        }
+        if msgs.is_empty() {
+            println!("No messages.");
+        }
+        msgs.iter().for_each(print_message);
+        return Ok(());
+    }
+    let mut events = Box::pin(
+        client
+            .events(&format!("/v1/inbox/stream?after={after}"))
+            .await?,
+    );
+    while let Some(ev) = events.next().await {
+        let (kind, data) = ev?;
+        if kind != "message" {
+            continue;
+        }
+        let m: inbox::Message = serde_json::from_str(&data).context("malformed inbox event")?;
+        if as_json {
+            println!("{}", serde_json::to_string(&m)?);
+        } else {
+            print_message(&m);
+        }
+    }
+    Ok(())
+}
+
+pub async fn send_file(
+    dir: &Path,
+    to: PeerId,
+    path: &Path,
+    wait: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let client = control::Client::for_data_dir(dir)?;
+    let t: transfers::Outgoing = client.post("/v1/files", &SendFile { to, path }).await?;
+    if !wait {
+        return if as_json {
+            json(&t)
+        } else {
+            println!(
+                "Queued {} ({} bytes) for {} as transfer {}",
+                t.name, t.layout.size, t.to, t.id
+            );
+            Ok(())
+        };
+    }
+    let bar = (!as_json).then(|| {
+        let bar = indicatif::ProgressBar::new(t.layout.size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(t.name.clone());
+        bar
+    });
+    let mut last: Option<(transfers::State, u32)> = None;
+    loop {
+        let Transfer::Out(now) = client.get(&format!("/v1/transfers/{}", t.id)).await? else {
+            bail!("transfer {} is not an outgoing transfer", t.id);
+        };
+        let key = (now.state, now.blocks_done);
+        if last != Some(key) {
+            last = Some(key);
+            let confirmed = (u64::from(now.blocks_done) * u64::from(now.layout.block_size))
+                .min(now.layout.size);
+            match &bar {
+                Some(b) => b.set_position(confirmed),
+                None => println!(
+                    "{}",
+                    serde_json::json!({
+                        "type": "progress",
+                        "id": now.id,
+                        "state": now.state,
+                        "blocks_done": now.blocks_done,
+                        "blocks_total": now.blocks_total,
+                        "bytes_confirmed": confirmed,
+                        "bytes_sent": now.bytes_sent,
+                        "sessions": now.sessions,
+                    })
+                ),
+            }
+        }
+        match now.state {
+            transfers::State::Complete => {
+                if let Some(b) = &bar {
+                    b.finish();
+                    println!("Delivered {} to {}", now.name, now.to);
+                }
+                return Ok(());
+            }
+            transfers::State::Failed => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                bail!("transfer failed: {}", now.error.unwrap_or_default());
+            }
+            _ => tokio::time::sleep(PROGRESS_POLL).await,
+        }
+    }
+}
+
+pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
+    let list: TransferList = control::Client::for_data_dir(dir)?
+        .get("/v1/transfers")
+        .await?;
+    if as_json {
+        return json(&list);
+    }
+    if list.outgoing.is_empty() && list.incoming.is_empty() {
+        println!("No transfers.");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["DIR", "STATE", "BLOCKS", "SIZE", "PEER", "NAME"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let state = |s: transfers::State| {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    for t in &list.outgoing {
+        rows.push(vec![
+            "out".into(),
+            state(t.state),
+            format!("{}/{}", t.blocks_done, t.blocks_total),
+            t.layout.size.to_string(),
+            t.to.to_string(),
+            t.name.clone(),
+        ]);
+    }
+    for t in &list.incoming {
+        rows.push(vec![
+            "in".into(),
+            state(t.state),
+            format!("{}/{}", t.blocks_done, t.blocks_total),
+            t.layout.size.to_string(),
+            t.from.to_string(),
+            t.final_path
+                .as_ref()
+                .map_or_else(|| t.name.clone(), |p| p.display().to_string()),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}

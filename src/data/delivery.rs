@@ -1,0 +1,411 @@
+//! The initiator's side: one worker per peer with something to send. It opens a session (finding the
+//! peer through the DHT when the swarm cannot reach it), sends the outbox in order with at most
+//! `SEND_WINDOW` unacknowledged messages, then pending files block by block, resuming from the
+//! receiver's FILE_STATUS. Failed attempts back off from 1 s to `data.max_retry_secs`.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::PeerId;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{Notify, mpsc},
+};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use super::{
+    PROTOCOL,
+    codec::{Data, ErrorCode, FileMeta, FileStatus, Inner, file_state},
+    service::{Event, Shared},
+    session::{self, Writer},
+    transfer,
+};
+use crate::{
+    crypto::Bundle,
+    fec,
+    store::{
+        self,
+        transfers::{Outgoing, State},
+    },
+};
+
+/// Unacknowledged DATA frames at most.
+pub const SEND_WINDOW: usize = 256;
+/// Without an ACK or FILE_STATUS for this long, the session is given up.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for the receiver's hash check of a whole file.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(600);
+/// An idle session is kept this long for new messages, then closed.
+pub const LINGER: Duration = Duration::from_secs(20);
+/// Frames from the reader task buffered.
+const READ_BUFFER: usize = 64;
+/// FILE_CHUNK payload per frame: below `MAX_FRAME_LEN` with room for the headers and tag.
+const CHUNK_PAYLOAD: usize = super::codec::MAX_FRAME_LEN - 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Attempt {
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Session(#[from] session::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("cannot read the file to send: {0}")]
+    File(#[from] std::io::Error),
+    #[error("the peer holds a newer key bundle; fetching it")]
+    StaleBundle,
+    #[error("no progress for {0:?}")]
+    Stalled(Duration),
+}
+
+pub(crate) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
+    shared
+        .outbox
+        .pending(peer, 0, 1)
+        .is_ok_and(|v| !v.is_empty())
+        || shared
+            .transfers
+            .pending_to(peer)
+            .is_ok_and(|v| !v.is_empty())
+}
+
+/// Delivers to `peer` until nothing is pending (or the service stops).
+pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) {
+    let mut backoff = Duration::from_secs(1);
+    let max = Duration::from_secs(shared.cfg.max_retry_secs);
+    while !shared.shutdown.is_cancelled() && has_pending(shared, &peer) {
+        let outcome = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            r = attempt(shared, peer, notify) => r,
+        };
+        match outcome {
+            Ok(()) => backoff = Duration::from_secs(1),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "delivery attempt failed");
+                shared.emit(Event::DeliveryFailed {
+                    to: peer,
+                    error: e.to_string(),
+                });
+                let wait = if matches!(e, Attempt::StaleBundle) {
+                    Duration::ZERO
+                } else {
+                    // ±25 % jitter so that many senders do not retry in step.
+                    backoff.mul_f64(0.75 + rand::random::<f64>() / 2.0)
+                };
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                    () = notify.notified() => {}
+                }
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> {
+    let mut control = shared.control.clone();
+    match control.open_stream(peer, PROTOCOL).await {
+        Ok(s) => Ok(s),
+        Err(first) => {
+            // The swarm could not reach it with what it knows: look it up (DHT, presence record).
+            tracing::debug!(%peer, error = %first, "no stream yet; looking the peer up");
+            shared
+                .node
+                .connect(peer, Vec::new())
+                .await
+                .map_err(|e| Attempt::Unreachable(e.to_string()))?;
+            control
+                .open_stream(peer, PROTOCOL)
+                .await
+                .map_err(|e| Attempt::Unreachable(e.to_string()))
+        }
+    }
+}
+
+fn cached_bundle(shared: &Shared, peer: &PeerId) -> Option<Bundle> {
+    let bytes = shared.bundles.get(peer.to_bytes()).ok()??;
+    Bundle::verify(&bytes, peer).ok()
+}
+
+async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<(), Attempt> {
+    let stream = open(shared, peer).await?.compat();
+    let known = cached_bundle(shared, &peer);
+    let had_bundle = known.is_some();
+    let session = match session::initiate(stream, &shared.keys, peer, known, &shared.counters).await
+    {
+        Ok(s) => s,
+        Err(e) if had_bundle && e.code() == Some(ErrorCode::STALE_BUNDLE) => {
+            let _ = shared.bundles.remove(peer.to_bytes());
+            return Err(Attempt::StaleBundle);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(b) = &session.remote_bundle {
+        let _ = shared.bundles.insert(peer.to_bytes(), b.as_bytes());
+    }
+    let mut reader = session.reader;
+    let (tx, rx) = mpsc::channel(READ_BUFFER);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let next = reader.recv().await;
+            let end = !matches!(next, Ok(Some(_)));
+            if tx.send(next).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut out = Sender {
+        shared,
+        peer,
+        writer: session.writer,
+        rx,
+        in_flight: 0,
+        sent_up_to: 0,
+    };
+    let result = out.run(notify).await;
+    reader_task.abort();
+    if let Err(Attempt::Session(session::Error::Protocol { code, detail })) = &result {
+        out.writer.fail(*code, detail).await;
+    }
+    result
+}
+
+struct Sender<'a, S> {
+    shared: &'a Arc<Shared>,
+    peer: PeerId,
+    writer: Writer<S>,
+    rx: mpsc::Receiver<Result<Option<Inner>, session::Error>>,
+    in_flight: usize,
+    sent_up_to: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
+    async fn run(&mut self, notify: &Notify) -> Result<(), Attempt> {
+        loop {
+            self.send_messages(notify).await?;
+            let next_file = self
+                .shared
+                .transfers
+                .pending_to(&self.peer)?
+                .into_iter()
+                .next();
+            if let Some(t) = next_file {
+                self.send_file(t).await?;
+                continue;
+            }
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(LINGER) => {
+                    self.writer.close().await;
+                    return Ok(());
+                }
+                next = self.rx.recv() => drop(self.on_frame(next)?),
+            }
+        }
+    }
+
+    /// The next frame from the peer, or why the session ended.
+    fn on_frame(
+        &mut self,
+        next: Option<Result<Option<Inner>, session::Error>>,
+    ) -> Result<Option<Inner>, Attempt> {
+        match next {
+            None | Some(Ok(None)) => Err(session::Error::Closed.into()),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Some(Inner::Ack { epoch, seq }))) => {
+                if epoch == self.shared.outbox.epoch() {
+                    let n = self.shared.outbox.acknowledge(&self.peer, seq)?;
+                    self.in_flight = self.in_flight.saturating_sub(n);
+                    if n > 0 {
+                        self.shared.emit(Event::MessagesDelivered {
+                            to: self.peer,
+                            count: n,
+                            up_to_seq: seq,
+                        });
+                    }
+                }
+                Ok(None)
+            }
+            Some(Ok(Some(Inner::Pong(_) | Inner::Presence { .. }))) => Ok(None),
+            Some(Ok(Some(Inner::Ping(n)))) => {
+                // Answered on the next write.
+                self.writer.queue(&Inner::Pong(n))?;
+                Ok(None)
+            }
+            Some(Ok(Some(f @ Inner::FileStatus(_)))) => Ok(Some(f)),
+            Some(Ok(Some(_))) => Err(session::Error::Protocol {
+                code: ErrorCode::UNEXPECTED_FRAME,
+                detail: "frame not valid from the responder".into(),
+            }
+            .into()),
+        }
+    }
+
+    async fn send_messages(&mut self, notify: &Notify) -> Result<(), Attempt> {
+        let epoch = self.shared.outbox.epoch();
+        loop {
+            if self.in_flight < SEND_WINDOW {
+                let batch = self.shared.outbox.pending(
+                    &self.peer,
+                    self.sent_up_to,
+                    SEND_WINDOW - self.in_flight,
+                )?;
+                for m in &batch {
+                    let mut msg_id = [0u8; 16];
+                    hex::decode_to_slice(&m.id, &mut msg_id)
+                        .map_err(|_| store::Error::Corrupt("message id"))?;
+                    self.writer.queue(&Inner::Data(Data {
+                        epoch,
+                        seq: m.seq,
+                        msg_id,
+                        sent_at_ms: m.created_at_ms,
+                        body: m.body.clone(),
+                    }))?;
+                    self.sent_up_to = m.seq;
+                    self.in_flight += 1;
+                }
+                self.writer.flush().await?;
+            }
+            if self.in_flight == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(PROGRESS_TIMEOUT) => return Err(Attempt::Stalled(PROGRESS_TIMEOUT)),
+                // A late FILE_STATUS of an earlier transfer needs nothing more.
+                next = self.rx.recv() => drop(self.on_frame(next)?),
+            }
+        }
+    }
+
+    /// The next FILE_STATUS of transfer `id`, handling ACKs and pings meanwhile.
+    async fn status(&mut self, id: &[u8; 16], within: Duration) -> Result<FileStatus, Attempt> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Err(Attempt::Stalled(within)),
+                next = self.rx.recv() => next,
+            };
+            if let Some(Inner::FileStatus(s)) = self.on_frame(next)?
+                && &s.transfer_id == id
+            {
+                return Ok(s);
+            }
+            self.writer.flush().await?;
+        }
+    }
+
+    fn record(&self, t: &Outgoing) -> Result<(), Attempt> {
+        self.shared.transfers.put_outgoing(t)?;
+        Ok(())
+    }
+
+    /// Applies a FILE_STATUS; returns whether the transfer is over.
+    fn apply(&self, t: &mut Outgoing, s: &FileStatus) -> Result<bool, Attempt> {
+        match s.state {
+            file_state::COMPLETE => {
+                t.state = State::Complete;
+                t.blocks_done = t.blocks_total;
+            }
+            file_state::FAILED => {
+                t.state = State::Failed;
+                t.error = Some(format!("receiver reported {}", ErrorCode(s.error)));
+            }
+            _ => {
+                t.blocks_done = (0..s.blocks)
+                    .filter(|&i| transfer::bit(&s.bitmap, i))
+                    .count() as u32;
+                self.shared.emit(Event::TransferProgress {
+                    id: t.id.clone(),
+                    direction: "out",
+                    blocks_done: t.blocks_done,
+                    blocks_total: t.blocks_total,
+                });
+                self.record(t)?;
+                return Ok(false);
+            }
+        }
+        t.completed_at_ms = Some(crate::time::unix_ms());
+        self.record(t)?;
+        self.shared.emit(Event::TransferFinished {
+            id: t.id.clone(),
+            direction: "out",
+            state: t.state,
+            error: t.error.clone(),
+        });
+        Ok(true)
+    }
+
+    async fn send_file(&mut self, mut t: Outgoing) -> Result<(), Attempt> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(&t.id, &mut id).map_err(|_| store::Error::Corrupt("transfer id"))?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&t.sha256, &mut hash)
+            .map_err(|_| store::Error::Corrupt("transfer hash"))?;
+        t.sessions += 1;
+        t.state = State::Active;
+        self.record(&t)?;
+        self.writer
+            .send(&Inner::FileMeta(FileMeta {
+                transfer_id: id,
+                size: t.layout.size,
+                hash_alg: transfer::HASH_SHA256,
+                hash,
+                block_size: t.layout.block_size,
+                symbol_size: t.layout.symbol_size,
+                repair_per_mille: t.layout.repair_per_mille,
+                name: t.name.clone(),
+            }))
+            .await?;
+        let mut status = self.status(&id, PROGRESS_TIMEOUT).await?;
+        if self.apply(&mut t, &status)? {
+            return Ok(());
+        }
+        let per_frame = (CHUNK_PAYLOAD / fec::packet_len(t.layout.symbol_size))
+            * fec::packet_len(t.layout.symbol_size);
+        let mut sent: Vec<u32> = Vec::new();
+        for block in 0..t.blocks_total {
+            if transfer::bit(&status.bitmap, block) {
+                continue;
+            }
+            // Stay at most FILE_WINDOW_BLOCKS ahead of what the receiver confirmed.
+            while sent
+                .iter()
+                .filter(|&&b| !transfer::bit(&status.bitmap, b))
+                .count()
+                >= transfer::FILE_WINDOW_BLOCKS as usize
+            {
+                status = self.status(&id, PROGRESS_TIMEOUT).await?;
+                if self.apply(&mut t, &status)? {
+                    return Ok(());
+                }
+            }
+            let (path, layout) = (t.path.clone(), t.layout);
+            let packets =
+                tokio::task::spawn_blocking(move || transfer::encode_block(&path, &layout, block))
+                    .await
+                    .map_err(std::io::Error::other)??;
+            for chunk in packets.chunks(per_frame) {
+                self.writer
+                    .queue(&Inner::FileChunk(super::codec::FileChunk {
+                        transfer_id: id,
+                        block,
+                        packets: bytes::Bytes::copy_from_slice(chunk),
+                    }))?;
+                if self.writer.queued_bytes() >= 1 << 20 {
+                    self.writer.flush().await?;
+                }
+            }
+            self.writer.flush().await?;
+            t.bytes_sent += packets.len() as u64;
+            sent.push(block);
+            self.record(&t)?;
+        }
+        loop {
+            status = self.status(&id, FINISH_TIMEOUT).await?;
+            if self.apply(&mut t, &status)? {
+                return Ok(());
+            }
+        }
+    }
+}

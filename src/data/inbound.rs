@@ -1,0 +1,345 @@
+//! The responder's side of a session (`protocols/data-v1.md` §5–§6): messages into the inbox (ACKed
+//! in batches, only once durable), files into partial files (decoded and written on the blocking
+//! pool), PING answered. Any protocol violation ends this session with an ERROR; the node and other
+//! sessions carry on.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use libp2p::PeerId;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{
+    codec::{Data, ErrorCode, FileStatus, Frame, Inner, file_state},
+    service::{Event, Shared},
+    session::{self, Writer},
+    transfer::{self, Receiving},
+};
+use crate::store::inbox::Accepted;
+
+/// A session without any frame for this long ends (PING keeps it alive).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Messages acknowledged together at most.
+pub const ACK_BATCH: u32 = 64;
+/// Longest wait before acknowledging what arrived.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Transfers one session may carry at once.
+pub const MAX_TRANSFERS_PER_SESSION: usize = 4;
+
+/// Answers a stream we will not serve with ERROR and closes it.
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, code: ErrorCode) {
+    let mut out = Vec::new();
+    Frame::Error {
+        code,
+        message: "session limit reached; try later".into(),
+    }
+    .encode(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+struct Acks {
+    pending: Option<(u64, u64)>,
+    unacked: u32,
+    deadline: Option<tokio::time::Instant>,
+}
+
+struct Receiver<'a, S> {
+    shared: &'a Arc<Shared>,
+    peer: PeerId,
+    writer: Writer<S>,
+    acks: Acks,
+    files: HashMap<[u8; 16], (Box<Receiving>, u32)>,
+}
+
+/// Serves one inbound session until it ends.
+pub(crate) async fn serve<S>(shared: &Arc<Shared>, peer: PeerId, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let session = match session::respond(stream, &shared.keys, peer, &shared.counters).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "inbound session refused");
+            if let Some(code) = e.code() {
+                shared.emit(Event::SessionRejected {
+                    peer,
+                    code: code.0,
+                    reason: e.to_string(),
+                });
+            }
+            return;
+        }
+    };
+    let mut reader = session.reader;
+    let mut rx = Receiver {
+        shared,
+        peer,
+        writer: session.writer,
+        acks: Acks {
+            pending: None,
+            unacked: 0,
+            deadline: None,
+        },
+        files: HashMap::new(),
+    };
+    loop {
+        let deadline = rx.acks.deadline;
+        let result = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                rx.ack().await
+            }
+            frame = tokio::time::timeout(IDLE_TIMEOUT, reader.recv()) => match frame {
+                Err(_) => Err(session::Error::Timeout),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(Inner::Close(_)))) => break,
+                Ok(Ok(Some(inner))) => rx.handle(inner).await,
+                Ok(Err(e)) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "inbound session ended");
+            if let session::Error::Protocol { code, detail } = &e {
+                rx.writer.fail(*code, detail).await;
+                shared.emit(Event::SessionRejected {
+                    peer,
+                    code: code.0,
+                    reason: detail.clone(),
+                });
+            }
+            if matches!(e, session::Error::Timeout) {
+                rx.writer.fail(ErrorCode::TIMEOUT, "idle").await;
+            }
+            break;
+        }
+    }
+    // Whatever was stored is acknowledged if we still can.
+    let _ = rx.ack().await;
+    rx.writer.close().await;
+}
+
+fn protocol(code: ErrorCode, detail: impl Into<String>) -> session::Error {
+    session::Error::Protocol {
+        code,
+        detail: detail.into(),
+    }
+}
+
+impl<S: AsyncWrite> Receiver<'_, S> {
+    async fn ack(&mut self) -> Result<(), session::Error> {
+        self.acks.deadline = None;
+        let Some((epoch, seq)) = self.acks.pending.take() else {
+            return Ok(());
+        };
+        // Durable before acknowledged.
+        self.shared
+            .inbox
+            .flush()
+            .await
+            .map_err(|e| protocol(ErrorCode::STORAGE, e.to_string()))?;
+        self.acks.unacked = 0;
+        self.writer.send(&Inner::Ack { epoch, seq }).await
+    }
+
+    async fn handle(&mut self, inner: Inner) -> Result<(), session::Error> {
+        match inner {
+            Inner::Data(d) => self.data(d).await,
+            Inner::FileMeta(meta) => self.file_meta(meta).await,
+            Inner::FileChunk(chunk) => {
+                self.file_chunk(chunk.transfer_id, chunk.block, chunk.packets)
+                    .await
+            }
+            Inner::Ping(n) => self.writer.send(&Inner::Pong(n)).await,
+            Inner::Pong(_) | Inner::Presence { .. } => Ok(()),
+            Inner::Auth { .. }
+            | Inner::Ack { .. }
+            | Inner::FileStatus(_)
+            | Inner::Close(_)
+            | Inner::Error { .. } => Err(protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                "frame not valid from the initiator",
+            )),
+        }
+    }
+
+    async fn data(&mut self, d: Data) -> Result<(), session::Error> {
+        if let Some((epoch, _)) = self.acks.pending
+            && epoch != d.epoch
+        {
+            self.ack().await?;
+        }
+        let accepted = self
+            .shared
+            .inbox
+            .accept(&self.peer, d.epoch, d.seq, &d.msg_id, d.sent_at_ms, &d.body)
+            .map_err(|e| protocol(ErrorCode::STORAGE, e.to_string()))?;
+        match accepted {
+            Accepted::Stored(m) => self.shared.emit(Event::MessageReceived {
+                id: m.id,
+                from: self.peer,
+                seq: m.seq,
+            }),
+            Accepted::Duplicate => {}
+            Accepted::Gap { expected } => {
+                return Err(protocol(
+                    ErrorCode::SEQUENCE_GAP,
+                    format!("sequence {} when {expected} was next", d.seq),
+                ));
+            }
+        }
+        let seq = self.acks.pending.map_or(d.seq, |(_, s)| s.max(d.seq));
+        self.acks.pending = Some((d.epoch, seq));
+        self.acks.unacked += 1;
+        if self.acks.unacked >= ACK_BATCH {
+            self.ack().await?;
+        } else if self.acks.deadline.is_none() {
+            self.acks.deadline = Some(tokio::time::Instant::now() + ACK_DELAY);
+        }
+        Ok(())
+    }
+
+    async fn file_meta(&mut self, meta: super::codec::FileMeta) -> Result<(), session::Error> {
+        if !self.files.contains_key(&meta.transfer_id)
+            && self.files.len() >= MAX_TRANSFERS_PER_SESSION
+        {
+            return self
+                .send_status(failed(meta.transfer_id, ErrorCode::LIMIT))
+                .await;
+        }
+        let shared = self.shared.clone();
+        let peer = self.peer;
+        let transfer_id = meta.transfer_id;
+        let begun = tokio::task::spawn_blocking(move || {
+            Receiving::begin(
+                &shared.transfers,
+                &shared.downloads,
+                peer,
+                &meta,
+                shared.cfg.max_file_bytes,
+            )
+        })
+        .await
+        .map_err(|e| protocol(ErrorCode::INTERNAL, e.to_string()))?;
+        match begun {
+            Ok(r) => {
+                let status = r.status();
+                if r.is_finished() {
+                    // Already complete (or failed) earlier: tell the sender again.
+                    return self.send_status(status).await;
+                }
+                if r.all_blocks_done() {
+                    // Every block arrived before a break: only the check and the move are left.
+                    self.files.insert(transfer_id, (Box::new(r), 0));
+                    return self.finish(transfer_id).await;
+                }
+                self.files.insert(transfer_id, (Box::new(r), 0));
+                self.send_status(status).await
+            }
+            Err(f) => {
+                tracing::debug!(peer = %self.peer, error = %f, "file refused");
+                self.send_status(failed(transfer_id, f.code)).await
+            }
+        }
+    }
+
+    async fn file_chunk(
+        &mut self,
+        id: [u8; 16],
+        block: u32,
+        packets: bytes::Bytes,
+    ) -> Result<(), session::Error> {
+        let Some((r, since_status)) = self.files.remove(&id) else {
+            return Err(protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                "FILE_CHUNK of a transfer not announced in this session",
+            ));
+        };
+        let shared = self.shared.clone();
+        let (mut r, result) = tokio::task::spawn_blocking(move || {
+            let mut r = r;
+            let result = r.chunk(&shared.transfers, block, &packets);
+            (r, result)
+        })
+        .await
+        .map_err(|e| protocol(ErrorCode::INTERNAL, e.to_string()))?;
+        let completed = match result {
+            Ok(c) => c,
+            Err(f) if f.code == ErrorCode::MALFORMED => return Err(protocol(f.code, f.message)),
+            Err(f) => {
+                r.record.state = crate::store::transfers::State::Failed;
+                r.record.error = Some(format!("{}: {}", f.code.0, f.message));
+                let _ = self.shared.transfers.put_incoming(&r.record);
+                return self.send_status(failed(id, f.code)).await;
+            }
+        };
+        let since = since_status + u32::from(completed);
+        let all_done = r.all_blocks_done();
+        let status = r.status();
+        let (done, total, rid) = (
+            r.record.blocks_done,
+            r.record.blocks_total,
+            r.record.id.clone(),
+        );
+        self.files.insert(
+            id,
+            (
+                r,
+                if since >= transfer::STATUS_EVERY_BLOCKS {
+                    0
+                } else {
+                    since
+                },
+            ),
+        );
+        if all_done {
+            return self.finish(id).await;
+        }
+        if completed && since >= transfer::STATUS_EVERY_BLOCKS {
+            self.shared.emit(Event::TransferProgress {
+                id: rid,
+                direction: "in",
+                blocks_done: done,
+                blocks_total: total,
+            });
+            return self.send_status(status).await;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, id: [u8; 16]) -> Result<(), session::Error> {
+        let Some((mut r, _)) = self.files.remove(&id) else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let _ = r.finish(&shared.transfers);
+            r
+        })
+        .await
+        .map_err(|e| protocol(ErrorCode::INTERNAL, e.to_string()))?;
+        self.shared.emit(Event::TransferFinished {
+            id: r.record.id.clone(),
+            direction: "in",
+            state: r.record.state,
+            error: r.record.error.clone(),
+        });
+        self.send_status(r.status()).await
+    }
+
+    async fn send_status(&mut self, status: FileStatus) -> Result<(), session::Error> {
+        self.writer.send(&Inner::FileStatus(status)).await
+    }
+}
+
+fn failed(transfer_id: [u8; 16], code: ErrorCode) -> FileStatus {
+    FileStatus {
+        transfer_id,
+        state: file_state::FAILED,
+        error: code.0,
+        blocks: 0,
+        bitmap: bytes::Bytes::new(),
+    }
+}

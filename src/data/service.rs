@@ -1,0 +1,351 @@
+//! The data service: accepts `/commucat/data/1.0.0` streams (one task per session, bounded) and runs
+//! delivery workers that carry the outbox and outgoing files to their peers. It talks to the node
+//! only through [`node::Client`] and the `libp2p-stream` control, never from inside the event loop.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use futures::StreamExt;
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::{
+    sync::{Notify, Semaphore, broadcast, mpsc},
+    task::JoinSet,
+};
+use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
+
+use super::{PROTOCOL, delivery, inbound, session::HandshakeCounters, transfer};
+use crate::{
+    config,
+    crypto::LocalKeys,
+    node::{self, Node},
+    store::{self, Inbox, Outbox, Store, Transfers, outbox, transfers},
+};
+
+/// Sessions served at once (streams other peers opened to us).
+pub const MAX_INBOUND_SESSIONS: usize = 256;
+/// Sessions one peer may have open to us at once.
+pub const MAX_SESSIONS_PER_PEER: usize = 8;
+/// Peers delivered to at once; the others wait for a free worker.
+pub const MAX_DELIVERY_WORKERS: usize = 64;
+/// Wake-ups queued for the delivery manager.
+pub const WAKE_BUFFER: usize = 1024;
+/// Data events buffered per subscriber.
+pub const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("message body of {0} bytes exceeds {max} bytes", max = super::codec::MAX_MESSAGE_BYTES)]
+    MessageTooLarge(usize),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot send to ourselves")]
+    SelfSend,
+    #[error("the data protocol is already registered on this node")]
+    AlreadyRunning,
+}
+
+/// What the data service reports (merged into `GET /v1/events`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    MessageReceived {
+        id: String,
+        from: PeerId,
+        seq: u64,
+    },
+    MessagesDelivered {
+        to: PeerId,
+        count: usize,
+        up_to_seq: u64,
+    },
+    DeliveryFailed {
+        to: PeerId,
+        error: String,
+    },
+    TransferProgress {
+        id: String,
+        direction: &'static str,
+        blocks_done: u32,
+        blocks_total: u32,
+    },
+    TransferFinished {
+        id: String,
+        direction: &'static str,
+        state: transfers::State,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    SessionRejected {
+        peer: PeerId,
+        code: u16,
+        reason: String,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) keys: Arc<LocalKeys>,
+    pub(crate) node: node::Client,
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) outbox: Outbox,
+    pub(crate) inbox: Inbox,
+    pub(crate) transfers: Transfers,
+    pub(crate) bundles: sled::Tree,
+    pub(crate) counters: HandshakeCounters,
+    pub(crate) cfg: config::Data,
+    pub(crate) downloads: PathBuf,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) wake: mpsc::Sender<PeerId>,
+    pub(crate) shutdown: CancellationToken,
+    inbound_slots: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<PeerId, usize>>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+}
+
+/// The running data service.
+pub struct Service {
+    shared: Arc<Shared>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl Service {
+    /// Starts accepting sessions and delivering what the outbox holds. `downloads` is where received
+    /// files go.
+    pub fn start(
+        node: &Node,
+        keys: Arc<LocalKeys>,
+        store: &Store,
+        cfg: &config::Data,
+        downloads: PathBuf,
+    ) -> Result<Self, Error> {
+        let mut control = node.stream_control();
+        let incoming = control
+            .accept(PROTOCOL)
+            .map_err(|_| Error::AlreadyRunning)?;
+        let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
+        let shared = Arc::new(Shared {
+            keys,
+            node: node.client().clone(),
+            control,
+            outbox: store.outbox()?,
+            inbox: store.inbox()?,
+            transfers: store.transfers()?,
+            bundles: store.bundles()?,
+            counters: HandshakeCounters::default(),
+            cfg: cfg.clone(),
+            downloads,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            wake,
+            shutdown: CancellationToken::new(),
+            inbound_slots: Arc::new(Semaphore::new(MAX_INBOUND_SESSIONS)),
+            per_peer: Mutex::new(HashMap::new()),
+        });
+        if let Ok(mut registry) = node.metrics().write() {
+            shared.counters.register(&mut registry);
+        }
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(shared.clone(), incoming));
+        tasks.spawn(delivery_manager(shared.clone(), wake_rx));
+        Ok(Self {
+            shared,
+            tasks: tokio::sync::Mutex::new(tasks),
+        })
+    }
+
+    /// Queues a message for `to` and wakes its delivery.
+    pub fn send_message(&self, to: PeerId, body: String) -> Result<outbox::Message, Error> {
+        if to == self.shared.keys.peer_id() {
+            return Err(Error::SelfSend);
+        }
+        if body.len() > super::codec::MAX_MESSAGE_BYTES {
+            return Err(Error::MessageTooLarge(body.len()));
+        }
+        let msg = self.shared.outbox.enqueue(to, body)?;
+        let _ = self.shared.wake.try_send(to);
+        Ok(msg)
+    }
+
+    /// Queues the file at `path` (an absolute path the node can read) for `to`. Hashes the file.
+    pub async fn send_file(&self, to: PeerId, path: PathBuf) -> Result<transfers::Outgoing, Error> {
+        if to == self.shared.keys.peer_id() {
+            return Err(Error::SelfSend);
+        }
+        let cfg = self.shared.cfg.clone();
+        let p = path.clone();
+        let t = tokio::task::spawn_blocking(move || transfer::prepare(&p, to, &cfg))
+            .await
+            .map_err(|e| Error::File {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| Error::File { path, source })?;
+        self.shared.transfers.put_outgoing(&t)?;
+        let _ = self.shared.wake.try_send(to);
+        Ok(t)
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.shared.outbox
+    }
+
+    pub fn inbox(&self) -> &Inbox {
+        &self.shared.inbox
+    }
+
+    pub fn transfers(&self) -> &Transfers {
+        &self.shared.transfers
+    }
+
+    pub fn counters(&self) -> &HandshakeCounters {
+        &self.shared.counters
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Stops accepting and delivering; open sessions end.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Takes one slot of the per-peer session budget; released on drop.
+struct PeerSlot {
+    shared: Arc<Shared>,
+    peer: PeerId,
+}
+
+impl PeerSlot {
+    fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Self> {
+        let mut map = shared.per_peer.lock().expect("not poisoned");
+        let n = map.entry(peer).or_default();
+        if *n >= MAX_SESSIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_peer.lock().expect("not poisoned");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                let global = shared.inbound_slots.clone().try_acquire_owned();
+                let per_peer = PeerSlot::take(&shared, peer);
+                let (Ok(global), Some(per_peer)) = (global, per_peer) else {
+                    // Over a limit: refuse before any handshake work, saying why.
+                    tracing::debug!(%peer, "refusing a data session: limit reached");
+                    sessions.spawn(inbound::refuse(stream.compat(), super::codec::ErrorCode::LIMIT));
+                    continue;
+                };
+                let shared = shared.clone();
+                sessions.spawn(async move {
+                    inbound::serve(&shared, peer, stream.compat()).await;
+                    drop((global, per_peer));
+                });
+            }
+        }
+    }
+    sessions.shutdown().await;
+}
+
+/// Keeps one delivery worker per peer with something to send, at most [`MAX_DELIVERY_WORKERS`].
+async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>) {
+    let mut workers: HashMap<PeerId, Arc<Notify>> = HashMap::new();
+    let mut waiting: VecDeque<PeerId> = VecDeque::new();
+    let mut running: JoinSet<PeerId> = JoinSet::new();
+    let mut node_events = shared.node.subscribe();
+    // Whatever the outbox and transfers held when we stopped.
+    let mut start: Vec<PeerId> = shared.outbox.peers_with_pending().unwrap_or_default();
+    if let Ok(all) = shared.transfers.all_outgoing() {
+        start.extend(
+            all.into_iter()
+                .filter(|t| !t.state.is_finished())
+                .map(|t| t.to),
+        );
+    }
+    for peer in start {
+        let _ = shared.wake.try_send(peer);
+    }
+    loop {
+        let peer = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(peer) = done {
+                    workers.remove(&peer);
+                    // It may have stopped just as something new arrived.
+                    if delivery::has_pending(&shared, &peer) {
+                        waiting.push_back(peer);
+                    }
+                }
+                match waiting.pop_front() {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+            Some(peer) = wake.recv() => peer,
+            ev = node_events.recv() => match ev {
+                Ok(node::Event::PeerConnected { peer_id, .. }) if delivery::has_pending(&shared, &peer_id) => peer_id,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if let Some(notify) = workers.get(&peer) {
+            notify.notify_one();
+            continue;
+        }
+        if workers.len() >= MAX_DELIVERY_WORKERS {
+            if !waiting.contains(&peer) {
+                waiting.push_back(peer);
+            }
+            continue;
+        }
+        let notify = Arc::new(Notify::new());
+        workers.insert(peer, notify.clone());
+        let s = shared.clone();
+        running.spawn(async move {
+            delivery::run_worker(&s, peer, &notify).await;
+            peer
+        });
+    }
+    running.shutdown().await;
+}
