@@ -193,6 +193,8 @@ pub struct Data {
     pub repair_per_mille: u16,
     /// Longest wait between delivery attempts to an unreachable peer (backoff from 1 s). Default: 60.
     pub max_retry_secs: u64,
+    /// Upper bound on the rate this node sends file data at, KiB/s; 0 = unlimited. Default: 0.
+    pub max_send_rate_kib: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,6 +321,7 @@ impl Default for Data {
             block_size: 1 << 20,
             repair_per_mille: 0,
             max_retry_secs: 60,
+            max_send_rate_kib: 0,
         }
     }
 }

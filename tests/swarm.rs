@@ -53,7 +53,8 @@ fn total(nodes: &[&Node], metric: &str) -> f64 {
     let mut sum = 0.0;
     for node in nodes {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &node.metrics().read().unwrap()).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &node.metrics().read().unwrap())
+            .unwrap();
         sum += text
             .lines()
             .filter(|l| l.starts_with(metric))

@@ -100,7 +100,7 @@ pub(super) async fn send_message(
     body: Result<Json<SendMessage>, JsonRejection>,
 ) -> Result<Json<outbox::Message>, Problem> {
     let Json(req) = body?;
-    Ok(Json(state.data.send_message(req.to, req.body)?))
+    Ok(Json(state.data.send_message(req.to, req.body).await?))
 }
 
 pub(super) async fn outbox(

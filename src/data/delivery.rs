@@ -15,7 +15,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use super::{
     PROTOCOL,
     codec::{Data, ErrorCode, FileMeta, FileStatus, Inner, file_state},
-    service::{Event, Shared},
+    service::{Event, Shared, Wake},
     session::{self, Writer},
     transfer,
 };
@@ -69,13 +69,13 @@ pub(crate) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
 }
 
 /// Delivers to `peer` until nothing is pending (or the service stops).
-pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) {
+pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) {
     let mut backoff = Duration::from_secs(1);
     let max = Duration::from_secs(shared.cfg.max_retry_secs);
     while !shared.shutdown.is_cancelled() && has_pending(shared, &peer) {
         let outcome = tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            r = attempt(shared, peer, notify) => r,
+            r = attempt(shared, peer, &wake.work) => r,
         };
         match outcome {
             Ok(()) => backoff = Duration::from_secs(1),
@@ -91,10 +91,12 @@ pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, notify: &Noti
                     // ±25 % jitter so that many senders do not retry in step.
                     backoff.mul_f64(0.75 + rand::random::<f64>() / 2.0)
                 };
+                // New messages do not cut the backoff short (they would each cost a DHT lookup
+                // while the peer is away); the peer connecting does.
                 tokio::select! {
                     () = shared.shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
-                    () = notify.notified() => {}
+                    () = wake.seen.notified() => {}
                 }
                 backoff = (backoff * 2).min(max);
             }
@@ -168,6 +170,33 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
         out.writer.fail(*code, detail).await;
     }
     result
+}
+
+/// Keeps file data at most at `data.max_send_rate_kib`.
+struct Pace {
+    rate: u64,
+    start: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(kib_per_sec: u64) -> Self {
+        Self {
+            rate: kib_per_sec.saturating_mul(1024),
+            start: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Records `n` bytes sent and sleeps until the average rate is back at the limit.
+    async fn sent(&mut self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        tokio::time::sleep_until(self.start + due).await;
+    }
 }
 
 struct Sender<'a, S> {
@@ -364,6 +393,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
         let per_frame = (CHUNK_PAYLOAD / fec::packet_len(t.layout.symbol_size))
             * fec::packet_len(t.layout.symbol_size);
         let mut sent: Vec<u32> = Vec::new();
+        let mut pace = Pace::new(self.shared.cfg.max_send_rate_kib);
         for block in 0..t.blocks_total {
             if transfer::bit(&status.bitmap, block) {
                 continue;
@@ -400,6 +430,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
             t.bytes_sent += packets.len() as u64;
             sent.push(block);
             self.record(&t)?;
+            pace.sent(packets.len() as u64).await;
         }
         loop {
             status = self.status(&id, FINISH_TIMEOUT).await?;

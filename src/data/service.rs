@@ -167,8 +167,9 @@ impl Service {
         })
     }
 
-    /// Queues a message for `to` and wakes its delivery.
-    pub fn send_message(&self, to: PeerId, body: String) -> Result<outbox::Message, Error> {
+    /// Queues a message for `to` durably (the database is flushed before this returns, so a crash
+    /// right after cannot lose it) and wakes its delivery.
+    pub async fn send_message(&self, to: PeerId, body: String) -> Result<outbox::Message, Error> {
         if to == self.shared.keys.peer_id() {
             return Err(Error::SelfSend);
         }
@@ -176,6 +177,7 @@ impl Service {
             return Err(Error::MessageTooLarge(body.len()));
         }
         let msg = self.shared.outbox.enqueue(to, body)?;
+        self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(msg)
     }
@@ -195,6 +197,7 @@ impl Service {
             })?
             .map_err(|source| Error::File { path, source })?;
         self.shared.transfers.put_outgoing(&t)?;
+        self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(t)
     }
@@ -287,9 +290,25 @@ async fn accept_loop(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingS
     sessions.shutdown().await;
 }
 
+/// Why a worker is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// Something new to send: picked up by a worker with a session, not by one backing off.
+    Work,
+    /// The peer just connected: a backing-off worker retries now.
+    Seen,
+}
+
+/// The two ways to wake a worker (see [`Reason`]).
+#[derive(Default)]
+pub(crate) struct Wake {
+    pub(crate) work: Notify,
+    pub(crate) seen: Notify,
+}
+
 /// Keeps one delivery worker per peer with something to send, at most [`MAX_DELIVERY_WORKERS`].
 async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>) {
-    let mut workers: HashMap<PeerId, Arc<Notify>> = HashMap::new();
+    let mut workers: HashMap<PeerId, Arc<Wake>> = HashMap::new();
     let mut waiting: VecDeque<PeerId> = VecDeque::new();
     let mut running: JoinSet<PeerId> = JoinSet::new();
     let mut node_events = shared.node.subscribe();
@@ -306,7 +325,7 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
         let _ = shared.wake.try_send(peer);
     }
     loop {
-        let peer = tokio::select! {
+        let (peer, reason) = tokio::select! {
             () = shared.shutdown.cancelled() => break,
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(peer) = done {
@@ -317,20 +336,25 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
                     }
                 }
                 match waiting.pop_front() {
-                    Some(p) => p,
+                    Some(p) => (p, Reason::Work),
                     None => continue,
                 }
             }
-            Some(peer) = wake.recv() => peer,
+            Some(peer) = wake.recv() => (peer, Reason::Work),
             ev = node_events.recv() => match ev {
-                Ok(node::Event::PeerConnected { peer_id, .. }) if delivery::has_pending(&shared, &peer_id) => peer_id,
+                Ok(node::Event::PeerConnected { peer_id, .. }) if delivery::has_pending(&shared, &peer_id) => {
+                    (peer_id, Reason::Seen)
+                }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => break,
             },
         };
-        if let Some(notify) = workers.get(&peer) {
-            notify.notify_one();
+        if let Some(w) = workers.get(&peer) {
+            match reason {
+                Reason::Work => w.work.notify_one(),
+                Reason::Seen => w.seen.notify_one(),
+            }
             continue;
         }
         if workers.len() >= MAX_DELIVERY_WORKERS {
@@ -339,11 +363,11 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
             }
             continue;
         }
-        let notify = Arc::new(Notify::new());
-        workers.insert(peer, notify.clone());
+        let w = Arc::new(Wake::default());
+        workers.insert(peer, w.clone());
         let s = shared.clone();
         running.spawn(async move {
-            delivery::run_worker(&s, peer, &notify).await;
+            delivery::run_worker(&s, peer, &w).await;
             peer
         });
     }

@@ -209,6 +209,12 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Makes everything queued so far durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     /// Number of queued messages.
     pub fn queued(&self) -> usize {
         self.queue.len()

@@ -2,6 +2,8 @@
 //! directory, talk to it through the CLI or the control API, wait on conditions with timeouts.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod inproc;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -188,6 +190,57 @@ impl NodeProc {
         let addr = std::fs::read_to_string(self.dir.join("control.addr")).unwrap();
         let token = std::fs::read_to_string(self.dir.join("control.token")).unwrap();
         (format!("http://{}", addr.trim()), token.trim().to_owned())
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (a crash, a power cut).
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The listen addresses as `--listen` flags with the control API on a free port, to restart
+    /// a node on the same ports.
+    pub fn same_ports(&self) -> Vec<String> {
+        let mut args = vec!["--control-listen".to_owned(), "127.0.0.1:0".to_owned()];
+        for a in strs(&self.status()["listen_addrs"]) {
+            args.push("--listen".into());
+            args.push(a.to_owned());
+        }
+        args
+    }
+
+    /// GET on the control API, parsed.
+    pub async fn api_get(&self, path: &str) -> Value {
+        let (base, token) = self.control();
+        reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POST on the control API, parsed.
+    pub async fn api_post(&self, path: &str, body: &Value) -> Value {
+        let (base, token) = self.control();
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// SIGTERM, then waits for a clean exit; returns the exit status.

@@ -1,0 +1,240 @@
+//! A node under attack keeps serving everyone else: an attacker's tampered, replayed, oversized and
+//! unknown frames, DATA before the handshake and a forged key bundle each get the ERROR code the
+//! spec gives, while a good peer's 300 messages all arrive and nothing leaves the outbox undelivered.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::inproc::{Peer, config, until};
+use commucat::{
+    crypto::LocalKeys,
+    data::{
+        self, ErrorCode, Frame, PROTOCOL,
+        codec::{Data, Inner},
+        session::{self, HandshakeCounters},
+    },
+    node::{Node, Transport},
+    store::Store,
+};
+use futures::StreamExt;
+use libp2p::PeerId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Writes raw bytes on a fresh stream to `target` and returns the ERROR code of the reply.
+async fn raw_reply(
+    control: &mut libp2p_stream::Control,
+    target: PeerId,
+    bytes: &[u8],
+) -> Option<u16> {
+    let mut s = control
+        .open_stream(target, PROTOCOL)
+        .await
+        .unwrap()
+        .compat();
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut reply)).await;
+    (reply.len() >= 7 && reply[4] == data::codec::kind::ERROR)
+        .then(|| u16::from_be_bytes([reply[5], reply[6]]))
+}
+
+fn data_frame(seq: u64) -> Inner {
+    Inner::Data(Data {
+        epoch: 42,
+        seq,
+        msg_id: [seq as u8; 16],
+        sent_at_ms: 0,
+        body: format!("attacker {seq}"),
+    })
+}
+
+/// The code of the first ERROR the session gets back, skipping ACKs.
+async fn session_error<S: tokio::io::AsyncRead>(
+    reader: &mut session::Reader<S>,
+) -> Option<ErrorCode> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match reader.recv().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return e.code(),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_are_rejected_while_good_peers_are_served() {
+    let n = Peer::new(&[]).await;
+    let n_addr = n.addr().await;
+    let good = Peer::new(&[n_addr.clone()]).await;
+    // The attacker: a plain node that speaks the protocol by hand.
+    let x_keys = Arc::new(LocalKeys::generate());
+    let x = Node::spawn(
+        &config(&[n_addr]),
+        x_keys.clone(),
+        &Store::temporary().unwrap(),
+        Transport::Memory,
+    )
+    .await
+    .unwrap();
+    let mut control = x.stream_control();
+    let n_id = n.peer_id();
+
+    // The good peer sends all along.
+    let sender = {
+        let data = good.data.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                data.send_message(n_id, format!("good {i}")).await.unwrap();
+                if i % 30 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+
+    // Oversized frame, unknown frame type, DATA before the handshake: answered from the first bytes.
+    assert_eq!(
+        raw_reply(&mut control, n_id, &[0x00, 0x10, 0x00, 0x00, 0x01]).await,
+        Some(3)
+    );
+    assert_eq!(
+        raw_reply(&mut control, n_id, &[0, 0, 0, 1, 0x7e]).await,
+        Some(4)
+    );
+    assert_eq!(
+        raw_reply(&mut control, n_id, &[0, 0, 0, 1, 0x21]).await,
+        Some(5)
+    );
+
+    let counters = HandshakeCounters::default();
+    // Tampered ciphertext.
+    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
+        .await
+        .unwrap();
+    let mut frame = s.writer.seal_detached(&data_frame(1)).unwrap();
+    let at = frame.len() - 20;
+    frame[at] ^= 0x80;
+    s.writer.write_raw(&frame).await.unwrap();
+    assert_eq!(
+        session_error(&mut s.reader).await,
+        Some(ErrorCode::DECRYPT_FAILED)
+    );
+
+    // Replayed frame: the first copy is taken, the second refused.
+    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
+        .await
+        .unwrap();
+    let frame = s.writer.seal_detached(&data_frame(1)).unwrap();
+    s.writer.write_raw(&frame).await.unwrap();
+    s.writer.write_raw(&frame).await.unwrap();
+    assert_eq!(session_error(&mut s.reader).await, Some(ErrorCode::REPLAY));
+
+    // Forged key bundle: N opens a session to X (it has a message for X), and X answers HELLO with a
+    // bundle that is not its own.
+    let mut incoming = control.accept(PROTOCOL).unwrap();
+    n.data
+        .send_message(x_keys.peer_id(), "for x".into())
+        .await
+        .unwrap();
+    let (from, stream) = tokio::time::timeout(WAIT, incoming.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, n_id);
+    let mut stream = stream.compat();
+    let mut hello = [0u8; 7];
+    stream.read_exact(&mut hello).await.unwrap();
+    assert_eq!(
+        &hello[4..],
+        &[data::codec::kind::HELLO, 1, 1],
+        "HELLO asking for the bundle"
+    );
+    let someone_else = LocalKeys::generate();
+    let mut out = Vec::new();
+    Frame::Bundle(bytes::Bytes::copy_from_slice(
+        someone_else.bundle.bundle().as_bytes(),
+    ))
+    .encode(&mut out);
+    stream.write_all(&out).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut reply)).await;
+    assert_eq!(reply[4], data::codec::kind::ERROR);
+    assert_eq!(
+        u16::from_be_bytes([reply[5], reply[6]]),
+        ErrorCode::BAD_BUNDLE.0
+    );
+    assert_eq!(
+        n.data.outbox().queued(),
+        1,
+        "the message for X stays queued"
+    );
+
+    // Through all of it the good peer's messages arrived, in order, once each.
+    sender.await.unwrap();
+    until("N to hold the good peer's 300 messages", WAIT, || async {
+        n.data
+            .inbox()
+            .list(0, 1000)
+            .unwrap()
+            .iter()
+            .filter(|m| m.from == good.peer_id())
+            .count()
+            == 300
+    })
+    .await;
+    let good_bodies: Vec<String> = n
+        .data
+        .inbox()
+        .list(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.from == good.peer_id())
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        good_bodies,
+        (0..300).map(|i| format!("good {i}")).collect::<Vec<_>>()
+    );
+    until("the good peer's outbox to empty", WAIT, || async {
+        good.data.outbox().queued() == 0
+    })
+    .await;
+
+    // And a well-behaved session from the former attacker still works.
+    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
+        .await
+        .unwrap();
+    s.writer
+        .send(&Inner::Data(Data {
+            epoch: 43,
+            seq: 1,
+            msg_id: [9; 16],
+            sent_at_ms: 0,
+            body: "sorry".into(),
+        }))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(WAIT, s.reader.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack, Some(Inner::Ack { epoch: 43, seq: 1 }));
+
+    drop(incoming);
+    x.shutdown().await;
+    good.stop().await;
+    n.stop().await;
+}

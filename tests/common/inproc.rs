@@ -1,0 +1,98 @@
+//! Whole nodes (libp2p node + data service) in the test process, on the memory transport.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use commucat::{
+    config::{Config, KadMode},
+    crypto::LocalKeys,
+    data,
+    node::{Node, Transport},
+    store::Store,
+};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+
+pub struct Peer {
+    pub node: Node,
+    pub data: Arc<data::Service>,
+    pub keys: Arc<LocalKeys>,
+    pub store: Store,
+    pub downloads: tempfile::TempDir,
+}
+
+/// A node on the memory transport that serves the DHT (every memory address is reachable, but
+/// AutoNAT cannot confirm memory addresses), retries deliveries quickly, bootstraps from `boot`.
+pub fn config(boot: &[Multiaddr]) -> Config {
+    let mut cfg = Config::default();
+    cfg.network.listen = vec![Multiaddr::empty().with(Protocol::Memory(0))];
+    cfg.bootstrap.peers = boot.to_vec();
+    cfg.kad.mode = KadMode::Server;
+    cfg.mdns.enabled = false;
+    cfg.data.max_retry_secs = 2;
+    cfg
+}
+
+impl Peer {
+    pub async fn start(cfg: &Config, keys: Arc<LocalKeys>, store: Store) -> Peer {
+        let node = Node::spawn(cfg, keys.clone(), &store, Transport::Memory)
+            .await
+            .expect("node starts");
+        let downloads = tempfile::tempdir().unwrap();
+        let data = data::Service::start(
+            &node,
+            keys.clone(),
+            &store,
+            &cfg.data,
+            downloads.path().to_owned(),
+        )
+        .expect("data service starts");
+        Peer {
+            node,
+            data: Arc::new(data),
+            keys,
+            store,
+            downloads,
+        }
+    }
+
+    pub async fn new(boot: &[Multiaddr]) -> Peer {
+        Self::start(
+            &config(boot),
+            Arc::new(LocalKeys::generate()),
+            Store::temporary().unwrap(),
+        )
+        .await
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.keys.peer_id()
+    }
+
+    /// The memory address with `/p2p/<id>`, for others' bootstrap lists.
+    pub async fn addr(&self) -> Multiaddr {
+        let s = self.node.client().status().await.unwrap();
+        s.listen_addrs[0]
+            .clone()
+            .with(Protocol::P2p(self.peer_id()))
+    }
+
+    pub async fn stop(self) {
+        self.data.shutdown().await;
+        self.node.shutdown().await;
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `timeout`.
+pub async fn until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,212 @@
+//! Signed presence records under attack: a plain Kademlia peer PUTs a record with a broken
+//! signature, one signed by its own keys under the victim's key, an older genuine record (replay)
+//! and garbage to every node. Every node rejects each (counted per reason) and every node's lookup
+//! still returns the victim's newest genuine record.
+
+mod common;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use common::inproc::{Peer, config, until};
+use commucat::{
+    crypto::LocalKeys,
+    dht::{
+        self,
+        record::{self, Presence},
+    },
+    store::Store,
+};
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport as _,
+    core::{transport::MemoryTransport, upgrade},
+    kad::{self, Quorum, Record, store::MemoryStore},
+    multiaddr::Protocol,
+    noise,
+    swarm::SwarmEvent,
+    yamux,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+const NODES: usize = 4;
+
+fn attacker() -> Swarm<kad::Behaviour<MemoryStore>> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|kp| {
+            Ok(MemoryTransport::default()
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(kp)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .unwrap()
+        .with_behaviour(|kp| {
+            let id = kp.public().to_peer_id();
+            let mut cfg = kad::Config::new(dht::PROTOCOL);
+            cfg.set_max_packet_size(dht::MAX_KAD_PACKET);
+            kad::Behaviour::with_config(id, MemoryStore::new(id), cfg)
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
+/// Drives the attacker's swarm until `done` says so for one of its events.
+async fn drive<T>(
+    swarm: &mut Swarm<kad::Behaviour<MemoryStore>>,
+    mut done: impl FnMut(SwarmEvent<kad::Event>) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(v) = done(swarm.select_next_some().await) {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the attacker's query finished")
+}
+
+async fn rejected(p: &Peer) -> HashMap<String, f64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &p.node.metrics().read().unwrap())
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("commucat_dht_records_rejected_total{reason=\""))
+        .filter_map(|l| {
+            let (reason, rest) = l.split_once('"')?;
+            Some((reason.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn newest(p: &Peer, victim: PeerId) -> Option<Presence> {
+    p.node.client().presence(victim).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
+    // Republish quickly so that the victim's record gets newer while we watch.
+    let mut cfg = config(&[]);
+    cfg.presence.republish_secs = 2;
+    cfg.presence.ttl_secs = 120;
+    let first = Peer::start(
+        &cfg,
+        Arc::new(LocalKeys::generate()),
+        Store::temporary().unwrap(),
+    )
+    .await;
+    cfg.bootstrap.peers = vec![first.addr().await];
+    let mut nodes = vec![first];
+    for _ in 1..NODES {
+        nodes.push(
+            Peer::start(
+                &cfg,
+                Arc::new(LocalKeys::generate()),
+                Store::temporary().unwrap(),
+            )
+            .await,
+        );
+    }
+    let victim = nodes[NODES - 1].peer_id();
+    for n in &nodes {
+        until("every node to find the victim's record", WAIT, || async {
+            newest(n, victim).await.is_some()
+        })
+        .await;
+    }
+
+    // The attacker connects to every node.
+    let mut m = attacker();
+    m.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
+        .unwrap();
+    let mut targets = Vec::new();
+    for n in &nodes {
+        let addr = n.addr().await;
+        let id = n.peer_id();
+        m.behaviour_mut().add_address(&id, addr.clone());
+        m.dial(addr).unwrap();
+        targets.push(id);
+    }
+
+    // An older genuine record of the victim, taken from the DHT…
+    let key = record::key(&victim);
+    m.behaviour_mut().get_record(key.clone());
+    let old: Record = drive(&mut m, |e| match e {
+        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(r))),
+            ..
+        }) => Some(r.record),
+        _ => None,
+    })
+    .await;
+    let old_seq = record::seq_of(&old.value).unwrap();
+    // …then wait until the victim has published a newer one everywhere.
+    for n in &nodes {
+        until("the victim's newer record", WAIT, || async {
+            newest(n, victim).await.is_some_and(|p| p.seq > old_seq)
+        })
+        .await;
+    }
+    let genuine = newest(&nodes[0], victim).await.unwrap();
+
+    // The forgeries.
+    let mut bad_sig = old.value.clone();
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 0x01;
+    let mallory = LocalKeys::generate();
+    let now = commucat::time::unix_secs();
+    let wrong_keys = record::sign(
+        &mallory.identity,
+        &mallory.bundle,
+        genuine.seq + 1000,
+        now + 600,
+        &genuine.addrs,
+    );
+    let forgeries = [
+        ("bad_signature", bad_sig),
+        ("bad_bundle", wrong_keys),
+        ("stale", old.value.clone()),
+        ("malformed", b"not a presence record".to_vec()),
+    ];
+    for (_, value) in &forgeries {
+        let rec = Record::new(key.clone(), value.clone());
+        m.behaviour_mut()
+            .put_record_to(rec, targets.iter().copied(), Quorum::One);
+        drive(&mut m, |e| match e {
+            SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::PutRecord(_),
+                ..
+            }) => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+
+    // Every node rejected every forgery, for the right reason…
+    for n in &nodes {
+        until("each node to count each rejection", WAIT, || async {
+            let r = rejected(n).await;
+            forgeries
+                .iter()
+                .all(|(reason, _)| r.get(*reason).copied().unwrap_or(0.0) >= 1.0)
+        })
+        .await;
+    }
+    // …and every node's lookup still returns the genuine newest record.
+    for n in &nodes {
+        let p = newest(n, victim)
+            .await
+            .expect("the genuine record is still there");
+        assert!(p.seq >= genuine.seq, "a lookup returned an older record");
+        assert_eq!(
+            p.bundle.id(),
+            genuine.bundle.id(),
+            "the victim's own key bundle"
+        );
+        assert_eq!(p.addrs, genuine.addrs);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
