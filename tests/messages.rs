@@ -53,7 +53,7 @@ async fn a_thousand_messages_arrive_once_and_in_order() {
 async fn messages_to_an_offline_peer_arrive_when_it_comes_online() {
     let boot = Peer::new(&[]).await;
     let boot_addr = boot.addr().await;
-    let a = Peer::new(&[boot_addr.clone()]).await;
+    let a = Peer::new(std::slice::from_ref(&boot_addr)).await;
     // B exists (A knows its PeerId) but is not running yet.
     let b_keys = Arc::new(LocalKeys::generate());
     let b_id = b_keys.peer_id();
