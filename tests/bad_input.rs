@@ -75,7 +75,7 @@ async fn session_error<S: tokio::io::AsyncRead>(
 async fn attacks_are_rejected_while_good_peers_are_served() {
     let n = Peer::new(&[]).await;
     let n_addr = n.addr().await;
-    let good = Peer::new(&[n_addr.clone()]).await;
+    let good = Peer::new(std::slice::from_ref(&n_addr)).await;
     // The attacker: a plain node that speaks the protocol by hand.
     let x_keys = Arc::new(LocalKeys::generate());
     let x = Node::spawn(
