@@ -1,6 +1,7 @@
 //! The `commucat` command line: verbs over the local control API, plus `init`, `run`, `id` and
 //! `config show`, which work without a running node.
 
+mod bench;
 mod data;
 mod output;
 mod run;
@@ -96,6 +97,8 @@ enum Command {
     },
     /// Outgoing and incoming file transfers.
     Transfers(Output),
+    /// Measure throughput and handshake rates on loopback (run with --release).
+    Bench(bench::BenchArgs),
     /// Kademlia DHT operations.
     Dht {
         #[command(subcommand)]
@@ -177,10 +180,11 @@ impl ConfigArgs {
 /// Entry point of the binary: parse, set up logging, run the verb, map errors to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run(_)) {
-        "info"
-    } else {
-        "warn"
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        // The bench's throwaway nodes have no peers; kad would warn about it.
+        Command::Bench(_) => "error",
+        _ => "warn",
     };
     init_tracing(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -303,6 +307,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output: out,
         } => data::send_file(&dir, peer_id, &path, !no_wait, out.json).await,
         Command::Transfers(out) => data::transfers(&dir, out.json).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Dht {
             command:
                 DhtCommand::Find {

@@ -7,7 +7,7 @@
 data-v1-session.json: recomputes from the vector's secrets and randomness the ML-KEM-768 ciphertext and
 secret (kyber-py), the key confirmation (hashlib SHA3-256), the three Noise XK messages and the
 handshake hash (noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hashlib) and the first
-SEALED frame (ChaCha20-Poly1305 from pyca/cryptography).
+SEALED frame (AES-256-GCM from pyca/cryptography).
 identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
 Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
 Exits non-zero on any mismatch.
@@ -22,7 +22,7 @@ import warnings
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dilithium_py.ml_dsa import ML_DSA_65
 from kyber_py.ml_kem import ML_KEM_768
 from noise.connection import Keypair, NoiseConnection
@@ -90,7 +90,7 @@ check("session keys", [okm[:32].hex(), okm[32:64].hex(), okm[64:].hex()]
 
 inner = bytes([0x27]) + (1).to_bytes(8, "big")  # PING nonce 1
 header = (1 + 8 + len(inner) + 16).to_bytes(4, "big") + b"\x10" + (0).to_bytes(8, "big")
-sealed = ChaCha20Poly1305(okm[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), inner, header)
+sealed = AESGCM(okm[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), inner, header)
 check("first SEALED frame", (header + sealed).hex() == v["first_sealed_ping"])
 
 # identity-v1: the binding, recomputed (both signatures are deterministic).

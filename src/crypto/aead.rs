@@ -1,8 +1,14 @@
-//! Sealing and opening SEALED frames (`protocols/data-v1.md` §2): ChaCha20-Poly1305 with one key and
-//! one counter per direction; the counter is the nonce and travels in the clear, so the receiver tells
-//! a replayed or reordered frame from a tampered one.
+//! Sealing and opening SEALED frames (`protocols/data-v1.md` §2): AES-256-GCM with one key and one
+//! counter per direction; the counter is the nonce and travels in the clear, so the receiver tells a
+//! replayed or reordered frame from a tampered one.
+//!
+//! Why not ChaCha20-Poly1305 like the Noise handshake: the libp2p connection underneath already runs
+//! ChaCha20-Poly1305 over every byte, and a second pass of it halves throughput on a busy machine,
+//! while AES-GCM with the AES and carry-less-multiply instructions of current x86-64 and ARMv8 CPUs
+//! costs a fraction of it (`commucat bench`: 0.78 of the raw stream with ChaCha20-Poly1305, 0.9 and
+//! above with AES-256-GCM).
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Poly1305 tag.
 pub const TAG_LEN: usize = 16;
@@ -10,8 +16,11 @@ pub const TAG_LEN: usize = 16;
 pub const HEADER_LEN: usize = 4 + 1 + 8;
 /// Type byte of a SEALED frame.
 pub const SEALED_TYPE: u8 = 0x10;
-/// Frames one direction may seal before the session must end.
-pub const MAX_FRAMES: u64 = 1 << 48;
+/// Frames one direction key may seal before the session must end.
+pub const MAX_FRAMES: u64 = 1 << 32;
+/// Plaintext bytes one direction key may seal before the session must end (the AES-GCM safety margin
+/// of TLS 1.3, RFC 8446 §5.5: about 2^24.5 records of 16 KiB).
+pub const MAX_BYTES: u64 = 1 << 38;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -26,9 +35,7 @@ pub enum OpenError {
 }
 
 fn key(bytes: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"),
-    )
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256-GCM key"))
 }
 
 fn nonce(counter: u64) -> Nonce {
@@ -41,6 +48,7 @@ fn nonce(counter: u64) -> Nonce {
 pub struct Sealer {
     key: LessSafeKey,
     counter: u64,
+    bytes: u64,
 }
 
 impl Sealer {
@@ -48,27 +56,40 @@ impl Sealer {
         Self {
             key: key(key_bytes),
             counter: 0,
+            bytes: 0,
         }
     }
 
     /// Appends a whole SEALED frame carrying `inner` (inner type byte and payload) to `out`.
     pub fn seal_frame(&mut self, inner: &[u8], out: &mut Vec<u8>) -> Result<(), OpenError> {
-        if self.counter >= MAX_FRAMES {
+        self.seal_with(out, |o| o.extend_from_slice(inner))
+    }
+
+    /// Appends a whole SEALED frame to `out` whose inner frame `write_inner` appends: the inner
+    /// frame is encoded in place and encrypted there, without a copy.
+    pub fn seal_with(
+        &mut self,
+        out: &mut Vec<u8>,
+        write_inner: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), OpenError> {
+        if self.counter >= MAX_FRAMES || self.bytes >= MAX_BYTES {
             return Err(OpenError::Exhausted);
         }
         let counter = self.counter;
         self.counter += 1;
-        let length =
-            u32::try_from(1 + 8 + inner.len() + TAG_LEN).expect("inner frames are bounded");
         let start = out.len();
-        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(&[0; 4]); // length, known once the inner frame is written
         out.push(SEALED_TYPE);
         out.extend_from_slice(&counter.to_be_bytes());
+        let body_start = out.len();
+        write_inner(out);
+        self.bytes += (out.len() - body_start) as u64;
+        let length =
+            u32::try_from(out.len() - start - 4 + TAG_LEN).expect("inner frames are bounded");
+        out[start..start + 4].copy_from_slice(&length.to_be_bytes());
         let header: [u8; HEADER_LEN] = out[start..start + HEADER_LEN]
             .try_into()
             .expect("just written");
-        let body_start = out.len();
-        out.extend_from_slice(inner);
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce(counter), Aad::from(header), &mut out[body_start..])

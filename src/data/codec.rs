@@ -495,8 +495,17 @@ impl Inner {
         }
     }
 
-    /// Parses a decrypted inner frame.
+    /// Parses a decrypted inner frame (payloads are copied out).
     pub fn decode(bytes: &[u8]) -> Result<Inner, DecodeError> {
+        Self::decode_with(bytes, Bytes::copy_from_slice)
+    }
+
+    /// Parses a decrypted inner frame whose payloads stay slices of `bytes` (no copy).
+    pub fn decode_shared(bytes: &Bytes) -> Result<Inner, DecodeError> {
+        Self::decode_with(bytes, |sub| bytes.slice_ref(sub))
+    }
+
+    fn decode_with(bytes: &[u8], share: impl Fn(&[u8]) -> Bytes) -> Result<Inner, DecodeError> {
         let mut c = Cursor(bytes);
         let ty = c.u8()?;
         let inner = match ty {
@@ -507,14 +516,14 @@ impl Inner {
                 }
                 let binding = if flags & 1 == 1 {
                     Some(BindingParts {
-                        ml_dsa_public: Bytes::copy_from_slice(c.bytes(ML_DSA_PUBLIC_KEY_LEN)?),
-                        ed25519_signature: Bytes::copy_from_slice(c.bytes(64)?),
-                        ml_dsa_signature: Bytes::copy_from_slice(c.bytes(ML_DSA_SIGNATURE_LEN)?),
+                        ml_dsa_public: share(c.bytes(ML_DSA_PUBLIC_KEY_LEN)?),
+                        ed25519_signature: share(c.bytes(64)?),
+                        ml_dsa_signature: share(c.bytes(ML_DSA_SIGNATURE_LEN)?),
                     })
                 } else {
                     None
                 };
-                let signature = Bytes::copy_from_slice(c.bytes(ML_DSA_SIGNATURE_LEN)?);
+                let signature = share(c.bytes(ML_DSA_SIGNATURE_LEN)?);
                 c.end()?;
                 Inner::Auth { binding, signature }
             }
@@ -570,7 +579,7 @@ impl Inner {
                 Inner::FileChunk(FileChunk {
                     transfer_id,
                     block,
-                    packets: Bytes::copy_from_slice(c.rest()),
+                    packets: share(c.rest()),
                 })
             }
             kind::FILE_STATUS => {
@@ -587,7 +596,7 @@ impl Inner {
                     state,
                     error,
                     blocks,
-                    bitmap: Bytes::copy_from_slice(bitmap),
+                    bitmap: share(bitmap),
                 })
             }
             kind::PRESENCE => {

@@ -140,7 +140,6 @@ pub struct Writer<S> {
     io: WriteHalf<S>,
     sealer: Sealer,
     buf: Vec<u8>,
-    inner: Vec<u8>,
 }
 
 /// A session after a successful handshake.
@@ -166,8 +165,10 @@ impl<S: AsyncRead> Reader<S> {
                 counter,
                 mut body,
             } => {
-                let plain = self.opener.open(length, counter, &mut body)?;
-                match Inner::decode(plain)? {
+                let n = self.opener.open(length, counter, &mut body)?.len();
+                // The plaintext stays where it was decrypted: payloads are slices of it.
+                let plain = body.freeze().slice(..n);
+                match Inner::decode_shared(&plain)? {
                     Inner::Error { code, message } => Err(Error::Remote { code, message }),
                     inner => Ok(Some(inner)),
                 }
@@ -184,9 +185,17 @@ impl<S: AsyncRead> Reader<S> {
 impl<S: AsyncWrite> Writer<S> {
     /// Seals and queues `inner` without writing it yet (see [`Writer::flush`]).
     pub fn queue(&mut self, inner: &Inner) -> Result<(), Error> {
-        self.inner.clear();
-        inner.encode(&mut self.inner);
-        self.sealer.seal_frame(&self.inner, &mut self.buf)?;
+        self.sealer
+            .seal_with(&mut self.buf, |out| inner.encode(out))?;
+        Ok(())
+    }
+
+    /// Writes everything queued to the stream, without flushing the stream itself.
+    pub async fn write_queued(&mut self) -> Result<(), Error> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
         Ok(())
     }
 
@@ -209,10 +218,8 @@ impl<S: AsyncWrite> Writer<S> {
     /// replay or tamper with frames).
     #[doc(hidden)]
     pub fn seal_detached(&mut self, inner: &Inner) -> Result<Vec<u8>, Error> {
-        self.inner.clear();
-        inner.encode(&mut self.inner);
         let mut out = Vec::new();
-        self.sealer.seal_frame(&self.inner, &mut out)?;
+        self.sealer.seal_with(&mut out, |o| inner.encode(o))?;
         Ok(out)
     }
 
@@ -312,7 +319,6 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
                 io: self.io,
                 sealer,
                 buf: Vec::new(),
-                inner: Vec::new(),
             },
             remote,
             pattern,

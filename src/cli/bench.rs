@@ -1,0 +1,408 @@
+//! `commucat bench`: throughput and handshake rates measured in one run on loopback, with ratios
+//! against baselines measured in the same run. Figures, not tests: run it with `--release`.
+//!
+//! - bulk throughput of raw TCP, of a raw libp2p stream (TCP + Noise + Yamux) and of an end-to-end
+//!   `/commucat/data` session over that same kind of stream (64 KiB writes in each case);
+//! - messages per second of 1 KiB DATA frames through a session;
+//! - hybrid handshakes per second (Noise XK + ML-KEM-768 + ML-DSA-65 transcripts, both sides, and
+//!   the bundle check) against plain Noise XK.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, multiaddr::Protocol};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::{
+    config::Config,
+    crypto::{self, LocalKeys, Pattern, Role, handshake},
+    data::{
+        codec::{Data, FileChunk, Inner},
+        session::{self, HandshakeCounters},
+    },
+    node::{Node, Transport},
+    store::Store,
+};
+
+const RAW: StreamProtocol = StreamProtocol::new("/commucat/bench/raw/1.0.0");
+const E2E: StreamProtocol = StreamProtocol::new("/commucat/bench/e2e/1.0.0");
+/// Bytes per write in the bulk measurements.
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// MiB moved per bulk measurement.
+    #[arg(long, default_value_t = 256)]
+    bulk_mib: usize,
+    /// 1 KiB messages per message measurement.
+    #[arg(long, default_value_t = 50_000)]
+    messages: usize,
+    /// Handshakes per handshake measurement.
+    #[arg(long, default_value_t = 200)]
+    handshakes: usize,
+    /// Runs of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    tcp_mb_s: f64,
+    libp2p_stream_mb_s: f64,
+    e2e_session_mb_s: f64,
+    e2e_messages_per_s: f64,
+    noise_xk_handshakes_per_s: f64,
+    hybrid_handshakes_per_s: f64,
+    e2e_vs_libp2p_stream: f64,
+    libp2p_stream_vs_tcp: f64,
+    hybrid_vs_noise_xk: f64,
+    bulk_mib: usize,
+    runs: usize,
+    debug_build: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mb_s(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let bytes = args.bulk_mib * 1024 * 1024;
+    let runs = args.runs.max(1);
+    let debug_build = cfg!(debug_assertions);
+    if debug_build && !args.json {
+        eprintln!("note: a debug build; run `cargo run --release -- bench` for meaningful figures");
+    }
+    let mut tcp = Vec::new();
+    for _ in 0..runs {
+        tcp.push(raw_tcp(bytes).await?);
+    }
+    let (a, b, _stores) = node_pair().await?;
+    let mut raw = Vec::new();
+    let mut e2e = Vec::new();
+    let mut msgs = Vec::new();
+    for _ in 0..runs {
+        raw.push(libp2p_stream(&a.0, &b.0, bytes).await?);
+        e2e.push(e2e_bulk((&a.0, &a.1), (&b.0, &b.1), bytes).await?);
+        msgs.push(e2e_messages((&a.0, &a.1), (&b.0, &b.1), args.messages).await?);
+    }
+    a.0.shutdown().await;
+    b.0.shutdown().await;
+    let n = args.handshakes.max(1);
+    let mut xk = Vec::new();
+    let mut hybrid = Vec::new();
+    for _ in 0..runs {
+        xk.push(noise_xk(n)?);
+        hybrid.push(hybrid_handshakes(n)?);
+    }
+    let r = Report {
+        tcp_mb_s: median(tcp),
+        libp2p_stream_mb_s: median(raw),
+        e2e_session_mb_s: median(e2e),
+        e2e_messages_per_s: median(msgs),
+        noise_xk_handshakes_per_s: median(xk),
+        hybrid_handshakes_per_s: median(hybrid),
+        e2e_vs_libp2p_stream: 0.0,
+        libp2p_stream_vs_tcp: 0.0,
+        hybrid_vs_noise_xk: 0.0,
+        bulk_mib: args.bulk_mib,
+        runs,
+        debug_build,
+    };
+    let r = Report {
+        e2e_vs_libp2p_stream: r.e2e_session_mb_s / r.libp2p_stream_mb_s,
+        libp2p_stream_vs_tcp: r.libp2p_stream_mb_s / r.tcp_mb_s,
+        hybrid_vs_noise_xk: r.hybrid_handshakes_per_s / r.noise_xk_handshakes_per_s,
+        ..r
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "Loopback, {} MiB per bulk run, median of {runs} runs:",
+        args.bulk_mib
+    );
+    println!(
+        "  raw TCP                          {:>9.0} MB/s",
+        r.tcp_mb_s
+    );
+    println!(
+        "  libp2p stream (Noise + Yamux)    {:>9.0} MB/s   {:.2} × raw TCP",
+        r.libp2p_stream_mb_s, r.libp2p_stream_vs_tcp
+    );
+    println!(
+        "  /commucat/data E2E session       {:>9.0} MB/s   {:.2} × libp2p stream",
+        r.e2e_session_mb_s, r.e2e_vs_libp2p_stream
+    );
+    println!(
+        "  E2E 1 KiB messages               {:>9.0} msg/s",
+        r.e2e_messages_per_s
+    );
+    println!("Handshakes (both sides, in process):");
+    println!(
+        "  Noise XK                         {:>9.0} /s",
+        r.noise_xk_handshakes_per_s
+    );
+    println!(
+        "  hybrid XK + ML-KEM-768 + ML-DSA-65 {:>7.0} /s   {:.3} × Noise XK",
+        r.hybrid_handshakes_per_s, r.hybrid_vs_noise_xk
+    );
+    Ok(())
+}
+
+async fn raw_tcp(bytes: usize) -> anyhow::Result<f64> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        anyhow::Ok(total)
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let chunk = vec![7u8; CHUNK];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        s.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    s.shutdown().await?;
+    let got = reader.await??;
+    anyhow::ensure!(got == bytes, "TCP moved {got} of {bytes} bytes");
+    Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
+}
+
+type BenchNode = (Node, Arc<LocalKeys>);
+
+/// Two nodes on real TCP sockets on 127.0.0.1, connected.
+async fn node_pair() -> anyhow::Result<(BenchNode, BenchNode, (Store, Store))> {
+    let mut cfg = Config::default();
+    cfg.network.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    cfg.mdns.enabled = false;
+    cfg.bootstrap.peers.clear();
+    let stores = (Store::temporary()?, Store::temporary()?);
+    let ka = Arc::new(LocalKeys::generate());
+    let kb = Arc::new(LocalKeys::generate());
+    let a = Node::spawn(&cfg, ka.clone(), &stores.0, Transport::Network).await?;
+    let b = Node::spawn(&cfg, kb.clone(), &stores.1, Transport::Network).await?;
+    let b_addr: Multiaddr = b.client().status().await?.listen_addrs[0].clone();
+    a.client()
+        .connect(b.peer_id(), vec![b_addr.with(Protocol::P2p(b.peer_id()))])
+        .await
+        .context("connecting the bench nodes")?;
+    Ok(((a, ka), (b, kb), stores))
+}
+
+async fn libp2p_stream(a: &Node, b: &Node, bytes: usize) -> anyhow::Result<f64> {
+    let mut incoming = b.stream_control().accept(RAW)?;
+    let reader = tokio::spawn(async move {
+        let (_, mut s) = incoming.next().await.context("no stream")?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        anyhow::Ok(total)
+    });
+    let mut s = a.stream_control().open_stream(b.peer_id(), RAW).await?;
+    let chunk = vec![7u8; CHUNK];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        s.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    s.close().await?;
+    let got = reader.await??;
+    anyhow::ensure!(got == bytes, "libp2p stream moved {got} of {bytes} bytes");
+    Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
+}
+
+/// An established session from `a` to `b` over a fresh stream, and the responder's task result:
+/// payload bytes received and messages received.
+async fn session_pair(
+    a: (&Node, &Arc<LocalKeys>),
+    b: (&Node, &Arc<LocalKeys>),
+) -> anyhow::Result<(
+    session::Session<tokio_util::compat::Compat<libp2p::Stream>>,
+    tokio::task::JoinHandle<anyhow::Result<(usize, usize)>>,
+)> {
+    let mut incoming = b.0.stream_control().accept(E2E)?;
+    let b_keys = b.1.clone();
+    let a_id: PeerId = a.0.peer_id();
+    let receiver = tokio::spawn(async move {
+        let (_, s) = incoming.next().await.context("no stream")?;
+        let mut session =
+            session::respond(s.compat(), &b_keys, a_id, &HandshakeCounters::default()).await?;
+        let (mut bytes, mut messages) = (0, 0);
+        while let Some(inner) = session.reader.recv().await? {
+            match inner {
+                Inner::FileChunk(c) => bytes += c.packets.len(),
+                Inner::Data(d) => {
+                    messages += 1;
+                    bytes += d.body.len();
+                }
+                Inner::Close(_) => break,
+                _ => {}
+            }
+        }
+        anyhow::Ok((bytes, messages))
+    });
+    let s = a.0.stream_control().open_stream(b.0.peer_id(), E2E).await?;
+    let session = session::initiate(
+        s.compat(),
+        a.1,
+        b.0.peer_id(),
+        None,
+        &HandshakeCounters::default(),
+    )
+    .await?;
+    Ok((session, receiver))
+}
+
+async fn e2e_bulk(
+    a: (&Node, &Arc<LocalKeys>),
+    b: (&Node, &Arc<LocalKeys>),
+    bytes: usize,
+) -> anyhow::Result<f64> {
+    let (mut s, receiver) = session_pair(a, b).await?;
+    let chunk = Bytes::from(vec![7u8; CHUNK]);
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        // One sealed frame per 64 KiB, like the raw runs' writes; written out every 256 KiB (no
+        // flush per frame: the raw runs do not flush either).
+        s.writer.queue(&Inner::FileChunk(FileChunk {
+            transfer_id: [0; 16],
+            block: 0,
+            packets: chunk.slice(..n),
+        }))?;
+        if s.writer.queued_bytes() >= 4 * CHUNK {
+            s.writer.write_queued().await?;
+        }
+        left -= n;
+    }
+    s.writer.close().await;
+    let (got, _) = receiver.await??;
+    anyhow::ensure!(got == bytes, "session moved {got} of {bytes} bytes");
+    Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
+}
+
+async fn e2e_messages(
+    a: (&Node, &Arc<LocalKeys>),
+    b: (&Node, &Arc<LocalKeys>),
+    count: usize,
+) -> anyhow::Result<f64> {
+    let (mut s, receiver) = session_pair(a, b).await?;
+    let body = "x".repeat(1024);
+    let start = Instant::now();
+    for i in 0..count {
+        s.writer.queue(&Inner::Data(Data {
+            epoch: 1,
+            seq: i as u64 + 1,
+            msg_id: [0; 16],
+            sent_at_ms: 0,
+            body: body.clone(),
+        }))?;
+        if i % 64 == 63 {
+            s.writer.flush().await?;
+        }
+    }
+    s.writer.close().await;
+    let (_, got) = receiver.await??;
+    anyhow::ensure!(got == count, "session moved {got} of {count} messages");
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Plain Noise XK handshakes (both sides, in process) per second.
+fn noise_xk(n: usize) -> anyhow::Result<f64> {
+    let params: snow::params::NoiseParams = "Noise_XK_25519_ChaChaPoly_BLAKE2s".parse()?;
+    let builder = snow::Builder::new(params.clone());
+    let rs = builder.generate_keypair()?;
+    let is = builder.generate_keypair()?;
+    let mut buf = vec![0u8; 1024];
+    let mut payload = vec![0u8; 1024];
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut i = snow::Builder::new(params.clone())
+            .prologue(handshake::PROLOGUE)?
+            .local_private_key(&is.private)?
+            .remote_public_key(&rs.public)?
+            .build_initiator()?;
+        let mut r = snow::Builder::new(params.clone())
+            .prologue(handshake::PROLOGUE)?
+            .local_private_key(&rs.private)?
+            .build_responder()?;
+        let len = i.write_message(&[], &mut buf)?;
+        r.read_message(&buf[..len], &mut payload)?;
+        let len = r.write_message(&[], &mut buf)?;
+        i.read_message(&buf[..len], &mut payload)?;
+        let len = i.write_message(&[], &mut buf)?;
+        r.read_message(&buf[..len], &mut payload)?;
+        anyhow::ensure!(i.is_handshake_finished() && r.is_handshake_finished());
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Hybrid handshakes (both sides, in process) per second: the bundle check, Noise XK with the
+/// ML-KEM-768 encapsulation and key confirmation, key derivation, and both ML-DSA-65 transcript
+/// signatures made and verified.
+fn hybrid_handshakes(n: usize) -> anyhow::Result<f64> {
+    let i = LocalKeys::generate();
+    let r = LocalKeys::generate();
+    let (ip, rp) = (i.peer_id(), r.peer_id());
+    let bundle_bytes = r.bundle.bundle().as_bytes().to_vec();
+    let start = Instant::now();
+    for _ in 0..n {
+        let bundle = crypto::Bundle::verify(&bundle_bytes, &rp)?;
+        let (mut init, m1) = handshake::Initiator::start(&i.bundle, &bundle, Pattern::Xk)?;
+        let (mut resp, m2) = handshake::Responder::read_step1(&r.bundle, Pattern::Xk, &m1)?;
+        let m3 = init.read_step2(&m2)?.context("XK has a third message")?;
+        resp.read_step3(&m3)?;
+        let (ki, kr) = (init.finish()?, resp.finish()?);
+        anyhow::ensure!(ki == kr);
+        let h = ki.handshake_hash;
+        let si = handshake::sign_transcript(&i.identity, Role::Initiator, &ip, &rp, &h);
+        let sr = handshake::sign_transcript(&r.identity, Role::Responder, &ip, &rp, &h);
+        handshake::verify_transcript(
+            r.bundle.bundle().binding(),
+            &sr,
+            Role::Responder,
+            &ip,
+            &rp,
+            &h,
+        )?;
+        i.identity.binding().verify()?;
+        handshake::verify_transcript(i.identity.binding(), &si, Role::Initiator, &ip, &rp, &h)?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
