@@ -99,7 +99,7 @@ async fn a_file_resumes_after_the_receiver_is_killed_halfway() {
     let b = NodeProc::start(&b_dir, &args(&["--bootstrap", &boot_addr]));
     let b_id = b.peer_id();
     let b_ports = b.same_ports();
-    // 20 MiB/s: the transfer takes a few seconds, long enough to kill the receiver halfway.
+    // 20 MiB/s: the transfer takes a few seconds, long enough to kill the receiver on the way.
     let a = NodeProc::start_env(
         &tmp.path().join("a"),
         &args(&["--bootstrap", &boot_addr]),
@@ -119,13 +119,16 @@ async fn a_file_resumes_after_the_receiver_is_killed_halfway() {
     let id = t["id"].as_str().unwrap().to_owned();
     let blocks = t["blocks_total"].as_u64().unwrap();
 
-    until("half of the blocks at B", async || {
+    // Kill B once it has three quarters. After the cut A sends at most the missing quarter plus
+    // its window of unconfirmed blocks (8 MiB, some of it into the dead connection): well under
+    // the 70 % that a restart from zero would exceed.
+    until("three quarters of the blocks at B", async || {
         let l = b.api_get("/v1/transfers").await;
         l["incoming"]
             .as_array()
             .unwrap()
             .first()
-            .is_some_and(|t| t["blocks_done"].as_u64().unwrap() * 2 >= blocks)
+            .is_some_and(|t| t["blocks_done"].as_u64().unwrap() * 4 >= blocks * 3)
     })
     .await;
     b.kill();
