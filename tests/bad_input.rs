@@ -11,7 +11,7 @@ use commucat::{
     crypto::LocalKeys,
     data::{
         self, ErrorCode, Frame, PROTOCOL,
-        codec::{Data, Inner},
+        codec::{Data, FileChunk, FileMeta, FileStatus, Inner, file_state},
         session::{self, HandshakeCounters},
     },
     node::{Node, Transport},
@@ -19,6 +19,7 @@ use commucat::{
 };
 use futures::StreamExt;
 use libp2p::PeerId;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
@@ -51,6 +52,21 @@ fn data_frame(seq: u64) -> Inner {
         sent_at_ms: 0,
         body: format!("attacker {seq}"),
     })
+}
+
+/// The next FILE_STATUS, skipping ACKs.
+async fn file_status<S: tokio::io::AsyncRead>(reader: &mut session::Reader<S>) -> FileStatus {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match reader.recv().await {
+                Ok(Some(Inner::FileStatus(s))) => return s,
+                Ok(Some(_)) => continue,
+                other => panic!("session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a FILE_STATUS in time")
 }
 
 /// The code of the first ERROR the session gets back, skipping ACKs.
@@ -179,6 +195,69 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
         n.data.outbox().queued(),
         1,
         "the message for X stays queued"
+    );
+
+    // A name that climbs out of the downloads directory lands inside it, and a file whose bytes do
+    // not match the announced hash is refused and its partial file deleted.
+    let content = b"climbing out ".repeat(40);
+    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
+        .await
+        .unwrap();
+    for (id, name, hash, want) in [
+        (
+            [1u8; 16],
+            "../../escape.txt",
+            Sha256::digest(&content).into(),
+            file_state::COMPLETE,
+        ),
+        ([2u8; 16], "wrong.bin", [0u8; 32], file_state::FAILED),
+    ] {
+        let meta = FileMeta {
+            transfer_id: id,
+            size: content.len() as u64,
+            hash_alg: 1,
+            hash,
+            block_size: 4096,
+            symbol_size: 64,
+            repair_per_mille: 0,
+            name: name.into(),
+        };
+        s.writer.send(&Inner::FileMeta(meta)).await.unwrap();
+        assert_eq!(
+            file_status(&mut s.reader).await.state,
+            file_state::RECEIVING
+        );
+        let packets = commucat::fec::encode_block(&content, 64, 0).unwrap();
+        s.writer
+            .send(&Inner::FileChunk(FileChunk {
+                transfer_id: id,
+                block: 0,
+                packets: packets.into(),
+            }))
+            .await
+            .unwrap();
+        let last = file_status(&mut s.reader).await;
+        assert_eq!(last.state, want, "{name}");
+        if want == file_state::FAILED {
+            assert_eq!(last.error, ErrorCode::HASH_MISMATCH.0);
+        }
+    }
+    let downloads = n.downloads.path();
+    assert_eq!(
+        std::fs::read(downloads.join("escape.txt")).unwrap(),
+        content
+    );
+    assert!(
+        !downloads.join("../../escape.txt").exists() && !downloads.join("../escape.txt").exists()
+    );
+    assert!(!downloads.join("wrong.bin").exists());
+    let partials: Vec<_> = std::fs::read_dir(downloads.join(".commucat-partial"))
+        .unwrap()
+        .collect();
+    assert!(
+        partials.is_empty(),
+        "the mismatching partial file is gone: {partials:?}"
     );
 
     // Through all of it the good peer's messages arrived, in order, once each.

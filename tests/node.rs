@@ -237,3 +237,87 @@ fn a_lost_peer_is_redialled_when_it_comes_back() {
         a.connected_to().contains(&b_id).then_some(())
     });
 }
+
+/// Messages and files through the CLI as a user drives it: `inbox --follow` prints messages as they
+/// arrive, `send-file --json` reports progress until the file is delivered, `outbox` shows delivered.
+#[test]
+fn messages_and_files_through_the_cli() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+        sync::mpsc,
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let a = NodeProc::start(
+        &tmp.path().join("a"),
+        &args(&["--bootstrap", &b.tcp_addr()]),
+    );
+    let b_id = b.peer_id();
+
+    let mut follow = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(&b.dir)
+        .args(["inbox", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    for text in ["first", "second"] {
+        let out = cli_json(&a.dir, &["send", &b_id, text]);
+        assert_eq!(out["to"], b_id.as_str());
+    }
+    for want in ["first", "second"] {
+        let line = rx
+            .recv_timeout(WAIT)
+            .expect("inbox --follow prints the message");
+        let m: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(m["body"], want);
+        assert_eq!(m["from"], a.peer_id().as_str());
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    let file = tmp.path().join("photo.jpg");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    let out = cli(
+        &a.dir,
+        &["send-file", &b_id, file.to_str().unwrap(), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["state"], "complete");
+    assert_eq!(last["bytes_confirmed"], content.len());
+    assert_eq!(
+        std::fs::read(b.dir.join("downloads/photo.jpg")).unwrap(),
+        content
+    );
+
+    let outbox = cli_json(&a.dir, &["outbox"]);
+    let states: Vec<&str> = outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["delivered", "delivered"]);
+}

@@ -455,6 +455,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever arrives as Noise message 1, 2 or 3: an error, never a panic.
+        #[test]
+        fn arbitrary_handshake_messages_are_errors(msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
+            let (_, ak, _, bk) = pair();
+            for p in [Pattern::Xk, Pattern::Ik] {
+                let _ = Responder::read_step1(&bk, p, &msg);
+                let (mut i, _) = Initiator::start(&ak, bk.bundle(), p).unwrap();
+                let _ = i.read_step2(&msg);
+            }
+            let (_, m1) = Initiator::start(&ak, bk.bundle(), Pattern::Xk).unwrap();
+            let (mut r, _) = Responder::read_step1(&bk, Pattern::Xk, &m1).unwrap();
+            let _ = r.read_step3(&msg);
+        }
+
+        /// Bundles and presence records from peers: parsed or refused, never a panic.
+        #[test]
+        fn arbitrary_bundles_and_records_are_errors(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..bundle::BUNDLE_LEN + 10),
+            flip in 0..bundle::BUNDLE_LEN,
+        ) {
+            let (a, ak, _, _) = pair();
+            let _ = Bundle::verify(&bytes, &a.peer_id());
+            let mut b = ak.bundle().as_bytes().to_vec();
+            b[flip] ^= 0xff;
+            proptest::prop_assert!(Bundle::verify(&b, &a.peer_id()).is_err());
+            let key = crate::dht::record::key(&a.peer_id());
+            let _ = crate::dht::record::verify(key.as_ref(), &bytes, 0);
+        }
+    }
+
     #[test]
     fn tampered_noise_messages_fail() {
         let (_, ak, _, bk) = pair();

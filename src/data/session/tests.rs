@@ -1,6 +1,9 @@
 //! Sessions over in-memory pipes: both patterns, and each kind of bad input rejected with the code
 //! the spec gives.
 
+use std::sync::Arc;
+
+use sha3::Digest;
 use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
 use super::*;
@@ -197,4 +200,149 @@ async fn counters_count_completed_handshakes() {
     r.unwrap();
     assert_eq!((c.noise(), c.post_quantum()), (1, 1));
     assert_eq!((d.noise(), d.post_quantum()), (1, 1));
+}
+
+/// Runs a responder against frames crafted by `craft` (which gets the responder's keys and writes
+/// raw bytes) and returns the responder's result.
+async fn craft_against_responder<F, Fut>(craft: F) -> Result<Session<DuplexStream>, Error>
+where
+    F: FnOnce(Arc<LocalKeys>, DuplexStream) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let b = Arc::new(keys());
+    let (x, y) = pipe();
+    let c = HandshakeCounters::default();
+    let peer = Identity::generate().peer_id();
+    let (res, ()) = tokio::join!(respond(y, &b, peer, &c), craft(b.clone(), x));
+    res
+}
+
+/// Sends HELLO and an IK message 1 whose payload is `payload`; returns the Noise state.
+async fn ik_step1(
+    a: &LocalKeys,
+    b: &LocalKeys,
+    x: &mut DuplexStream,
+    payload: &[u8],
+) -> snow::HandshakeState {
+    let mut hs = snow::Builder::new("Noise_IK_25519_ChaChaPoly_BLAKE2s".parse().unwrap())
+        .prologue(handshake::PROLOGUE)
+        .unwrap()
+        .local_private_key(a.bundle.x25519_secret())
+        .unwrap()
+        .remote_public_key(b.bundle.bundle().x25519_public())
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut msg = vec![0u8; 4096];
+    let n = hs.write_message(payload, &mut msg).unwrap();
+    let mut out = Vec::new();
+    Frame::Hello {
+        version: 1,
+        need_bundle: false,
+    }
+    .encode(&mut out);
+    Frame::Handshake {
+        step: 1,
+        pattern: Pattern::Ik as u8,
+        bundle_id: Some(b.bundle.bundle().id()),
+        noise: Bytes::copy_from_slice(&msg[..n]),
+    }
+    .encode(&mut out);
+    x.write_all(&out).await.unwrap();
+    hs
+}
+
+/// Reads whatever comes back until the responder closes.
+async fn drain(x: &mut DuplexStream) -> Vec<u8> {
+    let mut reply = Vec::new();
+    let _ = x.read_to_end(&mut reply).await;
+    reply
+}
+
+#[tokio::test]
+async fn a_wrong_kem_ciphertext_gets_bad_kem_ciphertext() {
+    let a = keys();
+    let mut reply = Vec::new();
+    let res = craft_against_responder(|b, mut x| {
+        let a = &a;
+        let reply = &mut reply;
+        async move {
+            // A ciphertext for someone else's ML-KEM key, with its own (valid) confirmation.
+            let other = keys();
+            let (ct, ss) = other.bundle.bundle().encapsulate();
+            let confirm = sha3::Sha3_256::new()
+                .chain_update(handshake::KEM_CONFIRM_LABEL)
+                .chain_update(&ct)
+                .chain_update(ss)
+                .finalize();
+            ik_step1(a, &b, &mut x, &[&ct[..], &confirm[..]].concat()).await;
+            *reply = drain(&mut x).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        res.err().and_then(|e| e.code()),
+        Some(ErrorCode::BAD_KEM_CIPHERTEXT)
+    );
+    // The cleartext ERROR it sent: after HANDSHAKE nothing else came, so it is the first frame.
+    assert_eq!(reply[4], kind::ERROR);
+    assert_eq!(
+        u16::from_be_bytes([reply[5], reply[6]]),
+        ErrorCode::BAD_KEM_CIPHERTEXT.0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_transcript_signature_gets_bad_signature() {
+    let a = keys();
+    let res = craft_against_responder(|b, mut x| {
+        let a = &a;
+        async move {
+            let (ct, ss) = b.bundle.bundle().encapsulate();
+            let confirm = sha3::Sha3_256::new()
+                .chain_update(handshake::KEM_CONFIRM_LABEL)
+                .chain_update(&ct)
+                .chain_update(ss)
+                .finalize();
+            let mut hs = ik_step1(a, &b, &mut x, &[&ct[..], &confirm[..]].concat()).await;
+            // Read HANDSHAKE step 2 and finish Noise.
+            let mut frames = FramedRead::new(&mut x, FrameCodec);
+            let Some(Ok(Frame::Handshake { noise, .. })) = frames.next().await else {
+                panic!("no step 2");
+            };
+            let mut p = vec![0u8; 1024];
+            hs.read_message(&noise, &mut p).unwrap();
+            let h: [u8; 32] = hs.get_handshake_hash().try_into().unwrap();
+            let mut okm = [0u8; 96];
+            hkdf::SimpleHkdf::<sha3::Sha3_512>::new(None, &[&h[..], &ss[..]].concat())
+                .expand(handshake::SESSION_INFO, &mut okm)
+                .unwrap();
+            let i2r: [u8; 32] = okm[32..64].try_into().unwrap();
+            // AUTH with the real binding but a signature over something else.
+            let b_ = a.identity.binding();
+            let auth = Inner::Auth {
+                binding: Some(crate::data::codec::BindingParts {
+                    ml_dsa_public: Bytes::copy_from_slice(&b_.ml_dsa_public),
+                    ed25519_signature: Bytes::copy_from_slice(&b_.ed25519_signature),
+                    ml_dsa_signature: Bytes::copy_from_slice(&b_.ml_dsa_signature),
+                }),
+                signature: a
+                    .identity
+                    .sign_ml_dsa(b"not the transcript", handshake::TRANSCRIPT_CONTEXT)
+                    .into(),
+            };
+            let mut out = Vec::new();
+            Sealer::new(&i2r)
+                .seal_with(&mut out, |o| auth.encode(o))
+                .unwrap();
+            drop(frames);
+            x.write_all(&out).await.unwrap();
+            drain(&mut x).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        res.err().and_then(|e| e.code()),
+        Some(ErrorCode::BAD_SIGNATURE)
+    );
 }
