@@ -55,6 +55,7 @@ pub struct Config {
     pub kad: Kad,
     pub mdns: Mdns,
     pub autonat: Autonat,
+    pub relay: Relay,
     pub peerbook: PeerBook,
     pub presence: Presence,
     pub data: Data,
@@ -95,7 +96,8 @@ pub struct Network {
     pub ping_interval_secs: u64,
     /// Established connections, in total. Default: 256.
     pub max_connections: u32,
-    /// Established connections to one peer. Default: 4.
+    /// Established connections to one peer: TCP and QUIC, a relayed one, AutoNAT dial-backs
+    /// (which count too) and hole-punch attempts. Default: 8.
     pub max_connections_per_peer: u32,
     /// Incoming connections still handshaking. Default: 64.
     pub max_pending_incoming: u32,
@@ -154,6 +156,48 @@ pub struct Autonat {
     pub probe_interval_secs: u64,
     /// Candidate external addresses tested at most. Default: 10.
     pub max_candidates: usize,
+    /// Seconds between re-checks of reachability that has been settled (AutoNAT v1 probes);
+    /// confirmed addresses that stopped working are dropped, working ones that failed before are
+    /// confirmed. AutoNAT v2 alone never tests an address twice (rust-libp2p #6203). Default: 300.
+    pub recheck_secs: u64,
+    /// Ask and answer AutoNAT probes only for globally routable IP addresses. Turn off on private
+    /// test networks. Default: true.
+    pub only_global_ips: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Relay {
+    /// Run the circuit relay v2 server (always on for the bootstrap role). Default: false.
+    pub server: bool,
+    /// Relays a node that is not publicly reachable keeps reservations on (taken from the
+    /// bootstrap list, then from relays met through the DHT). 0 turns the relay client off.
+    /// Default: 2.
+    pub reservations: usize,
+    /// Server: reservations held at once. Default: 512.
+    pub max_reservations: usize,
+    /// Server: reservations one peer holds at once. Default: 4.
+    pub max_reservations_per_peer: usize,
+    /// Server: lifetime of a reservation; clients renew before it ends. Default: 3600.
+    pub reservation_duration_secs: u64,
+    /// Server: relayed connections open at once. Default: 128.
+    pub max_circuits: usize,
+    /// Server: relayed connections one peer has open at once. Default: 8.
+    pub max_circuits_per_peer: usize,
+    /// Server: lifetime of one relayed connection, after which the peers reconnect. libp2p's
+    /// 2 minutes cut file transfers short. Default: 3600.
+    pub max_circuit_duration_secs: u64,
+    /// Server: bytes one relayed connection carries (both directions) before it is closed; 0 means
+    /// no limit. libp2p's 128 KiB does not fit one photo. Default: 1073741824 (1 GiB).
+    pub max_circuit_bytes: u64,
+    /// Server: reservation requests per minute from one peer (also the burst). Default: 10.
+    pub reservations_per_peer_per_minute: u32,
+    /// Server: reservation requests per minute from one IP address. Default: 30.
+    pub reservations_per_ip_per_minute: u32,
+    /// Server: circuit requests per minute from one source peer. Default: 30.
+    pub circuits_per_peer_per_minute: u32,
+    /// Server: circuit requests per minute from one source IP address. Default: 60.
+    pub circuits_per_ip_per_minute: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +273,7 @@ impl Default for Network {
             idle_connection_timeout_secs: 120,
             ping_interval_secs: 15,
             max_connections: 256,
-            max_connections_per_peer: 4,
+            max_connections_per_peer: 8,
             max_pending_incoming: 64,
             max_pending_outgoing: 64,
         }
@@ -289,6 +333,28 @@ impl Default for Autonat {
             server: false,
             probe_interval_secs: 5,
             max_candidates: 10,
+            recheck_secs: 300,
+            only_global_ips: true,
+        }
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            server: false,
+            reservations: 2,
+            max_reservations: 512,
+            max_reservations_per_peer: 4,
+            reservation_duration_secs: 3600,
+            max_circuits: 128,
+            max_circuits_per_peer: 8,
+            max_circuit_duration_secs: 3600,
+            max_circuit_bytes: 1 << 30,
+            reservations_per_peer_per_minute: 10,
+            reservations_per_ip_per_minute: 30,
+            circuits_per_peer_per_minute: 30,
+            circuits_per_ip_per_minute: 60,
         }
     }
 }
@@ -431,6 +497,31 @@ impl Config {
                 "autonat.probe_interval_secs",
                 self.autonat.probe_interval_secs,
             ),
+            ("autonat.recheck_secs", self.autonat.recheck_secs),
+            (
+                "relay.reservation_duration_secs",
+                self.relay.reservation_duration_secs,
+            ),
+            (
+                "relay.max_circuit_duration_secs",
+                self.relay.max_circuit_duration_secs,
+            ),
+            (
+                "relay.reservations_per_peer_per_minute",
+                self.relay.reservations_per_peer_per_minute.into(),
+            ),
+            (
+                "relay.reservations_per_ip_per_minute",
+                self.relay.reservations_per_ip_per_minute.into(),
+            ),
+            (
+                "relay.circuits_per_peer_per_minute",
+                self.relay.circuits_per_peer_per_minute.into(),
+            ),
+            (
+                "relay.circuits_per_ip_per_minute",
+                self.relay.circuits_per_ip_per_minute.into(),
+            ),
         ];
         for &(key, value) in nonzero {
             if value == 0 {
@@ -496,6 +587,11 @@ impl Config {
     /// The AutoNAT v2 server runs (bootstrap role, or `autonat.server = true`).
     pub fn autonat_server(&self) -> bool {
         self.role == Role::Bootstrap || self.autonat.server
+    }
+
+    /// The circuit relay v2 server runs (bootstrap role, or `relay.server = true`).
+    pub fn relay_server(&self) -> bool {
+        self.role == Role::Bootstrap || self.relay.server
     }
 
     pub fn idle_connection_timeout(&self) -> Duration {

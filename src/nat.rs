@@ -1,16 +1,25 @@
 //! Reachability as far as the node knows it: confirmed external addresses (AutoNAT v2 probes or
 //! configured `network.external_addresses`) make it public; probes that all failed make it private.
+//! AutoNAT v1 re-checks settled reachability, because the v2 client never tests an address twice
+//! (rust-libp2p #6203). A node that is not public keeps reservations on relays ([`Relays`]).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
 };
 
-use libp2p::{Multiaddr, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 /// Failed probe addresses remembered (oldest forgotten first).
 pub const MAX_FAILED_PROBES: usize = 32;
+/// Relays remembered as candidates for reservations.
+pub const MAX_RELAY_CANDIDATES: usize = 64;
+/// Wait before a relay whose reservation failed or was lost is asked again.
+pub const RESERVE_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a node whose reachability is still unknown waits before it reserves on relays anyway.
+pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +76,122 @@ impl Tracker {
             self.failed.pop_front();
         }
         self.failed.push_back(addr.clone());
+    }
+}
+
+/// Whether `addr` goes through a circuit relay.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// One reservation (a `/p2p-circuit` listener) on a relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub relay: PeerId,
+    /// The relayed address other peers reach this node at, once the relay accepted.
+    pub address: Option<Multiaddr>,
+}
+
+/// Relay reservations: which relays could be used, which listeners hold reservations.
+#[derive(Debug, Default)]
+pub struct Relays {
+    /// Relay → address to reach it. Bootstrap relays are never forgotten.
+    candidates: HashMap<PeerId, (Multiaddr, bool)>,
+    active: HashMap<ListenerId, Reservation>,
+    not_before: HashMap<PeerId, Instant>,
+}
+
+impl Relays {
+    /// A relay to reserve on. `bootstrap` ones are preferred and kept when the list is full.
+    pub fn add_candidate(&mut self, relay: PeerId, addr: Multiaddr, bootstrap: bool) {
+        if let Some(entry) = self.candidates.get_mut(&relay) {
+            if bootstrap || !entry.1 {
+                *entry = (addr, bootstrap || entry.1);
+            }
+            return;
+        }
+        if self.candidates.len() >= MAX_RELAY_CANDIDATES {
+            let Some(victim) = self
+                .candidates
+                .iter()
+                .find(|(p, (_, boot))| !boot && !self.holds(p))
+                .map(|(p, _)| *p)
+            else {
+                return;
+            };
+            self.candidates.remove(&victim);
+        }
+        self.candidates.insert(relay, (addr, bootstrap));
+    }
+
+    fn holds(&self, relay: &PeerId) -> bool {
+        self.active.values().any(|r| &r.relay == relay)
+    }
+
+    /// Relays to reserve on now so that `want` are held or pending, bootstrap relays first, and
+    /// the `/p2p-circuit` listen address to use for each.
+    pub fn to_reserve(&self, want: usize, now: Instant) -> Vec<(PeerId, Multiaddr)> {
+        let missing = want.saturating_sub(self.active.len());
+        let mut free: Vec<(&PeerId, &(Multiaddr, bool))> = self
+            .candidates
+            .iter()
+            .filter(|(p, _)| !self.holds(p))
+            .filter(|(p, _)| self.not_before.get(*p).is_none_or(|t| *t <= now))
+            .collect();
+        free.sort_by_key(|(p, (_, boot))| (!boot, p.to_bytes()));
+        free.into_iter()
+            .take(missing)
+            .map(|(p, (addr, _))| {
+                let listen = addr
+                    .iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect::<Multiaddr>()
+                    .with(Protocol::P2p(*p))
+                    .with(Protocol::P2pCircuit);
+                (*p, listen)
+            })
+            .collect()
+    }
+
+    pub fn reserving(&mut self, listener: ListenerId, relay: PeerId) {
+        self.active.insert(
+            listener,
+            Reservation {
+                relay,
+                address: None,
+            },
+        );
+    }
+
+    /// The relay accepted: `address` is where this node is reachable through it. Returns the
+    /// relay if `listener` is one of ours.
+    pub fn accepted(&mut self, listener: ListenerId, address: &Multiaddr) -> Option<PeerId> {
+        let r = self.active.get_mut(&listener)?;
+        r.address = Some(address.clone());
+        Some(r.relay)
+    }
+
+    /// The listener ended (refused, lost connection, expired): the relay is asked again after
+    /// [`RESERVE_BACKOFF`]. Returns the reservation if `listener` was one of ours.
+    pub fn closed(&mut self, listener: ListenerId, now: Instant) -> Option<Reservation> {
+        let r = self.active.remove(&listener)?;
+        self.not_before.insert(r.relay, now + RESERVE_BACKOFF);
+        Some(r)
+    }
+
+    /// Forgets all reservations (the node became public) and returns their listeners.
+    pub fn drain(&mut self) -> Vec<ListenerId> {
+        self.active.drain().map(|(l, _)| l).collect()
+    }
+
+    pub fn reservations(&self) -> Vec<Reservation> {
+        let mut all: Vec<Reservation> = self.active.values().cloned().collect();
+        all.sort_by_key(|r| r.relay.to_bytes());
+        all
+    }
+
+    pub fn is_reservation(&self, listener: ListenerId) -> bool {
+        self.active.contains_key(&listener)
     }
 }
 
@@ -161,6 +286,62 @@ mod tests {
             scope(&ma("/ip6/::ffff:10.1.1.1/tcp/1")),
             Some(Scope::Private)
         );
+    }
+
+    #[test]
+    fn relays_are_reserved_bootstrap_first_and_retried_after_a_backoff() {
+        let boot = PeerId::random();
+        let other = PeerId::random();
+        let third = PeerId::random();
+        let mut r = Relays::default();
+        r.add_candidate(other, ma("/ip4/5.5.5.5/tcp/4001"), false);
+        r.add_candidate(
+            boot,
+            ma(&format!("/ip4/1.1.1.1/udp/4001/quic-v1/p2p/{boot}")),
+            true,
+        );
+        r.add_candidate(third, ma("/ip4/6.6.6.6/tcp/4001"), false);
+        let now = Instant::now();
+        let picks = r.to_reserve(2, now);
+        assert_eq!(picks.len(), 2);
+        assert_eq!(picks[0].0, boot);
+        assert_eq!(
+            picks[0].1,
+            ma(&format!(
+                "/ip4/1.1.1.1/udp/4001/quic-v1/p2p/{boot}/p2p-circuit"
+            ))
+        );
+        let l1 = ListenerId::next();
+        r.reserving(l1, boot);
+        assert_eq!(r.to_reserve(2, now).len(), 1, "one more is missing");
+        assert!(r.to_reserve(2, now).iter().all(|(p, _)| *p != boot));
+        let addr = ma(&format!(
+            "/ip4/1.1.1.1/udp/4001/quic-v1/p2p/{boot}/p2p-circuit"
+        ));
+        assert_eq!(r.accepted(l1, &addr), Some(boot));
+        assert_eq!(r.reservations()[0].address, Some(addr));
+        assert_eq!(
+            r.accepted(ListenerId::next(), &ma("/ip4/1.1.1.1/tcp/1")),
+            None
+        );
+        // Lost: the bootstrap relay waits out the backoff, the others are used meanwhile.
+        assert_eq!(r.closed(l1, now).map(|x| x.relay), Some(boot));
+        assert!(r.to_reserve(3, now).iter().all(|(p, _)| *p != boot));
+        assert_eq!(r.to_reserve(3, now + RESERVE_BACKOFF)[0].0, boot);
+        // Bounded, and bootstrap relays are never evicted.
+        for i in 0..(2 * MAX_RELAY_CANDIDATES) {
+            r.add_candidate(
+                PeerId::random(),
+                ma(&format!("/ip4/7.7.7.7/tcp/{i}")),
+                false,
+            );
+        }
+        assert_eq!(r.candidates.len(), MAX_RELAY_CANDIDATES);
+        assert!(r.candidates.contains_key(&boot));
+        assert!(is_relayed(&ma(&format!(
+            "/ip4/1.1.1.1/tcp/1/p2p/{boot}/p2p-circuit"
+        ))));
+        assert!(!is_relayed(&ma("/ip4/1.1.1.1/tcp/1")));
     }
 
     #[test]

@@ -83,8 +83,11 @@ impl Node {
         let local = keys.peer_id();
         let with_mdns = cfg.mdns.enabled && !matches!(transport, Transport::Memory);
         let mut registry = Registry::with_prefix("commucat");
-        let transport = transport::build(transport, &keypair, &mut registry)?;
-        let behaviour = behaviour::Behaviour::new(&keypair, cfg, with_mdns).map_err(Error::Mdns)?;
+        let (relay_transport, relay_client) = libp2p::relay::client::new(local);
+        let transport =
+            transport::build(transport, Some(relay_transport), &keypair, &mut registry)?;
+        let behaviour = behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client)
+            .map_err(Error::Mdns)?;
         let swarm = Swarm::new(
             transport,
             behaviour,
@@ -94,6 +97,7 @@ impl Node {
         );
         let metrics = Metrics::new(&mut registry);
         let presence_metrics = event_loop::PresenceMetrics::register(&mut registry);
+        let traversal_metrics = event_loop::TraversalMetrics::register(&mut registry);
         let stream_control = swarm.behaviour().stream.new_control();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
         let (ev_tx, _) = broadcast::channel(EVENT_BUFFER);
@@ -110,6 +114,7 @@ impl Node {
             keys,
             store.meta()?,
             presence_metrics,
+            traversal_metrics,
         );
         event_loop
             .start(&cfg.network.listen, &cfg.network.external_addresses)

@@ -52,6 +52,13 @@ pub fn status(full: &crate::control::Status, as_json: bool) -> anyhow::Result<()
     );
     print_list("Listen addresses:", s.listen_addrs.iter());
     print_list("External addresses:", s.external_addrs.iter());
+    print_list(
+        "Relay reservations:",
+        s.relay_reservations.iter().map(|r| match &r.address {
+            Some(a) => format!("{} (reachable at {a})", r.relay),
+            None => format!("{} (pending)", r.relay),
+        }),
+    );
     Ok(())
 }
 

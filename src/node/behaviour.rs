@@ -1,13 +1,14 @@
 //! The composed libp2p behaviour of a node: connection limits, identify, ping, Kademlia, mDNS,
-//! AutoNAT v2 (client always, server for the bootstrap role) and `libp2p-stream` for
+//! AutoNAT v2 (client always, server for the bootstrap role) with AutoNAT v1 re-checks, circuit
+//! relay v2 (client always, server for the bootstrap role), DCUtR and `libp2p-stream` for
 //! `/commucat/data/1.0.0`.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use libp2p::{
-    autonat, connection_limits, identify,
+    autonat, connection_limits, dcutr, identify,
     identity::Keypair,
-    mdns, ping,
+    mdns, ping, relay,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
@@ -31,11 +32,22 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub autonat_client: autonat::v2::client::Behaviour,
     pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// AutoNAT v1: re-checks settled reachability (see [`crate::nat`]); answers probes only where
+    /// the AutoNAT server runs.
+    pub autonat_recheck: autonat::v1::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
     pub stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
-    pub fn new(keypair: &Keypair, cfg: &Config, with_mdns: bool) -> std::io::Result<Self> {
+    pub fn new(
+        keypair: &Keypair,
+        cfg: &Config,
+        with_mdns: bool,
+        relay_client: relay::client::Behaviour,
+    ) -> std::io::Result<Self> {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
         let limits = connection_limits::ConnectionLimits::default()
@@ -72,7 +84,65 @@ impl Behaviour {
             mdns: mdns.into(),
             autonat_client,
             autonat_server: autonat_server.into(),
+            autonat_recheck: autonat::v1::Behaviour::new(local, autonat_v1_config(cfg)),
+            relay_server: cfg
+                .relay_server()
+                .then(|| relay::Behaviour::new(local, relay_server_config(cfg)))
+                .into(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(local),
             stream: libp2p_stream::Behaviour::new(),
         })
     }
+}
+
+/// AutoNAT v1 as the re-checker of settled reachability: one probe every `autonat.recheck_secs`
+/// once it is sure, sooner while it is not, and a single contrary answer is enough to change its
+/// mind (`confidence_max = 1`). It serves probes only where the AutoNAT server is on.
+fn autonat_v1_config(cfg: &Config) -> autonat::v1::Config {
+    let recheck = Duration::from_secs(cfg.autonat.recheck_secs);
+    let serve = cfg.autonat_server();
+    autonat::v1::Config {
+        boot_delay: Duration::from_secs(cfg.autonat.probe_interval_secs),
+        refresh_interval: recheck,
+        retry_interval: recheck.min(RECHECK_RETRY),
+        confidence_max: 1,
+        throttle_server_period: Duration::ZERO,
+        only_global_ips: cfg.autonat.only_global_ips,
+        throttle_clients_global_max: if serve { 30 } else { 0 },
+        throttle_clients_peer_max: if serve { 3 } else { 0 },
+        ..Default::default()
+    }
+}
+
+/// Longest wait between AutoNAT v1 probes while its answer is not settled.
+pub const RECHECK_RETRY: Duration = Duration::from_secs(60);
+
+/// The relay server's limits from `[relay]` (see `config/bootstrap.toml` for why they differ from
+/// libp2p's defaults).
+fn relay_server_config(cfg: &Config) -> relay::Config {
+    let r = &cfg.relay;
+    let per_minute = |n: u32| {
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        (n, Duration::from_secs(60) / n.get())
+    };
+    let mut c = relay::Config {
+        max_reservations: r.max_reservations,
+        max_reservations_per_peer: r.max_reservations_per_peer,
+        reservation_duration: Duration::from_secs(r.reservation_duration_secs),
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: r.max_circuits,
+        max_circuits_per_peer: r.max_circuits_per_peer,
+        max_circuit_duration: Duration::from_secs(r.max_circuit_duration_secs),
+        max_circuit_bytes: r.max_circuit_bytes,
+        circuit_src_rate_limiters: Vec::new(),
+    };
+    let (n, every) = per_minute(r.reservations_per_peer_per_minute);
+    c = c.reservation_rate_per_peer(n, every);
+    let (n, every) = per_minute(r.reservations_per_ip_per_minute);
+    c = c.reservation_rate_per_ip(n, every);
+    let (n, every) = per_minute(r.circuits_per_peer_per_minute);
+    c = c.circuit_src_per_peer(n, every);
+    let (n, every) = per_minute(r.circuits_per_ip_per_minute);
+    c.circuit_src_per_ip(n, every)
 }

@@ -41,6 +41,9 @@ pub struct Status {
     /// Confirmed external addresses (AutoNAT v2, or configured).
     pub external_addrs: Vec<Multiaddr>,
     pub reachability: Reachability,
+    /// Reservations on relays (held while the node is not publicly reachable); `address` is
+    /// absent while the relay has not answered yet.
+    pub relay_reservations: Vec<crate::nat::Reservation>,
     /// `client` or `server`.
     pub kad_mode: String,
     pub connected_peers: usize,

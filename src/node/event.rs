@@ -61,4 +61,27 @@ pub enum Event {
         peer_id: PeerId,
         address: Multiaddr,
     },
+    /// A relay accepted our reservation: peers reach this node at `address` through it.
+    RelayReservationAccepted {
+        relay: PeerId,
+        address: Multiaddr,
+    },
+    /// A reservation ended (relay gone, refused, or this node became public).
+    RelayReservationLost {
+        relay: PeerId,
+    },
+    /// The first connection to a peer is relayed: DCUtR tries to turn it into a direct one.
+    HolePunchStarted {
+        peer_id: PeerId,
+    },
+    /// A hole punch ended: `ok` when a direct connection is up (the relayed one is then closed).
+    HolePunch {
+        peer_id: PeerId,
+        ok: bool,
+        error: Option<String>,
+        /// Direct dials to the peer that failed before the outcome.
+        failed_dials: u32,
+        /// Milliseconds since the relayed connection came up.
+        elapsed_ms: u64,
+    },
 }

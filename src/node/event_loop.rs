@@ -26,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 mod commands;
 mod presence;
+mod traversal;
 
 pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
+pub use traversal::{Metrics as TraversalMetrics, RELAY_CHECK_INTERVAL};
 
 use super::{
     Error, Event,
@@ -142,6 +144,12 @@ pub(crate) struct EventLoop {
     finds: HashMap<kad::QueryId, PendingFind>,
     dials: HashMap<ConnectionId, PendingDial>,
     nat: nat::Tracker,
+    relays: nat::Relays,
+    relay_reservations: usize,
+    next_relay_check: tokio::time::Instant,
+    punches: HashMap<PeerId, traversal::Punch>,
+    traversal_metrics: traversal::Metrics,
+    configured_external: Vec<Multiaddr>,
     keys: Arc<LocalKeys>,
     meta: sled::Tree,
     presence_ttl: Duration,
@@ -168,6 +176,7 @@ impl EventLoop {
         keys: Arc<LocalKeys>,
         meta: sled::Tree,
         presence_metrics: presence::Metrics,
+        traversal_metrics: traversal::Metrics,
     ) -> Self {
         let local = *swarm.local_peer_id();
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_BUFFER);
@@ -197,6 +206,12 @@ impl EventLoop {
             finds: HashMap::new(),
             dials: HashMap::new(),
             nat: nat::Tracker::default(),
+            relays: nat::Relays::default(),
+            relay_reservations: cfg.relay.reservations,
+            next_relay_check: tokio::time::Instant::now() + RELAY_CHECK_INTERVAL,
+            punches: HashMap::new(),
+            traversal_metrics,
+            configured_external: cfg.network.external_addresses.clone(),
             keys,
             meta,
             presence_ttl: Duration::from_secs(cfg.presence.ttl_secs),
@@ -244,6 +259,16 @@ impl EventLoop {
         for addr in external {
             self.swarm.add_external_address(addr.clone());
         }
+        if self.role == Role::Bootstrap {
+            // Serve circuits whether or not an external address is confirmed yet: a bootstrap
+            // node is public by definition.
+            if let Some(server) = self.swarm.behaviour_mut().relay_server.as_mut() {
+                server.set_status(Some(libp2p::relay::Status::Enable));
+            }
+        }
+        for (peer, addr) in self.bootstrap.clone() {
+            self.relay_candidate(peer, &[addr], true);
+        }
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
         while self.swarm.listeners().next().is_none() {
             match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
@@ -272,6 +297,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(self.next_redial) => self.maintain_connectivity(),
                 () = tokio::time::sleep_until(self.next_publish) => self.publish_presence(),
+                () = tokio::time::sleep_until(self.next_relay_check) => self.maintain_relays(),
             }
         }
         tracing::debug!("event loop stopped");
@@ -394,9 +420,13 @@ impl EventLoop {
         self.metrics.record(&event);
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 let local = *self.swarm.local_peer_id();
                 tracing::info!("listening on {address}/p2p/{local}");
+                self.on_new_listen_addr(listener_id, &address);
                 self.presence_dirty();
                 self.emit(Event::Listening { address });
             }
@@ -406,10 +436,18 @@ impl EventLoop {
             }
             SwarmEvent::ListenerClosed {
                 addresses,
-                reason: Err(e),
-                ..
+                reason,
+                listener_id,
             } => {
-                tracing::warn!(?addresses, error = %e, "listener closed");
+                let reservation = self.relays.is_reservation(listener_id);
+                match reason {
+                    Err(e) if reservation => {
+                        tracing::debug!(?addresses, error = %e, "relay listener closed")
+                    }
+                    Err(e) => tracing::warn!(?addresses, error = %e, "listener closed"),
+                    Ok(()) => {}
+                }
+                self.on_listener_closed(listener_id);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -430,6 +468,7 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     self.peers.remove(&peer_id);
+                    self.on_peer_gone(peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
                     if self.swarm.connected_peers().count() < self.min_peers {
                         // Start over: try to get peers back within a second, not after the
@@ -447,24 +486,61 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(peer) = peer_id {
+                    self.on_dial_failed(peer);
+                }
                 if let Some(dial) = self.dials.remove(&connection_id) {
                     let _ = dial.reply.send(Err(Error::Dial(error.to_string())));
                 }
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                tracing::info!(%address, "external address confirmed");
-                self.set_reachability(|nat| nat.confirmed(&address));
-                self.presence_dirty();
-                self.emit(Event::ExternalAddrConfirmed { address });
-            }
-            SwarmEvent::ExternalAddrExpired { address } => {
-                tracing::info!(%address, "external address expired");
-                self.set_reachability(|nat| nat.expired(&address));
-                self.presence_dirty();
-                self.emit(Event::ExternalAddrExpired { address });
-            }
+            SwarmEvent::ExternalAddrConfirmed { address } => self.on_external_confirmed(address),
+            SwarmEvent::ExternalAddrExpired { address } => self.on_external_expired(address),
             _ => {}
         }
+    }
+
+    /// An external address was confirmed (by a behaviour, or by us through
+    /// [`Self::confirm_external`]). A direct one makes the node public. AutoNAT v1 reports its
+    /// address with `/p2p/<us>` appended: that copy is replaced by the plain address.
+    fn on_external_confirmed(&mut self, address: Multiaddr) {
+        if !nat::is_relayed(&address)
+            && matches!(address.iter().last(), Some(Protocol::P2p(p)) if p == *self.swarm.local_peer_id())
+        {
+            self.swarm.remove_external_address(&address);
+            let mut plain = address;
+            plain.pop();
+            if !self.swarm.external_addresses().any(|a| *a == plain) {
+                self.confirm_external(plain);
+            }
+            return;
+        }
+        tracing::info!(%address, "external address confirmed");
+        if !nat::is_relayed(&address) {
+            self.set_reachability(|nat| nat.confirmed(&address));
+        }
+        self.presence_dirty();
+        self.emit(Event::ExternalAddrConfirmed { address });
+    }
+
+    fn on_external_expired(&mut self, address: Multiaddr) {
+        tracing::info!(%address, "external address expired");
+        if !nat::is_relayed(&address) {
+            self.set_reachability(|nat| nat.expired(&address));
+        }
+        self.presence_dirty();
+        self.emit(Event::ExternalAddrExpired { address });
+    }
+
+    /// Adds an external address ourselves (the swarm reports only those that behaviours add).
+    pub(super) fn confirm_external(&mut self, address: Multiaddr) {
+        self.swarm.add_external_address(address.clone());
+        self.on_external_confirmed(address);
+    }
+
+    /// Removes an external address ourselves, as [`Self::confirm_external`].
+    pub(super) fn expire_external(&mut self, address: &Multiaddr) {
+        self.swarm.remove_external_address(address);
+        self.on_external_expired(address.clone());
     }
 
     fn on_connection_established(
@@ -510,6 +586,7 @@ impl EventLoop {
                 relayed,
             });
         }
+        self.on_connection_kind(peer_id, relayed);
     }
 
     fn set_reachability(&mut self, change: impl FnOnce(&mut nat::Tracker)) {
@@ -518,6 +595,7 @@ impl EventLoop {
         let after = self.nat.reachability();
         if before != after {
             tracing::info!(%after, "reachability changed");
+            self.next_relay_check = tokio::time::Instant::now();
             self.emit(Event::ReachabilityChanged {
                 reachability: after,
             });
@@ -583,7 +661,12 @@ impl EventLoop {
                 ..
             }) => {
                 tracing::debug!(addr = %tested_addr, %server, ok = result.is_ok(), "AutoNAT probe");
-                if result.is_err() {
+                // Candidates without an IP (`/p2p/<us>` seen on relayed connections) and relayed
+                // ones say nothing about this node's own reachability.
+                if result.is_err()
+                    && nat::scope(&tested_addr).is_some()
+                    && !nat::is_relayed(&tested_addr)
+                {
                     self.set_reachability(|nat| nat.probe_failed(&tested_addr));
                 }
                 self.emit(Event::AutonatProbe {
@@ -595,6 +678,16 @@ impl EventLoop {
             }
             BehaviourEvent::AutonatServer(event) => {
                 tracing::debug!(client = %event.client, addr = %event.tested_addr, ok = event.result.is_ok(), "served AutoNAT probe");
+            }
+            BehaviourEvent::AutonatRecheck(event) => self.on_autonat_v1_event(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::RelayServer(event) => {
+                self.metrics.record(&event);
+                self.on_relay_server_event(event);
+            }
+            BehaviourEvent::Dcutr(event) => {
+                self.metrics.record(&event);
+                self.on_dcutr_event(event);
             }
             BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Stream(()) => {}
@@ -640,6 +733,9 @@ impl EventLoop {
             )
         {
             tracing::warn!(peer = %peer_id, error = %e, "cannot update the peer book");
+        }
+        if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
+            self.relay_candidate(peer_id, &addrs, false);
         }
         self.emit(Event::PeerIdentified {
             peer_id,

@@ -47,8 +47,11 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// The node's transport: `kind`, plus circuit relay v2 (`/p2p-circuit` addresses, Noise + Yamux
+/// end to end over the relay) when `relay` is given, all counted in the bandwidth metrics.
 pub(crate) fn build(
     kind: Transport,
+    relay: Option<libp2p::relay::client::Transport>,
     keypair: &Keypair,
     registry: &mut Registry,
 ) -> Result<Boxed, noise::Error> {
@@ -61,6 +64,22 @@ pub(crate) fn build(
             .timeout(UPGRADE_TIMEOUT)
             .boxed(),
         Transport::Custom(make) => make(keypair),
+    };
+    let inner = match relay {
+        Some(relay) => OrTransport::new(
+            relay
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise::Config::new(keypair)?)
+                .multiplex(yamux::Config::default())
+                .timeout(UPGRADE_TIMEOUT),
+            inner,
+        )
+        .map(|either, _| match either {
+            futures::future::Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            futures::future::Either::Right(boxed) => boxed,
+        })
+        .boxed(),
+        None => inner,
     };
     Ok(BandwidthTransport::new(inner, registry)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))

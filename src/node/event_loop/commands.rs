@@ -48,6 +48,7 @@ impl EventLoop {
             listen_addrs: self.swarm.listeners().cloned().collect(),
             external_addrs: self.swarm.external_addresses().cloned().collect(),
             reachability: self.nat.reachability(),
+            relay_reservations: self.relays.reservations(),
             kad_mode: self.swarm.behaviour().kad.mode().to_string(),
             connected_peers: self.swarm.connected_peers().count(),
             routing_table_size,

@@ -1,0 +1,282 @@
+//! NAT traversal in the event loop: AutoNAT v1 re-checks of settled reachability (the v2 client
+//! never re-tests an address, rust-libp2p #6203), relay reservations while the node is not
+//! public, DCUtR hole punching, and moving a peer from a relayed to a direct connection once
+//! there is one (the relayed connections are closed, so new data streams take the direct path).
+
+use std::time::{Duration, Instant};
+
+use libp2p::{
+    Multiaddr, PeerId, autonat, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay,
+    swarm::ConnectionId,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+
+use super::EventLoop;
+use crate::{
+    config::Role,
+    nat::{self, Reachability},
+    node::Event,
+};
+
+/// How often reservations are checked (and missing ones asked for).
+pub const RELAY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Hole punches tracked at once (one per peer with only relayed connections).
+pub const MAX_PUNCHES: usize = 256;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// Counters of NAT traversal.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub hole_punches: Family<OutcomeLabels, Counter>,
+    pub reservations: Family<OutcomeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "hole_punches",
+            "DCUtR hole punches by outcome (success, failure)",
+            m.hole_punches.clone(),
+        );
+        registry.register(
+            "relay_reservations",
+            "Relay reservations of this node by outcome (accepted, lost)",
+            m.reservations.clone(),
+        );
+        m
+    }
+}
+
+/// A hole punch in progress with a peer we only reach through a relay.
+pub(super) struct Punch {
+    started: Instant,
+    failed_dials: u32,
+}
+
+impl EventLoop {
+    /// Whether this node should hold relay reservations: a desktop that is private, or whose
+    /// reachability is still unknown after [`nat::UNKNOWN_GRACE`].
+    fn want_relays(&self) -> bool {
+        self.role == Role::Desktop
+            && self.relay_reservations > 0
+            && match self.nat.reachability() {
+                Reachability::Private => true,
+                Reachability::Unknown => self.started.elapsed() >= nat::UNKNOWN_GRACE,
+                Reachability::Public => false,
+            }
+    }
+
+    /// Keeps `relay.reservations` reservations while the node is not public and drops them when
+    /// it is.
+    pub(super) fn maintain_relays(&mut self) {
+        self.next_relay_check = tokio::time::Instant::now() + RELAY_CHECK_INTERVAL;
+        if !self.want_relays() {
+            for listener in self.relays.drain() {
+                tracing::info!(?listener, "publicly reachable: dropping relay reservation");
+                self.swarm.remove_listener(listener);
+            }
+            return;
+        }
+        for (relay, addr) in self
+            .relays
+            .to_reserve(self.relay_reservations, Instant::now())
+        {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(listener) => {
+                    tracing::debug!(%relay, %addr, "asking for a relay reservation");
+                    self.relays.reserving(listener, relay);
+                }
+                Err(e) => tracing::debug!(%relay, %addr, error = %e, "cannot reserve"),
+            }
+        }
+    }
+
+    /// A relay server we know of: bootstrap peers are candidates from the start, others once
+    /// identify showed they speak the relay hop protocol.
+    pub(super) fn relay_candidate(&mut self, peer: PeerId, addrs: &[Multiaddr], bootstrap: bool) {
+        let usable = addrs
+            .iter()
+            .find(|a| !nat::is_relayed(a) && nat::scope(a) != Some(nat::Scope::Loopback))
+            .or_else(|| addrs.iter().find(|a| !nat::is_relayed(a)));
+        if let Some(addr) = usable {
+            self.relays.add_candidate(peer, addr.clone(), bootstrap);
+        }
+    }
+
+    pub(super) fn on_new_listen_addr(&mut self, listener: ListenerId, address: &Multiaddr) {
+        if let Some(relay) = self.relays.accepted(listener, address) {
+            tracing::info!(%relay, %address, "relay reservation accepted");
+            self.traversal_metrics
+                .reservations
+                .get_or_create(&OutcomeLabels {
+                    outcome: "accepted",
+                })
+                .inc();
+            self.emit(Event::RelayReservationAccepted {
+                relay,
+                address: address.clone(),
+            });
+        }
+    }
+
+    pub(super) fn on_listener_closed(&mut self, listener: ListenerId) {
+        if let Some(r) = self.relays.closed(listener, Instant::now()) {
+            tracing::info!(relay = %r.relay, "relay reservation lost");
+            self.traversal_metrics
+                .reservations
+                .get_or_create(&OutcomeLabels { outcome: "lost" })
+                .inc();
+            self.emit(Event::RelayReservationLost { relay: r.relay });
+            self.next_relay_check = tokio::time::Instant::now();
+        }
+    }
+
+    pub(super) fn on_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => tracing::debug!(relay = %relay_peer_id, renewal, "reservation (re)newed"),
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "relayed connection opened");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::debug!(src = %src_peer_id, "relayed connection accepted");
+            }
+        }
+    }
+
+    pub(super) fn on_relay_server_event(&mut self, event: relay::Event) {
+        tracing::debug!(?event, "relay server");
+    }
+
+    /// A connection came up. A relayed one to a peer we have no direct connection with starts a
+    /// hole punch (DCUtR runs by itself); a direct one ends the peer's relayed connections.
+    pub(super) fn on_connection_kind(&mut self, peer: PeerId, relayed: bool) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let direct_exists = state.connections.values().any(|c| !c.relayed);
+        if relayed {
+            if !direct_exists
+                && !self.punches.contains_key(&peer)
+                && self.punches.len() < MAX_PUNCHES
+            {
+                self.punches.insert(
+                    peer,
+                    Punch {
+                        started: Instant::now(),
+                        failed_dials: 0,
+                    },
+                );
+                self.emit(Event::HolePunchStarted { peer_id: peer });
+            }
+            return;
+        }
+        let relayed_conns: Vec<ConnectionId> = state
+            .connections
+            .iter()
+            .filter(|(_, c)| c.relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(punch) = self.punches.remove(&peer) {
+            // Direct without DCUtR reporting it (the other side dialled, or a plain dial won).
+            self.finish_punch(peer, &punch, Ok(()));
+        }
+        for id in relayed_conns {
+            tracing::debug!(%peer, "direct connection up: closing the relayed one");
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// A dial to a peer we are hole punching with failed: one more attempt that did not work.
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId) {
+        if let Some(p) = self.punches.get_mut(&peer) {
+            p.failed_dials += 1;
+        }
+    }
+
+    /// The last connection to `peer` closed.
+    pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
+        self.punches.remove(&peer);
+    }
+
+    pub(super) fn on_dcutr_event(&mut self, event: dcutr::Event) {
+        let peer = event.remote_peer_id;
+        match event.result {
+            Ok(_) => {
+                if let Some(punch) = self.punches.remove(&peer) {
+                    self.finish_punch(peer, &punch, Ok(()));
+                }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                tracing::debug!(%peer, %error, "hole punch failed");
+                if let Some(punch) = self.punches.remove(&peer) {
+                    self.finish_punch(peer, &punch, Err(error));
+                }
+            }
+        }
+    }
+
+    fn finish_punch(&mut self, peer: PeerId, punch: &Punch, result: Result<(), String>) {
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        let elapsed_ms = punch.started.elapsed().as_millis() as u64;
+        tracing::info!(%peer, outcome, elapsed_ms, failed_dials = punch.failed_dials, "hole punch finished");
+        self.traversal_metrics
+            .hole_punches
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.emit(Event::HolePunch {
+            peer_id: peer,
+            ok: result.is_ok(),
+            error: result.err(),
+            failed_dials: punch.failed_dials,
+            elapsed_ms,
+        });
+    }
+
+    /// AutoNAT v1's verdict on reachability, re-checked every `autonat.recheck_secs`: a private
+    /// verdict drops the confirmed addresses (except configured ones), a public one confirms the
+    /// address that was dialled back.
+    pub(super) fn on_autonat_v1_event(&mut self, event: autonat::v1::Event) {
+        let autonat::v1::Event::StatusChanged { old, new } = event else {
+            return;
+        };
+        tracing::info!(?old, ?new, "AutoNAT re-check");
+        match new {
+            autonat::v1::NatStatus::Private => {
+                let stale: Vec<Multiaddr> = self
+                    .swarm
+                    .external_addresses()
+                    .filter(|a| !nat::is_relayed(a) && !self.configured_external.contains(a))
+                    .cloned()
+                    .collect();
+                for addr in stale {
+                    tracing::info!(%addr, "no longer reachable: dropping the external address");
+                    self.set_reachability(|n| n.probe_failed(&addr));
+                    self.expire_external(&addr);
+                }
+            }
+            autonat::v1::NatStatus::Public(addr) => {
+                let addr: Multiaddr = addr
+                    .iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect();
+                if !self.swarm.external_addresses().any(|a| *a == addr) {
+                    self.confirm_external(addr);
+                }
+            }
+            autonat::v1::NatStatus::Unknown => {}
+        }
+    }
+}
