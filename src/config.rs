@@ -121,7 +121,8 @@ pub struct Bootstrap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KadMode {
-    /// Client until an external address is confirmed, then server (desktop default).
+    /// Client until the node is publicly reachable (a direct external address is confirmed;
+    /// relayed ones do not count), then server (desktop default).
     #[default]
     Auto,
     Client,

@@ -16,7 +16,7 @@ use libp2p::{
     },
 };
 
-use crate::config::{self, KadMode};
+use crate::config;
 
 /// The Kademlia protocol id of the CommuCat network.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/kad/1.0.0");
@@ -58,12 +58,13 @@ pub fn behaviour(local: PeerId, cfg: &config::Config) -> Behaviour {
         },
     );
     let mut kad = kad::Behaviour::with_config(local, store, kc);
+    // `auto` is the event loop's doing, not kad's: kad would serve as soon as any external
+    // address is confirmed, a relayed one included, and peers would then route DHT traffic
+    // through relays to a node behind a NAT.
     kad.set_mode(if cfg.kad_forced_server() {
         Some(kad::Mode::Server)
-    } else if cfg.kad.mode == KadMode::Client {
-        Some(kad::Mode::Client)
     } else {
-        None // automatic: server once an external address is confirmed
+        Some(kad::Mode::Client)
     });
     kad
 }

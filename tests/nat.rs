@@ -55,6 +55,33 @@ async fn topology(root: &Path, ka: Kind, kb: Kind, t: Transports) -> Topology {
     }
 }
 
+/// A lab of its own for `test` (none when the lab cannot run here): the topology, with both
+/// desktops behind NATs holding a relay reservation.
+async fn reserved(
+    test: &str,
+    ka: Kind,
+    kb: Kind,
+    t: Transports,
+) -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Topology,
+)> {
+    if !lab::lab_available(test) {
+        return None;
+    }
+    let one = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let top = topology(tmp.path(), ka, kb, t).await;
+    if ka != Kind::Open {
+        top.a.wait_reserved();
+    }
+    if kb != Kind::Open {
+        top.b.wait_reserved();
+    }
+    Some((one, tmp, top))
+}
+
 /// Sends `count` messages from `from` to `to` and waits until `to` has all of them.
 fn messages(from: &LabNode, to: &LabNode, count: usize, tag: &str) {
     for i in 0..count {
@@ -98,17 +125,10 @@ const HOLE_PUNCH_FAILED: &str = "commucat_hole_punches_total{outcome=\"failure\"
 /// Both desktops private with a reservation; A reaches B (relayed first), then the connection
 /// must become direct on both sides and carry a message and a 5 MB file.
 async fn goes_direct(ka: Kind, kb: Kind, t: Transports, test: &str) {
-    if !lab::lab_available(test) {
+    let Some((_one, tmp, top)) = reserved(test, ka, kb, t).await else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let top = topology(tmp.path(), ka, kb, t).await;
+    };
     let (a, b) = (&top.a, &top.b);
-    if ka != Kind::Open {
-        a.wait_reserved();
-    }
-    b.wait_reserved();
     messages(a, b, 1, "hello");
     wait("a direct connection between A and B", || {
         let ab = a.connections_to(&b.peer_id);
@@ -133,15 +153,10 @@ async fn goes_direct(ka: Kind, kb: Kind, t: Transports, test: &str) {
 /// The punch cannot work: the peers stay on the relay, which must carry 100 messages and a
 /// 5 MB file (more than libp2p's default circuit limit of 128 KiB).
 async fn stays_relayed(ka: Kind, kb: Kind, test: &str) {
-    if !lab::lab_available(test) {
+    let Some((_one, tmp, top)) = reserved(test, ka, kb, Transports::Both).await else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let top = topology(tmp.path(), ka, kb, Transports::Both).await;
+    };
     let (a, b) = (&top.a, &top.b);
-    a.wait_reserved();
-    b.wait_reserved();
     messages(a, b, 100, "m");
     wait("the hole punch to give up", || {
         a.metric(HOLE_PUNCH_FAILED) + b.metric(HOLE_PUNCH_FAILED) >= 1.0
@@ -212,19 +227,9 @@ async fn strict_and_strict_stay_relayed_and_deliver() {
 
 /// Remote addresses of this node's connections to `peer`.
 fn remote_addrs(node: &LabNode, peer: &str) -> Vec<String> {
-    node.json(&["peers"])
-        .as_array()
-        .unwrap()
+    node.connections(peer)
         .iter()
-        .filter(|p| p["peer_id"] == peer)
-        .flat_map(|p| {
-            p["connections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["remote_addr"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
+        .map(|c| c["remote_addr"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -269,14 +274,12 @@ async fn two_nodes_behind_the_same_nat_connect_directly() {
 /// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_relay_does_not_stop_a_direct_connection() {
-    if !lab::lab_available("a_dead_relay_does_not_stop_a_direct_connection") {
+    let test = "a_dead_relay_does_not_stop_a_direct_connection";
+    let Some((_one, tmp, mut top)) =
+        reserved(test, Kind::Moderate, Kind::Moderate, Transports::Both).await
+    else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut top = topology(tmp.path(), Kind::Moderate, Kind::Moderate, Transports::Both).await;
-    top.a.wait_reserved();
-    top.b.wait_reserved();
+    };
     messages(&top.a, &top.b, 1, "before");
     wait("a direct connection", || {
         let ab = top.a.connections_to(&top.b.peer_id);
@@ -293,14 +296,12 @@ async fn a_dead_relay_does_not_stop_a_direct_connection() {
 /// is back they are delivered, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_wait_for_the_relay_to_come_back() {
-    if !lab::lab_available("queued_messages_wait_for_the_relay_to_come_back") {
+    let test = "queued_messages_wait_for_the_relay_to_come_back";
+    let Some((_one, _tmp, mut top)) =
+        reserved(test, Kind::Strict, Kind::Strict, Transports::Both).await
+    else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut top = topology(tmp.path(), Kind::Strict, Kind::Strict, Transports::Both).await;
-    top.a.wait_reserved();
-    top.b.wait_reserved();
+    };
     messages(&top.a, &top.b, 1, "first");
     top.relay.kill();
     wait("A to notice the relay is gone", || {
@@ -340,12 +341,12 @@ fn messages_arrived(from: &LabNode, to: &LabNode, count: usize, tag: &str) {
 /// (public → private with a reservation → public without) within a bounded time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reachability_follows_the_router() {
-    if !lab::lab_available("reachability_follows_the_router") {
+    let test = "reachability_follows_the_router";
+    let Some((_one, _tmp, top)) =
+        reserved(test, Kind::Open, Kind::Moderate, Transports::Quic).await
+    else {
         return;
-    }
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let top = topology(tmp.path(), Kind::Open, Kind::Moderate, Transports::Quic).await;
+    };
     let a = &top.a;
     let public = || {
         let s = a.status();

@@ -146,6 +146,8 @@ pub(crate) struct EventLoop {
     nat: nat::Tracker,
     relays: nat::Relays,
     relay_reservations: usize,
+    /// `kad.mode = "auto"`: Kademlia serves exactly while the node is public.
+    kad_auto: bool,
     next_relay_check: tokio::time::Instant,
     punches: HashMap<PeerId, traversal::Punch>,
     traversal_metrics: traversal::Metrics,
@@ -208,6 +210,7 @@ impl EventLoop {
             nat: nat::Tracker::default(),
             relays: nat::Relays::default(),
             relay_reservations: cfg.relay.reservations,
+            kad_auto: cfg.kad.mode == crate::config::KadMode::Auto && !cfg.kad_forced_server(),
             next_relay_check: tokio::time::Instant::now() + RELAY_CHECK_INTERVAL,
             punches: HashMap::new(),
             traversal_metrics,
@@ -468,7 +471,6 @@ impl EventLoop {
                 }
                 if num_established == 0 {
                     self.peers.remove(&peer_id);
-                    self.on_peer_gone(peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
                     if self.swarm.connected_peers().count() < self.min_peers {
                         // Start over: try to get peers back within a second, not after the
@@ -596,6 +598,15 @@ impl EventLoop {
         if before != after {
             tracing::info!(%after, "reachability changed");
             self.next_relay_check = tokio::time::Instant::now();
+            if self.kad_auto {
+                self.swarm.behaviour_mut().kad.set_mode(Some(
+                    if after == nat::Reachability::Public {
+                        kad::Mode::Server
+                    } else {
+                        kad::Mode::Client
+                    },
+                ));
+            }
             self.emit(Event::ReachabilityChanged {
                 reachability: after,
             });

@@ -23,37 +23,31 @@ fn userns() {
     lab::enter_userns();
 }
 
-/// Reads `GET /v1/events` of `node` from a thread in its namespace until the first
-/// `hole_punch` event, or gives up after `limit`.
-fn first_hole_punch(
-    node: &LabNode,
-    limit: Duration,
-) -> std::thread::JoinHandle<anyhow::Result<anyhow::Result<Option<Value>>>> {
+/// Reads `GET /v1/events` of `node` from a thread in its namespace and sends the first
+/// `hole_punch` event to `found`. The thread ends when the node does.
+fn watch_hole_punch(node: &LabNode, found: std::sync::mpsc::Sender<Value>) {
     let addr = std::fs::read_to_string(node.dir.join("control.addr")).unwrap();
     let token = std::fs::read_to_string(node.dir.join("control.token")).unwrap();
     let (addr, token) = (addr.trim().to_owned(), token.trim().to_owned());
     node.dev
         .spawn_thread(move || {
             let mut conn = std::net::TcpStream::connect(&addr)?;
-            conn.set_read_timeout(Some(limit))?;
             write!(
                 conn,
                 "GET /v1/events HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
             )?;
-            let mut lines = BufReader::new(conn).lines();
-            Ok((|| {
-                while let Some(Ok(line)) = lines.next() {
-                    if let Some(data) = line.strip_prefix("data:")
-                        && let Ok(v) = serde_json::from_str::<Value>(data.trim())
-                        && v["type"] == "hole_punch"
-                    {
-                        return Ok(Some(v));
-                    }
+            for line in BufReader::new(conn).lines() {
+                if let Some(data) = line?.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+                    && v["type"] == "hole_punch"
+                {
+                    let _ = found.send(v);
+                    break;
                 }
-                Ok(None)
-            })())
+            }
+            anyhow::Ok(())
         })
-        .expect("spawn a thread in the namespace")
+        .expect("spawn a thread in the namespace");
 }
 
 struct Run {
@@ -86,14 +80,17 @@ async fn one_run(i: usize) -> Run {
     let b = LabNode::start(&b_dev, root, "b", t, &boot, &[]);
     a.wait_reserved();
     b.wait_reserved();
-    let limit = Duration::from_secs(120);
-    let (ea, eb) = (first_hole_punch(&a, limit), first_hole_punch(&b, limit));
+    let (tx, rx) = std::sync::mpsc::channel();
+    watch_hole_punch(&a, tx.clone());
+    watch_hole_punch(&b, tx);
     let out = a.cli(&["send", &b.peer_id, "hello"]);
     assert!(out.status.success());
-    let events: Vec<Value> = [ea, eb]
+    // The first outcome either side reports, then a moment for the other side's.
+    let mut events: Vec<Value> = rx
+        .recv_timeout(Duration::from_secs(120))
         .into_iter()
-        .filter_map(|h| h.join().ok()?.ok()?.ok()?)
         .collect();
+    events.extend(rx.recv_timeout(Duration::from_secs(2)));
     let ok = events.iter().find(|e| e["ok"] == true);
     let direct = ok.is_some() && {
         let conns = a.connections_to(&b.peer_id);

@@ -335,21 +335,22 @@ impl LabNode {
         self.json(&["status"])
     }
 
-    /// This node's connections to `peer` from `commucat peers`: `relayed` flags.
-    pub fn connections_to(&self, peer: &str) -> Vec<bool> {
+    /// This node's connections to `peer`, as `commucat peers --json` lists them.
+    pub fn connections(&self, peer: &str) -> Vec<Value> {
         self.json(&["peers"])
             .as_array()
             .unwrap()
             .iter()
             .filter(|p| p["peer_id"] == peer)
-            .flat_map(|p| {
-                p["connections"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c["relayed"].as_bool().unwrap())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|p| p["connections"].as_array().unwrap().clone())
+            .collect()
+    }
+
+    /// The `relayed` flags of this node's connections to `peer`.
+    pub fn connections_to(&self, peer: &str) -> Vec<bool> {
+        self.connections(peer)
+            .iter()
+            .map(|c| c["relayed"].as_bool().unwrap())
             .collect()
     }
 

@@ -25,6 +25,10 @@ use crate::{
 pub const RELAY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Hole punches tracked at once (one per peer with only relayed connections).
 pub const MAX_PUNCHES: usize = 256;
+/// A hole punch with no outcome after this long is forgotten. It outlives the relayed connection:
+/// the peer that goes direct first closes it, and the direct connection reaches the other side
+/// a moment later.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -78,6 +82,8 @@ impl EventLoop {
     /// it is.
     pub(super) fn maintain_relays(&mut self) {
         self.next_relay_check = tokio::time::Instant::now() + RELAY_CHECK_INTERVAL;
+        self.punches
+            .retain(|_, p| p.started.elapsed() < PUNCH_TIMEOUT);
         if !self.want_relays() {
             for listener in self.relays.drain() {
                 tracing::info!(?listener, "publicly reachable: dropping relay reservation");
@@ -203,11 +209,6 @@ impl EventLoop {
         if let Some(p) = self.punches.get_mut(&peer) {
             p.failed_dials += 1;
         }
-    }
-
-    /// The last connection to `peer` closed.
-    pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
-        self.punches.remove(&peer);
     }
 
     pub(super) fn on_dcutr_event(&mut self, event: dcutr::Event) {
