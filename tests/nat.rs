@@ -43,6 +43,10 @@ async fn topology(root: &Path, ka: Kind, kb: Kind, t: Transports) -> Topology {
     let b_dev = lab::device(&lab, "b", &home_b).await;
     let relay_ip = relay_dev.ip().unwrap();
     let relay = LabNode::start(&relay_dev, root, "relay", t, &relay_flags(relay_ip, t), &[]);
+    // Its configured public addresses count as confirmed from the start.
+    let status = relay.status();
+    assert_eq!(status["reachability"], "public", "{status}");
+    assert_eq!(status["kad_mode"], "server", "{status}");
     let boot = vec!["--bootstrap".to_owned(), relay.addr(t)];
     let a = LabNode::start(&a_dev, root, "a", t, &boot, &[]);
     let b = LabNode::start(&b_dev, root, "b", t, &boot, &[]);

@@ -260,7 +260,8 @@ impl EventLoop {
             return Err(Error::Listen(failures.join("; ")));
         }
         for addr in external {
-            self.swarm.add_external_address(addr.clone());
+            // Configured addresses count as confirmed: the node is public from the start.
+            self.confirm_external(addr.clone());
         }
         if self.role == Role::Bootstrap {
             // Serve circuits whether or not an external address is confirmed yet: a bootstrap
