@@ -344,6 +344,24 @@ mod tests {
         (a, ak, b, bk)
     }
 
+    /// A bare snow initiator towards `bk`, to write first messages `Initiator` never would.
+    fn raw_initiator(
+        pattern: Pattern,
+        ak: &bundle::Keys,
+        bk: &bundle::Keys,
+    ) -> snow::HandshakeState {
+        pattern
+            .builder()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .local_private_key(ak.x25519_secret())
+            .unwrap()
+            .remote_public_key(bk.bundle().x25519_public())
+            .unwrap()
+            .build_initiator()
+            .unwrap()
+    }
+
     fn run(pattern: Pattern, ik: &bundle::Keys, rk: &bundle::Keys) -> (SessionKeys, SessionKeys) {
         let (mut i, m1) = Initiator::start(ik, rk.bundle(), pattern).unwrap();
         let (mut r, m2) = Responder::read_step1(rk, pattern, &m1).unwrap();
@@ -369,16 +387,7 @@ mod tests {
         let (_, carol_keys, _, _) = pair();
         // Noise to bob, but the ML-KEM ciphertext for carol's key: bob's decapsulation yields an
         // unrelated secret (implicit rejection) and the confirmation hash does not match.
-        let mut hs = Pattern::Xk
-            .builder()
-            .prologue(PROLOGUE)
-            .unwrap()
-            .local_private_key(ak.x25519_secret())
-            .unwrap()
-            .remote_public_key(bk.bundle().x25519_public())
-            .unwrap()
-            .build_initiator()
-            .unwrap();
+        let mut hs = raw_initiator(Pattern::Xk, &ak, &bk);
         let (ct, ss) = carol_keys.bundle().encapsulate();
         let m1 = write(&mut hs, &[&ct[..], &kem_confirm(&ct, &ss)].concat()).unwrap();
         assert!(matches!(
@@ -386,16 +395,7 @@ mod tests {
             Err(Error::BadKemCiphertext)
         ));
         // A payload of the wrong length is the same error.
-        let mut hs = Pattern::Ik
-            .builder()
-            .prologue(PROLOGUE)
-            .unwrap()
-            .local_private_key(ak.x25519_secret())
-            .unwrap()
-            .remote_public_key(bk.bundle().x25519_public())
-            .unwrap()
-            .build_initiator()
-            .unwrap();
+        let mut hs = raw_initiator(Pattern::Ik, &ak, &bk);
         let m1 = write(&mut hs, &[0u8; 100]).unwrap();
         assert!(matches!(
             Responder::read_step1(&bk, Pattern::Ik, &m1),

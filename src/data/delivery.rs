@@ -166,8 +166,8 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
     };
     let result = out.run(notify).await;
     reader_task.abort();
-    if let Err(Attempt::Session(session::Error::Protocol { code, detail })) = &result {
-        out.writer.fail(*code, detail).await;
+    if let Err(Attempt::Session(e)) = &result {
+        out.writer.report(e).await;
     }
     result
 }

@@ -247,6 +247,14 @@ impl<S: AsyncWrite> Writer<S> {
         let _ = self.io.shutdown().await;
     }
 
+    /// Tells the peer why the session ends ([`Self::fail`]) when the failure is ours to report:
+    /// a protocol error. Other errors (I/O, the peer's own ERROR) end the stream silently.
+    pub async fn report(&mut self, e: &Error) {
+        if let Error::Protocol { code, detail } = e {
+            self.fail(*code, detail).await;
+        }
+    }
+
     /// Sends CLOSE and shuts the stream down.
     pub async fn close(&mut self) {
         let _ = self.send(&Inner::Close(0)).await;
@@ -409,9 +417,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite>(
             })
             .await;
             if let Err(e) = verified {
-                if let Error::Protocol { code, detail } = &e {
-                    session.writer.fail(*code, detail).await;
-                }
+                session.writer.report(&e).await;
                 return Err(e);
             }
             counters.post_quantum.inc();
@@ -555,9 +561,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
     })
     .await;
     if let Err(e) = verified {
-        if let Error::Protocol { code, detail } = &e {
-            session.writer.fail(*code, detail).await;
-        }
+        session.writer.report(&e).await;
         return Err(e);
     }
     counters.post_quantum.inc();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::Error;
 
@@ -117,26 +117,15 @@ impl Transfers {
     }
 
     pub fn put_outgoing(&self, t: &Outgoing) -> Result<(), Error> {
-        self.out
-            .insert(t.id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
-        Ok(())
+        put(&self.out, &t.id, t)
     }
 
     pub fn outgoing(&self, id: &str) -> Result<Option<Outgoing>, Error> {
-        Ok(self
-            .out
-            .get(id.as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+        get(&self.out, id)
     }
 
     pub fn all_outgoing(&self) -> Result<Vec<Outgoing>, Error> {
-        let mut v: Vec<Outgoing> = Vec::new();
-        for item in self.out.iter() {
-            let (_, bytes) = item?;
-            if let Ok(t) = serde_json::from_slice(&bytes) {
-                v.push(t);
-            }
-        }
+        let mut v: Vec<Outgoing> = all(&self.out)?;
         v.sort_by_key(|t| t.created_at_ms);
         Ok(v)
     }
@@ -151,27 +140,40 @@ impl Transfers {
     }
 
     pub fn put_incoming(&self, t: &Incoming) -> Result<(), Error> {
-        self.inc
-            .insert(t.id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
-        Ok(())
+        put(&self.inc, &t.id, t)
     }
 
     pub fn incoming(&self, id: &str) -> Result<Option<Incoming>, Error> {
-        Ok(self
-            .inc
-            .get(id.as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+        get(&self.inc, id)
     }
 
     pub fn all_incoming(&self) -> Result<Vec<Incoming>, Error> {
-        let mut v: Vec<Incoming> = Vec::new();
-        for item in self.inc.iter() {
-            let (_, bytes) = item?;
-            if let Ok(t) = serde_json::from_slice(&bytes) {
-                v.push(t);
-            }
-        }
+        let mut v: Vec<Incoming> = all(&self.inc)?;
         v.sort_by_key(|t| t.created_at_ms);
         Ok(v)
     }
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, id: &str, t: &T) -> Result<(), Error> {
+    tree.insert(id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
+    Ok(())
+}
+
+/// One record; an unreadable one (written by another version) counts as absent.
+fn get<T: DeserializeOwned>(tree: &sled::Tree, id: &str) -> Result<Option<T>, Error> {
+    Ok(tree
+        .get(id.as_bytes())?
+        .and_then(|v| serde_json::from_slice(&v).ok()))
+}
+
+/// Every readable record of the tree.
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    for item in tree.iter() {
+        let (_, bytes) = item?;
+        if let Ok(t) = serde_json::from_slice(&bytes) {
+            v.push(t);
+        }
+    }
+    Ok(v)
 }

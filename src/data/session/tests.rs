@@ -116,7 +116,7 @@ async fn a_forged_bundle_is_rejected_by_the_initiator() {
     let (a, b, mallory) = (keys(), keys(), keys());
     let (x, mut y) = pipe();
     let c = HandshakeCounters::default();
-    let fake = async {
+    let mallory_responder = async {
         // B's stream answers HELLO with Mallory's bundle.
         let mut hello = [0u8; 7];
         y.read_exact(&mut hello).await.unwrap();
@@ -127,7 +127,10 @@ async fn a_forged_bundle_is_rejected_by_the_initiator() {
         let _ = y.read_to_end(&mut reply).await;
         reply
     };
-    let (res, reply) = tokio::join!(initiate(x, &a, b.identity.peer_id(), None, &c), fake);
+    let (res, reply) = tokio::join!(
+        initiate(x, &a, b.identity.peer_id(), None, &c),
+        mallory_responder
+    );
     assert_eq!(
         res.err().and_then(|e| e.code()),
         Some(ErrorCode::BAD_BUNDLE)
