@@ -104,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         command: DhtCommand,
     },
+    /// Bearer tokens of the assist API (for light clients).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -119,6 +124,24 @@ enum DhtCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a token on the running node; the token alone is printed on the last line.
+    Issue {
+        /// Lifetime in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+        ttl: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke a token, given as itself or by its client id.
+    Revoke { token_or_id: String },
+    /// Issued tokens that have not expired (client ids, never the tokens).
+    List(Output),
+    /// The SHA-256 of a token, for `assist.token_hashes` (no running node needed).
+    Hash { token: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +178,15 @@ struct ConfigArgs {
     /// Control API address; port 0 picks a free port. [default: 127.0.0.1:5731]
     #[arg(long, value_name = "ADDR")]
     control_listen: Option<SocketAddr>,
+    /// Serve assist mode: REST endpoints for light clients, STUN, TURN credentials, /metrics.
+    #[arg(long)]
+    assist: bool,
+    /// Assist API address (HTTP, or HTTPS with assist.tls_cert). [default: 0.0.0.0:8443]
+    #[arg(long, value_name = "ADDR")]
+    assist_listen: Option<SocketAddr>,
+    /// ICE-lite STUN responder address (UDP). [default: 0.0.0.0:3478]
+    #[arg(long, value_name = "ADDR")]
+    stun_listen: Option<SocketAddr>,
 }
 
 impl ConfigArgs {
@@ -171,6 +203,11 @@ impl ConfigArgs {
             },
             control: config::ControlOverrides {
                 listen: self.control_listen,
+            },
+            assist: config::AssistOverrides {
+                enabled: self.assist.then_some(true),
+                listen: self.assist_listen,
+                stun_listen: self.stun_listen,
             },
         };
         Ok(Config::load(self.config.as_deref(), &overrides)?)
@@ -321,6 +358,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             output::found(&found, out.json)
         }
+        Command::Token { command } => token(&dir, command).await,
         Command::Config {
             command: ConfigCommand::Show(args),
         } => {
@@ -328,4 +366,62 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn token(dir: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
+    use crate::assist::tokens::{Issued, TokenInfo};
+    match command {
+        TokenCommand::Hash { token } => {
+            println!("{}", crate::assist::tokens::hash_hex(&token));
+            Ok(())
+        }
+        TokenCommand::Issue { ttl, output } => {
+            let issued: Issued = control::Client::for_data_dir(dir)?
+                .post(
+                    "/v1/assist/tokens",
+                    &control::IssueTokenRequest { ttl_secs: ttl },
+                )
+                .await?;
+            if output.json {
+                println!("{}", serde_json::to_string_pretty(&issued)?);
+            } else {
+                eprintln!(
+                    "Client id {}, valid until {}",
+                    issued.info.id,
+                    crate::time::rfc3339(issued.info.expires_at)
+                );
+                println!("{}", issued.token);
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { token_or_id } => {
+            let path = format!("/v1/assist/tokens/{}", urlencode(&token_or_id));
+            control::Client::for_data_dir(dir)?.delete(&path).await?;
+            eprintln!("Revoked");
+            Ok(())
+        }
+        TokenCommand::List(output) => {
+            let list: Vec<TokenInfo> = control::Client::for_data_dir(dir)?
+                .get("/v1/assist/tokens")
+                .await?;
+            if output.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for t in list {
+                    println!("{}  expires {}", t.id, crate::time::rfc3339(t.expires_at));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Percent-encodes a path segment (tokens and ids are hex; anything else is encoded).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -60,6 +60,7 @@ pub struct Config {
     pub presence: Presence,
     pub data: Data,
     pub control: Control,
+    pub assist: Assist,
     pub storage: Storage,
 }
 
@@ -240,6 +241,22 @@ pub struct Data {
     pub max_retry_secs: u64,
     /// Upper bound on the rate this node sends file data at, KiB/s; 0 = unlimited. Default: 0.
     pub max_send_rate_kib: u64,
+    /// Age at which the key bundle (Noise static key and ML-KEM-768 key) is replaced by a new one;
+    /// 0 = never. Default: 604800 (a week).
+    pub key_rotation_secs: u64,
+    /// How long a replaced bundle still answers handshakes that name it. Default: 604800.
+    pub key_grace_secs: u64,
+}
+
+impl Data {
+    /// The bundle rotation schedule these settings describe.
+    pub fn key_schedule(&self) -> crate::crypto::keyring::Schedule {
+        crate::crypto::keyring::Schedule {
+            rotation: (self.key_rotation_secs > 0)
+                .then(|| Duration::from_secs(self.key_rotation_secs)),
+            grace: Duration::from_secs(self.key_grace_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +265,77 @@ pub struct Control {
     /// Address of the local control API (HTTP + JSON, bearer token). Port 0 picks a free port; the
     /// actual address is written to `DATA_DIR/control.addr`. Default: 127.0.0.1:5731.
     pub listen: SocketAddr,
+}
+
+/// Assist mode (`protocols/assist.md`): REST endpoints for light clients, the ICE-lite STUN
+/// responder, TURN credentials, `/metrics` and `/healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Assist {
+    /// Serve assist mode (also `commucat run --assist`). Default: false.
+    pub enabled: bool,
+    /// HTTP(S) address of the assist API. Port 0 picks a free port. Default: 0.0.0.0:8443.
+    pub listen: SocketAddr,
+    /// UDP address of the ICE-lite STUN responder. Port 0 picks a free port. Default: 0.0.0.0:3478.
+    pub stun_listen: SocketAddr,
+    /// Domain name `/api/server-info` reports. Default: none (the field is left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Public IP address of the STUN responder's host candidate. Default: none = the
+    /// `stun_listen` address when it is a specific one, else the node's first confirmed external
+    /// address; no candidate is offered when there is neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<std::net::IpAddr>,
+    /// PEM certificate chain for HTTPS; with `tls_key`. Default: none (plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer tokens accepted besides the ones issued with `commucat token issue`, as SHA-256 hex
+    /// (`commucat token hash TOKEN`). Default: none.
+    pub token_hashes: Vec<String>,
+    /// Lifetime of the ICE credentials (and TURN REST credentials) handed out. Default: 600.
+    pub ice_ttl_secs: u64,
+    /// STUN/TURN keepalive interval advised to clients. Default: 30.
+    pub keepalive_interval_secs: u64,
+    /// ICE credentials remembered at once for STUN checks; the oldest are forgotten. Default: 65536.
+    pub max_ice_credentials: usize,
+    /// Paths a request may name. Default: 8.
+    pub max_paths: usize,
+    /// Milliseconds each path probe may take (probes run in parallel). Default: 2000.
+    pub probe_timeout_ms: u64,
+    /// Largest request body, bytes; larger ones get 413. Default: 16384.
+    pub max_body_bytes: usize,
+    /// Requests one IP address may make per `rate_window_secs` (IPv6: per /64). Default: 30.
+    pub rate_burst: u32,
+    /// Window of the per-IP request limit. Default: 60.
+    pub rate_window_secs: u64,
+    /// Seconds an IP address that went over the limit is refused (429). Default: 60.
+    pub rate_penalty_secs: u64,
+    /// STUN requests one IP address may send per second; more are dropped. Default: 50.
+    pub stun_per_ip_per_second: u32,
+    /// TURN servers handed to clients.
+    pub turn: Vec<TurnServer>,
+}
+
+/// A TURN server in `[[assist.turn]]`: either `secret` (coturn `use-auth-secret`, credentials made
+/// per request) or a static `username` / `password`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnServer {
+    /// `turn:` / `turns:` URIs, e.g. `turn:turn.example.org:3478?transport=udp`.
+    pub urls: Vec<String>,
+    /// Shared secret of coturn's TURN REST API (`static-auth-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Realm hint for clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,6 +477,8 @@ impl Default for Data {
             repair_per_mille: 0,
             max_retry_secs: 60,
             max_send_rate_kib: 0,
+            key_rotation_secs: 7 * 24 * 3600,
+            key_grace_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -397,6 +487,83 @@ impl Default for Control {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5731)),
+        }
+    }
+}
+
+impl Assist {
+    fn validate(&self) -> Result<(), Error> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Value {
+                key: "assist.tls_cert",
+                reason: "assist.tls_cert and assist.tls_key go together".into(),
+            });
+        }
+        for hash in &self.token_hashes {
+            if hash.len() != 64 || hex::decode(hash).is_err() {
+                return Err(Error::Value {
+                    key: "assist.token_hashes",
+                    reason: format!("`{hash}` is not a SHA-256 hex digest (64 hex digits)"),
+                });
+            }
+        }
+        if self.max_paths > 64 {
+            return Err(Error::Value {
+                key: "assist.max_paths",
+                reason: "at most 64".into(),
+            });
+        }
+        for turn in &self.turn {
+            if turn.urls.is_empty()
+                || turn
+                    .urls
+                    .iter()
+                    .any(|u| !(u.starts_with("turn:") || u.starts_with("turns:")))
+            {
+                return Err(Error::Value {
+                    key: "assist.turn.urls",
+                    reason: "each TURN server needs `turn:` or `turns:` URIs".into(),
+                });
+            }
+            let static_creds = turn.username.is_some() && turn.password.is_some();
+            if turn.secret.is_some() == static_creds
+                || turn.username.is_some() != turn.password.is_some()
+            {
+                return Err(Error::Value {
+                    key: "assist.turn",
+                    reason: format!(
+                        "{}: give either `secret` or both `username` and `password`",
+                        turn.urls[0]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Assist {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            stun_listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            domain: None,
+            public_ip: None,
+            tls_cert: None,
+            tls_key: None,
+            token_hashes: Vec::new(),
+            ice_ttl_secs: 600,
+            keepalive_interval_secs: 30,
+            max_ice_credentials: 65536,
+            max_paths: 8,
+            probe_timeout_ms: 2000,
+            max_body_bytes: 16384,
+            rate_burst: 30,
+            rate_window_secs: 60,
+            rate_penalty_secs: 60,
+            stun_per_ip_per_second: 50,
+            turn: Vec::new(),
         }
     }
 }
@@ -415,6 +582,7 @@ pub struct Overrides {
     pub network: NetworkOverrides,
     pub bootstrap: BootstrapOverrides,
     pub control: ControlOverrides,
+    pub assist: AssistOverrides,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -435,6 +603,16 @@ pub struct BootstrapOverrides {
 pub struct ControlOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AssistOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -523,6 +701,20 @@ impl Config {
                 "relay.circuits_per_ip_per_minute",
                 self.relay.circuits_per_ip_per_minute.into(),
             ),
+            ("assist.ice_ttl_secs", self.assist.ice_ttl_secs),
+            (
+                "assist.max_ice_credentials",
+                self.assist.max_ice_credentials as u64,
+            ),
+            ("assist.max_paths", self.assist.max_paths as u64),
+            ("assist.probe_timeout_ms", self.assist.probe_timeout_ms),
+            ("assist.max_body_bytes", self.assist.max_body_bytes as u64),
+            ("assist.rate_burst", self.assist.rate_burst.into()),
+            ("assist.rate_window_secs", self.assist.rate_window_secs),
+            (
+                "assist.stun_per_ip_per_second",
+                self.assist.stun_per_ip_per_second.into(),
+            ),
         ];
         for &(key, value) in nonzero {
             if value == 0 {
@@ -577,6 +769,7 @@ impl Config {
                 reason: "at most 1000 (as many repair as source packets)".into(),
             });
         }
+        self.assist.validate()?;
         Ok(())
     }
 

@@ -88,6 +88,9 @@ pub struct Problem {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// 429 only: seconds to wait (also in the `Retry-After` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl Problem {
@@ -97,6 +100,18 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// 429 Too Many Requests, retry after `secs`.
+    pub fn rate_limited(secs: u64) -> Self {
+        Self {
+            retry_after_seconds: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many requests from this address; retry in {secs} s"),
+            )
         }
     }
 }
@@ -112,6 +127,10 @@ impl IntoResponse for Problem {
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_seconds {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -188,27 +207,38 @@ struct AppState {
     node: node::Client,
     data: Arc<crate::data::Service>,
     id: Arc<Id>,
+    assist_tokens: Arc<crate::assist::Tokens>,
     token: Token,
     metrics: SharedRegistry,
     event_streams: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
+/// What the control API drives.
+pub struct Parts {
+    pub node: node::Client,
+    pub data: Arc<crate::data::Service>,
+    pub binding: Binding,
+    pub assist_tokens: Arc<crate::assist::Tokens>,
+    pub metrics: SharedRegistry,
+}
+
+/// `POST /v1/assist/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueTokenRequest {
+    pub ttl_secs: u64,
+}
+
 /// The control API as an axum router. `shutdown` ends open event streams.
-pub fn router(
-    node: node::Client,
-    data: Arc<crate::data::Service>,
-    binding: Binding,
-    token: Token,
-    metrics: SharedRegistry,
-    shutdown: CancellationToken,
-) -> Router {
+pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router {
     let state = AppState {
-        node,
-        data,
-        id: Arc::new(Id::new(binding)),
+        node: parts.node,
+        data: parts.data,
+        id: Arc::new(Id::new(parts.binding)),
+        assist_tokens: parts.assist_tokens,
         token,
-        metrics,
+        metrics: parts.metrics,
         event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         shutdown,
     };
@@ -227,6 +257,11 @@ pub fn router(
         .route("/v1/transfers", get(data::transfers))
         .route("/v1/transfers/{id}", get(data::transfer))
         .route("/v1/metrics", get(metrics_text))
+        .route("/v1/assist/tokens", get(list_tokens).post(issue_token))
+        .route(
+            "/v1/assist/tokens/{id}",
+            axum::routing::delete(revoke_token),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -380,9 +415,55 @@ fn subscription<E: Serialize + Clone + Send + 'static>(
     })
 }
 
+impl From<crate::assist::tokens::Error> for Problem {
+    fn from(e: crate::assist::tokens::Error) -> Self {
+        use crate::assist::tokens::Error as E;
+        let status = match e {
+            E::BadTtl => StatusCode::BAD_REQUEST,
+            E::Full => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Problem::new(status, e.to_string())
+    }
+}
+
+async fn issue_token(
+    State(state): State<AppState>,
+    body: Result<Json<IssueTokenRequest>, JsonRejection>,
+) -> Result<Json<crate::assist::tokens::Issued>, Problem> {
+    let Json(req) = body?;
+    Ok(Json(state.assist_tokens.issue(req.ttl_secs)?))
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::assist::tokens::TokenInfo>>, Problem> {
+    Ok(Json(state.assist_tokens.list()?))
+}
+
+/// `DELETE /v1/assist/tokens/{id}`: `id` is a client id or the token itself.
+async fn revoke_token(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, Problem> {
+    if state.assist_tokens.revoke(&id)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no such token".to_string(),
+        ))
+    }
+}
+
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, Problem> {
+    metrics_response(&state.metrics)
+}
+
+/// The registry in the OpenMetrics text format (control API `/v1/metrics`, assist `/metrics`).
+pub fn metrics_response(registry: &SharedRegistry) -> Result<Response, Problem> {
     let mut body = String::new();
-    let registry = state.metrics.read().map_err(|_| {
+    let registry = registry.read().map_err(|_| {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "metrics registry poisoned".to_string(),

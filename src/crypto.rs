@@ -4,32 +4,44 @@
 pub mod aead;
 pub mod bundle;
 pub mod handshake;
+pub mod keyring;
 
 use std::path::{Path, PathBuf};
 
 pub use bundle::{Bundle, BundleId};
+pub use keyring::KeyRing;
 
 use crate::identity::Identity;
 
-/// This node's long-term keys: its identity and its key bundle. Shared by the node (it signs the
-/// presence record) and every session.
+/// This node's long-term keys: its identity and its rotating key bundles. Shared by the node (it
+/// signs the presence record) and every session.
 pub struct LocalKeys {
     pub identity: Identity,
-    pub bundle: bundle::Keys,
+    pub bundle: KeyRing,
 }
 
 impl LocalKeys {
-    /// Fresh keys (tests, in-process simulation).
+    /// Fresh keys on the default rotation schedule, not saved (tests, in-process simulation).
     pub fn generate() -> Self {
         let identity = Identity::generate();
-        let bundle = bundle::Keys::generate(&identity);
+        let bundle = KeyRing::generate(&identity, keyring::Schedule::default());
         Self { identity, bundle }
     }
 
-    /// The bundle of `identity`, loaded from (or created in) the data directory.
-    pub fn load_or_create(dir: &Path, identity: Identity) -> Result<Self, Error> {
-        let bundle = bundle::Keys::load_or_create(dir, &identity)?;
+    /// The bundles of `identity`, loaded from (or created in) the data directory.
+    pub fn load_or_create(
+        dir: &Path,
+        identity: Identity,
+        schedule: keyring::Schedule,
+    ) -> Result<Self, Error> {
+        let bundle = KeyRing::load_or_create(dir, &identity, schedule)?;
         Ok(Self { identity, bundle })
+    }
+
+    /// Replaces the current bundle if it is due; see [`KeyRing::rotate_if_due`].
+    pub fn rotate_if_due(&self) -> Result<bool, Error> {
+        self.bundle
+            .rotate_if_due(&self.identity, crate::time::unix_secs())
     }
 
     pub fn peer_id(&self) -> libp2p::PeerId {

@@ -32,6 +32,8 @@ pub enum Error {
     SourceBlock(u8),
     #[error("packet id {0} beyond any symbol this block can have")]
     SymbolId(u32),
+    #[error("the multipath sample did not decode")]
+    SampleUndecodable,
 }
 
 /// Checks a block layout that may come from a peer.
@@ -142,6 +144,70 @@ impl BlockDecoder {
     }
 }
 
+/// Bytes of the sample payload a multipath plan is tried on.
+pub const SAMPLE_BYTES: usize = 16 * 1024;
+
+/// Packets of one path in a multipath sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathShare {
+    pub total: u32,
+    pub repair: u32,
+}
+
+/// The outcome of [`multipath_sample`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub symbol_size: u16,
+    /// Per path, in the order given; the first is the primary path.
+    pub shares: Vec<PathShare>,
+    /// Source packets dropped before the decode check.
+    pub lost: u32,
+}
+
+/// RaptorQ-encodes a random [`SAMPLE_BYTES`] payload into packets of `mtu` bytes (4-byte payload
+/// id + symbol) with `repair_per_mille` ‰ repair, spreads the source packets round-robin across
+/// `paths` paths and the repair packets across all but the first (the primary; a single path
+/// carries its own repair), then checks that the payload decodes with all but two of the repair
+/// packets' worth of source packets lost (`protocols/assist.md` §4.5).
+pub fn multipath_sample(mtu: u16, repair_per_mille: u16, paths: usize) -> Result<Sample, Error> {
+    let symbol_size =
+        (mtu.saturating_sub(PAYLOAD_ID_LEN as u16) / u16::from(ALIGNMENT)) * u16::from(ALIGNMENT);
+    let mut data = vec![0u8; SAMPLE_BYTES];
+    rand::fill(&mut data[..]);
+    let packets = encode_block(&data, symbol_size, repair_per_mille)?;
+    let plen = packet_len(symbol_size);
+    let source = SAMPLE_BYTES.div_ceil(usize::from(symbol_size));
+    let all: Vec<&[u8]> = packets.chunks(plen).collect();
+    let repair = all.len() - source;
+    let n = paths.max(1);
+    let mut shares = vec![
+        PathShare {
+            total: 0,
+            repair: 0
+        };
+        n
+    ];
+    for i in 0..source {
+        shares[i % n].total += 1;
+    }
+    for i in 0..repair {
+        let path = if n == 1 { 0 } else { 1 + i % (n - 1) };
+        shares[path].total += 1;
+        shares[path].repair += 1;
+    }
+    let lost = repair.saturating_sub(2);
+    let kept: Vec<u8> = all[lost..].iter().flat_map(|p| p.iter().copied()).collect();
+    let mut decoder = BlockDecoder::new(SAMPLE_BYTES as u64, symbol_size)?;
+    if decoder.push(&kept)? != Some(&data[..]) {
+        return Err(Error::SampleUndecodable);
+    }
+    Ok(Sample {
+        symbol_size,
+        shares,
+        lost: u32::try_from(lost).unwrap_or(u32::MAX),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +247,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn multipath_sample_keeps_repair_off_the_primary_path() {
+        let s = multipath_sample(1152, 350, 3).unwrap();
+        assert_eq!(s.symbol_size, 1144);
+        let source = SAMPLE_BYTES.div_ceil(1144) as u32; // 15
+        let repair = source * 350 / 1000; // 5
+        assert_eq!(
+            s.shares.iter().map(|p| p.total).sum::<u32>(),
+            source + repair
+        );
+        assert_eq!(s.shares[0].repair, 0);
+        assert_eq!(s.shares.iter().map(|p| p.repair).sum::<u32>(), repair);
+        assert_eq!(s.lost, repair - 2);
+        let single = multipath_sample(576, 1000, 1).unwrap();
+        assert_eq!(single.shares[0].repair, single.shares[0].total / 2);
     }
 
     #[test]

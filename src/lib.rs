@@ -8,9 +8,11 @@
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0`.
 //! - [`crypto`]: key bundle, hybrid post-quantum handshake, frame sealing (`protocols/data-v1.md`).
 //! - [`nat`]: reachability and address scopes.
+//! - [`assist`]: assist mode for light clients: REST, STUN, TURN credentials (`protocols/assist.md`).
 //! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
 //! - [`cli`]: the `commucat` command line.
 
+pub mod assist;
 pub mod cli;
 pub mod config;
 pub mod control;

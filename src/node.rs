@@ -24,7 +24,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use behaviour::{PROTOCOL_VERSION, agent_version};
+pub use behaviour::{PROTOCOL_VERSION, agent_version, protocols};
 pub use client::Client;
 pub use command::{Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status};
 pub use event::{EVENT_BUFFER, Event};

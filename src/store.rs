@@ -22,6 +22,9 @@ pub const META_TREE: &str = "meta";
 /// Verified key bundles of peers, by PeerId.
 pub const BUNDLES_TREE: &str = "bundles";
 
+/// Assist-mode bearer tokens issued on this node, by SHA-256 of the token.
+pub const ASSIST_TOKENS_TREE: &str = "assist_tokens";
+
 /// Sub-directory of the data directory that holds the database.
 pub const DB_DIR: &str = "db";
 
@@ -113,6 +116,10 @@ impl Store {
 
     pub fn bundles(&self) -> Result<sled::Tree, Error> {
         Ok(self.db.open_tree(BUNDLES_TREE)?)
+    }
+
+    pub fn assist_tokens(&self) -> Result<sled::Tree, Error> {
+        Ok(self.db.open_tree(ASSIST_TOKENS_TREE)?)
     }
 
     pub fn meta(&self) -> Result<sled::Tree, Error> {

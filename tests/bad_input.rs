@@ -180,7 +180,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     let someone_else = LocalKeys::generate();
     let mut out = Vec::new();
     Frame::Bundle(bytes::Bytes::copy_from_slice(
-        someone_else.bundle.bundle().as_bytes(),
+        someone_else.bundle.current().bundle().as_bytes(),
     ))
     .encode(&mut out);
     stream.write_all(&out).await.unwrap();

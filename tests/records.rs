@@ -158,7 +158,7 @@ async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
     let now = commucat::time::unix_secs();
     let wrong_keys = record::sign(
         &mallory.identity,
-        &mallory.bundle,
+        &mallory.bundle.current(),
         genuine.seq + 1000,
         now + 600,
         &genuine.addrs,

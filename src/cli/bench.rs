@@ -380,12 +380,14 @@ fn hybrid_handshakes(n: usize) -> anyhow::Result<f64> {
     let i = LocalKeys::generate();
     let r = LocalKeys::generate();
     let (ip, rp) = (i.peer_id(), r.peer_id());
-    let bundle_bytes = r.bundle.bundle().as_bytes().to_vec();
+    let bundle_bytes = r.bundle.current().bundle().as_bytes().to_vec();
     let start = Instant::now();
     for _ in 0..n {
         let bundle = crypto::Bundle::verify(&bundle_bytes, &rp)?;
-        let (mut init, m1) = handshake::Initiator::start(&i.bundle, &bundle, Pattern::Xk)?;
-        let (mut resp, m2) = handshake::Responder::read_step1(&r.bundle, Pattern::Xk, &m1)?;
+        let (mut init, m1) =
+            handshake::Initiator::start(&i.bundle.current(), &bundle, Pattern::Xk)?;
+        let (mut resp, m2) =
+            handshake::Responder::read_step1(&r.bundle.current(), Pattern::Xk, &m1)?;
         let m3 = init.read_step2(&m2)?.context("XK has a third message")?;
         resp.read_step3(&m3)?;
         let (ki, kr) = (init.finish()?, resp.finish()?);
@@ -394,7 +396,7 @@ fn hybrid_handshakes(n: usize) -> anyhow::Result<f64> {
         let si = handshake::sign_transcript(&i.identity, Role::Initiator, &ip, &rp, &h);
         let sr = handshake::sign_transcript(&r.identity, Role::Responder, &ip, &rp, &h);
         handshake::verify_transcript(
-            r.bundle.bundle().binding(),
+            r.bundle.current().bundle().binding(),
             &sr,
             Role::Responder,
             &ip,

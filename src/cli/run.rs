@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    assist,
     config::Config,
     control,
     crypto::LocalKeys,
@@ -24,7 +25,11 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
     if created {
         tracing::info!(peer = %identity.peer_id(), dir = %data_dir.display(), "created a new identity");
     }
-    let keys = Arc::new(LocalKeys::load_or_create(data_dir, identity)?);
+    let keys = Arc::new(LocalKeys::load_or_create(
+        data_dir,
+        identity,
+        cfg.data.key_schedule(),
+    )?);
     let store = Store::open(data_dir, cfg.storage.cache_mib)?;
     let listener = tokio::net::TcpListener::bind(cfg.control.listen)
         .await
@@ -59,18 +64,45 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
         downloads,
     )?);
 
+    let tokens = Arc::new(assist::Tokens::new(
+        store.assist_tokens()?,
+        &cfg.assist.token_hashes,
+    ));
+    let cfg = Arc::new(cfg);
+    let assist = if cfg.assist.enabled {
+        Some(
+            assist::Assist::start(
+                cfg.clone(),
+                &node,
+                data.clone(),
+                keys.clone(),
+                tokens.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let token = control::Token::generate();
     let shutdown = CancellationToken::new();
     let router = control::router(
-        node.client().clone(),
-        data.clone(),
-        keys.identity.binding().clone(),
+        control::Parts {
+            node: node.client().clone(),
+            data: data.clone(),
+            binding: keys.identity.binding().clone(),
+            assist_tokens: tokens,
+            metrics: node.metrics(),
+        },
         token.clone(),
-        node.metrics(),
         shutdown.clone(),
     );
     let server = tokio::spawn(control::serve(listener, router, shutdown.clone()));
     let written = control::write_files(data_dir, control_addr, &token)
+        .and_then(|()| match &assist {
+            Some(a) => assist::write_files(data_dir, a),
+            None => Ok(()),
+        })
         .with_context(|| format!("cannot write the control files in {}", data_dir.display()));
     if written.is_ok() {
         tracing::info!(addr = %control_addr, "control API listening");
@@ -86,11 +118,15 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
     }
 
     control::remove_files(data_dir);
+    assist::remove_files(data_dir);
     shutdown.cancel();
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "control API server error"),
         Err(e) => tracing::warn!(error = %e, "control API task failed"),
         Ok(Ok(())) => {}
+    }
+    if let Some(assist) = assist {
+        assist.shutdown().await;
     }
     data.shutdown().await;
     node.shutdown().await;

@@ -147,7 +147,19 @@ impl Client {
         ))
     }
 
+    /// A DELETE that answers 204 No Content.
+    pub async fn delete(&self, path: &str) -> Result<(), Error> {
+        self.send_checked(self.http.delete(format!("{}{path}", self.base)))
+            .await
+            .map(drop)
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, Error> {
+        Ok(self.send_checked(req).await?.json().await?)
+    }
+
+    /// Sends `req` with the token; a non-success status becomes [`Error::Api`].
+    async fn send_checked(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
         let resp = match req.bearer_auth(&self.token).send().await {
             Ok(resp) => resp,
             // A stale control.addr left by a node that crashed: nothing listens there any more.
@@ -155,7 +167,7 @@ impl Client {
             Err(e) => return Err(e.into()),
         };
         if resp.status().is_success() {
-            return Ok(resp.json().await?);
+            return Ok(resp);
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

@@ -2,15 +2,12 @@
 //! its X25519 Noise static key and ML-KEM-768 encapsulation key, with its identity binding, signed by
 //! both identity keys.
 
-use std::path::Path;
-
 use libp2p::PeerId;
 use ml_dsa::{MlDsa65, Signature};
 use ml_kem::{
     Decapsulate as _, DecapsulationKey, Encapsulate as _, EncapsulationKey, KeyExport as _,
     MlKem768,
 };
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Error;
@@ -34,7 +31,7 @@ pub const BODY_LEN: usize = 1
 pub const BUNDLE_LEN: usize = BODY_LEN + 64 + identity::ML_DSA_SIGNATURE_LEN;
 /// Ed25519 domain prefix and ML-DSA-65 context of the bundle signatures.
 pub const SIGNATURE_CONTEXT: &[u8] = b"commucat/bundle/v1";
-/// File in the data directory with the bundle's secret keys.
+/// File in the data directory with the bundle secrets (see [`super::keyring`]).
 pub const FILE_NAME: &str = "bundle.key";
 
 /// `SHA-256(body)[0..16]`: names a bundle in HANDSHAKE step 1.
@@ -167,6 +164,11 @@ impl Bundle {
         &self.x25519_public
     }
 
+    /// The ML-KEM-768 encapsulation key (1184 bytes).
+    pub fn kem_public(&self) -> Vec<u8> {
+        self.kem_ek.to_bytes().to_vec()
+    }
+
     /// The identity binding inside the bundle (its ML-DSA-65 key, verified for the peer).
     pub fn binding(&self) -> &Binding {
         &self.binding
@@ -206,15 +208,6 @@ pub struct Keys {
     kem_seed: [u8; 64],
     kem_dk: DecapsulationKey<MlKem768>,
     bundle: Bundle,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    version: u8,
-    created_at: u64,
-    x25519_secret: String,
-    ml_kem_seed: String,
 }
 
 impl Keys {
@@ -260,6 +253,11 @@ impl Keys {
         &self.x25519_secret
     }
 
+    /// The ML-KEM-768 decapsulation key seed (`d ‖ z`), as saved in `bundle.key`.
+    pub fn kem_seed(&self) -> &[u8; 64] {
+        &self.kem_seed
+    }
+
     /// Decapsulates an ML-KEM-768 ciphertext. Wrong ciphertexts of the right length give an
     /// unrelated secret (implicit rejection); key confirmation catches them.
     pub fn decapsulate(&self, ct: &[u8]) -> Result<[u8; 32], Error> {
@@ -268,60 +266,6 @@ impl Keys {
             .map(Into::into)
             .map_err(|_| Error::BadKemCiphertext)
     }
-
-    /// Loads the keys from `dir`, or creates and saves new ones. A bundle is re-signed at load, so a
-    /// changed identity cannot leave a stale signature behind.
-    pub fn load_or_create(dir: &Path, identity: &Identity) -> Result<Self, Error> {
-        let path = dir.join(FILE_NAME);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let bad = |reason: String| Error::KeyFile {
-                    path: path.clone(),
-                    reason,
-                };
-                let file: File = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
-                if file.version != VERSION {
-                    return Err(bad(format!("unknown version {}", file.version)));
-                }
-                let x = hex_array::<32>(&file.x25519_secret)
-                    .map_err(|r| bad(format!("x25519_secret {r}")))?;
-                let k = hex_array::<64>(&file.ml_kem_seed)
-                    .map_err(|r| bad(format!("ml_kem_seed {r}")))?;
-                Ok(Self::from_secrets(identity, file.created_at, x, k))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let keys = Self::generate(identity);
-                let file = File {
-                    version: VERSION,
-                    created_at: keys.bundle.created_at,
-                    x25519_secret: hex::encode(keys.x25519_secret),
-                    ml_kem_seed: hex::encode(keys.kem_seed),
-                };
-                let text = format!(
-                    "# CommuCat data-protocol key bundle secrets (protocols/data-v1.md §4). Keep private.\n{}",
-                    toml::to_string(&file).expect("plain values")
-                );
-                crate::fsutil::write_private(&path, text.as_bytes()).map_err(|e| {
-                    Error::KeyFile {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok(keys)
-            }
-            Err(e) => Err(Error::KeyFile {
-                path,
-                reason: e.to_string(),
-            }),
-        }
-    }
-}
-
-fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
-    let bytes = hex::decode(text).map_err(|e| format!("is not hex: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must be {N} bytes, found {}", b.len()))
 }
 
 #[cfg(test)]
@@ -361,15 +305,19 @@ mod tests {
     }
 
     #[test]
-    fn kem_round_trip_and_persistence() {
+    fn kem_round_trip_and_deterministic_signing() {
         let id = Identity::generate();
-        let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::load_or_create(dir.path(), &id).unwrap();
-        let again = Keys::load_or_create(dir.path(), &id).unwrap();
+        let keys = Keys::generate(&id);
+        let again = Keys::from_secrets(
+            &id,
+            keys.bundle().created_at(),
+            *keys.x25519_secret(),
+            *keys.kem_seed(),
+        );
         assert_eq!(
             keys.bundle().as_bytes(),
             again.bundle().as_bytes(),
-            "stable across loads"
+            "rebuilt from its secrets"
         );
         let (ct, ss) = again.bundle().encapsulate();
         assert_eq!(ct.len(), KEM_CT_LEN);

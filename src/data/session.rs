@@ -459,7 +459,7 @@ async fn initiate_inner<S: AsyncRead + AsyncWrite>(
             }
         }
     };
-    let (mut init, msg1) = Initiator::start(&local.bundle, &bundle, pattern)?;
+    let (mut init, msg1) = Initiator::start(&local.bundle.current(), &bundle, pattern)?;
     out.push(Frame::Handshake {
         step: 1,
         pattern: pattern as u8,
@@ -577,7 +577,7 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
         Frame::Hello { need_bundle, .. } => {
             if need_bundle {
                 c.send(&[Frame::Bundle(Bytes::copy_from_slice(
-                    local.bundle.bundle().as_bytes(),
+                    local.bundle.current().bundle().as_bytes(),
                 ))])
                 .await?;
             }
@@ -595,13 +595,16 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
     };
     let pattern = Pattern::from_u8(pattern)
         .ok_or_else(|| Error::protocol(ErrorCode::HANDSHAKE_FAILED, "unknown pattern"))?;
-    if bundle_id != Some(local.bundle.bundle().id()) {
-        return Err(Error::protocol(
-            ErrorCode::STALE_BUNDLE,
-            "unknown bundle id: fetch the bundle again",
-        ));
-    }
-    let (mut resp, msg2) = Responder::read_step1(&local.bundle, pattern, &msg1)?;
+    // The current bundle, or one it replaced that has not expired (data-v1.md §4.1).
+    let keys = bundle_id
+        .and_then(|id| local.bundle.find(&id, crate::time::unix_secs()))
+        .ok_or_else(|| {
+            Error::protocol(
+                ErrorCode::STALE_BUNDLE,
+                "unknown bundle id: fetch the bundle again",
+            )
+        })?;
+    let (mut resp, msg2) = Responder::read_step1(&keys, pattern, &msg1)?;
     c.send(&[Frame::Handshake {
         step: 2,
         pattern: pattern as u8,

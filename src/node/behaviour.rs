@@ -22,6 +22,29 @@ pub fn agent_version() -> String {
     format!("commucat/{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The protocols a node with `cfg` serves to peers (`/api/server-info`): computed from the same
+/// settings that switch the behaviours on. Kademlia is listed although a node in client mode
+/// (`kad.mode = auto` while private) answers no DHT requests.
+pub fn protocols(cfg: &Config) -> Vec<String> {
+    let mut out = vec![
+        crate::data::PROTOCOL.to_string(),
+        dht::PROTOCOL.to_string(),
+        "/ipfs/id/1.0.0".to_string(),
+        "/ipfs/id/push/1.0.0".to_string(),
+        ping::PROTOCOL_NAME.to_string(),
+        dcutr::PROTOCOL_NAME.to_string(),
+        relay::STOP_PROTOCOL_NAME.to_string(),
+    ];
+    if cfg.relay_server() {
+        out.push(relay::HOP_PROTOCOL_NAME.to_string());
+    }
+    if cfg.autonat_server() {
+        out.push("/libp2p/autonat/2/dial-request".to_string());
+        out.push(autonat::v1::DEFAULT_PROTOCOL_NAME.to_string());
+    }
+    out
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     // First, so that connections over the limits are denied before any other behaviour sees them.

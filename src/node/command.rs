@@ -47,6 +47,8 @@ pub struct Status {
     /// `client` or `server`.
     pub kad_mode: String,
     pub connected_peers: usize,
+    /// Established connections, all peers together.
+    pub connections: u32,
     pub routing_table_size: usize,
     pub peer_book_size: usize,
     pub uptime_secs: u64,

@@ -157,6 +157,8 @@ pub(crate) struct EventLoop {
     presence_ttl: Duration,
     republish_interval: Duration,
     next_publish: tokio::time::Instant,
+    /// When the key bundle is due to be replaced (`data.key_rotation_secs`).
+    next_rotation: tokio::time::Instant,
     publishing: bool,
     validations: usize,
     lookups: HashMap<kad::QueryId, presence::Lookup>,
@@ -182,6 +184,7 @@ impl EventLoop {
     ) -> Self {
         let local = *swarm.local_peer_id();
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_BUFFER);
+        let next_rotation = presence::rotation_deadline(&keys);
         let bootstrap = cfg
             .bootstrap
             .peers
@@ -220,6 +223,7 @@ impl EventLoop {
             presence_ttl: Duration::from_secs(cfg.presence.ttl_secs),
             republish_interval: Duration::from_secs(cfg.presence.republish_secs),
             next_publish: tokio::time::Instant::now() + presence::FIRST_PUBLISH_DELAY,
+            next_rotation,
             publishing: false,
             validations: 0,
             lookups: HashMap::new(),
@@ -301,6 +305,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(self.next_redial) => self.maintain_connectivity(),
                 () = tokio::time::sleep_until(self.next_publish) => self.publish_presence(),
+                () = tokio::time::sleep_until(self.next_rotation) => self.rotate_keys(),
                 () = tokio::time::sleep_until(self.next_relay_check) => self.maintain_relays(),
             }
         }

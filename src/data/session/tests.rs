@@ -121,7 +121,10 @@ async fn a_forged_bundle_is_rejected_by_the_initiator() {
         let mut hello = [0u8; 7];
         y.read_exact(&mut hello).await.unwrap();
         let mut out = Vec::new();
-        Frame::Bundle(Bytes::copy_from_slice(mallory.bundle.bundle().as_bytes())).encode(&mut out);
+        Frame::Bundle(Bytes::copy_from_slice(
+            mallory.bundle.current().bundle().as_bytes(),
+        ))
+        .encode(&mut out);
         y.write_all(&out).await.unwrap();
         let mut reply = Vec::new();
         let _ = y.read_to_end(&mut reply).await;
@@ -230,9 +233,9 @@ async fn ik_step1(
     let mut hs = snow::Builder::new("Noise_IK_25519_ChaChaPoly_BLAKE2s".parse().unwrap())
         .prologue(handshake::PROLOGUE)
         .unwrap()
-        .local_private_key(a.bundle.x25519_secret())
+        .local_private_key(a.bundle.current().x25519_secret())
         .unwrap()
-        .remote_public_key(b.bundle.bundle().x25519_public())
+        .remote_public_key(b.bundle.current().bundle().x25519_public())
         .unwrap()
         .build_initiator()
         .unwrap();
@@ -247,7 +250,7 @@ async fn ik_step1(
     Frame::Handshake {
         step: 1,
         pattern: Pattern::Ik as u8,
-        bundle_id: Some(b.bundle.bundle().id()),
+        bundle_id: Some(b.bundle.current().bundle().id()),
         noise: Bytes::copy_from_slice(&msg[..n]),
     }
     .encode(&mut out);
@@ -272,7 +275,7 @@ async fn a_wrong_kem_ciphertext_gets_bad_kem_ciphertext() {
         async move {
             // A ciphertext for someone else's ML-KEM key, with its own (valid) confirmation.
             let other = keys();
-            let (ct, ss) = other.bundle.bundle().encapsulate();
+            let (ct, ss) = other.bundle.current().bundle().encapsulate();
             let confirm = sha3::Sha3_256::new()
                 .chain_update(handshake::KEM_CONFIRM_LABEL)
                 .chain_update(&ct)
@@ -301,7 +304,7 @@ async fn a_bad_transcript_signature_gets_bad_signature() {
     let res = craft_against_responder(|b, mut x| {
         let a = &a;
         async move {
-            let (ct, ss) = b.bundle.bundle().encapsulate();
+            let (ct, ss) = b.bundle.current().bundle().encapsulate();
             let confirm = sha3::Sha3_256::new()
                 .chain_update(handshake::KEM_CONFIRM_LABEL)
                 .chain_update(&ct)

@@ -51,6 +51,11 @@ impl EventLoop {
             relay_reservations: self.relays.reservations(),
             kad_mode: self.swarm.behaviour().kad.mode().to_string(),
             connected_peers: self.swarm.connected_peers().count(),
+            connections: self
+                .swarm
+                .network_info()
+                .connection_counters()
+                .num_established(),
             routing_table_size,
             peer_book_size: self.peer_book.len(),
             uptime_secs: self.started.elapsed().as_secs(),

@@ -16,6 +16,7 @@ use prometheus_client::{
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Internal, MAX_PENDING_FINDS};
+use crate::crypto::LocalKeys;
 use crate::{
     dht::record::{self, Presence, Reject},
     nat::{self, Scope},
@@ -97,6 +98,23 @@ impl EventLoop {
         addrs
     }
 
+    /// Timer: replace the key bundle if it is due, and publish the new one in a fresh record.
+    pub(super) fn rotate_keys(&mut self) {
+        match self.keys.rotate_if_due() {
+            Ok(true) => {
+                tracing::info!(
+                    bundle = %hex::encode(self.keys.bundle.current().bundle().id()),
+                    "key bundle rotated"
+                );
+                self.presence_dirty();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot rotate the key bundle"),
+        }
+        self.next_rotation =
+            rotation_deadline(&self.keys).max(tokio::time::Instant::now() + MIN_REPUBLISH_INTERVAL);
+    }
+
     /// Addresses changed: publish again soon.
     pub(super) fn presence_dirty(&mut self) {
         let soon = tokio::time::Instant::now() + MIN_REPUBLISH_INTERVAL;
@@ -142,7 +160,13 @@ impl EventLoop {
         self.publishing = true;
         self.next_publish = now + self.republish_interval;
         tokio::task::spawn_blocking(move || {
-            let value = record::sign(&keys.identity, &keys.bundle, seq, expires_at, &addrs);
+            let value = record::sign(
+                &keys.identity,
+                &keys.bundle.current(),
+                seq,
+                expires_at,
+                &addrs,
+            );
             let mut rec = Record::new(record::key(&keys.peer_id()), value);
             rec.publisher = Some(keys.peer_id());
             rec.expires = Some(std::time::Instant::now() + ttl);
@@ -263,5 +287,15 @@ impl EventLoop {
                 rejected,
             });
         });
+    }
+}
+
+/// When the current bundle of `keys` is due to be replaced, as a timer deadline (far in the future
+/// when it never rotates).
+pub(super) fn rotation_deadline(keys: &LocalKeys) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match keys.bundle.next_rotation() {
+        Some(at) => now + Duration::from_secs(at.saturating_sub(crate::time::unix_secs())),
+        None => now + Duration::from_secs(365 * 24 * 3600),
     }
 }

@@ -1,0 +1,260 @@
+//! Assist mode (`protocols/assist.md`, `protocols/assist-openapi.yaml`): what light clients that
+//! cannot run a libp2p node need to connect. An HTTP(S) server (`assist.listen`) with
+//! `GET /api/server-info`, `GET|POST /api/p2p/assist` (bearer token), `/metrics` and `/healthz`;
+//! the ICE-lite STUN responder on UDP (`assist.stun_listen`); coturn TURN REST credentials.
+//!
+//! - [`http`]: the router, authentication, per-IP limits, RFC 7807 errors.
+//! - [`server_info`], [`p2p_assist`]: the two endpoints.
+//! - [`ice`]: ICE credentials, the host candidate, TURN credentials; [`stun`]: the responder.
+//! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter.
+
+pub mod http;
+pub mod ice;
+pub mod p2p_assist;
+pub mod probe;
+pub mod rate_limit;
+pub mod server_info;
+pub mod stun;
+pub mod tokens;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use tokens::Tokens;
+
+use crate::{
+    config::Config,
+    crypto::LocalKeys,
+    node::{self, SharedRegistry},
+};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot listen for the assist API on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the STUN responder on {addr}")]
+    Stun {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS certificate or key ({0})")]
+    Tls(#[source] std::io::Error),
+    #[error("cannot start the path prober: {0}")]
+    Prober(String),
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+/// `commucat_assist_requests_total{endpoint,status}`.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "assist_requests",
+            "Assist API requests, by endpoint and HTTP status",
+            m.requests.clone(),
+        );
+        m
+    }
+
+    fn count(&self, endpoint: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+}
+
+/// Everything the handlers share.
+pub struct Context {
+    pub cfg: Arc<Config>,
+    pub node: node::Client,
+    pub data: Arc<crate::data::Service>,
+    pub keys: Arc<LocalKeys>,
+    pub tokens: Arc<Tokens>,
+    pub ice: Arc<ice::Credentials>,
+    pub limiter: Arc<rate_limit::RateLimiter>,
+    pub prober: probe::Prober,
+    /// The STUN responder's bound address.
+    pub stun_addr: SocketAddr,
+    pub registry: SharedRegistry,
+    pub metrics: Metrics,
+}
+
+/// Running assist mode.
+pub struct Assist {
+    /// Where the HTTP(S) server listens.
+    pub http_addr: SocketAddr,
+    /// Where the STUN responder listens.
+    pub stun_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Assist {
+    /// Binds the HTTP(S) server and the STUN responder and serves both until [`Assist::shutdown`].
+    pub async fn start(
+        cfg: Arc<Config>,
+        node: &node::Node,
+        data: Arc<crate::data::Service>,
+        keys: Arc<LocalKeys>,
+        tokens: Arc<Tokens>,
+    ) -> Result<Self, Error> {
+        let a = &cfg.assist;
+        let listener = std::net::TcpListener::bind(a.listen).map_err(|source| Error::Listen {
+            addr: a.listen,
+            source,
+        })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: a.listen,
+            source,
+        })?;
+        let udp = tokio::net::UdpSocket::bind(a.stun_listen)
+            .await
+            .map_err(|source| Error::Stun {
+                addr: a.stun_listen,
+                source,
+            })?;
+        let stun_addr = udp.local_addr().map_err(|source| Error::Stun {
+            addr: a.stun_listen,
+            source,
+        })?;
+        let registry = node.metrics();
+        let (metrics, stun_metrics) = {
+            let mut r = registry.write().unwrap_or_else(|e| e.into_inner());
+            (Metrics::register(&mut r), stun::Metrics::register(&mut r))
+        };
+        let ice = Arc::new(ice::Credentials::new(
+            Duration::from_secs(a.ice_ttl_secs),
+            a.max_ice_credentials,
+        ));
+        let limiter = Arc::new(rate_limit::RateLimiter::new(rate_limit::Limits {
+            burst: a.rate_burst,
+            window: Duration::from_secs(a.rate_window_secs),
+            penalty: Duration::from_secs(a.rate_penalty_secs),
+        }));
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                // Both ring (QUIC) and aws-lc-rs are compiled in; rustls needs to be told.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .map_err(Error::Tls)?,
+                )
+            }
+            _ => None,
+        };
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(stun::serve(
+            udp,
+            ice.clone(),
+            rate_limit::RateLimiter::new(stun::limits(a.stun_per_ip_per_second)),
+            stun_metrics,
+            shutdown.clone(),
+        ));
+        let prober = probe::Prober::start(shutdown.clone()).map_err(Error::Prober)?;
+        let ctx = Arc::new(Context {
+            cfg: cfg.clone(),
+            node: node.client().clone(),
+            data,
+            keys,
+            tokens,
+            ice,
+            limiter,
+            prober,
+            stun_addr,
+            registry,
+            metrics,
+        });
+        let app = http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+        let handle = axum_server::Handle::new();
+        let bind_error = |source| Error::Listen {
+            addr: a.listen,
+            source,
+        };
+        match tls {
+            Some(tls) => {
+                let server = axum_server::from_tcp_rustls(listener, tls)
+                    .map_err(bind_error)?
+                    .handle(handle.clone());
+                tasks.spawn(async move { log_end(server.serve(app).await) });
+            }
+            None => {
+                let server = axum_server::from_tcp(listener)
+                    .map_err(bind_error)?
+                    .handle(handle.clone());
+                tasks.spawn(async move { log_end(server.serve(app).await) });
+            }
+        }
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        });
+        tracing::info!(
+            http = %http_addr,
+            stun = %stun_addr,
+            tls = a.tls_cert.is_some(),
+            "assist mode serving"
+        );
+        Ok(Self {
+            http_addr,
+            stun_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops both servers and waits for them.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// File in the data directory with the address the assist API listens on.
+pub const ADDR_FILE: &str = "assist.addr";
+/// File in the data directory with the STUN responder's address.
+pub const STUN_ADDR_FILE: &str = "stun.addr";
+
+/// Writes `assist.addr` and `stun.addr` (the bound addresses, useful with port 0).
+pub fn write_files(data_dir: &std::path::Path, assist: &Assist) -> std::io::Result<()> {
+    std::fs::write(data_dir.join(ADDR_FILE), assist.http_addr.to_string())?;
+    std::fs::write(data_dir.join(STUN_ADDR_FILE), assist.stun_addr.to_string())
+}
+
+/// Removes them at shutdown.
+pub fn remove_files(data_dir: &std::path::Path) {
+    for name in [ADDR_FILE, STUN_ADDR_FILE] {
+        let _ = std::fs::remove_file(data_dir.join(name));
+    }
+}
+
+fn log_end(result: std::io::Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "assist server error");
+    }
+}

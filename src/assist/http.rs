@@ -1,0 +1,113 @@
+//! The assist HTTP router (`protocols/assist-openapi.yaml`): per-IP limits on every `/api/` route
+//! (429 + `Retry-After`), bearer tokens on `/api/p2p/assist` (401), a body limit (413), JSON only
+//! (415), and RFC 7807 problem documents for every error.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use super::{Context, p2p_assist, server_info};
+use crate::control::Problem;
+
+/// Requests served at once; more wait.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
+pub fn router(ctx: Arc<Context>) -> Router {
+    let assist = Router::new()
+        .route(
+            "/api/p2p/assist",
+            get(p2p_assist::get).post(p2p_assist::post),
+        )
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+    let api = Router::new()
+        .route("/api/server-info", get(server_info::handler))
+        .merge(assist)
+        .layer(middleware::from_fn_with_state(ctx.clone(), rate_limit));
+    Router::new()
+        .merge(api)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(ctx.clone(), count))
+        .layer(DefaultBodyLimit::max(ctx.cfg.assist.max_body_bytes))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .with_state(ctx)
+}
+
+async fn count(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+    let endpoint = match request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str())
+    {
+        Some("/api/server-info") => "server_info",
+        Some("/api/p2p/assist") => "p2p_assist",
+        Some("/metrics") => "metrics",
+        Some("/healthz") => "healthz",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    ctx.metrics.count(endpoint, response.status().as_u16());
+    response
+}
+
+async fn rate_limit(
+    State(ctx): State<Arc<Context>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match ctx.limiter.check(peer.ip(), Instant::now()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => Problem::rate_limited(wait.as_secs_f64().ceil() as u64).into_response(),
+    }
+}
+
+async fn require_token(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if ctx.tokens.check(token).is_some() => next.run(request).await,
+        Some(_) => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is unknown, expired or revoked".to_string(),
+        )
+        .into_response(),
+        None => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` (get one with `commucat token issue`)"
+                .to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Result<Response, Problem> {
+    crate::control::metrics_response(&ctx.registry)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no such endpoint".to_string())
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, None)
+}

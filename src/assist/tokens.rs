@@ -1,0 +1,201 @@
+//! Bearer tokens of the assist API (`protocols/assist.md` §2). Tokens are 32 random bytes, hex;
+//! only their SHA-256 is kept: in the node's database for tokens issued on it (`commucat token
+//! issue`), in `assist.token_hashes` for configured ones. A token's client id is the first 8 bytes
+//! of its hash, hex.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Issued tokens kept at most; expired ones are removed first.
+pub const MAX_ISSUED_TOKENS: usize = 100_000;
+/// Longest lifetime of an issued token: a year.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("{MAX_ISSUED_TOKENS} tokens are issued already; revoke some")]
+    Full,
+    #[error("ttl_secs must be 1 … {MAX_TTL_SECS}")]
+    BadTtl,
+}
+
+/// What is stored for an issued token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The client id the token authenticates as.
+    pub id: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+/// A new token: shown once, never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Issued {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// The tokens the assist API accepts.
+pub struct Tokens {
+    tree: sled::Tree,
+    configured: Vec<[u8; 32]>,
+}
+
+/// SHA-256 of a token, hex (what `assist.token_hashes` holds).
+pub fn hash_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn client_id(hash: &[u8]) -> String {
+    hex::encode(&hash[..8])
+}
+
+impl Tokens {
+    /// `configured`: SHA-256 hex digests (checked by the config).
+    pub fn new(tree: sled::Tree, configured: &[String]) -> Self {
+        let configured = configured
+            .iter()
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect();
+        Self { tree, configured }
+    }
+
+    /// Makes a token valid for `ttl_secs`.
+    pub fn issue(&self, ttl_secs: u64) -> Result<Issued, Error> {
+        if !(1..=MAX_TTL_SECS).contains(&ttl_secs) {
+            return Err(Error::BadTtl);
+        }
+        let now = crate::time::unix_secs();
+        if self.tree.len() >= MAX_ISSUED_TOKENS {
+            self.remove_expired(now)?;
+            if self.tree.len() >= MAX_ISSUED_TOKENS {
+                return Err(Error::Full);
+            }
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let hash = Sha256::digest(token.as_bytes());
+        let info = TokenInfo {
+            id: client_id(&hash),
+            created_at: now,
+            expires_at: now + ttl_secs,
+        };
+        self.tree.insert(
+            hash.as_slice(),
+            serde_json::to_vec(&info).expect("plain values"),
+        )?;
+        self.tree.flush()?;
+        Ok(Issued { token, info })
+    }
+
+    /// Revokes a token given as itself or by its client id; returns whether one was revoked.
+    pub fn revoke(&self, token_or_id: &str) -> Result<bool, Error> {
+        let by_hash = Sha256::digest(token_or_id.as_bytes());
+        let mut found = self.tree.remove(by_hash.as_slice())?.is_some();
+        if !found {
+            for entry in self.tree.iter() {
+                let (key, value) = entry?;
+                if serde_json::from_slice::<TokenInfo>(&value).is_ok_and(|i| i.id == token_or_id) {
+                    self.tree.remove(key)?;
+                    found = true;
+                }
+            }
+        }
+        self.tree.flush()?;
+        Ok(found)
+    }
+
+    /// Issued tokens that have not expired.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, Error> {
+        let now = crate::time::unix_secs();
+        let mut out = Vec::new();
+        for entry in self.tree.iter() {
+            let (_, value) = entry?;
+            if let Ok(info) = serde_json::from_slice::<TokenInfo>(&value)
+                && info.expires_at > now
+            {
+                out.push(info);
+            }
+        }
+        out.sort_by_key(|i| i.created_at);
+        Ok(out)
+    }
+
+    /// The client id `token` authenticates as, if it is valid now.
+    pub fn check(&self, token: &str) -> Option<String> {
+        let hash = Sha256::digest(token.as_bytes());
+        // Configured digests are compared in constant time; issued ones are looked up by digest,
+        // which leaks nothing about the token.
+        if let Some(h) = self
+            .configured
+            .iter()
+            .find(|h| bool::from(h.ct_eq(hash.as_slice())))
+        {
+            return Some(client_id(h));
+        }
+        let value = self.tree.get(hash.as_slice()).ok()??;
+        let info: TokenInfo = serde_json::from_slice(&value).ok()?;
+        (info.expires_at > crate::time::unix_secs()).then_some(info.id)
+    }
+
+    fn remove_expired(&self, now: u64) -> Result<(), Error> {
+        for entry in self.tree.iter() {
+            let (key, value) = entry?;
+            if serde_json::from_slice::<TokenInfo>(&value).map_or(true, |i| i.expires_at <= now) {
+                self.tree.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_configured_revoked_and_expired_tokens() {
+        let store = crate::store::Store::temporary().unwrap();
+        let configured = "a configured token";
+        let tokens = Tokens::new(store.assist_tokens().unwrap(), &[hash_hex(configured)]);
+        assert_eq!(
+            tokens.check(configured).as_deref(),
+            Some(&hash_hex(configured)[..16])
+        );
+        assert_eq!(tokens.check("something else"), None);
+
+        let a = tokens.issue(60).unwrap();
+        let b = tokens.issue(60).unwrap();
+        assert_eq!(a.token.len(), 64);
+        assert_ne!(a.token, b.token);
+        assert_eq!(tokens.check(&a.token), Some(a.info.id.clone()));
+        assert_eq!(tokens.list().unwrap().len(), 2);
+
+        assert!(tokens.revoke(&a.info.id).unwrap(), "by id");
+        assert_eq!(tokens.check(&a.token), None);
+        assert!(tokens.revoke(&b.token).unwrap(), "by token");
+        assert_eq!(tokens.check(&b.token), None);
+        assert!(!tokens.revoke(&b.token).unwrap(), "already gone");
+
+        assert!(matches!(tokens.issue(0), Err(Error::BadTtl)));
+        // An expired entry is refused.
+        let expired = TokenInfo {
+            id: "0011223344556677".into(),
+            created_at: 1,
+            expires_at: 2,
+        };
+        let t = "expired token";
+        tokens
+            .tree
+            .insert(
+                Sha256::digest(t.as_bytes()).as_slice(),
+                serde_json::to_vec(&expired).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(tokens.check(t), None);
+    }
+}
