@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, noise,
+    Multiaddr, PeerId, Swarm, Transport as _, noise,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts, dummy},
     tcp, yamux,
 };
@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Probes in progress at once; more wait for the queue.
 pub const MAX_PENDING_PROBES: usize = 64;
+/// A TCP probe dial ends after this, answered or not.
+pub const MAX_DIAL_TIME: Duration = Duration::from_secs(10);
 
 type Reply = oneshot::Sender<Result<Probed, String>>;
 
@@ -42,13 +44,19 @@ impl Prober {
     pub fn start(shutdown: CancellationToken) -> Result<Self, String> {
         let swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| e.to_string())?
             .with_quic()
+            // TCP with a bound on the whole dial: a SYN into a black hole would otherwise hold a
+            // probe slot for the OS's two minutes of retries (QUIC gives up after 5 s by itself).
+            .with_other_transport(|key| {
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default())
+                        .timeout(MAX_DIAL_TIME),
+                )
+            })
+            .map_err(|e| e.to_string())?
             .with_dns()
             .map_err(|e| e.to_string())?
             .with_behaviour(|_| dummy::Behaviour)

@@ -173,22 +173,25 @@ impl KeyRing {
         self.read().current.keys.clone()
     }
 
-    /// The keys of the bundle named `id`, if it is current or replaced but not expired at `now`.
+    /// The keys of the bundle named `id`, if it is current (always answered, even while a
+    /// rotation is overdue) or replaced but not expired at `now`.
     pub fn find(&self, id: &BundleId, now: u64) -> Option<Arc<Keys>> {
-        let ring = self.read();
-        std::iter::once(&ring.current)
-            .chain(&ring.retired)
-            .find(|e| e.keys.bundle().id() == *id && e.expires_at.is_none_or(|t| now < t))
-            .map(|e| e.keys.clone())
+        self.entries(now)
+            .into_iter()
+            .find(|e| e.keys.bundle().id() == *id)
+            .map(|e| e.keys)
     }
 
     /// The current bundle and the unexpired replaced ones, newest first.
     pub fn entries(&self, now: u64) -> Vec<Entry> {
         let ring = self.read();
-        std::iter::once(&ring.current)
-            .chain(&ring.retired)
-            .filter(|e| e.expires_at.is_none_or(|t| now < t))
-            .cloned()
+        std::iter::once(ring.current.clone())
+            .chain(
+                ring.retired
+                    .iter()
+                    .filter(|e| e.expires_at.is_none_or(|t| now < t))
+                    .cloned(),
+            )
             .collect()
     }
 

@@ -352,3 +352,48 @@ async fn a_bad_transcript_signature_gets_bad_signature() {
         Some(ErrorCode::BAD_SIGNATURE)
     );
 }
+
+/// data-v1 §4.1: after a rotation, a bundle an initiator cached still opens sessions while it is
+/// within its grace period, and gets STALE_BUNDLE once that is over.
+#[tokio::test]
+async fn replaced_bundles_answer_until_they_expire() {
+    use crate::crypto::{KeyRing, keyring::Schedule};
+    use std::time::Duration;
+
+    let a = keys();
+    let rotating = |grace_secs| {
+        let identity = Identity::generate();
+        let schedule = Schedule {
+            rotation: Some(Duration::ZERO),
+            grace: Duration::from_secs(grace_secs),
+        };
+        let bundle = KeyRing::generate(&identity, schedule);
+        LocalKeys { identity, bundle }
+    };
+    for (grace, accepted) in [(3600, true), (0, false)] {
+        let b = rotating(grace);
+        let (i, _) = pair(&a, &b, None).await;
+        let old = i.unwrap().remote_bundle.unwrap();
+        assert!(b.rotate_if_due().unwrap(), "due at once");
+        assert_ne!(b.bundle.current().bundle().id(), old.id());
+        let (i, r) = pair(&a, &b, Some(old)).await;
+        if accepted {
+            assert_eq!(
+                i.unwrap().pattern,
+                Pattern::Ik,
+                "the replaced bundle still works"
+            );
+            r.unwrap();
+        } else {
+            let Err(e) = i else {
+                panic!("a session with an expired bundle")
+            };
+            assert_eq!(
+                e.code(),
+                Some(ErrorCode::STALE_BUNDLE),
+                "an expired bundle is refused"
+            );
+            assert!(r.is_err());
+        }
+    }
+}

@@ -16,8 +16,8 @@ use prometheus_client::{
 use tokio::sync::oneshot;
 
 use super::{EventLoop, Internal, MAX_PENDING_FINDS};
-use crate::crypto::LocalKeys;
 use crate::{
+    crypto::LocalKeys,
     dht::record::{self, Presence, Reject},
     nat::{self, Scope},
     node::Error,
