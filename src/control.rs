@@ -289,12 +289,8 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
+    match bearer(&headers) {
+        Some(token) if state.token.matches(token) => next.run(request).await,
         Some(_) => {
             Problem::new(StatusCode::UNAUTHORIZED, "wrong bearer token".to_string()).into_response()
         }
@@ -306,6 +302,15 @@ async fn require_token(
         )
         .into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (control and assist APIs).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 async fn not_found() -> Problem {

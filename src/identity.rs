@@ -152,9 +152,9 @@ impl Identity {
                 found: file.version,
             });
         }
-        let ed = decode_32(&file.ed25519_secret)
+        let ed = hex_array::<32>(&file.ed25519_secret)
             .map_err(|r| malformed(format!("ed25519_secret {r}")))?;
-        let seed = decode_32(&file.ml_dsa_65_seed)
+        let seed = hex_array::<32>(&file.ml_dsa_65_seed)
             .map_err(|r| malformed(format!("ml_dsa_65_seed {r}")))?;
         let identity = Self::from_secrets(ed, seed);
         if identity.peer_id().to_string() != file.peer_id {
@@ -269,11 +269,12 @@ pub fn public_key_of(peer_id: &PeerId) -> Option<libp2p::identity::PublicKey> {
     libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()
 }
 
-fn decode_32(text: &str) -> Result<[u8; 32], String> {
+/// Exactly `N` bytes from hex (key files); the error says what is wrong.
+pub(crate) fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
     let bytes = hex::decode(text).map_err(|e| format!("is not hex: {e}"))?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| format!("must be 32 bytes, found {}", b.len()))
+        .map_err(|b: Vec<u8>| format!("must be {N} bytes, found {}", b.len()))
 }
 
 #[cfg(test)]
@@ -299,8 +300,8 @@ mod tests {
     fn spec_vector_reproduces_byte_for_byte() {
         let v = vector();
         let id = Identity::from_secrets(
-            decode_32(&v.ed25519_secret).unwrap(),
-            decode_32(&v.ml_dsa_65_seed).unwrap(),
+            hex_array::<32>(&v.ed25519_secret).unwrap(),
+            hex_array::<32>(&v.ml_dsa_65_seed).unwrap(),
         );
         let b = id.binding();
         assert_eq!(b.peer_id.to_string(), v.peer_id);

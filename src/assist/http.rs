@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use axum::{
     Router,
     extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
-    http::{StatusCode, header},
+    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -74,13 +74,7 @@ async fn rate_limit(
 }
 
 async fn require_token(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+    match crate::control::bearer(request.headers()) {
         Some(token) if ctx.tokens.check(token).is_some() => next.run(request).await,
         Some(_) => Problem::new(
             StatusCode::UNAUTHORIZED,

@@ -17,7 +17,7 @@ use super::{
     BundleId, Error,
     bundle::{FILE_NAME, Keys, VERSION},
 };
-use crate::identity::Identity;
+use crate::identity::{Identity, hex_array};
 
 /// Replaced bundles kept at most (older ones are forgotten even if not expired yet).
 pub const MAX_RETIRED: usize = 8;
@@ -283,13 +283,6 @@ fn decode(identity: &Identity, created_at: u64, x25519: &str, kem: &str) -> Resu
     let x = hex_array::<32>(x25519).map_err(|r| format!("x25519_secret {r}"))?;
     let k = hex_array::<64>(kem).map_err(|r| format!("ml_kem_seed {r}"))?;
     Ok(Keys::from_secrets(identity, created_at, x, k))
-}
-
-fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
-    let bytes = hex::decode(text).map_err(|e| format!("is not hex: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must be {N} bytes, found {}", b.len()))
 }
 
 #[cfg(test)]
