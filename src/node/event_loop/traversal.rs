@@ -250,8 +250,17 @@ impl EventLoop {
     /// verdict drops the confirmed addresses (except configured ones), a public one confirms the
     /// address that was dialled back.
     pub(super) fn on_autonat_v1_event(&mut self, event: autonat::v1::Event) {
-        let autonat::v1::Event::StatusChanged { old, new } = event else {
-            return;
+        let (old, new) = match event {
+            autonat::v1::Event::StatusChanged { old, new } => (old, new),
+            autonat::v1::Event::InboundProbe(autonat::v1::InboundProbeEvent::Response {
+                peer,
+                address,
+                ..
+            }) => {
+                self.close_dial_back(peer, &address);
+                return;
+            }
+            _ => return,
         };
         tracing::info!(?old, ?new, "AutoNAT re-check");
         match new {
@@ -278,6 +287,37 @@ impl EventLoop {
                 }
             }
             autonat::v1::NatStatus::Unknown => {}
+        }
+    }
+
+    /// Closes the connection a served AutoNAT v1 probe dialled back on, once the answer is out.
+    /// Left open, these idle connections pile up (one per re-check) until the per-peer connection
+    /// limit refuses the next dial-back, and the client wrongly concludes it is private.
+    fn close_dial_back(&mut self, peer: PeerId, address: &Multiaddr) {
+        let strip = |a: &Multiaddr| -> Multiaddr {
+            a.iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect()
+        };
+        let target = strip(address);
+        let newest = self.peers.get(&peer).and_then(|state| {
+            state
+                .connections
+                .iter()
+                .filter(|(_, c)| {
+                    c.direction == crate::node::Direction::Outbound
+                        && strip(&c.remote_addr) == target
+                })
+                .map(|(id, _)| *id)
+                .max()
+        });
+        // Only when the peer has another connection: the dial-back must not end the last one.
+        let others = self.peers.get(&peer).map_or(0, |s| s.connections.len());
+        if let Some(id) = newest
+            && others > 1
+        {
+            tracing::debug!(%peer, %address, "closing the AutoNAT dial-back connection");
+            self.swarm.close_connection(id);
         }
     }
 }
