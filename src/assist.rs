@@ -8,12 +8,14 @@
 //! - [`ice`]: ICE credentials, the host candidate, TURN credentials; [`stun`]: the responder.
 //! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter.
 
+pub mod gateway;
 pub mod http;
 pub mod ice;
 pub mod p2p_assist;
 pub mod probe;
 pub mod rate_limit;
 pub mod server_info;
+pub mod signaling;
 pub mod stun;
 pub mod tokens;
 
@@ -100,6 +102,10 @@ pub struct Context {
     pub stun_addr: SocketAddr,
     pub registry: SharedRegistry,
     pub metrics: Metrics,
+    /// Signaling sessions and rooms.
+    pub signaling: Arc<signaling::Hub>,
+    /// Cancelled when assist mode stops.
+    pub shutdown: CancellationToken,
 }
 
 /// Running assist mode.
@@ -141,10 +147,15 @@ impl Assist {
             source,
         })?;
         let registry = node.metrics();
-        let (metrics, stun_metrics) = {
+        let (metrics, stun_metrics, signaling_metrics) = {
             let mut r = registry.write().unwrap_or_else(|e| e.into_inner());
-            (Metrics::register(&mut r), stun::Metrics::register(&mut r))
+            (
+                Metrics::register(&mut r),
+                stun::Metrics::register(&mut r),
+                signaling::Metrics::register(&mut r),
+            )
         };
+        let hub = Arc::new(signaling::Hub::new(a.signaling.clone(), signaling_metrics));
         let ice = Arc::new(ice::Credentials::new(
             Duration::from_secs(a.ice_ttl_secs),
             a.max_ice_credentials,
@@ -176,6 +187,21 @@ impl Assist {
             shutdown.clone(),
         ));
         let prober = probe::Prober::start(shutdown.clone()).map_err(Error::Prober)?;
+        if a.gateway.enabled {
+            let inbound = hub.attach_node();
+            tasks.spawn(gateway::run(
+                gateway::Setup {
+                    hub: hub.clone(),
+                    data: data.clone(),
+                    cfg: a.gateway.clone(),
+                    turn: a.turn.clone(),
+                    ice_ttl_secs: a.ice_ttl_secs,
+                    stun: stun::advertised(a.public_ip, stun_addr),
+                    shutdown: shutdown.clone(),
+                },
+                inbound,
+            ));
+        }
         let ctx = Arc::new(Context {
             cfg: cfg.clone(),
             node: node.client().clone(),
@@ -188,6 +214,8 @@ impl Assist {
             stun_addr,
             registry,
             metrics,
+            signaling: hub,
+            shutdown: shutdown.clone(),
         });
         let app = http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
         let handle = axum_server::Handle::new();

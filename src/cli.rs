@@ -68,6 +68,10 @@ enum Command {
         peer_id: PeerId,
         /// The message (UTF-8, at most 64 KiB).
         text: String,
+        /// Deliver to this light client of PEER_ID (the client id a received message's
+        /// `from_client` shows), through PEER_ID's WebRTC gateway.
+        #[arg(long)]
+        client: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -329,8 +333,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Send {
             peer_id,
             text,
+            client,
             output: out,
-        } => data::send(&dir, peer_id, text, out.json).await,
+        } => data::send(&dir, peer_id, text, client, out.json).await,
         Command::Outbox(out) => data::outbox(&dir, out.json).await,
         Command::Inbox {
             after,

@@ -317,6 +317,87 @@ pub struct Assist {
     pub stun_per_ip_per_second: u32,
     /// TURN servers handed to clients.
     pub turn: Vec<TurnServer>,
+    /// WebSocket signaling at `/api/v1/ws` (`protocols/signaling-v1.md`).
+    pub signaling: Signaling,
+    /// The WebRTC gateway: light clients' DataChannels into `/commucat/data`.
+    pub gateway: Gateway,
+}
+
+/// `[assist.signaling]`: limits of the signaling server (`protocols/signaling-v1.md` §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Signaling {
+    /// Largest message, bytes; a larger one gets `error` (`too-large`) and the session closes
+    /// (1009). Default: 65536.
+    pub max_message_bytes: usize,
+    /// Messages queued for one session; when it overflows the session is closed (4000).
+    /// Default: 1024.
+    pub send_queue_messages: usize,
+    /// Bytes queued for one session, likewise. Default: 1048576.
+    pub send_queue_bytes: usize,
+    /// Messages a session may send per second, on average. Default: 20.
+    pub messages_per_second: u32,
+    /// Messages a session may send at once before the rate applies. Default: 100.
+    pub burst: u32,
+    /// Rooms one session may be in. Default: 16.
+    pub max_rooms_per_session: usize,
+    /// Clients one room may hold. Default: 10000.
+    pub max_room_members: usize,
+    /// Rooms at once on this node. Default: 10000.
+    pub max_rooms: usize,
+    /// Sessions open at once on this node. Default: 16384.
+    pub max_sessions: usize,
+    /// Sessions one token may have open at once. Default: 8.
+    pub max_sessions_per_token: usize,
+    /// Seconds between the server's WebSocket pings. Default: 15.
+    pub ping_interval_secs: u64,
+    /// A session that sends nothing (not even a pong) for this long is closed (4001). Default: 60.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Signaling {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65536,
+            send_queue_messages: 1024,
+            send_queue_bytes: 1 << 20,
+            messages_per_second: 20,
+            burst: 100,
+            max_rooms_per_session: 16,
+            max_room_members: 10_000,
+            max_rooms: 10_000,
+            max_sessions: 16_384,
+            max_sessions_per_token: 8,
+            ping_interval_secs: 15,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[assist.gateway]`: the WebRTC gateway (`protocols/signaling-v1.md` §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gateway {
+    /// Answer light clients' offers as `node`. Default: true.
+    pub enabled: bool,
+    /// Local UDP addresses for WebRTC; `0.0.0.0:0` binds every non-loopback interface on a free
+    /// port. Default: ["0.0.0.0:0"].
+    pub udp_listen: Vec<SocketAddr>,
+    /// Peer connections with light clients at once. Default: 256.
+    pub max_connections: usize,
+    /// Seconds a peer connection may take to open its DataChannel. Default: 30.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
+            max_connections: 256,
+            connect_timeout_secs: 30,
+        }
+    }
 }
 
 /// A TURN server in `[[assist.turn]]`: either `secret` (coturn `use-auth-secret`, credentials made
@@ -564,6 +645,8 @@ impl Default for Assist {
             rate_penalty_secs: 60,
             stun_per_ip_per_second: 50,
             turn: Vec::new(),
+            signaling: Signaling::default(),
+            gateway: Gateway::default(),
         }
     }
 }
@@ -714,6 +797,59 @@ impl Config {
             (
                 "assist.stun_per_ip_per_second",
                 self.assist.stun_per_ip_per_second.into(),
+            ),
+            (
+                "assist.signaling.max_message_bytes",
+                self.assist.signaling.max_message_bytes as u64,
+            ),
+            (
+                "assist.signaling.send_queue_messages",
+                self.assist.signaling.send_queue_messages as u64,
+            ),
+            (
+                "assist.signaling.send_queue_bytes",
+                self.assist.signaling.send_queue_bytes as u64,
+            ),
+            (
+                "assist.signaling.messages_per_second",
+                self.assist.signaling.messages_per_second.into(),
+            ),
+            ("assist.signaling.burst", self.assist.signaling.burst.into()),
+            (
+                "assist.signaling.max_rooms_per_session",
+                self.assist.signaling.max_rooms_per_session as u64,
+            ),
+            (
+                "assist.signaling.max_room_members",
+                self.assist.signaling.max_room_members as u64,
+            ),
+            (
+                "assist.signaling.max_rooms",
+                self.assist.signaling.max_rooms as u64,
+            ),
+            (
+                "assist.signaling.max_sessions",
+                self.assist.signaling.max_sessions as u64,
+            ),
+            (
+                "assist.signaling.max_sessions_per_token",
+                self.assist.signaling.max_sessions_per_token as u64,
+            ),
+            (
+                "assist.signaling.ping_interval_secs",
+                self.assist.signaling.ping_interval_secs,
+            ),
+            (
+                "assist.signaling.idle_timeout_secs",
+                self.assist.signaling.idle_timeout_secs,
+            ),
+            (
+                "assist.gateway.max_connections",
+                self.assist.gateway.max_connections as u64,
+            ),
+            (
+                "assist.gateway.connect_timeout_secs",
+                self.assist.gateway.connect_timeout_secs,
             ),
         ];
         for &(key, value) in nonzero {

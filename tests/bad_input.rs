@@ -50,6 +50,8 @@ fn data_frame(seq: u64) -> Inner {
         seq,
         msg_id: [seq as u8; 16],
         sent_at_ms: 0,
+        from_client: None,
+        to_client: None,
         body: format!("attacker {seq}"),
     })
 }
@@ -302,6 +304,8 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
             seq: 1,
             msg_id: [9; 16],
             sent_at_ms: 0,
+            from_client: None,
+            to_client: None,
             body: "sorry".into(),
         }))
         .await

@@ -9,11 +9,11 @@ use axum::{
     extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::get,
 };
 
-use super::{Context, p2p_assist, server_info};
+use super::{Context, p2p_assist, server_info, signaling};
 use crate::control::Problem;
 
 /// Requests served at once; more wait.
@@ -28,10 +28,14 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     let api = Router::new()
         .route("/api/server-info", get(server_info::handler))
+        .route("/api/v1/ws", get(signaling::upgrade))
         .merge(assist)
         .layer(middleware::from_fn_with_state(ctx.clone(), rate_limit));
     Router::new()
         .merge(api)
+        .route("/client", get(|| async { Redirect::permanent("/client/") }))
+        .route("/client/", get(client_page))
+        .route("/client/client.js", get(client_script))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
@@ -52,8 +56,10 @@ async fn count(State(ctx): State<Arc<Context>>, request: Request, next: Next) ->
     {
         Some("/api/server-info") => "server_info",
         Some("/api/p2p/assist") => "p2p_assist",
+        Some("/api/v1/ws") => "signaling",
         Some("/metrics") => "metrics",
         Some("/healthz") => "healthz",
+        Some("/client/" | "/client/client.js" | "/client") => "client",
         _ => "other",
     };
     let response = next.run(request).await;
@@ -92,6 +98,34 @@ async fn require_token(State(ctx): State<Arc<Context>>, request: Request, next: 
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> Result<Response, Problem> {
     crate::control::metrics_response(&ctx.registry)
+}
+
+/// The browser light client (`protocols/signaling-v1.md`), compiled into the binary.
+const CLIENT_HTML: &str = include_str!("client/index.html");
+const CLIENT_JS: &str = include_str!("client/client.js");
+
+async fn client_page() -> Response {
+    static_file("text/html; charset=utf-8", CLIENT_HTML)
+}
+
+async fn client_script() -> Response {
+    static_file("text/javascript; charset=utf-8", CLIENT_JS)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; connect-src 'self' ws: wss:",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -18,10 +18,23 @@ use crate::{
 /// How often `send-file` asks for progress.
 const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
-pub async fn send(dir: &Path, to: PeerId, body: String, as_json: bool) -> anyhow::Result<()> {
+pub async fn send(
+    dir: &Path,
+    to: PeerId,
+    body: String,
+    light_client: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let client = control::Client::for_data_dir(dir)?;
     let m: outbox::Message = client
-        .post("/v1/messages", &SendMessage { to, body })
+        .post(
+            "/v1/messages",
+            &SendMessage {
+                to,
+                body,
+                client: light_client,
+            },
+        )
         .await?;
     if as_json {
         return json(&m);
@@ -75,7 +88,17 @@ fn preview(body: &str) -> String {
 }
 
 fn print_message(m: &inbox::Message) {
-    println!("[{}] {}: {}", time_ms(m.received_at_ms), m.from, m.body);
+    // A light client's message shows as `client <id> via <node>`; one for a light client of ours
+    // as `… -> client <id>`.
+    let from = match &m.via.from_client {
+        Some(c) => format!("client {c} via {}", m.from),
+        None => m.from.to_string(),
+    };
+    let to = match &m.via.to_client {
+        Some(c) => format!(" -> client {c}"),
+        None => String::new(),
+    };
+    println!("[{}] {from}{to}: {}", time_ms(m.received_at_ms), m.body);
 }
 
 pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyhow::Result<()> {

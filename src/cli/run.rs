@@ -19,6 +19,12 @@ use crate::{
 };
 
 pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
+    // Every connection and signaling session is a file descriptor; the soft limit (often 1024) is
+    // raised to the hard one, as servers do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     fsutil::create_private_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let (identity, created) = Identity::load_or_create(data_dir)?;

@@ -27,6 +27,10 @@ pub const MAX_LIST: usize = 1000;
 pub struct SendMessage {
     pub to: PeerId,
     pub body: String,
+    /// A light client of `to` (its client id) the message is for: `to` pushes it to that client
+    /// through its WebRTC gateway (`protocols/signaling-v1.md` §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +104,13 @@ pub(super) async fn send_message(
     body: Result<Json<SendMessage>, JsonRejection>,
 ) -> Result<Json<outbox::Message>, Problem> {
     let Json(req) = body?;
-    Ok(Json(state.data.send_message(req.to, req.body).await?))
+    let via = crate::store::Via {
+        from_client: None,
+        to_client: req.client,
+    };
+    Ok(Json(
+        state.data.send_message_via(req.to, req.body, via).await?,
+    ))
 }
 
 pub(super) async fn outbox(

@@ -37,6 +37,7 @@ pub mod kind {
     pub const PING: u8 = 0x27;
     pub const PONG: u8 = 0x28;
     pub const CLOSE: u8 = 0x29;
+    pub const DATA_VIA: u8 = 0x2a;
 }
 
 /// An ERROR code (§2). Unknown codes from peers are kept as they are.
@@ -175,7 +176,20 @@ pub struct Data {
     pub seq: u64,
     pub msg_id: [u8; 16],
     pub sent_at_ms: u64,
+    /// The sender's light client that wrote the message (sent as DATA_VIA).
+    pub from_client: Option<ClientId>,
+    /// The receiver's light client the message is for (sent as DATA_VIA).
+    pub to_client: Option<ClientId>,
     pub body: String,
+}
+
+/// A light client's id: the first 8 bytes of the SHA-256 of its assist token (`assist.md` §2).
+pub type ClientId = [u8; 8];
+
+/// DATA_VIA flag bits.
+pub mod via {
+    pub const FROM_CLIENT: u8 = 1;
+    pub const TO_CLIENT: u8 = 2;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,7 +425,7 @@ impl Frame {
                     body: bytes,
                 }
             }
-            kind::AUTH..=kind::CLOSE => return Err(DecodeError::Unexpected(ty)),
+            kind::AUTH..=kind::DATA_VIA => return Err(DecodeError::Unexpected(ty)),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(frame)
@@ -433,11 +447,23 @@ impl Inner {
                 out.extend_from_slice(signature);
             }
             Inner::Data(d) => {
-                out.push(kind::DATA);
+                let flags = d.from_client.map_or(0, |_| via::FROM_CLIENT)
+                    | d.to_client.map_or(0, |_| via::TO_CLIENT);
+                out.push(if flags == 0 {
+                    kind::DATA
+                } else {
+                    kind::DATA_VIA
+                });
                 out.put_u64(d.epoch);
                 out.put_u64(d.seq);
                 out.extend_from_slice(&d.msg_id);
                 out.put_u64(d.sent_at_ms);
+                if flags != 0 {
+                    out.push(flags);
+                    for id in [d.from_client, d.to_client].into_iter().flatten() {
+                        out.extend_from_slice(&id);
+                    }
+                }
                 out.extend_from_slice(d.body.as_bytes());
             }
             Inner::Ack { epoch, seq } => {
@@ -527,11 +553,24 @@ impl Inner {
                 c.end()?;
                 Inner::Auth { binding, signature }
             }
-            kind::DATA => {
+            kind::DATA | kind::DATA_VIA => {
                 let epoch = c.u64()?;
                 let seq = c.u64()?;
                 let msg_id = c.array()?;
                 let sent_at_ms = c.u64()?;
+                let (mut from_client, mut to_client) = (None, None);
+                if ty == kind::DATA_VIA {
+                    let flags = c.u8()?;
+                    if flags == 0 || flags & !(via::FROM_CLIENT | via::TO_CLIENT) != 0 {
+                        return Err(DecodeError::Malformed("DATA_VIA flags"));
+                    }
+                    if flags & via::FROM_CLIENT != 0 {
+                        from_client = Some(c.array()?);
+                    }
+                    if flags & via::TO_CLIENT != 0 {
+                        to_client = Some(c.array()?);
+                    }
+                }
                 let body = c.rest();
                 if body.len() > MAX_MESSAGE_BYTES {
                     return Err(DecodeError::MessageTooLarge(body.len()));
@@ -543,6 +582,8 @@ impl Inner {
                     seq,
                     msg_id,
                     sent_at_ms,
+                    from_client,
+                    to_client,
                     body,
                 })
             }

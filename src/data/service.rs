@@ -22,7 +22,7 @@ use crate::{
     config,
     crypto::LocalKeys,
     node::{self, Node},
-    store::{self, Inbox, Outbox, Store, Transfers, outbox, transfers},
+    store::{self, Inbox, Outbox, Store, Transfers, Via, outbox, transfers},
 };
 
 /// Sessions served at once (streams other peers opened to us).
@@ -51,6 +51,8 @@ pub enum Error {
     },
     #[error("cannot send to ourselves")]
     SelfSend,
+    #[error("a light client id is 16 hex digits")]
+    BadClientId,
     #[error("the data protocol is already registered on this node")]
     AlreadyRunning,
 }
@@ -170,13 +172,27 @@ impl Service {
     /// Queues a message for `to` durably (the database is flushed before this returns, so a crash
     /// right after cannot lose it) and wakes its delivery.
     pub async fn send_message(&self, to: PeerId, body: String) -> Result<outbox::Message, Error> {
+        self.send_message_via(to, body, Via::default()).await
+    }
+
+    /// As [`Service::send_message`], naming light clients (`data-v1.md`, DATA_VIA): the local one
+    /// that wrote it and/or the receiver's one it is for.
+    pub async fn send_message_via(
+        &self,
+        to: PeerId,
+        body: String,
+        via: Via,
+    ) -> Result<outbox::Message, Error> {
         if to == self.shared.keys.peer_id() {
             return Err(Error::SelfSend);
         }
         if body.len() > super::codec::MAX_MESSAGE_BYTES {
             return Err(Error::MessageTooLarge(body.len()));
         }
-        let msg = self.shared.outbox.enqueue(to, body)?;
+        if via.ids().is_none() {
+            return Err(Error::BadClientId);
+        }
+        let msg = self.shared.outbox.enqueue_via(to, body, via)?;
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(msg)

@@ -10,7 +10,7 @@ use sled::{
 };
 use tokio::sync::broadcast;
 
-use super::{Error, peer_key};
+use super::{Error, Via, peer_key};
 
 pub const TREE: &str = "inbox";
 pub const HWM_TREE: &str = "inbox_hwm";
@@ -27,6 +27,8 @@ pub struct Message {
     pub body: String,
     pub sent_at_ms: u64,
     pub received_at_ms: u64,
+    #[serde(flatten)]
+    pub via: Via,
 }
 
 /// What became of a received DATA frame.
@@ -75,6 +77,21 @@ impl Inbox {
         sent_at_ms: u64,
         body: &str,
     ) -> Result<Accepted, Error> {
+        self.accept_via(from, epoch, seq, msg_id, sent_at_ms, body, &Via::default())
+    }
+
+    /// As [`Inbox::accept`], for a message that names light clients (DATA_VIA).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_via(
+        &self,
+        from: &PeerId,
+        epoch: u64,
+        seq: u64,
+        msg_id: &[u8; 16],
+        sent_at_ms: u64,
+        body: &str,
+        via: &Via,
+    ) -> Result<Accepted, Error> {
         let key = hwm_key(from, epoch);
         let local = self.db.generate_id()? + 1; // from 1: `after = 0` lists everything
         let received_at_ms = crate::time::unix_ms();
@@ -95,6 +112,7 @@ impl Inbox {
                 body: body.to_owned(),
                 sent_at_ms,
                 received_at_ms,
+                via: via.clone(),
             };
             messages.insert(
                 &local.to_be_bytes(),

@@ -9,7 +9,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{Error, peer_key};
+use super::{Error, Via, peer_key};
 
 pub const TREE: &str = "outbox";
 pub const SEQ_TREE: &str = "outbox_seq";
@@ -30,6 +30,8 @@ pub struct Message {
     pub seq: u64,
     pub body: String,
     pub created_at_ms: u64,
+    #[serde(flatten)]
+    pub via: Via,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +94,11 @@ impl Outbox {
 
     /// Queues `body` for `to`: the sequence number and the message are written in one transaction.
     pub fn enqueue(&self, to: PeerId, body: String) -> Result<Message, Error> {
+        self.enqueue_via(to, body, Via::default())
+    }
+
+    /// As [`Outbox::enqueue`], naming light clients (sent as DATA_VIA).
+    pub fn enqueue_via(&self, to: PeerId, body: String, via: Via) -> Result<Message, Error> {
         if self.pending_count(&to) >= MAX_QUEUED_PER_PEER {
             return Err(Error::Full("outbox for this peer", MAX_QUEUED_PER_PEER));
         }
@@ -110,6 +117,7 @@ impl Outbox {
                 seq,
                 body: body.clone(),
                 created_at_ms,
+                via: via.clone(),
             };
             let value = serde_json::to_vec(&msg).expect("messages serialise");
             queue.insert(queue_key(&to, seq), value)?;

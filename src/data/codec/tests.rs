@@ -82,6 +82,17 @@ fn expected_inner(name: &str) -> Inner {
             seq: 2,
             msg_id: id16(),
             sent_at_ms: 0x0102_0304_0506_0708,
+            from_client: None,
+            to_client: None,
+            body: "hi".into(),
+        }),
+        "data_via" => Inner::Data(Data {
+            epoch: 1,
+            seq: 2,
+            msg_id: id16(),
+            sent_at_ms: 0x0102_0304_0506_0708,
+            from_client: None,
+            to_client: Some([0xc1; 8]),
             body: "hi".into(),
         }),
         "ack" => Inner::Ack {
@@ -220,15 +231,23 @@ fn arb_inner() -> impl Strategy<Value = Inner> {
             any::<u64>(),
             any::<[u8; 16]>(),
             any::<u64>(),
+            any::<Option<[u8; 8]>>(),
+            any::<Option<[u8; 8]>>(),
             ".{0,200}"
         )
-            .prop_map(|(epoch, seq, msg_id, sent_at_ms, body)| Inner::Data(Data {
-                epoch,
-                seq,
-                msg_id,
-                sent_at_ms,
-                body
-            })),
+            .prop_map(
+                |(epoch, seq, msg_id, sent_at_ms, from_client, to_client, body)| {
+                    Inner::Data(Data {
+                        epoch,
+                        seq,
+                        msg_id,
+                        sent_at_ms,
+                        from_client,
+                        to_client,
+                        body,
+                    })
+                }
+            ),
         (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| Inner::Ack { epoch, seq }),
         (
             any::<[u8; 16]>(),

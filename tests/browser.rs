@@ -1,0 +1,300 @@
+//! A real browser reaches the libp2p network through a node (`protocols/signaling-v1.md`): Debian's
+//! Chromium, headless, driven by playwright-core (pinned in `tests/browser/`), loads the light
+//! client that assist mode serves at `/client/`, gets `/api/p2p/assist`, signals over
+//! `/api/v1/ws` and opens WebRTC DataChannels to the node's gateway and to another browser.
+//!
+//! Needs `chromium`, Node.js and npm: without them the tests print SKIPPED and why, except under
+//! `CI=true`, where a missing one is a failure (`.ci/run` installs them).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{LOOPBACK, NodeProc, WAIT, cli, cli_json, wait_for};
+use serde_json::Value;
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// `Err(reason)` when the browser tooling cannot be used here.
+fn prepare() -> Result<(), String> {
+    if !Path::new(&chromium()).exists() {
+        return Err(format!(
+            "{} is not installed (Debian: apt-get install chromium)",
+            chromium()
+        ));
+    }
+    for tool in ["node", "npm"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Err(format!(
+                "`{tool}` is not installed (Debian: apt-get install nodejs npm)"
+            ));
+        }
+    }
+    // Both tests may get here at once; npm ci replaces node_modules, so one at a time.
+    static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    if js_dir().join("node_modules/playwright-core").exists() {
+        return Ok(());
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(js_dir())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "`npm ci` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn skip(test: &str) -> bool {
+    match prepare() {
+        Ok(()) => false,
+        Err(reason) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: {reason}; CI must run this test"
+            );
+            eprintln!("SKIPPED {test}: {reason}");
+            true
+        }
+    }
+}
+
+fn start_assist(dir: &Path) -> NodeProc {
+    let mut args: Vec<&str> = LOOPBACK.to_vec();
+    args.extend_from_slice(&[
+        "--assist",
+        "--assist-listen",
+        "127.0.0.1:0",
+        "--stun-listen",
+        "127.0.0.1:0",
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+    ]);
+    NodeProc::start(dir, &args)
+}
+
+fn base_url(node: &NodeProc) -> String {
+    let addr = std::fs::read_to_string(node.dir.join("assist.addr")).unwrap();
+    format!("http://{}", addr.trim())
+}
+
+/// `commucat token issue`: (token, client id).
+fn issue_token(node: &NodeProc) -> (String, String) {
+    let v = cli_json(&node.dir, &["token", "issue", "--ttl", "3600"]);
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The browser script, running; its JSON events arrive on the channel.
+struct Script {
+    child: std::process::Child,
+    events: mpsc::Receiver<Value>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn run_script(args: &[&str]) -> Script {
+    let mut child = Command::new("node")
+        .arg("light-client.mjs")
+        .args(args)
+        .env("CHROMIUM", chromium())
+        .current_dir(js_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let (tx, events) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    Script {
+        child,
+        events,
+        stderr,
+    }
+}
+
+impl Script {
+    /// Waits for event `name`; fails with the script's output if it ends first.
+    fn expect(&mut self, name: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.events.recv_timeout(Duration::from_millis(200)) {
+                Ok(v) if v["event"] == name => return v,
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {
+                    continue;
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let status = self.child.wait().unwrap();
+                    let stderr =
+                        std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
+                            .join()
+                            .unwrap();
+                    panic!("no `{name}` from the browser script ({status}):\n{stderr}");
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr.join().unwrap();
+        assert!(
+            status.success(),
+            "the browser script failed ({status}):\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_browser_messages_a_libp2p_peer_through_the_gateway_and_gets_the_reply() {
+    if skip("browser gateway round trip") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start_assist(&tmp.path().join("gw"));
+    let gw_id = gw.peer_id();
+    let mut b_args: Vec<&str> = LOOPBACK.to_vec();
+    let gw_addr = gw.tcp_addr();
+    b_args.extend(["--bootstrap", &gw_addr]);
+    let b = NodeProc::start(&tmp.path().join("b"), &b_args);
+    let b_id = b.peer_id();
+    let (token, client) = issue_token(&gw);
+
+    let mut script = run_script(&[
+        "node",
+        &base_url(&gw),
+        &token,
+        &b_id,
+        "hello from a browser",
+        "hello back from B",
+    ]);
+    let open = script.expect("node-open");
+    assert_eq!(
+        open["me"],
+        client.as_str(),
+        "the page's id is the token's client id"
+    );
+    script.expect("queued");
+
+    // B's inbox has it once, from the gateway node, naming the light client.
+    let msg = wait_for("B to receive the browser's message", WAIT, || {
+        let inbox = cli_json(&b.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["body"] == "hello from a browser")
+            .cloned()
+    });
+    assert_eq!(msg["from"], gw_id.as_str());
+    assert_eq!(msg["from_client"], client.as_str());
+    let text = String::from_utf8(cli(&b.dir, &["inbox"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "client {client} via {gw_id}: hello from a browser"
+        )),
+        "{text}"
+    );
+    script.expect("delivered");
+
+    // B answers that light client; the page shows the reply.
+    let out = cli(
+        &b.dir,
+        &["send", &gw_id, "--client", &client, "hello back from B"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = script.expect("reply");
+    assert!(
+        reply["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{b_id}: hello back from B")),
+        "{reply}"
+    );
+    script.finish();
+
+    // The gateway's inbox holds the reply for the client (what a later `sync` replays).
+    let inbox = cli_json(&gw.dir, &["inbox"]);
+    let held = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["body"] == "hello back from B")
+        .expect("the reply is in the gateway's inbox");
+    assert_eq!(held["to_client"], client.as_str());
+    let b_inbox = cli_json(&b.dir, &["inbox"]);
+    assert_eq!(
+        b_inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["body"] == "hello from a browser")
+            .count(),
+        1,
+        "exactly once"
+    );
+}
+
+#[test]
+fn two_browsers_in_a_room_talk_over_a_direct_data_channel() {
+    if skip("browser to browser") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start_assist(&tmp.path().join("gw"));
+    let (ta, ida) = issue_token(&gw);
+    let (tb, idb) = issue_token(&gw);
+    let mut script = run_script(&["p2p", &base_url(&gw), &ta, &tb, "lobby", "hi, directly"]);
+    let open = script.expect("direct-open");
+    assert_eq!(
+        (open["a"].as_str(), open["b"].as_str()),
+        (Some(ida.as_str()), Some(idb.as_str()))
+    );
+    let got = script.expect("direct-message");
+    assert_eq!(got["from"], ida.as_str());
+    assert!(
+        got["text"].as_str().unwrap().contains("hi, directly"),
+        "{got}"
+    );
+    script.finish();
+}
