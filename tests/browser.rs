@@ -121,6 +121,7 @@ fn run_script(args: &[&str]) -> Script {
         .args(args)
         .env("CHROMIUM", chromium())
         .current_dir(js_dir())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,6 +170,14 @@ impl Script {
                 }
             }
         }
+    }
+
+    /// Tells a script that waits on stdin to go on.
+    fn go_ahead(&mut self) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is piped");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
     }
 
     fn finish(mut self) {
@@ -296,5 +305,78 @@ fn two_browsers_in_a_room_talk_over_a_direct_data_channel() {
         got["text"].as_str().unwrap().contains("hi, directly"),
         "{got}"
     );
+    script.finish();
+}
+
+#[test]
+fn the_page_reconnects_and_rejoins_after_the_node_restarts() {
+    if skip("browser reconnect") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gw");
+    let gw = start_assist(&dir);
+    let (token, client) = issue_token(&gw);
+    let http = std::fs::read_to_string(dir.join("assist.addr")).unwrap();
+    let stun = std::fs::read_to_string(dir.join("stun.addr")).unwrap();
+    let base = base_url(&gw);
+    let mut script = run_script(&["reconnect", &base, &token, "lobby"]);
+    let ready = script.expect("ready");
+    assert_eq!(ready["me"], client.as_str());
+
+    // The node goes away and comes back on the same addresses (same identity, same tokens).
+    assert!(gw.stop().success());
+    script.expect("lost");
+    let mut args: Vec<&str> = LOOPBACK.to_vec();
+    args.extend_from_slice(&[
+        "--assist",
+        "--assist-listen",
+        http.trim(),
+        "--stun-listen",
+        stun.trim(),
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+    ]);
+    let gw = NodeProc::start(&dir, &args);
+    let back = script.expect("back");
+    assert!(
+        back["log"].as_str().unwrap().contains("reconnecting in"),
+        "{back}"
+    );
+
+    // The page re-joined its room: a client joining it now finds the page there.
+    let (other, _) = issue_token(&gw);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let peers = rt.block_on(async {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://{}/api/v1/ws?token={other}", http.trim());
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text(r#"{"type":"join","room":"lobby"}"#))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("peer-list in time")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "peer-list" {
+                    return v["payload"]["peers"].clone();
+                }
+            }
+        }
+    });
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == client.as_str()),
+        "{peers}"
+    );
+    script.go_ahead();
     script.finish();
 }

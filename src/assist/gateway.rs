@@ -43,6 +43,10 @@ pub const MAX_SYNC: usize = 500;
 pub const MAX_SYNC_SCAN: usize = 20_000;
 /// Messages a DataChannel client may have waiting for their `delivered` report.
 pub const MAX_TRACKED: usize = 10_000;
+/// Messages a light client may send over its DataChannel per second on average, and at once;
+/// more are refused with `error`.
+pub const CHANNEL_MESSAGES_PER_SECOND: u32 = 50;
+pub const CHANNEL_BURST: u32 = 200;
 /// The DataChannel label clients open.
 pub const LABEL: &str = "commucat";
 
@@ -504,14 +508,26 @@ struct ChannelTask {
 }
 
 async fn serve_channel(mut t: ChannelTask) {
+    let mut bucket = super::signaling::Bucket::new(CHANNEL_MESSAGES_PER_SECOND, CHANNEL_BURST);
     loop {
         tokio::select! {
             _ = t.shutdown.cancelled() => break,
             ev = t.dc.poll() => match ev {
                 Some(DataChannelEvent::OnMessage(msg)) => {
-                    let reply = match std::str::from_utf8(&msg.data) {
-                        Ok(text) => handle_client(&t, text).await,
-                        Err(_) => vec![json!({"type": "error", "message": "not UTF-8"}).to_string()],
+                    let reply = if !bucket.take(std::time::Instant::now()) {
+                        vec![json!({
+                            "type": "error",
+                            "message": format!(
+                                "more than {CHANNEL_MESSAGES_PER_SECOND} messages per second; \
+                                 this one was dropped"
+                            ),
+                        })
+                        .to_string()]
+                    } else {
+                        match std::str::from_utf8(&msg.data) {
+                            Ok(text) => handle_client(&t, text).await,
+                            Err(_) => vec![json!({"type": "error", "message": "not UTF-8"}).to_string()],
+                        }
                     };
                     for r in reply {
                         if t.dc.send_text(&r).await.is_err() {

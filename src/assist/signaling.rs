@@ -61,7 +61,7 @@ pub mod close {
     pub const SLOW_READER: u16 = 4000;
     /// No frame from the client within `idle_timeout_secs`.
     pub const IDLE: u16 = 4001;
-    /// The token was revoked or the server is shutting down.
+    /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
 }
 
@@ -727,8 +727,8 @@ impl Drop for Unregister {
     }
 }
 
-/// A per-session token bucket over messages.
-struct Bucket {
+/// A per-session token bucket over messages (signaling sessions, gateway DataChannels).
+pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
     rate: f64,
@@ -741,7 +741,18 @@ struct Bucket {
 pub const MAX_REFUSED_IN_A_ROW: u32 = 100;
 
 impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last: Instant::now(),
+            rate: f64::from(per_second),
+            burst: f64::from(burst),
+            refused: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -782,13 +793,7 @@ async fn run_session(
         ping,
     ));
     let idle = Duration::from_secs(limits.idle_timeout_secs);
-    let mut bucket = Bucket {
-        tokens: f64::from(limits.burst),
-        last: Instant::now(),
-        rate: f64::from(limits.messages_per_second),
-        burst: f64::from(limits.burst),
-        refused: 0,
-    };
+    let mut bucket = Bucket::new(limits.messages_per_second, limits.burst);
     let reason = loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => break None,

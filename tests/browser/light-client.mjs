@@ -7,6 +7,9 @@
 //     {"event":"queued"}, then waits for <expected-reply> to show up among the received messages.
 //   node light-client.mjs p2p <base-url> <token-a> <token-b> <room> <text>
 //     two pages join <room>; page A connects to page B directly and sends <text>; page B shows it.
+//   node light-client.mjs reconnect <base-url> <token> <room>
+//     the page joins <room> and opens the node channel ("ready"), sees signaling drop ("lost") and
+//     come back with a new node channel ("back").
 import { chromium } from 'playwright-core';
 
 const WAIT_MS = 60_000;
@@ -88,10 +91,41 @@ async function peerToPeer([tokenA, tokenB, room, text]) {
   emit('direct-message', { text: await got.first().textContent(), from: await got.first().getAttribute('data-from') });
 }
 
+async function reconnect([token, room]) {
+  const page = await open(token);
+  await page.fill('#room', room);
+  await page.click('#join');
+  await page.waitForFunction(() => document.getElementById('node').textContent === 'open', null, {
+    timeout: WAIT_MS,
+  });
+  emit('ready', { me: await page.textContent('#me') });
+  await page.waitForFunction(() => document.getElementById('signaling').textContent !== 'open', null, {
+    timeout: WAIT_MS,
+  });
+  emit('lost');
+  await page.waitForFunction(
+    () =>
+      document.getElementById('signaling').textContent === 'open' &&
+      document.getElementById('node').textContent === 'open',
+    null,
+    { timeout: WAIT_MS },
+  );
+  emit('back', { log: await page.innerText('#log') });
+  // Stay connected until the test has looked at the room (a line on stdin).
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no go-ahead on stdin')), WAIT_MS);
+    process.stdin.once('data', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 let code = 0;
 try {
   if (mode === 'node') await nodeRoundTrip(rest);
   else if (mode === 'p2p') await peerToPeer(rest);
+  else if (mode === 'reconnect') await reconnect(rest);
   else throw new Error(`unknown mode ${mode}`);
 } catch (e) {
   code = 1;
