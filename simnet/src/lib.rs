@@ -1,0 +1,48 @@
+//! simnet: runs scenarios of many CommuCat nodes (the real node library) and reports what the
+//! network did. See `simnet/README.md`.
+
+pub mod inproc;
+pub mod plan;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+
+pub use plan::Plan;
+pub use report::Report;
+pub use scenario::Scenario;
+
+/// A finished run: the report and the samples behind its distributions (for the plots).
+pub struct Outcome {
+    pub report: Report,
+    pub lookup_ms: Vec<f64>,
+    pub delivery_ms: Vec<f64>,
+}
+
+/// Runs `scenario` with `seed` (the scenario's own when `None`).
+pub async fn run(
+    scenario: &Scenario,
+    seed: Option<u64>,
+    progress: &inproc::Progress,
+) -> anyhow::Result<Outcome> {
+    let plan = Plan::new(scenario, seed.unwrap_or(scenario.seed));
+    match scenario.mode {
+        scenario::Mode::Inproc => inproc::run(scenario, &plan, progress).await,
+    }
+}
+
+/// Writes `report.json` and the plots into `dir`; returns the files written.
+pub fn write(outcome: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&outcome.report)?)?;
+    let mut files = vec![json];
+    files.extend(plot::write_all(
+        &outcome.report,
+        &outcome.lookup_ms,
+        &outcome.delivery_ms,
+        dir,
+    )?);
+    Ok(files)
+}

@@ -1,0 +1,157 @@
+//! The JSON report (`simnet/README.md` § Report). Every figure is measured in the run; fields for
+//! things this version does not measure are left out, not filled in.
+
+use serde::{Deserialize, Serialize};
+
+/// A distribution: count, min, median, p90, p99, max (nearest-rank).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dist {
+    pub count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl Dist {
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| -> Option<f64> {
+            if v.is_empty() {
+                return None;
+            }
+            let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            Some(v[rank - 1])
+        };
+        Dist {
+            count: v.len(),
+            min: v.first().copied(),
+            median: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: v.last().copied(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lookups {
+    pub attempted: usize,
+    /// The target's addresses were found.
+    pub succeeded: usize,
+    pub success_rate: f64,
+    /// Of the successes, how many came from a Kademlia lookup (rather than an open connection or
+    /// a presence record).
+    pub via_dht: usize,
+    pub latency_ms: Dist,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Messages {
+    pub sent: usize,
+    /// Distinct messages that reached their target.
+    pub delivered: usize,
+    pub delivery_rate: f64,
+    /// Extra copies in targets' inboxes (0 when delivery is exactly once).
+    pub duplicates: usize,
+    /// From the send call to the target's inbox.
+    pub latency_ms: Dist,
+}
+
+/// One second of the run's workload phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub t_secs: u64,
+    pub live_nodes: usize,
+    pub messages_sent: usize,
+    pub messages_delivered: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub mode: String,
+    pub seed: u64,
+    pub nodes: usize,
+    /// Wall time of the whole run.
+    pub wall_secs: f64,
+    /// Peak resident memory of the simulating process (VmHWM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+    /// Per node: from its start to its first connection to a peer.
+    pub time_to_first_bootstrap_ms: Dist,
+    /// Nodes that never connected to anyone.
+    pub isolated_nodes: usize,
+    pub lookups: Lookups,
+    pub messages: Messages,
+    pub timeline: Vec<Second>,
+    /// Bytes the nodes' libp2p transports sent in all (`libp2p_bandwidth` counters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+}
+
+/// Peak resident memory of this process.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl Report {
+    /// The human summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let d = |x: &Dist| match (x.median, x.p99) {
+            (Some(m), Some(p)) => format!("median {m:.0} ms, p99 {p:.0} ms"),
+            _ => "no samples".into(),
+        };
+        format!(
+            "{} ({} nodes, seed {}, {:.1} s)\n  bootstrap: {} ({} isolated)\n  lookups:   {}/{} found ({:.1}%, {} via the DHT), {}\n  messages:  {}/{} delivered ({:.1}%), {} duplicates, {}{}",
+            self.scenario,
+            self.nodes,
+            self.seed,
+            self.wall_secs,
+            d(&self.time_to_first_bootstrap_ms),
+            self.isolated_nodes,
+            self.lookups.succeeded,
+            self.lookups.attempted,
+            self.lookups.success_rate * 100.0,
+            self.lookups.via_dht,
+            d(&self.lookups.latency_ms),
+            self.messages.delivered,
+            self.messages.sent,
+            self.messages.delivery_rate * 100.0,
+            self.messages.duplicates,
+            d(&self.messages.latency_ms),
+            self.peak_rss_kib
+                .map(|k| format!("\n  peak RSS:  {:.0} MiB", k as f64 / 1024.0))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let d = Dist::of(&v);
+        assert_eq!(
+            (d.min, d.median, d.p90, d.p99, d.max),
+            (Some(1.0), Some(50.0), Some(90.0), Some(99.0), Some(100.0))
+        );
+        let empty = Dist::of(&[]);
+        assert_eq!((empty.count, empty.median), (0, None));
+        assert_eq!(Dist::of(&[3.0]).p99, Some(3.0));
+    }
+}

@@ -1,0 +1,204 @@
+//! Scenario files (`simnet/README.md` § Scenarios): TOML, every key checked, unknown keys refused.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Most nodes one scenario may start.
+pub const MAX_NODES: usize = 5_000;
+/// Most workload operations one scenario may schedule.
+pub const MAX_OPERATIONS: usize = 1_000_000;
+/// Longest workload phase, seconds.
+pub const MAX_DURATION_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every node in this process, on the libp2p memory transport.
+    Inproc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// DHT server and relay; others bootstrap from these.
+    Bootstrap,
+    Desktop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub count: usize,
+    pub role: Role,
+}
+
+/// `count` operations from random nodes of group `from` to random other nodes of group `to`,
+/// spread uniformly over the workload phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    pub from: String,
+    pub to: String,
+    pub count: usize,
+    /// Message body size (messages only). Default: 64.
+    #[serde(default)]
+    pub size_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    #[serde(default)]
+    pub lookups: Vec<Flow>,
+    #[serde(default)]
+    pub messages: Vec<Flow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub mode: Mode,
+    /// Seed of the topology and the workload (`--seed` overrides it).
+    pub seed: u64,
+    /// Length of the workload phase.
+    pub duration_secs: u64,
+    /// Pause between the last node starting and the workload. Default: 5.
+    #[serde(default = "default_warmup")]
+    pub warmup_secs: u64,
+    /// Seconds after the workload phase that deliveries may still take. Default: 30.
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
+    #[serde(rename = "group")]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub workload: Workload,
+}
+
+fn default_warmup() -> u64 {
+    5
+}
+
+fn default_drain() -> u64 {
+    30
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let s: Scenario = toml::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.groups.is_empty() {
+            bail!("a scenario needs at least one [[group]]");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for g in &self.groups {
+            if !seen.insert(g.name.as_str()) {
+                bail!("group {:?} is defined twice", g.name);
+            }
+            if g.count == 0 {
+                bail!("group {:?} has count 0", g.name);
+            }
+        }
+        if self.nodes() > MAX_NODES {
+            bail!("{} nodes: at most {MAX_NODES}", self.nodes());
+        }
+        if !self.groups.iter().any(|g| g.role == Role::Bootstrap) {
+            bail!("a scenario needs a group with role = \"bootstrap\"");
+        }
+        if self.duration_secs == 0 || self.duration_secs > MAX_DURATION_SECS {
+            bail!("duration_secs must be 1..={MAX_DURATION_SECS}");
+        }
+        let flows = self.workload.lookups.iter().chain(&self.workload.messages);
+        let mut ops = 0usize;
+        for f in flows {
+            for name in [&f.from, &f.to] {
+                if self.group(name).is_none() {
+                    bail!("workload names group {name:?}, which is not defined");
+                }
+            }
+            let (from, to) = (self.group(&f.from).unwrap(), self.group(&f.to).unwrap());
+            if f.from == f.to && from.count < 2 {
+                bail!("group {:?} needs two nodes to send within itself", f.from);
+            }
+            if to.count == 0 {
+                bail!("group {:?} is empty", f.to);
+            }
+            ops = ops.saturating_add(f.count);
+        }
+        for f in &self.workload.messages {
+            if f.size_bytes.unwrap_or(64) > commucat::data::codec::MAX_MESSAGE_BYTES {
+                bail!(
+                    "size_bytes is at most {} (the data protocol's message limit)",
+                    commucat::data::codec::MAX_MESSAGE_BYTES
+                );
+            }
+        }
+        if ops > MAX_OPERATIONS {
+            bail!("{ops} operations: at most {MAX_OPERATIONS}");
+        }
+        Ok(())
+    }
+}
+
+/// The scenarios shipped in `simnet/scenarios/`.
+pub fn shipped_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        for entry in std::fs::read_dir(shipped_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_with_the_reason() {
+        let base = r#"
+            name = "x"
+            mode = "inproc"
+            seed = 1
+            duration_secs = 5
+            [[group]]
+            name = "b"
+            count = 1
+            role = "bootstrap"
+        "#;
+        assert!(Scenario::parse(base).is_ok());
+        let unknown = format!("{base}\nlatency_ms = 5\n");
+        assert!(format!("{:#}", Scenario::parse(&unknown).unwrap_err()).contains("latency_ms"));
+        let bad_group =
+            format!("{base}\n[[workload.lookups]]\nfrom = \"b\"\nto = \"nope\"\ncount = 1\n");
+        assert!(format!("{:#}", Scenario::parse(&bad_group).unwrap_err()).contains("nope"));
+        let huge = base.replace("count = 1", "count = 100000");
+        assert!(Scenario::parse(&huge).is_err());
+    }
+}

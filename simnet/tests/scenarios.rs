@@ -1,0 +1,81 @@
+//! simnet as a researcher uses it: a shipped scenario of 50 real nodes in this process, checked on
+//! its report and its files; and the same seed giving the same plan.
+
+use simnet::{Plan, Scenario, scenario::shipped_dir};
+
+fn scenario(name: &str) -> Scenario {
+    Scenario::load(&shipped_dir().join(format!("{name}.toml"))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
+    let s = scenario("smoke-50");
+    let outcome = simnet::run(&s, None, &|_: &str, _: u64, _: u64| {})
+        .await
+        .unwrap();
+    let r = &outcome.report;
+    println!("{}", r.summary());
+    assert_eq!(r.nodes, 50);
+    assert_eq!(r.isolated_nodes, 0, "every node connected to someone");
+    assert_eq!(r.time_to_first_bootstrap_ms.count, 50);
+    assert_eq!(r.lookups.attempted, 150);
+    assert_eq!(r.lookups.success_rate, 1.0, "{:?}", r.lookups);
+    assert!(r.lookups.via_dht > 0, "{:?}", r.lookups);
+    assert_eq!(r.messages.sent, 150);
+    assert_eq!(r.messages.delivery_rate, 1.0, "{:?}", r.messages);
+    assert_eq!(r.messages.duplicates, 0);
+    assert!(r.bytes_sent.is_some_and(|b| b > 0), "{:?}", r.bytes_sent);
+    let delivered: usize = r.timeline.iter().map(|s| s.messages_delivered).sum();
+    assert_eq!(delivered, 150);
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = simnet::write(&outcome, dir.path()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["messages"]["delivered"], 150);
+    assert_eq!(json["lookups"]["latency_ms"]["count"], 150);
+    for name in [
+        "lookup_latency_cdf.png",
+        "delivery_latency_cdf.png",
+        "timeline.png",
+    ] {
+        let path = dir.path().join(name);
+        assert!(files.contains(&path), "{name} written");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
+        assert!(bytes.len() > 5_000, "{name} has content");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_topology_and_workload() {
+    let s = scenario("smoke-50");
+    let a = Plan::new(&s, 42);
+    let b = Plan::new(&s, 42);
+    assert_eq!(a, b);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    let c = Plan::new(&s, 43);
+    assert_ne!(a.ops, c.ops, "another seed, another workload");
+    assert_eq!(a.nodes.len(), 50);
+    assert_eq!(a.ops.len(), 300);
+    // Desktops bootstrap from bootstrap nodes only; operations stay within the phase and never
+    // target their own source.
+    for n in &a.nodes {
+        assert!(
+            n.bootstrap
+                .iter()
+                .all(|b| a.nodes[*b].role == simnet::scenario::Role::Bootstrap)
+        );
+    }
+    for o in &a.ops {
+        assert!(o.at_ms < s.duration_secs * 1000);
+        match o.op {
+            simnet::plan::Op::Lookup { from, to } | simnet::plan::Op::Message { from, to, .. } => {
+                assert_ne!(from, to)
+            }
+        }
+    }
+}
