@@ -102,8 +102,8 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     let total = plan.nodes.len();
     let mut nodes: Vec<Option<SimNode>> = (0..total).map(|_| None).collect();
     let mut addrs: Vec<Option<Multiaddr>> = vec![None; total];
-    let mut first_connect: Vec<Option<Duration>> = vec![None; total];
-    let first_connect_shared = Arc::new(Mutex::new(vec![None::<Duration>; total]));
+    // Per node: time from its start to its first connection (set by its watcher task).
+    let first_connect = Arc::new(Mutex::new(vec![None::<Duration>; total]));
 
     // Bootstrap nodes one by one (each knows those before it), then the rest, a few at a time.
     let boots: Vec<usize> = (0..total)
@@ -115,7 +115,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     let mut started_count = 0u64;
     let watch = |i: usize, n: &SimNode, t0: Instant| {
         let mut events = n.node.client().subscribe();
-        let shared = first_connect_shared.clone();
+        let shared = first_connect.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
@@ -278,12 +278,6 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     let bytes_sent = nodes
         .iter()
         .try_fold(0u64, |acc, n| outbound_bytes(&n.node).map(|b| acc + b));
-    {
-        let shared = first_connect_shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        first_connect.clone_from(&shared);
-    }
     for n in nodes {
         n.data.shutdown().await;
         n.node.shutdown().await;
@@ -292,6 +286,10 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         w.abort();
     }
 
+    let first_connect = first_connect
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let boot_ms: Vec<f64> = first_connect
         .iter()
         .flatten()

@@ -302,16 +302,6 @@ impl Hub {
         rx
     }
 
-    /// Sessions open now.
-    pub fn sessions(&self) -> usize {
-        self.lock().sessions.len()
-    }
-
-    /// Whether `client` has a session open now.
-    pub fn is_connected(&self, client: &str) -> bool {
-        self.lock().clients.contains_key(client)
-    }
-
     pub fn register(&self, client: &str) -> Result<Registration, Refusal> {
         let mut st = self.lock();
         if st.sessions.len() >= self.limits.max_sessions {
