@@ -19,14 +19,6 @@ use std::{
 use common::{LOOPBACK, NodeProc, WAIT, cli, strs, wait_for};
 use serde_json::{Value, json};
 
-const ASSIST: &[&str] = &[
-    "--assist",
-    "--assist-listen",
-    "127.0.0.1:0",
-    "--stun-listen",
-    "127.0.0.1:0",
-];
-
 /// The OpenAPI document as JSON.
 static SPEC: LazyLock<Value> = LazyLock::new(|| {
     let text = std::fs::read_to_string(
@@ -57,20 +49,11 @@ fn assert_schema(name: &str, instance: &Value) {
 }
 
 fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
-    let mut args: Vec<&str> = LOOPBACK.to_vec();
-    args.extend_from_slice(ASSIST);
-    args.extend_from_slice(extra);
-    // No bootstrap peers: the built-in list points at the public network.
-    args.extend_from_slice(&[
-        "--bootstrap",
-        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
-    ]);
-    NodeProc::start_env(dir, &args, env)
+    common::start_assist(dir, extra, env)
 }
 
 fn base_url(node: &NodeProc) -> String {
-    let addr = std::fs::read_to_string(node.dir.join("assist.addr")).unwrap();
-    format!("http://{}", addr.trim())
+    common::assist_url(node)
 }
 
 fn stun_addr(node: &NodeProc) -> SocketAddr {

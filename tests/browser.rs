@@ -35,35 +35,13 @@ fn prepare() -> Result<(), String> {
             chromium()
         ));
     }
-    for tool in ["node", "npm"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            return Err(format!(
-                "`{tool}` is not installed (Debian: apt-get install nodejs npm)"
-            ));
-        }
-    }
     // Both tests may get here at once; npm ci replaces node_modules, so one at a time.
     static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = NPM.lock().unwrap_or_else(|e| e.into_inner());
     if js_dir().join("node_modules/playwright-core").exists() {
         return Ok(());
     }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(js_dir())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "`npm ci` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
+    common::npm_ci(&js_dir())
 }
 
 fn skip(test: &str) -> bool {
@@ -81,22 +59,11 @@ fn skip(test: &str) -> bool {
 }
 
 fn start_assist(dir: &Path) -> NodeProc {
-    let mut args: Vec<&str> = LOOPBACK.to_vec();
-    args.extend_from_slice(&[
-        "--assist",
-        "--assist-listen",
-        "127.0.0.1:0",
-        "--stun-listen",
-        "127.0.0.1:0",
-        "--bootstrap",
-        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
-    ]);
-    NodeProc::start(dir, &args)
+    common::start_assist(dir, &[], &[])
 }
 
 fn base_url(node: &NodeProc) -> String {
-    let addr = std::fs::read_to_string(node.dir.join("assist.addr")).unwrap();
-    format!("http://{}", addr.trim())
+    common::assist_url(node)
 }
 
 /// `commucat token issue`: (token, client id).
@@ -335,7 +302,7 @@ fn the_page_reconnects_and_rejoins_after_the_node_restarts() {
         "--stun-listen",
         stun.trim(),
         "--bootstrap",
-        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        common::NO_BOOTSTRAP,
     ]);
     let gw = NodeProc::start(&dir, &args);
     let back = script.expect("back");

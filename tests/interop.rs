@@ -19,29 +19,7 @@ fn js_dir() -> PathBuf {
 
 /// `Err(reason)` when the JS tooling cannot be used here.
 fn prepare_js() -> Result<(), String> {
-    for tool in ["node", "npm"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            return Err(format!(
-                "`{tool}` is not installed (Debian: apt-get install nodejs npm)"
-            ));
-        }
-    }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(js_dir())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "`npm ci` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
+    common::npm_ci(&js_dir())
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::{path::Path, time::Duration};
 
-use common::{LOOPBACK, NodeProc};
+use common::NodeProc;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -21,25 +21,24 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const STEP: Duration = Duration::from_secs(20);
 
 fn start(dir: &Path, env: &[(&str, &str)]) -> NodeProc {
-    let mut args: Vec<&str> = LOOPBACK.to_vec();
-    args.extend_from_slice(&[
-        "--assist",
-        "--assist-listen",
-        "127.0.0.1:0",
-        "--stun-listen",
-        "127.0.0.1:0",
-        "--bootstrap",
-        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
-    ]);
     let mut env = env.to_vec();
     // Many connections from 127.0.0.1 in these tests: lift the per-IP HTTP limit.
     env.push(("COMMUCAT_ASSIST__RATE_BURST", "1000000"));
-    NodeProc::start_env(dir, &args, &env)
+    common::start_assist(dir, &[], &env)
 }
 
 fn ws_url(node: &NodeProc) -> String {
-    let addr = std::fs::read_to_string(node.dir.join("assist.addr")).unwrap();
-    format!("ws://{}/api/v1/ws", addr.trim())
+    common::assist_url(node).replace("http://", "ws://") + "/api/v1/ws"
+}
+
+/// The node's `/metrics` text.
+async fn metrics(node: &NodeProc) -> String {
+    reqwest::get(format!("{}/metrics", common::assist_url(node)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Issues a token through the control API; returns (token, client id).
@@ -339,15 +338,7 @@ async fn a_silent_client_is_dropped_and_a_live_one_is_not() {
         .expect("the live client stays connected");
     send(&mut live, json!({"type": "ping"})).await;
     next_of(&mut live, "pong").await;
-    let metrics = reqwest::get(
-        url.replace("ws://", "http://")
-            .replace("/api/v1/ws", "/metrics"),
-    )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let metrics = metrics(&node).await;
     assert!(
         metrics.contains("commucat_signaling_disconnects_total{reason=\"idle\"} 1"),
         "{metrics}"
@@ -414,15 +405,7 @@ async fn a_thousand_clients_in_one_room_hear_every_join() {
         assert!(known.is_subset(&all) && !known.contains(&id));
         open.push(ws);
     }
-    let status_sessions = reqwest::get(
-        url.replace("ws://", "http://")
-            .replace("/api/v1/ws", "/metrics"),
-    )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let status_sessions = metrics(&node).await;
     assert!(
         status_sessions.contains(&format!("commucat_signaling_sessions {CLIENTS}")),
         "{status_sessions}"
@@ -472,16 +455,7 @@ async fn a_flood_is_rate_limited_and_a_sustained_one_disconnected() {
     }
     let (_, code) = close_code(&mut ws).await;
     assert!(matches!(code, Some(1008) | None), "{code:?}");
-    let metrics = reqwest::get(
-        ws_url(&node)
-            .replace("ws://", "http://")
-            .replace("/api/v1/ws", "/metrics"),
-    )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let metrics = metrics(&node).await;
     assert!(
         metrics.contains("commucat_signaling_disconnects_total{reason=\"rate_limited\"} 1"),
         "{metrics}"

@@ -25,6 +25,59 @@ pub const LOOPBACK: &[&str] = &[
     "127.0.0.1:0",
 ];
 
+/// A bootstrap peer nobody listens on: keeps a test node off the built-in (public) list.
+pub const NO_BOOTSTRAP: &str =
+    "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+
+/// Starts a node on loopback in assist mode (API and STUN on free ports), with no bootstrap
+/// peers, the `extra` flags and the `env` variables.
+pub fn start_assist(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
+    let mut args: Vec<&str> = LOOPBACK.to_vec();
+    args.extend_from_slice(&[
+        "--assist",
+        "--assist-listen",
+        "127.0.0.1:0",
+        "--stun-listen",
+        "127.0.0.1:0",
+    ]);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--bootstrap", NO_BOOTSTRAP]);
+    NodeProc::start_env(dir, &args, env)
+}
+
+/// The assist API's base URL (`http://addr`) from `assist.addr`.
+pub fn assist_url(node: &NodeProc) -> String {
+    let addr = std::fs::read_to_string(node.dir.join("assist.addr")).unwrap();
+    format!("http://{}", addr.trim())
+}
+
+/// `npm ci` in `dir`; `Err(reason)` when Node.js or npm is missing or the install fails.
+pub fn npm_ci(dir: &Path) -> Result<(), String> {
+    for tool in ["node", "npm"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Err(format!(
+                "`{tool}` is not installed (Debian: apt-get install nodejs npm)"
+            ));
+        }
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "`npm ci` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 /// The strings in a JSON array (empty when `v` is not an array).
 pub fn strs(v: &Value) -> Vec<&str> {
     v.as_array()
