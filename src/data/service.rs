@@ -189,9 +189,9 @@ impl Service {
         if body.len() > super::codec::MAX_MESSAGE_BYTES {
             return Err(Error::MessageTooLarge(body.len()));
         }
-        if via.ids().is_none() {
-            return Err(Error::BadClientId);
-        }
+        // Stored in canonical form (lower-case hex), as gateways compare client ids.
+        let (from_client, to_client) = via.ids().ok_or(Error::BadClientId)?;
+        let via = Via::from_ids(from_client, to_client);
         let msg = self.shared.outbox.enqueue_via(to, body, via)?;
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
