@@ -1,9 +1,14 @@
 //! `mode = "inproc"`: every node of the plan in this process, each a real `commucat` node (libp2p
-//! swarm, Kademlia, the data service with its sled store) on the libp2p memory transport.
+//! swarm, Kademlia, the data service with its sled store) on the libp2p memory transport, shaped
+//! by the scenario's link model (`link.rs`). Churn stops a node and starts it again with the same
+//! keys, store and address.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -12,17 +17,20 @@ use commucat::{
     config::{Config, KadMode, Role as NodeRole},
     crypto::LocalKeys,
     data,
-    node::{Event, FindSource, Node, Transport},
-    store::Store,
+    node::{Event, FindSource, Node},
+    store::{Store, transfers::State},
 };
 use futures::{StreamExt, stream};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 
 use crate::{
+    hops::Tables,
+    link::Link,
     plan::{Op, Plan},
-    report::{Dist, Lookups, Messages, Report, Second},
+    report::{ChurnStats, Dist, Report},
     scenario::{Role, Scenario},
+    track::{self, Tracker},
 };
 
 /// Nodes started at once.
@@ -31,15 +39,73 @@ pub const START_CONCURRENCY: usize = 16;
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Workload operations in flight at once.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// How long a node may take to show its routing table.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may take to stop or start during churn.
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct SimNode {
+/// Memory-transport ports handed out in this process: each node keeps its port across restarts,
+/// as a desktop keeps its TCP port.
+static NEXT_PORT: AtomicU64 = AtomicU64::new(1 << 40);
+
+struct Running {
     node: Node,
     data: Arc<data::Service>,
-    peer_id: PeerId,
-    _downloads: tempfile::TempDir,
 }
 
-fn config(role: Role, bootstrap: Vec<Multiaddr>) -> Config {
+/// A simulated node: what survives a restart, and the running node when it is online.
+struct Slot {
+    keys: Arc<LocalKeys>,
+    store: Store,
+    cfg: Config,
+    downloads: tempfile::TempDir,
+    files: tempfile::TempDir,
+}
+
+impl Slot {
+    fn addr(&self) -> Multiaddr {
+        self.cfg.network.listen[0]
+            .clone()
+            .with(Protocol::P2p(self.keys.peer_id()))
+    }
+
+    async fn start(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
+        let node = Node::spawn(
+            &self.cfg,
+            self.keys.clone(),
+            &self.store,
+            link.transport(seed),
+        )
+        .await?;
+        let data = data::Service::start(
+            &node,
+            self.keys.clone(),
+            &self.store,
+            &self.cfg.data,
+            self.downloads.path().to_owned(),
+        )?;
+        Ok(Running {
+            node,
+            data: Arc::new(data),
+        })
+    }
+}
+
+impl Slot {
+    /// Starts the node again; its port may take a moment to be released by the stopped swarm.
+    async fn restart(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
+        loop {
+            match self.start(link, seed).await {
+                Err(e) if format!("{e:#}").contains("cannot listen") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn config(s: &Scenario, group: &str, role: Role, port: u64) -> anyhow::Result<Config> {
     let mut cfg = Config {
         role: match role {
             Role::Bootstrap => NodeRole::Bootstrap,
@@ -47,51 +113,20 @@ fn config(role: Role, bootstrap: Vec<Multiaddr>) -> Config {
         },
         ..Config::default()
     };
-    cfg.network.listen = vec![Multiaddr::empty().with(Protocol::Memory(0))];
-    cfg.bootstrap.peers = bootstrap;
+    cfg.network.listen = vec![Multiaddr::empty().with(Protocol::Memory(port))];
     // Every memory address is reachable, but AutoNAT cannot confirm one (memory dials come from
-    // fresh ports): the simulated nodes are told to serve the DHT.
+    // fresh ports): the simulated nodes are told their address is public, so they serve the DHT
+    // and neither probe nor look for relays (a thousand nodes doing so would swamp two cores).
+    cfg.network.external_addresses = cfg.network.listen.clone();
     cfg.kad.mode = KadMode::Server;
+    cfg.relay.reservations = 0;
     cfg.mdns.enabled = false;
     cfg.data.max_retry_secs = 2;
     cfg.storage.cache_mib = 4;
-    cfg
-}
-
-async fn start(cfg: &Config) -> anyhow::Result<SimNode> {
-    let keys = Arc::new(LocalKeys::generate());
-    let store = Store::temporary()?;
-    let node = Node::spawn(cfg, keys.clone(), &store, Transport::Memory).await?;
-    let downloads = tempfile::tempdir()?;
-    let data = data::Service::start(
-        &node,
-        keys.clone(),
-        &store,
-        &cfg.data,
-        downloads.path().to_owned(),
-    )?;
-    Ok(SimNode {
-        node,
-        data: Arc::new(data),
-        peer_id: keys.peer_id(),
-        _downloads: downloads,
-    })
-}
-
-async fn addr(n: &SimNode) -> anyhow::Result<Multiaddr> {
-    let s = n.node.client().status().await?;
-    let a = s
-        .listen_addrs
-        .first()
-        .context("the node has no listen address")?;
-    Ok(a.clone().with(Protocol::P2p(n.peer_id)))
-}
-
-/// What the run observes about messages: send time per body tag, arrivals per tag.
-#[derive(Default)]
-struct Tracker {
-    sent: HashMap<String, (Instant, usize)>,
-    arrived: HashMap<String, Vec<Instant>>,
+    match s.group(group).and_then(|g| g.config.as_ref()) {
+        Some(o) => crate::overrides::apply(cfg, o),
+        None => Ok(cfg),
+    }
 }
 
 /// Called as the run goes: (phase, done, total).
@@ -100,20 +135,28 @@ pub type Progress = dyn Fn(&str, u64, u64) + Send + Sync;
 pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Result<crate::Outcome> {
     let started = Instant::now();
     let total = plan.nodes.len();
-    let mut nodes: Vec<Option<SimNode>> = (0..total).map(|_| None).collect();
-    let mut addrs: Vec<Option<Multiaddr>> = vec![None; total];
+    let link = s.link.unwrap_or_default();
+    let base = NEXT_PORT.fetch_add(total as u64, Ordering::Relaxed);
+    let mut slots = Vec::with_capacity(total);
+    for (i, p) in plan.nodes.iter().enumerate() {
+        slots.push(Arc::new(Slot {
+            keys: Arc::new(LocalKeys::generate()),
+            store: Store::temporary()?,
+            cfg: config(s, &p.group, p.role, base + i as u64)?,
+            downloads: tempfile::tempdir()?,
+            files: tempfile::tempdir()?,
+        }));
+    }
+    let addrs: Vec<Multiaddr> = slots.iter().map(|s| s.addr()).collect();
+    let ids: Vec<PeerId> = slots.iter().map(|s| s.keys.peer_id()).collect();
+    for (i, p) in plan.nodes.iter().enumerate() {
+        let slot = Arc::get_mut(&mut slots[i]).expect("not shared yet");
+        slot.cfg.bootstrap.peers = p.bootstrap.iter().map(|b| addrs[*b].clone()).collect();
+    }
+
     // Per node: time from its start to its first connection (set by its watcher task).
     let first_connect = Arc::new(Mutex::new(vec![None::<Duration>; total]));
-
-    // Bootstrap nodes one by one (each knows those before it), then the rest, a few at a time.
-    let boots: Vec<usize> = (0..total)
-        .filter(|i| plan.nodes[*i].role == Role::Bootstrap)
-        .collect();
-    let others: Vec<usize> = (0..total)
-        .filter(|i| plan.nodes[*i].role != Role::Bootstrap)
-        .collect();
-    let mut started_count = 0u64;
-    let watch = |i: usize, n: &SimNode, t0: Instant| {
+    let watch = |i: usize, n: &Running, t0: Instant| {
         let mut events = n.node.client().subscribe();
         let shared = first_connect.clone();
         tokio::spawn(async move {
@@ -130,43 +173,36 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
             }
         });
     };
+
+    // Bootstrap nodes one by one (each knows those before it), then the rest, a few at a time.
+    let mut live: Vec<Option<Running>> = (0..total).map(|_| None).collect();
+    let (boots, others): (Vec<usize>, Vec<usize>) =
+        (0..total).partition(|i| plan.nodes[*i].role == Role::Bootstrap);
+    let mut count = 0u64;
     for &i in &boots {
-        let bootstrap = plan.nodes[i]
-            .bootstrap
-            .iter()
-            .filter_map(|b| addrs[*b].clone())
-            .collect();
         let t0 = Instant::now();
-        let n = start(&config(Role::Bootstrap, bootstrap)).await?;
+        let n = slots[i].start(link, plan.seed).await?;
         watch(i, &n, t0);
-        addrs[i] = Some(addr(&n).await?);
-        nodes[i] = Some(n);
-        started_count += 1;
-        progress("starting nodes", started_count, total as u64);
+        live[i] = Some(n);
+        count += 1;
+        progress("starting nodes", count, total as u64);
     }
     let mut starting = stream::iter(others.iter().map(|&i| {
-        let bootstrap: Vec<Multiaddr> = plan.nodes[i]
-            .bootstrap
-            .iter()
-            .filter_map(|b| addrs[*b].clone())
-            .collect();
+        let slot = slots[i].clone();
         async move {
             let t0 = Instant::now();
-            let n = start(&config(plan.nodes[i].role, bootstrap)).await;
-            (i, t0, n)
+            (i, t0, slot.start(link, plan.seed).await)
         }
     }))
     .buffer_unordered(START_CONCURRENCY);
     while let Some((i, t0, n)) = starting.next().await {
         let n = n?;
         watch(i, &n, t0);
-        nodes[i] = Some(n);
-        started_count += 1;
-        progress("starting nodes", started_count, total as u64);
+        live[i] = Some(n);
+        count += 1;
+        progress("starting nodes", count, total as u64);
     }
     drop(starting);
-    let nodes: Vec<SimNode> = nodes.into_iter().map(|n| n.expect("started")).collect();
-    let ids: Vec<PeerId> = nodes.iter().map(|n| n.peer_id).collect();
 
     // Warm-up: the DHT fills while nothing is measured.
     let warmup = Duration::from_secs(s.warmup_secs);
@@ -177,25 +213,50 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         waited += Duration::from_millis(500);
     }
 
-    // Arrivals: every inbox, tagged bodies.
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    // Routing tables as the workload starts (for hop counts), when there are lookups.
+    let tables = if s.workload.lookups.is_empty() {
+        None
+    } else {
+        let asks = live.iter().enumerate().filter_map(|(i, n)| {
+            let client = n.as_ref()?.node.client().clone();
+            Some(async move {
+                let table = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.routing_table()).await;
+                (i, table)
+            })
+        });
+        let mut answers = stream::iter(asks).buffer_unordered(64);
+        let mut t = HashMap::new();
+        let mut missing = 0;
+        while let Some((i, table)) = answers.next().await {
+            match table {
+                Ok(Ok(table)) => {
+                    t.insert(ids[i], table);
+                }
+                _ => missing += 1,
+            }
+            progress("routing tables", t.len() as u64, total as u64);
+        }
+        if missing > 0 {
+            eprintln!(
+                "simnet: {missing} nodes did not show their routing table within {SNAPSHOT_TIMEOUT:?}"
+            );
+        }
+        Some(Tables::new(t))
+    };
+
+    // Arrivals: every store's inbox notifications (they outlive node restarts).
+    let tracker = Tracker::default();
     let mut watchers = Vec::new();
-    for n in &nodes {
-        let mut inbox = n.data.inbox().subscribe();
+    for slot in &slots {
+        let mut inbox = slot.store.inbox()?.subscribe();
         let t = tracker.clone();
         watchers.push(tokio::spawn(async move {
             loop {
                 match inbox.recv().await {
-                    Ok(m) => {
-                        let tag = m.body.split(' ').next().unwrap_or_default().to_owned();
-                        t.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .arrived
-                            .entry(tag)
-                            .or_default()
-                            .push(Instant::now());
+                    Ok(m) => t.arrival(&m.body),
+                    Err(RecvError::Lagged(n)) => {
+                        eprintln!("simnet: an inbox watcher missed {n} arrivals")
                     }
-                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
                 }
             }
@@ -204,47 +265,111 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
 
     // The workload, each operation at its time.
     let phase = Instant::now();
-    let lookups: Arc<Mutex<Vec<(bool, bool, f64)>>> = Arc::default();
+    let drain_until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
     let ops_total = plan.ops.len() as u64;
     let gate = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut stopping: HashMap<usize, JoinHandle<u64>> = HashMap::new();
+    let mut returning: HashMap<usize, JoinHandle<anyhow::Result<(Running, u64)>>> = HashMap::new();
+    let mut bytes_of_stopped = 0u64;
     for (k, sched) in plan.ops.iter().enumerate() {
         let due = phase + Duration::from_millis(sched.at_ms);
         tokio::time::sleep_until(due.into()).await;
         progress("workload", k as u64, ops_total);
-        let permit = gate.clone().acquire_owned().await?;
+        // A node whose start is under way is needed now, or soon.
+        let needs: &[usize] = match &sched.op {
+            Op::Lookup { from, .. } | Op::Message { from, .. } | Op::File { from, .. } => &[*from],
+            Op::Leave { node } => &[*node],
+            Op::Return { .. } => &[],
+        };
+        for &i in needs {
+            if let Some(h) = returning.remove(&i) {
+                let (n, bytes) = h.await??;
+                bytes_of_stopped += bytes;
+                live[i] = Some(n);
+            }
+        }
         match sched.op {
+            Op::Leave { node } => {
+                let n = live[node]
+                    .take()
+                    .context("leave: the node is not running")?;
+                tracker.lock().leaves += 1;
+                stopping.insert(
+                    node,
+                    tokio::spawn(async move {
+                        let bytes = outbound_bytes(&n.node).unwrap_or(0);
+                        let _ = tokio::time::timeout(RESTART_TIMEOUT, async {
+                            n.data.shutdown().await;
+                            n.node.shutdown().await;
+                        })
+                        .await;
+                        bytes
+                    }),
+                );
+            }
+            Op::Return { node } => {
+                let stop = stopping.remove(&node);
+                let slot = slots[node].clone();
+                let seed = plan.seed;
+                let t = tracker.clone();
+                returning.insert(
+                    node,
+                    tokio::spawn(async move {
+                        let bytes = match stop {
+                            Some(h) => h.await.unwrap_or(0),
+                            None => 0,
+                        };
+                        let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
+                            .await
+                            .context("a returning node did not start in time")??;
+                        t.lock()
+                            .returned
+                            .entry(node)
+                            .or_default()
+                            .push(Instant::now());
+                        Ok((n, bytes))
+                    }),
+                );
+            }
             Op::Lookup { from, to } => {
-                let client = nodes[from].node.client().clone();
+                let permit = gate.clone().acquire_owned().await?;
+                let client = live[from].as_ref().context("lookup source offline")?;
+                let client = client.node.client().clone();
                 let target = ids[to];
-                let out = lookups.clone();
+                let t = tracker.clone();
                 tasks.spawn(async move {
-                    let t = Instant::now();
+                    let started = Instant::now();
                     let r = tokio::time::timeout(LOOKUP_TIMEOUT, client.find_peer(target)).await;
-                    let ms = t.elapsed().as_secs_f64() * 1000.0;
-                    let (ok, dht) = match r {
-                        Ok(Ok(found)) => (!found.addrs.is_empty(), found.source == FindSource::Dht),
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let (found, via_dht) = match r {
+                        Ok(Ok(f)) => (!f.addrs.is_empty(), f.source == FindSource::Dht),
                         _ => (false, false),
                     };
-                    out.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((ok, dht, ms));
+                    t.lock().lookups.push(track::Lookup {
+                        from,
+                        to,
+                        found,
+                        via_dht,
+                        ms,
+                    });
                     drop(permit);
                 });
             }
             Op::Message { from, to, size } => {
-                let tag = format!("simnet-{k}");
-                let mut body = format!("{tag} ");
-                while body.len() < size {
-                    body.push('x');
-                }
-                let data = nodes[from].data.clone();
+                let permit = gate.clone().acquire_owned().await?;
+                let (tag, body) = track::body(k, size);
+                let data = live[from].as_ref().context("sender offline")?.data.clone();
                 let target = ids[to];
-                let t = tracker.clone();
-                t.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .sent
-                    .insert(tag.clone(), (Instant::now(), to));
+                tracker.lock().sent.insert(
+                    tag.clone(),
+                    track::Sent {
+                        at: Instant::now(),
+                        from,
+                        to,
+                        to_offline: !plan.nodes[to].live_at(sched.at_ms),
+                    },
+                );
                 tasks.spawn(async move {
                     if let Err(e) = data.send_message(target, body).await {
                         eprintln!("simnet: message {tag} not queued: {e}");
@@ -252,36 +377,64 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
                     drop(permit);
                 });
             }
+            Op::File { from, to, size } => {
+                let permit = gate.clone().acquire_owned().await?;
+                let data = live[from].as_ref().context("sender offline")?.data.clone();
+                let path = slots[from].files.path().join(format!("file-{k}.bin"));
+                write_file(&path, size, k as u64)?;
+                let target = ids[to];
+                let t = tracker.clone();
+                tasks.spawn(async move {
+                    let mut events = data.subscribe();
+                    let started = Instant::now();
+                    let done_ms = match data.send_file(target, path).await {
+                        Ok(out) => wait_file(&mut events, &out.id, drain_until)
+                            .await
+                            .then(|| started.elapsed().as_secs_f64() * 1000.0),
+                        Err(e) => {
+                            eprintln!("simnet: file {k} not queued: {e}");
+                            None
+                        }
+                    };
+                    t.lock().files.push(track::File { size, done_ms });
+                    drop(permit);
+                });
+            }
         }
     }
     progress("workload", ops_total, ops_total);
+    for (i, h) in returning.drain() {
+        let (n, bytes) = h.await??;
+        bytes_of_stopped += bytes;
+        live[i] = Some(n);
+    }
+    for (_, h) in stopping.drain() {
+        bytes_of_stopped += h.await.unwrap_or(0);
+    }
+    // Up to the end of the workload phase, then the drain.
+    tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
+    track::drain(&tracker, drain_until, progress).await;
     while tasks.join_next().await.is_some() {}
 
-    // Drain: wait for deliveries still under way, up to drain_secs.
-    let drain_until = Instant::now() + Duration::from_secs(s.drain_secs);
-    loop {
-        let (sent, arrived) = {
-            let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                t.sent.len(),
-                t.sent.keys().filter(|k| t.arrived.contains_key(*k)).count(),
-            )
-        };
-        progress("draining", arrived as u64, sent as u64);
-        if arrived == sent || Instant::now() >= drain_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
     // Figures.
-    let bytes_sent = nodes
-        .iter()
-        .try_fold(0u64, |acc, n| outbound_bytes(&n.node).map(|b| acc + b));
-    for n in nodes {
-        n.data.shutdown().await;
-        n.node.shutdown().await;
+    let bytes_sent = live.iter().flatten().try_fold(bytes_of_stopped, |acc, n| {
+        outbound_bytes(&n.node).map(|b| acc + b)
+    });
+    progress("stopping nodes", 0, total as u64);
+    let mut stops = stream::iter(live.into_iter().flatten().map(|n| async move {
+        let _ = tokio::time::timeout(RESTART_TIMEOUT, async {
+            n.data.shutdown().await;
+            n.node.shutdown().await;
+        })
+        .await;
+    }))
+    .buffer_unordered(64);
+    let mut stopped = 0;
+    while stops.next().await.is_some() {
+        stopped += 1;
+        progress("stopping nodes", stopped, total as u64);
     }
+    drop(stops);
     for w in watchers {
         w.abort();
     }
@@ -295,47 +448,16 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         .flatten()
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
-    let isolated = first_connect.iter().filter(|d| d.is_none()).count();
-    let lk = lookups.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let succeeded = lk.iter().filter(|l| l.0).count();
-    let lookup_ms: Vec<f64> = lk.iter().filter(|l| l.0).map(|l| l.2).collect();
-    let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-    let mut delivery_ms = Vec::new();
-    let mut duplicates = 0;
-    let secs = s.duration_secs + s.drain_secs + 1;
-    let mut sent_per_sec = vec![0usize; secs as usize];
-    let mut delivered_per_sec = vec![0usize; secs as usize];
-    for (tag, (at, _)) in &t.sent {
-        let i = at.duration_since(phase).as_secs() as usize;
-        if let Some(slot) = sent_per_sec.get_mut(i) {
-            *slot += 1;
-        }
-        if let Some(arrivals) = t.arrived.get(tag) {
-            let first = arrivals.iter().min().expect("non-empty");
-            delivery_ms.push(first.duration_since(*at).as_secs_f64() * 1000.0);
-            duplicates += arrivals.len() - 1;
-            let j = first.duration_since(phase).as_secs() as usize;
-            if let Some(slot) = delivered_per_sec.get_mut(j) {
-                *slot += 1;
-            }
-        }
-    }
-    let sent = t.sent.len();
-    let delivered = delivery_ms.len();
-    let last = (delivered_per_sec.iter().rposition(|n| *n > 0))
-        .max(sent_per_sec.iter().rposition(|n| *n > 0))
-        .map_or(s.duration_secs as usize, |i| {
-            (i + 1).max(s.duration_secs as usize)
-        });
-    let timeline = (0..last)
-        .map(|i| Second {
-            t_secs: i as u64,
-            live_nodes: total,
-            messages_sent: sent_per_sec[i],
-            messages_delivered: delivered_per_sec[i],
-        })
-        .collect();
-    let rate = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let log = tracker.lock();
+    let hops = tables.map(|t| {
+        log.lookups
+            .iter()
+            .filter_map(|l| t.hops(ids[l.from], ids[l.to]).map(f64::from))
+            .collect()
+    });
+    let (lookups, lookup_ms) = track::lookups(&log, hops);
+    let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
+    let churned = plan.nodes.iter().any(|n| !n.downtime.is_empty());
     let report = Report {
         scenario: s.name.clone(),
         mode: "inproc".into(),
@@ -344,21 +466,16 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         wall_secs: started.elapsed().as_secs_f64(),
         peak_rss_kib: crate::report::peak_rss_kib(),
         time_to_first_bootstrap_ms: Dist::of(&boot_ms),
-        isolated_nodes: isolated,
-        lookups: Lookups {
-            attempted: lk.len(),
-            succeeded,
-            success_rate: rate(succeeded, lk.len()),
-            via_dht: lk.iter().filter(|l| l.0 && l.1).count(),
-            latency_ms: Dist::of(&lookup_ms),
-        },
-        messages: Messages {
-            sent,
-            delivered,
-            delivery_rate: rate(delivered, sent),
-            duplicates,
-            latency_ms: Dist::of(&delivery_ms),
-        },
+        isolated_nodes: first_connect.iter().filter(|d| d.is_none()).count(),
+        lookups,
+        messages,
+        files: track::files(&log),
+        churn: churned.then(|| ChurnStats {
+            leaves: log.leaves,
+            returns: log.returned.values().map(Vec::len).sum(),
+        }),
+        nat_pairs: None,
+        direct_share: None,
         timeline,
         bytes_sent,
     };
@@ -369,9 +486,43 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     })
 }
 
+/// Waits for the sender's `TransferFinished` of transfer `id`; true when it completed.
+pub async fn wait_file(
+    events: &mut tokio::sync::broadcast::Receiver<data::Event>,
+    id: &str,
+    until: Instant,
+) -> bool {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(data::Event::TransferFinished {
+                    id: done,
+                    direction: "out",
+                    state,
+                    ..
+                }) if done == id => return state == State::Complete,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    };
+    tokio::time::timeout_at(until.into(), wait)
+        .await
+        .unwrap_or(false)
+}
+
+/// Writes `size` bytes of incompressible-looking content derived from `seed`.
+pub fn write_file(path: &std::path::Path, size: usize, seed: u64) -> std::io::Result<()> {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut content = vec![0u8; size];
+    rng.fill(&mut content[..]);
+    std::fs::write(path, content)
+}
+
 /// Bytes a node's transports sent, from its `…libp2p_bandwidth_bytes_total` counters (None if the
 /// node has no such counter).
-fn outbound_bytes(node: &Node) -> Option<u64> {
+pub fn outbound_bytes(node: &Node) -> Option<u64> {
     let mut text = String::new();
     let registry = node.metrics();
     let r = registry.read().unwrap_or_else(|e| e.into_inner());

@@ -1,11 +1,16 @@
 //! simnet: runs scenarios of many CommuCat nodes (the real node library) and reports what the
 //! network did. See `simnet/README.md`.
 
+pub mod hops;
 pub mod inproc;
+pub mod link;
+pub mod netns;
+pub mod overrides;
 pub mod plan;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod track;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +34,7 @@ pub async fn run(
     let plan = Plan::new(scenario, seed.unwrap_or(scenario.seed));
     match scenario.mode {
         scenario::Mode::Inproc => inproc::run(scenario, &plan, progress).await,
+        scenario::Mode::Netns => netns::run(scenario, &plan, progress).await,
     }
 }
 

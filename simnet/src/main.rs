@@ -32,8 +32,30 @@ enum Command {
     List,
 }
 
+/// netns scenarios run in patchbay's user namespace, which a process can only enter while it has
+/// a single thread: `run` re-executes this binary with `SIMNET_NETNS_USERNS=1`, and this
+/// constructor enters the namespace before `main`.
+#[ctor::ctor]
+fn userns() {
+    simnet::netns::enter_userns_if_asked();
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { scenario, .. } = &cli.command
+        && std::env::var_os(simnet::netns::USERNS_ENV).is_none()
+        && let Ok(s) = Scenario::load(scenario)
+        && s.mode == simnet::scenario::Mode::Netns
+    {
+        if let Some(why) = simnet::netns::unavailable() {
+            eprintln!(
+                "simnet: scenario {:?} needs network namespaces and nftables: {why}",
+                s.name
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+        return reexec();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,6 +79,24 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simnet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs this binary again with the same arguments inside patchbay's user namespace.
+fn reexec() -> std::process::ExitCode {
+    let status = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(simnet::netns::USERNS_ENV, "1")
+            .status()
+    });
+    match status {
+        Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("simnet: cannot re-execute itself for the netns lab: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -87,6 +127,9 @@ async fn run(path: PathBuf, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::
         .expect("valid template")
         .progress_chars("=> "),
     );
+    // Without a terminal (CI, a log file) the bar is hidden: a line per phase and every 10 s.
+    let plain = bar.is_hidden();
+    let last_line = std::sync::Mutex::new((String::new(), std::time::Instant::now()));
     let progress = {
         let bar = bar.clone();
         move |phase: &str, done: u64, total: u64| {
@@ -95,6 +138,13 @@ async fn run(path: PathBuf, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::
             }
             bar.set_length(total);
             bar.set_position(done);
+            if plain {
+                let mut last = last_line.lock().unwrap_or_else(|e| e.into_inner());
+                if last.0 != phase || last.1.elapsed() >= std::time::Duration::from_secs(10) {
+                    eprintln!("simnet: {phase} {done}/{total}");
+                    *last = (phase.to_owned(), std::time::Instant::now());
+                }
+            }
         }
     };
     let outcome = simnet::run(&scenario, seed, &progress).await?;

@@ -5,7 +5,7 @@
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Flow, Role, Scenario};
+use crate::scenario::{DEFAULT_FILE_BYTES, Flow, Nat, Role, Scenario};
 
 /// Bootstrap nodes a desktop node is given at most.
 pub const BOOTSTRAP_FANOUT: usize = 3;
@@ -16,14 +16,67 @@ pub struct PlannedNode {
     pub role: Role,
     /// Indices of the nodes it bootstraps from (always bootstrap-role nodes started before it).
     pub bootstrap: Vec<usize>,
+    /// The router it sits behind (`netns`).
+    pub nat: Nat,
+    /// When it is offline (churn, outages), in workload milliseconds; sorted, disjoint.
+    pub downtime: Vec<Window>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+impl PlannedNode {
+    /// Online at `t_ms` of the workload phase.
+    pub fn live_at(&self, t_ms: u64) -> bool {
+        !self
+            .downtime
+            .iter()
+            .any(|w| w.from_ms <= t_ms && t_ms < w.to_ms)
+    }
+
+    /// The downtime window that contains `t_ms`, if any.
+    pub fn down_at(&self, t_ms: u64) -> Option<Window> {
+        self.downtime
+            .iter()
+            .copied()
+            .find(|w| w.from_ms <= t_ms && t_ms < w.to_ms)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Op {
-    Lookup { from: usize, to: usize },
-    Message { from: usize, to: usize, size: usize },
+    Lookup {
+        from: usize,
+        to: usize,
+    },
+    Message {
+        from: usize,
+        to: usize,
+        size: usize,
+    },
+    File {
+        from: usize,
+        to: usize,
+        size: usize,
+    },
+    /// The node stops (its identity and store are kept).
+    Leave {
+        node: usize,
+    },
+    /// The node starts again with the same identity, store and address.
+    Return {
+        node: usize,
+    },
 }
+
+/// Sources and targets of lookups and files, and senders of messages, are online when the
+/// operation is due, and stay so for this long (a message's target may be offline: its delivery
+/// waits for the return).
+pub const LIVE_MARGIN_MS: u64 = 2_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduled {
@@ -68,42 +121,118 @@ impl Plan {
                     group: g.name.clone(),
                     role: g.role,
                     bootstrap,
+                    nat: g.nat(),
+                    downtime: Vec::new(),
                 });
             }
         }
         let span = s.duration_secs * 1000;
         let mut ops = Vec::new();
-        let mut flows = |list: &[Flow], message: bool, rng: &mut StdRng| {
+
+        // Outages, then churn: each node leaves at most once.
+        let mut churned = std::collections::HashSet::new();
+        for o in &s.outages {
+            let group = &members[o.group.as_str()];
+            let mut pool: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|i| !churned.contains(i))
+                .collect();
+            for _ in 0..o.count.unwrap_or(group.len()).min(pool.len()) {
+                let i = pool.swap_remove(rng.random_range(0..pool.len()));
+                churned.insert(i);
+                let w = Window {
+                    from_ms: o.at_secs * 1000,
+                    to_ms: (o.at_secs + o.for_secs) * 1000,
+                };
+                nodes[i].downtime.push(w);
+            }
+        }
+        if let Some(c) = &s.churn {
+            let groups: Vec<&str> = if c.groups.is_empty() {
+                s.groups
+                    .iter()
+                    .filter(|g| g.role != Role::Bootstrap)
+                    .map(|g| g.name.as_str())
+                    .collect()
+            } else {
+                c.groups.iter().map(String::as_str).collect()
+            };
+            let mut pool: Vec<usize> = groups
+                .iter()
+                .flat_map(|g| members[g].iter().copied())
+                .filter(|i| !churned.contains(i))
+                .collect();
+            pool.sort_unstable();
+            let leaves = (c.leaves_per_min * s.duration_secs as f64 / 60.0).round() as usize;
+            let (lo, hi) = (c.down_secs[0] * 1000, c.down_secs[1] * 1000);
+            for _ in 0..leaves.min(pool.len()) {
+                let i = pool.swap_remove(rng.random_range(0..pool.len()));
+                let down = rng.random_range(lo..=hi);
+                let from_ms = rng.random_range(0..span.saturating_sub(down).max(1));
+                nodes[i].downtime.push(Window {
+                    from_ms,
+                    to_ms: from_ms + down,
+                });
+            }
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            for w in &n.downtime {
+                ops.push(Scheduled {
+                    at_ms: w.from_ms,
+                    op: Op::Leave { node: i },
+                });
+                ops.push(Scheduled {
+                    at_ms: w.to_ms,
+                    op: Op::Return { node: i },
+                });
+            }
+        }
+
+        let live = |i: usize, t: u64| {
+            nodes[i].live_at(t) && nodes[i].live_at(t + LIVE_MARGIN_MS.min(span - t))
+        };
+        let mut flows = |list: &[Flow], kind: u8, rng: &mut StdRng| {
             for f in list {
                 let (from, to) = (&members[f.from.as_str()], &members[f.to.as_str()]);
                 for _ in 0..f.count {
-                    let a = from[rng.random_range(0..from.len())];
-                    let b = loop {
+                    let at_ms = rng.random_range(0..span);
+                    // Draw until the ends are allowed (bounded: give up on an operation nobody
+                    // can do at that time).
+                    let pair = (0..1000).find_map(|_| {
+                        let a = from[rng.random_range(0..from.len())];
                         let b = to[rng.random_range(0..to.len())];
-                        if b != a {
-                            break b;
-                        }
-                    };
-                    let op = if message {
-                        Op::Message {
+                        let ok = a != b && live(a, at_ms) && (kind == 1 || live(b, at_ms));
+                        ok.then_some((a, b))
+                    });
+                    let Some((a, b)) = pair else { continue };
+                    let op = match kind {
+                        0 => Op::Lookup { from: a, to: b },
+                        1 => Op::Message {
                             from: a,
                             to: b,
                             size: f.size_bytes.unwrap_or(64),
-                        }
-                    } else {
-                        Op::Lookup { from: a, to: b }
+                        },
+                        _ => Op::File {
+                            from: a,
+                            to: b,
+                            size: f.size_bytes.unwrap_or(DEFAULT_FILE_BYTES),
+                        },
                     };
-                    ops.push(Scheduled {
-                        at_ms: rng.random_range(0..span),
-                        op,
-                    });
+                    ops.push(Scheduled { at_ms, op });
                 }
             }
         };
-        flows(&s.workload.lookups, false, &mut rng);
-        flows(&s.workload.messages, true, &mut rng);
+        flows(&s.workload.lookups, 0, &mut rng);
+        flows(&s.workload.messages, 1, &mut rng);
+        flows(&s.workload.files, 2, &mut rng);
         ops.sort_by_key(|o| o.at_ms);
         Plan { seed, nodes, ops }
+    }
+
+    /// Nodes online at `t_ms` of the workload phase.
+    pub fn live_nodes(&self, t_ms: u64) -> usize {
+        self.nodes.iter().filter(|n| n.live_at(t_ms)).count()
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Lookups {
     /// a presence record).
     pub via_dht: usize,
     pub latency_ms: Dist,
+    /// Request rounds until the target is asked, computed from the nodes' routing tables at the
+    /// start of the workload (`simnet/src/hops.rs`): rust-libp2p does not report a query's
+    /// referral chain. Lookups the tables cannot complete are left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<Dist>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,15 +68,88 @@ pub struct Messages {
     pub duplicates: usize,
     /// From the send call to the target's inbox.
     pub latency_ms: Dist,
+    /// Messages to nodes that were online when sent.
+    pub to_live: Share,
+    /// Messages to nodes that were offline when sent (churn, outages): these wait in the
+    /// sender's outbox for the target's return.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_offline: Option<ToOffline>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub sent: usize,
+    pub delivered: usize,
+    pub delivery_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToOffline {
+    pub sent: usize,
+    pub delivered: usize,
+    pub delivery_rate: f64,
+    pub duplicates: usize,
+    /// Delivered before the target was back: always 0 unless something is badly wrong.
+    pub delivered_before_return: usize,
+    /// From the target's return to the message in its inbox.
+    pub after_return_ms: Dist,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Files {
+    pub sent: usize,
+    /// Every block written at the receiver and the hash checked (the sender's `Complete`).
+    pub completed: usize,
+    pub completion_rate: f64,
+    /// From the send call to completion.
+    pub latency_ms: Dist,
+    /// File size over that time, megabits per second.
+    pub throughput_mbps: Dist,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnStats {
+    /// Nodes stopped during the workload (identity and store kept).
+    pub leaves: usize,
+    /// Of these, nodes started again.
+    pub returns: usize,
+}
+
+/// `netns`: what happened between the nodes of two NAT types (`a` ≤ `b`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NatPair {
+    pub a: String,
+    pub b: String,
+    /// `direct` or `relayed`: what `NAT-LAB.md` expects for these NAT types.
+    pub expected: String,
+    /// Every pair of the cell ended as expected.
+    pub as_expected: bool,
+    /// Node pairs of these types that exchanged messages.
+    pub pairs: usize,
+    /// DCUtR hole punches started (the first connection was relayed).
+    pub attempts: usize,
+    pub successes: usize,
+    /// Pairs whose first hole punch succeeded, over pairs that punched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_attempt_share: Option<f64>,
+    /// Pairs that ended on a direct connection / only on the relay.
+    pub direct: usize,
+    pub relayed: usize,
+    pub messages_sent: usize,
+    pub messages_delivered: usize,
+    pub delivery_rate: f64,
+}
 /// One second of the run's workload phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Second {
     pub t_secs: u64,
     pub live_nodes: usize,
     pub messages_sent: usize,
+    /// Messages that arrived in this second.
     pub messages_delivered: usize,
+    /// Of the messages sent in this second to online nodes, the share delivered by the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +169,16 @@ pub struct Report {
     pub isolated_nodes: usize,
     pub lookups: Lookups,
     pub messages: Messages,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Files>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnStats>,
+    /// `netns`: per NAT-type pair, hole punching and delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_pairs: Option<Vec<NatPair>>,
+    /// `netns`: connections between workload pairs at the end: direct over all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_share: Option<f64>,
     pub timeline: Vec<Second>,
     /// Bytes the nodes' libp2p transports sent in all (`libp2p_bandwidth` counters).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +192,11 @@ pub fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `a / b`, 1 when nothing was attempted.
+pub fn rate(a: usize, b: usize) -> f64 {
+    if b == 0 { 1.0 } else { a as f64 / b as f64 }
 }
 
 impl Report {
@@ -134,7 +227,57 @@ impl Report {
             self.peak_rss_kib
                 .map(|k| format!("\n  peak RSS:  {:.0} MiB", k as f64 / 1024.0))
                 .unwrap_or_default(),
-        )
+        ) + &self.extra_summary()
+    }
+
+    fn extra_summary(&self) -> String {
+        let mut out = String::new();
+        if let Some(h) = &self.lookups.hops
+            && let Some(m) = h.median
+        {
+            out += &format!(
+                "\n  hops:      median {m:.0}, p99 {:.0} (computed from routing tables)",
+                h.p99.unwrap_or(m)
+            );
+        }
+        if let Some(o) = &self.messages.to_offline {
+            out += &format!(
+                "\n  to online: {}/{} delivered ({:.1}%)\n  to offline: {}/{} delivered after the target's return, {} duplicates",
+                self.messages.to_live.delivered,
+                self.messages.to_live.sent,
+                self.messages.to_live.delivery_rate * 100.0,
+                o.delivered,
+                o.sent,
+                o.duplicates
+            );
+        }
+        if let Some(c) = &self.churn {
+            out += &format!("\n  churn:     {} left, {} returned", c.leaves, c.returns);
+        }
+        if let Some(f) = &self.files {
+            out += &format!(
+                "\n  files:     {}/{} complete, median {:.1} Mbit/s",
+                f.completed,
+                f.sent,
+                f.throughput_mbps.median.unwrap_or(0.0)
+            );
+        }
+        if let Some(pairs) = &self.nat_pairs {
+            for p in pairs {
+                out += &format!(
+                    "\n  {:>8} × {:<8} {} direct, {} relayed; punches {}/{}; delivered {}/{}",
+                    p.a,
+                    p.b,
+                    p.direct,
+                    p.relayed,
+                    p.successes,
+                    p.attempts,
+                    p.messages_delivered,
+                    p.messages_sent
+                );
+            }
+        }
+        out
     }
 }
 

@@ -17,6 +17,36 @@ pub const MAX_DURATION_SECS: u64 = 24 * 3600;
 pub enum Mode {
     /// Every node in this process, on the libp2p memory transport.
     Inproc,
+    /// Nodes in network namespaces behind nftables NAT routers (patchbay), over real TCP and QUIC.
+    Netns,
+}
+
+/// The router a `netns` group sits behind (`../shared/NAT-LAB.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nat {
+    /// A public address, no NAT (bootstrap/relay servers).
+    Public,
+    /// Full cone: endpoint-independent mapping and filtering.
+    Open,
+    /// A home router: endpoint-independent mapping, address-and-port-dependent filtering.
+    Moderate,
+    /// Symmetric: a new mapping per destination.
+    Strict,
+    /// Carrier-grade NAT (patchbay's `IspCgnat` preset, endpoint-independent mapping).
+    Cgnat,
+}
+
+impl Nat {
+    pub fn label(self) -> &'static str {
+        match self {
+            Nat::Public => "public",
+            Nat::Open => "open",
+            Nat::Moderate => "moderate",
+            Nat::Strict => "strict",
+            Nat::Cgnat => "cgnat",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +63,48 @@ pub struct Group {
     pub name: String,
     pub count: usize,
     pub role: Role,
+    /// `netns` only: the router each node of the group sits behind (its own router per node).
+    /// Default: `public` for bootstrap groups, `moderate` for others.
+    #[serde(default)]
+    pub nat: Option<Nat>,
+    /// Node configuration overrides, merged into the defaults (`config/default.toml` keys, e.g.
+    /// `[group.config.data] max_retry_secs = 5`).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
+
+impl Group {
+    pub fn nat(&self) -> Nat {
+        self.nat.unwrap_or(match self.role {
+            Role::Bootstrap => Nat::Public,
+            Role::Desktop => Nat::Moderate,
+        })
+    }
+}
+
+/// `[churn]`: nodes of `groups` leave (stop, keeping identity and store) at `leaves_per_min`
+/// over the workload phase and come back after `down_secs`; each node leaves at most once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    /// Groups whose nodes churn. Default: every desktop group.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub leaves_per_min: f64,
+    /// Time offline, uniform in `[min, max]` seconds.
+    pub down_secs: [u64; 2],
+}
+
+/// `[[outage]]`: `count` nodes of `group` (default: all) go offline together at `at_secs` into the
+/// workload phase and return `for_secs` later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    pub group: String,
+    #[serde(default)]
+    pub count: Option<usize>,
+    pub at_secs: u64,
+    pub for_secs: u64,
 }
 
 /// `count` operations from random nodes of group `from` to random other nodes of group `to`,
@@ -55,7 +127,14 @@ pub struct Workload {
     pub lookups: Vec<Flow>,
     #[serde(default)]
     pub messages: Vec<Flow>,
+    /// File transfers (`size_bytes` default: 1 MiB).
+    #[serde(default)]
+    pub files: Vec<Flow>,
 }
+
+/// Largest simulated file.
+pub const MAX_FILE_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_FILE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +155,13 @@ pub struct Scenario {
     pub drain_secs: u64,
     #[serde(rename = "group")]
     pub groups: Vec<Group>,
+    /// Link model (`inproc` only). Default: no delay, no loss, no bandwidth limit.
+    #[serde(default)]
+    pub link: Option<crate::link::Link>,
+    #[serde(default)]
+    pub churn: Option<Churn>,
+    #[serde(default, rename = "outage")]
+    pub outages: Vec<Outage>,
     #[serde(default)]
     pub workload: Workload,
 }
@@ -131,7 +217,69 @@ impl Scenario {
         if self.duration_secs == 0 || self.duration_secs > MAX_DURATION_SECS {
             bail!("duration_secs must be 1..={MAX_DURATION_SECS}");
         }
-        let flows = self.workload.lookups.iter().chain(&self.workload.messages);
+        if let Some(link) = &self.link {
+            link.validate()?;
+            if self.mode != Mode::Inproc {
+                bail!("[link] applies to mode = \"inproc\" only (netns links are real veth pairs)");
+            }
+        }
+        for g in &self.groups {
+            if self.mode == Mode::Inproc && g.nat.is_some() {
+                bail!("group {:?}: `nat` applies to mode = \"netns\" only", g.name);
+            }
+            if g.role == Role::Bootstrap && g.nat() != Nat::Public {
+                bail!("group {:?}: bootstrap nodes need nat = \"public\"", g.name);
+            }
+            if let Some(c) = &g.config {
+                crate::overrides::apply(commucat::config::Config::default(), c)
+                    .with_context(|| format!("group {:?}: config overrides", g.name))?;
+            }
+        }
+        if let Some(c) = &self.churn {
+            for name in &c.groups {
+                match self.group(name) {
+                    None => bail!("churn names group {name:?}, which is not defined"),
+                    Some(g) if g.role == Role::Bootstrap => {
+                        bail!("churn: group {name:?} holds bootstrap nodes, which do not churn")
+                    }
+                    _ => {}
+                }
+            }
+            if !(c.leaves_per_min.is_finite() && c.leaves_per_min >= 0.0) {
+                bail!("churn.leaves_per_min must be at least 0");
+            }
+            if c.down_secs[0] > c.down_secs[1] || c.down_secs[1] >= self.duration_secs {
+                bail!("churn.down_secs = [min, max] with min <= max < duration_secs");
+            }
+        }
+        for o in &self.outages {
+            let Some(g) = self.group(&o.group) else {
+                bail!("outage names group {:?}, which is not defined", o.group);
+            };
+            if g.role == Role::Bootstrap {
+                bail!("outage: group {:?} holds bootstrap nodes", o.group);
+            }
+            if o.count.unwrap_or(g.count) > g.count {
+                bail!("outage: group {:?} has only {} nodes", o.group, g.count);
+            }
+            if o.for_secs == 0 || o.at_secs + o.for_secs >= self.duration_secs {
+                bail!("outage: 0 < for_secs and at_secs + for_secs < duration_secs");
+            }
+        }
+        if self.mode == Mode::Netns && (self.churn.is_some() || !self.outages.is_empty()) {
+            bail!("churn and outages are simulated in mode = \"inproc\" only");
+        }
+        for f in &self.workload.files {
+            if f.size_bytes.unwrap_or(DEFAULT_FILE_BYTES) > MAX_FILE_BYTES {
+                bail!("file size_bytes is at most {MAX_FILE_BYTES}");
+            }
+        }
+        let flows = self
+            .workload
+            .lookups
+            .iter()
+            .chain(&self.workload.messages)
+            .chain(&self.workload.files);
         let mut ops = 0usize;
         for f in flows {
             for name in [&f.from, &f.to] {

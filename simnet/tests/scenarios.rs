@@ -1,5 +1,6 @@
-//! simnet as a researcher uses it: a shipped scenario of 50 real nodes in this process, checked on
-//! its report and its files; and the same seed giving the same plan.
+//! simnet as a researcher uses it: a shipped scenario of 50 real nodes in this process (over the
+//! link model, with an outage, files), checked on its report and its files; and the same seed
+//! giving the same plan.
 
 use simnet::{Plan, Scenario, scenario::shipped_dir};
 
@@ -21,19 +22,53 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     assert_eq!(r.lookups.attempted, 150);
     assert_eq!(r.lookups.success_rate, 1.0, "{:?}", r.lookups);
     assert!(r.lookups.via_dht > 0, "{:?}", r.lookups);
-    assert_eq!(r.messages.sent, 150);
+    let hops = r.lookups.hops.as_ref().expect("hops computed");
+    assert!(hops.count > 0 && hops.min >= Some(1.0), "{hops:?}");
+    // The 10 ms link is felt: no lookup is answered faster than one round trip.
+    assert!(
+        r.lookups.latency_ms.min >= Some(20.0),
+        "{:?}",
+        r.lookups.latency_ms
+    );
+    let sent = r.messages.sent;
+    assert!(sent >= 185, "{sent} messages planned with online senders");
     assert_eq!(r.messages.delivery_rate, 1.0, "{:?}", r.messages);
     assert_eq!(r.messages.duplicates, 0);
-    assert!(r.bytes_sent.is_some_and(|b| b > 0), "{:?}", r.bytes_sent);
+    // Messages to the nodes that were away arrived once, after they came back.
+    let off = r
+        .messages
+        .to_offline
+        .as_ref()
+        .expect("messages to offline nodes");
+    assert!(off.sent > 0, "{off:?}");
+    assert_eq!(
+        (off.delivered, off.duplicates, off.delivered_before_return),
+        (off.sent, 0, 0)
+    );
+    assert_eq!(off.after_return_ms.count, off.sent);
+    let churn = r.churn.as_ref().expect("the outage is reported");
+    assert_eq!((churn.leaves, churn.returns), (5, 5));
+    assert!(
+        r.timeline.iter().any(|s| s.live_nodes == 45),
+        "the outage shows in the timeline"
+    );
+    let files = r.files.as_ref().expect("files");
+    assert_eq!((files.sent, files.completed), (3, 3), "{files:?}");
+    assert!(
+        r.bytes_sent.is_some_and(|b| b > 3 * 262_144),
+        "{:?}",
+        r.bytes_sent
+    );
     let delivered: usize = r.timeline.iter().map(|s| s.messages_delivered).sum();
-    assert_eq!(delivered, 150);
+    assert_eq!(delivered, sent);
 
     let dir = tempfile::tempdir().unwrap();
     let files = simnet::write(&outcome, dir.path()).unwrap();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
-    assert_eq!(json["messages"]["delivered"], 150);
+    assert_eq!(json["messages"]["delivered"], sent);
     assert_eq!(json["lookups"]["latency_ms"]["count"], 150);
+    assert_eq!(json["files"]["completed"], 3);
     for name in [
         "lookup_latency_cdf.png",
         "delivery_latency_cdf.png",
@@ -60,7 +95,11 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
     let c = Plan::new(&s, 43);
     assert_ne!(a.ops, c.ops, "another seed, another workload");
     assert_eq!(a.nodes.len(), 50);
-    assert_eq!(a.ops.len(), 300);
+    // 150 lookups, 190 messages, 3 files, 5 leaves and 5 returns (a few draws may find no
+    // online sender and are dropped, the same ones for the same seed).
+    assert!(a.ops.len() > 330 && a.ops.len() <= 353, "{}", a.ops.len());
+    let away: Vec<_> = a.nodes.iter().filter(|n| n.group == "away").collect();
+    assert!(away.iter().all(|n| n.downtime.len() == 1));
     // Desktops bootstrap from bootstrap nodes only; operations stay within the phase and never
     // target their own source.
     for n in &a.nodes {
@@ -73,9 +112,13 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
     for o in &a.ops {
         assert!(o.at_ms < s.duration_secs * 1000);
         match o.op {
-            simnet::plan::Op::Lookup { from, to } | simnet::plan::Op::Message { from, to, .. } => {
-                assert_ne!(from, to)
+            simnet::plan::Op::Lookup { from, to }
+            | simnet::plan::Op::Message { from, to, .. }
+            | simnet::plan::Op::File { from, to, .. } => {
+                assert_ne!(from, to);
+                assert!(a.nodes[from].live_at(o.at_ms), "senders are online");
             }
+            simnet::plan::Op::Leave { .. } | simnet::plan::Op::Return { .. } => {}
         }
     }
 }

@@ -35,6 +35,11 @@ impl Client {
         self.request(|reply| Command::Peers { reply }).await
     }
 
+    /// The peers in the Kademlia routing table, closest bucket first.
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, Error> {
+        self.request(|reply| Command::RoutingTable { reply }).await
+    }
+
     /// Looks `peer` up with a Kademlia query; if the DHT does not know it but we are connected to
     /// it, answers with the addresses it announced to us; failing both, with the addresses in its
     /// signed presence record.

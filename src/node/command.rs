@@ -15,6 +15,9 @@ pub(crate) enum Command {
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
     },
+    RoutingTable {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     FindPeer {
         peer: PeerId,
         reply: oneshot::Sender<Result<FoundPeer, Error>>,

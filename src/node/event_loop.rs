@@ -130,6 +130,8 @@ pub(crate) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
+    /// The listeners `start` opened.
+    listeners: Vec<libp2p::core::transport::ListenerId>,
     peer_book: PeerBook,
     metrics: Metrics,
     role: Role,
@@ -197,6 +199,7 @@ impl EventLoop {
             commands,
             events,
             shutdown,
+            listeners: Vec::new(),
             peer_book,
             metrics,
             role: cfg.role,
@@ -252,7 +255,7 @@ impl EventLoop {
                 .and_then(|()| {
                     self.swarm
                         .listen_on(addr.clone())
-                        .map(drop)
+                        .map(|id| self.listeners.push(id))
                         .map_err(|e| error_chain(&e))
                 });
             if let Err(e) = result {
@@ -308,6 +311,12 @@ impl EventLoop {
                 () = tokio::time::sleep_until(self.next_rotation) => self.rotate_keys(),
                 () = tokio::time::sleep_until(self.next_relay_check) => self.maintain_relays(),
             }
+        }
+        // Listeners are closed explicitly: libp2p's memory transport keeps a port taken until its
+        // listener is removed, even after the swarm is dropped, so a node restarted in the same
+        // process could not listen on its address again.
+        for id in std::mem::take(&mut self.listeners) {
+            self.swarm.remove_listener(id);
         }
         tracing::debug!("event loop stopped");
     }

@@ -27,6 +27,16 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.peer_infos());
             }
+            Command::RoutingTable { reply } => {
+                let peers = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
+            }
             Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
             Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
             Command::GetPresence { peer, reply } => self.lookup_presence(peer, reply),

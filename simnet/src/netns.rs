@@ -1,0 +1,591 @@
+//! `mode = "netns"`: every node in a network namespace of its own, behind a router of its group's
+//! NAT type, built by patchbay (network namespaces, veth pairs, nftables NAT; see
+//! `../shared/NAT-LAB.md`). Bootstrap nodes sit on one public router; each other node has its own
+//! router. Nodes are the real node library over real TCP and QUIC sockets, each running on its
+//! namespace's runtime; the relay, AutoNAT and DCUtR do the traversal.
+//!
+//! patchbay must enter a user namespace while the process is single-threaded: the `simnet`
+//! binary re-executes itself with [`USERNS_ENV`] set, and an ELF constructor enters it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use commucat::{
+    config::{Config, Role as NodeRole},
+    crypto::LocalKeys,
+    data,
+    node::{Event, FindSource, Node, Transport},
+    store::Store,
+};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use patchbay::{Device, IpSupport, Lab, Router, RouterPreset};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{
+    plan::{Op, Plan},
+    report::{Dist, NatPair, Report, rate},
+    scenario::{Nat, Role, Scenario},
+    track::{self, Tracker},
+};
+
+/// Set (to `1`) in the re-executed `simnet` process that enters patchbay's user namespace.
+pub const USERNS_ENV: &str = "SIMNET_NETNS_USERNS";
+/// Port every node listens on (TCP and QUIC).
+pub const PORT: u16 = 4001;
+/// How long nodes behind NATs may take to get a relay reservation (or be found public).
+pub const RESERVE_WAIT: Duration = Duration::from_secs(90);
+/// How long a relayed pair may take to finish its hole punching after the drain.
+pub const PUNCH_WAIT: Duration = Duration::from_secs(60);
+/// How long one lookup may take.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why netns mode cannot run on this machine, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("network namespaces need Linux".into());
+    }
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !nft {
+        return Some(
+            "`nft` is not installed (Debian: apt-get install -y nftables iproute2)".into(),
+        );
+    }
+    if !std::path::Path::new("/proc/self/ns/net").exists() {
+        return Some("this kernel has no network namespaces".into());
+    }
+    None
+}
+
+/// Enters patchbay's user namespace when this process was started for it. Call from an ELF
+/// constructor only.
+pub fn enter_userns_if_asked() {
+    if std::env::var_os(USERNS_ENV).is_some_and(|v| v == "1") && unavailable().is_none() {
+        // SAFETY: called from an ELF constructor, before any other thread exists.
+        unsafe { patchbay::init_userns_for_ctor() };
+    }
+}
+
+/// The router a node of NAT type `nat` sits behind (its own, IPv4 only, so that nobody
+/// sidesteps the NAT over IPv6).
+async fn router(lab: &Lab, name: &str, nat: Nat) -> anyhow::Result<Router> {
+    let b = lab.add_router(name);
+    let b = match nat {
+        Nat::Public => b.preset(RouterPreset::PublicV4),
+        Nat::Open => b.nat(patchbay::Nat::Open),
+        Nat::Moderate => b.preset(RouterPreset::Home).nat(patchbay::Nat::Moderate),
+        Nat::Strict => b.preset(RouterPreset::Home).nat(patchbay::Nat::Strict),
+        Nat::Cgnat => b.preset(RouterPreset::IspCgnat),
+    };
+    let router = b.ip_support(IpSupport::V4Only).build().await?;
+    if nat != Nat::Public {
+        drop_unsolicited(&router)?;
+    }
+    Ok(router)
+}
+
+/// Has the router drop new connections to its own WAN address instead of answering them with a
+/// reset or an ICMP error, as home routers do; otherwise the first SYN of a TCP hole punch is
+/// refused by the router before the other side's arrives.
+fn drop_unsolicited(router: &Router) -> anyhow::Result<()> {
+    let wan = router
+        .uplink_ip()
+        .context("the router has no uplink address")?;
+    let rules = format!(
+        "table inet simnet_wan {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {wan} meta l4proto {{ tcp, udp }} ct state new drop\n }}\n}}\n"
+    );
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = router.spawn_command_sync(cmd)?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "nft refused the WAN rules");
+    Ok(())
+}
+
+fn listen(ip: Option<Ipv4Addr>) -> Vec<Multiaddr> {
+    let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    vec![
+        format!("/ip4/{ip}/tcp/{PORT}").parse().expect("valid"),
+        format!("/ip4/{ip}/udp/{PORT}/quic-v1")
+            .parse()
+            .expect("valid"),
+    ]
+}
+
+fn config(s: &Scenario, group: &str, role: Role, ip: Ipv4Addr) -> anyhow::Result<Config> {
+    let mut cfg = Config {
+        role: match role {
+            Role::Bootstrap => NodeRole::Bootstrap,
+            Role::Desktop => NodeRole::Desktop,
+        },
+        ..Config::default()
+    };
+    cfg.network.listen = listen(None);
+    if role == Role::Bootstrap {
+        // A server's public addresses are configured, hence confirmed from the start.
+        cfg.network.external_addresses = listen(Some(ip));
+    }
+    cfg.mdns.enabled = false;
+    // The lab's 198.18/15 addresses are not global; probe and recheck quickly.
+    cfg.autonat.only_global_ips = false;
+    cfg.autonat.probe_interval_secs = 1;
+    cfg.autonat.recheck_secs = 5;
+    cfg.data.max_retry_secs = 2;
+    cfg.storage.cache_mib = 4;
+    match s.group(group).and_then(|g| g.config.as_ref()) {
+        Some(o) => crate::overrides::apply(cfg, o),
+        None => Ok(cfg),
+    }
+}
+
+struct LabNode {
+    dev: Device,
+    nat: Nat,
+    node: Node,
+    data: Arc<data::Service>,
+    _downloads: tempfile::TempDir,
+}
+
+async fn start(
+    dev: &Device,
+    cfg: Config,
+    keys: Arc<LocalKeys>,
+) -> anyhow::Result<(Node, Arc<data::Service>, tempfile::TempDir)> {
+    let downloads = tempfile::tempdir()?;
+    let dir = downloads.path().to_owned();
+    // On the namespace's own runtime: every socket the node opens is in its namespace.
+    dev.spawn(move |_| async move {
+        let store = Store::temporary()?;
+        let node = Node::spawn(&cfg, keys.clone(), &store, Transport::Network).await?;
+        let data = data::Service::start(&node, keys, &store, &cfg.data, dir)?;
+        anyhow::Ok((node, Arc::new(data)))
+    })?
+    .await?
+    .map(|(n, d)| (n, d, downloads))
+}
+
+/// A hole punch outcome seen by `node` towards `peer`.
+struct Punch {
+    node: usize,
+    peer: PeerId,
+    ok: bool,
+}
+
+pub async fn run(
+    s: &Scenario,
+    plan: &Plan,
+    progress: &crate::inproc::Progress,
+) -> anyhow::Result<crate::Outcome> {
+    if std::env::var_os(USERNS_ENV).is_none_or(|v| v != "1") {
+        bail!("netns mode runs in patchbay's user namespace: start it with the simnet binary");
+    }
+    if let Some(why) = unavailable() {
+        bail!("netns mode cannot run here: {why}");
+    }
+    if plan.ops.iter().any(|o| matches!(o.op, Op::File { .. })) {
+        bail!("netns mode runs lookups and messages; file transfers are inproc only for now");
+    }
+    let started = Instant::now();
+    let total = plan.nodes.len();
+    let lab = Lab::new().await.context("create the lab")?;
+    let dc = router(&lab, "dc", Nat::Public).await?;
+    let mut devs = Vec::with_capacity(total);
+    for (i, p) in plan.nodes.iter().enumerate() {
+        let r = match p.nat {
+            Nat::Public => dc.clone(),
+            nat => router(&lab, &format!("r{i}"), nat).await?,
+        };
+        let dev = lab
+            .add_device(&format!("n{i}"))
+            .iface("eth0", r.id())
+            .build()
+            .await?;
+        devs.push(dev);
+        progress("building the lab", i as u64 + 1, total as u64);
+    }
+    let keys: Vec<Arc<LocalKeys>> = (0..total)
+        .map(|_| Arc::new(LocalKeys::generate()))
+        .collect();
+    let ids: Vec<PeerId> = keys.iter().map(|k| k.peer_id()).collect();
+    let ips: Vec<Ipv4Addr> = devs
+        .iter()
+        .map(|d| d.ip().context("a lab device has no IPv4 address"))
+        .collect::<anyhow::Result<_>>()?;
+    let addr = |i: usize| -> Multiaddr {
+        format!("/ip4/{}/tcp/{PORT}", ips[i])
+            .parse::<Multiaddr>()
+            .expect("valid")
+            .with(Protocol::P2p(ids[i]))
+    };
+
+    // Nodes: bootstrap nodes first (in plan order), each on its device's runtime.
+    let punches: Arc<Mutex<Vec<Punch>>> = Arc::default();
+    let first_connect = Arc::new(Mutex::new(vec![None::<Duration>; total]));
+    let mut order: Vec<usize> = (0..total).collect();
+    order.sort_by_key(|i| plan.nodes[*i].role != Role::Bootstrap);
+    let mut nodes: Vec<Option<LabNode>> = (0..total).map(|_| None).collect();
+    for (k, &i) in order.iter().enumerate() {
+        let p = &plan.nodes[i];
+        let mut cfg = config(s, &p.group, p.role, ips[i])?;
+        cfg.bootstrap.peers = p.bootstrap.iter().map(|b| addr(*b)).collect();
+        let t0 = Instant::now();
+        let (node, data, dl) = start(&devs[i], cfg, keys[i].clone())
+            .await
+            .with_context(|| format!("start node {i} ({})", p.group))?;
+        let mut events = node.client().subscribe();
+        let (punches, first) = (punches.clone(), first_connect.clone());
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(Event::PeerConnected { .. }) => {
+                        first.lock().unwrap_or_else(|e| e.into_inner())[i]
+                            .get_or_insert(t0.elapsed());
+                    }
+                    Ok(Event::HolePunch { peer_id, ok, .. }) => punches
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Punch {
+                            node: i,
+                            peer: peer_id,
+                            ok,
+                        }),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        nodes[i] = Some(LabNode {
+            dev: devs[i].clone(),
+            nat: p.nat,
+            node,
+            data,
+            _downloads: dl,
+        });
+        progress("starting nodes", k as u64 + 1, total as u64);
+    }
+    let nodes: Vec<LabNode> = nodes.into_iter().map(|n| n.expect("started")).collect();
+
+    // Warm-up: nodes behind NATs hold a relay reservation (or found themselves public).
+    let deadline = Instant::now() + RESERVE_WAIT.max(Duration::from_secs(s.warmup_secs));
+    loop {
+        let mut ready = 0usize;
+        for n in &nodes {
+            let st = n.node.client().status().await?;
+            let reserved = st.relay_reservations.iter().any(|r| r.address.is_some());
+            let public = st.reachability == commucat::nat::Reachability::Public;
+            if n.nat == Nat::Public || reserved || public {
+                ready += 1;
+            }
+        }
+        progress("reserving relays", ready as u64, total as u64);
+        if ready == total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {total} nodes got no relay reservation within {RESERVE_WAIT:?}",
+                total - ready
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(s.warmup_secs)).await;
+
+    // Arrivals.
+    let tracker = Tracker::default();
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        let mut inbox = n.data.inbox().subscribe();
+        let t = tracker.clone();
+        watchers.push(tokio::spawn(async move {
+            loop {
+                match inbox.recv().await {
+                    Ok(m) => t.arrival(&m.body),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }));
+    }
+
+    // The workload.
+    let phase = Instant::now();
+    let ops_total = plan.ops.len() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, sched) in plan.ops.iter().enumerate() {
+        tokio::time::sleep_until((phase + Duration::from_millis(sched.at_ms)).into()).await;
+        progress("workload", k as u64, ops_total);
+        match sched.op {
+            Op::Message { from, to, size } => {
+                let (tag, body) = track::body(k, size);
+                tracker.lock().sent.insert(
+                    tag.clone(),
+                    track::Sent {
+                        at: Instant::now(),
+                        from,
+                        to,
+                        to_offline: false,
+                    },
+                );
+                let data = nodes[from].data.clone();
+                let target = ids[to];
+                let send = nodes[from]
+                    .dev
+                    .spawn(move |_| async move { data.send_message(target, body).await })?;
+                tasks.spawn(async move {
+                    match send.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => eprintln!("simnet: message {tag} not queued: {e}"),
+                        Err(e) => eprintln!("simnet: message {tag}: {e}"),
+                    }
+                });
+            }
+            Op::Lookup { from, to } => {
+                let client = nodes[from].node.client().clone();
+                let target = ids[to];
+                let t = tracker.clone();
+                tasks.spawn(async move {
+                    let t0 = Instant::now();
+                    let r = tokio::time::timeout(LOOKUP_TIMEOUT, client.find_peer(target)).await;
+                    let (found, via_dht) = match r {
+                        Ok(Ok(f)) => (!f.addrs.is_empty(), f.source == FindSource::Dht),
+                        _ => (false, false),
+                    };
+                    t.lock().lookups.push(track::Lookup {
+                        from,
+                        to,
+                        found,
+                        via_dht,
+                        ms: t0.elapsed().as_secs_f64() * 1000.0,
+                    });
+                });
+            }
+            Op::File { .. } | Op::Leave { .. } | Op::Return { .. } => {
+                unreachable!("refused above")
+            }
+        }
+    }
+    progress("workload", ops_total, ops_total);
+    while tasks.join_next().await.is_some() {}
+    tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
+    track::drain(
+        &tracker,
+        phase + Duration::from_secs(s.duration_secs + s.drain_secs),
+        progress,
+    )
+    .await;
+
+    // The pairs that exchanged messages, and how each ended: direct, or only on the relay.
+    let pairs: Vec<(usize, usize)> = {
+        let log = tracker.lock();
+        let mut v: Vec<(usize, usize)> = log
+            .sent
+            .values()
+            .map(|m| (m.from.min(m.to), m.from.max(m.to)))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    // A relayed pair may still be punching: wait for its outcome.
+    let until = Instant::now() + PUNCH_WAIT;
+    let mut state = HashMap::new();
+    loop {
+        state.clear();
+        let mut settling = 0;
+        for &(a, b) in &pairs {
+            let direct = is_direct(&nodes[a].node, ids[b]).await?
+                || is_direct(&nodes[b].node, ids[a]).await?;
+            let punched = punches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|p| (p.node == a && p.peer == ids[b]) || (p.node == b && p.peer == ids[a]));
+            if !direct && !punched {
+                settling += 1;
+            }
+            state.insert((a, b), direct);
+        }
+        progress(
+            "hole punching",
+            (pairs.len() - settling) as u64,
+            pairs.len() as u64,
+        );
+        if settling == 0 || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let (cells, direct, lookups, lookup_ms, messages, delivery_ms, timeline) = {
+        let log = tracker.lock();
+        let punches = punches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cells: BTreeMap<(Nat, Nat), NatPair> = BTreeMap::new();
+        for &(a, b) in &pairs {
+            let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
+            let key = (na.min(nb), na.max(nb));
+            let cell = cells.entry(key).or_insert_with(|| NatPair {
+                a: key.0.label().into(),
+                b: key.1.label().into(),
+                expected: expected(key.0, key.1).into(),
+                as_expected: true,
+                pairs: 0,
+                attempts: 0,
+                successes: 0,
+                first_attempt_share: None,
+                direct: 0,
+                relayed: 0,
+                messages_sent: 0,
+                messages_delivered: 0,
+                delivery_rate: 1.0,
+            });
+            cell.pairs += 1;
+            // Both ends report the same punches: count the side that saw more.
+            let seen = |x: usize, y: usize| -> Vec<bool> {
+                punches
+                    .iter()
+                    .filter(|p| p.node == x && p.peer == ids[y])
+                    .map(|p| p.ok)
+                    .collect()
+            };
+            let (sa, sb) = (seen(a, b), seen(b, a));
+            let side = if sa.len() >= sb.len() { sa } else { sb };
+            cell.attempts += side.len();
+            cell.successes += side.iter().filter(|ok| **ok).count();
+            if state[&(a, b)] {
+                cell.direct += 1;
+            } else {
+                cell.relayed += 1;
+            }
+            for (tag, m) in &log.sent {
+                if (m.from.min(m.to), m.from.max(m.to)) == (a, b) {
+                    cell.messages_sent += 1;
+                    if log.arrived.contains_key(tag) {
+                        cell.messages_delivered += 1;
+                    }
+                }
+            }
+        }
+        // First-attempt share: pairs whose first punch succeeded, over pairs that punched.
+        for (key, cell) in cells.iter_mut() {
+            let (mut punched, mut first_ok) = (0, 0);
+            for &(a, b) in &pairs {
+                let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
+                if (na.min(nb), na.max(nb)) != *key {
+                    continue;
+                }
+                let first = punches.iter().find(|p| {
+                    (p.node == a && p.peer == ids[b]) || (p.node == b && p.peer == ids[a])
+                });
+                if let Some(p) = first {
+                    punched += 1;
+                    first_ok += usize::from(p.ok);
+                }
+            }
+            cell.first_attempt_share = (punched > 0).then(|| first_ok as f64 / punched as f64);
+            cell.delivery_rate = rate(cell.messages_delivered, cell.messages_sent);
+            let want_direct = cell.expected == "direct";
+            cell.as_expected = if want_direct {
+                cell.direct == cell.pairs
+            } else {
+                cell.relayed == cell.pairs
+            };
+        }
+        let direct: usize = cells.values().map(|c| c.direct).sum();
+        let (lookups, lookup_ms) = track::lookups(&log, None);
+        let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
+        (
+            cells,
+            direct,
+            lookups,
+            lookup_ms,
+            messages,
+            delivery_ms,
+            timeline,
+        )
+    };
+
+    let mut bytes = Some(0u64);
+    for n in nodes {
+        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(&n.node).map(|x| x + b));
+        let LabNode {
+            dev, node, data, ..
+        } = n;
+        let stop = dev.spawn(move |_| async move {
+            data.shutdown().await;
+            node.shutdown().await;
+        })?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), stop).await;
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let first_connect = first_connect
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let boot_ms: Vec<f64> = first_connect
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let report = Report {
+        scenario: s.name.clone(),
+        mode: "netns".into(),
+        seed: plan.seed,
+        nodes: total,
+        wall_secs: started.elapsed().as_secs_f64(),
+        peak_rss_kib: crate::report::peak_rss_kib(),
+        time_to_first_bootstrap_ms: Dist::of(&boot_ms),
+        isolated_nodes: first_connect.iter().filter(|d| d.is_none()).count(),
+        lookups,
+        messages,
+        files: None,
+        churn: None,
+        direct_share: Some(rate(direct, pairs.len())),
+        nat_pairs: Some(cells.into_values().collect()),
+        timeline,
+        bytes_sent: bytes,
+    };
+    drop(lab);
+    Ok(crate::Outcome {
+        report,
+        lookup_ms,
+        delivery_ms,
+    })
+}
+
+/// What `../shared/NAT-LAB.md` expects between two NAT types: direct when either side is open
+/// (or public), or both map endpoint-independently (moderate, CGNAT); the relay otherwise.
+pub fn expected(a: Nat, b: Nat) -> &'static str {
+    let open = |n: Nat| matches!(n, Nat::Public | Nat::Open);
+    let eim = |n: Nat| matches!(n, Nat::Moderate | Nat::Cgnat);
+    if open(a) || open(b) || (eim(a) && eim(b)) {
+        "direct"
+    } else {
+        "relayed"
+    }
+}
+
+/// `node` has a direct (not relayed) connection to `peer`.
+async fn is_direct(node: &Node, peer: PeerId) -> anyhow::Result<bool> {
+    Ok(node
+        .client()
+        .peers()
+        .await?
+        .iter()
+        .filter(|p| p.peer_id == peer)
+        .flat_map(|p| &p.connections)
+        .any(|c| !c.relayed))
+}

@@ -1,0 +1,235 @@
+//! What a run observes of its workload (sends, arrivals, returns, lookups, files) and the report
+//! sections drawn from it. Shared by both modes.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    plan::Plan,
+    report::{Dist, Files, Lookups, Messages, Second, Share, ToOffline, rate},
+};
+
+/// One message sent by the workload.
+pub struct Sent {
+    pub at: Instant,
+    pub from: usize,
+    pub to: usize,
+    /// The target was offline when it was sent.
+    pub to_offline: bool,
+}
+
+pub struct Lookup {
+    pub from: usize,
+    pub to: usize,
+    pub found: bool,
+    pub via_dht: bool,
+    pub ms: f64,
+}
+
+pub struct File {
+    pub size: usize,
+    /// Milliseconds from the send call to completion, if it completed.
+    pub done_ms: Option<f64>,
+}
+
+#[derive(Default)]
+pub struct Log {
+    /// By message tag.
+    pub sent: HashMap<String, Sent>,
+    /// Arrival times by message tag.
+    pub arrived: HashMap<String, Vec<Instant>>,
+    pub lookups: Vec<Lookup>,
+    pub files: Vec<File>,
+    /// Per node: when it came back from each of its downtimes.
+    pub returned: HashMap<usize, Vec<Instant>>,
+    pub leaves: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct Tracker(Arc<Mutex<Log>>);
+
+impl Tracker {
+    pub fn lock(&self) -> MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an inbox arrival of `body` (tagged by its first word).
+    pub fn arrival(&self, body: &str) {
+        let tag = body.split(' ').next().unwrap_or_default().to_owned();
+        self.lock()
+            .arrived
+            .entry(tag)
+            .or_default()
+            .push(Instant::now());
+    }
+
+    /// (sent, of which arrived).
+    pub fn progress(&self) -> (usize, usize) {
+        let l = self.lock();
+        let arrived = l.sent.keys().filter(|k| l.arrived.contains_key(*k)).count();
+        (l.sent.len(), arrived)
+    }
+}
+
+/// The body of workload message `k`: its tag, then padding up to `size` bytes.
+pub fn body(k: usize, size: usize) -> (String, String) {
+    let tag = format!("simnet-{k}");
+    let mut body = format!("{tag} ");
+    while body.len() < size {
+        body.push('x');
+    }
+    (tag, body)
+}
+
+pub fn lookups(log: &Log, hops: Option<Vec<f64>>) -> (Lookups, Vec<f64>) {
+    let ok: Vec<&Lookup> = log.lookups.iter().filter(|l| l.found).collect();
+    let ms: Vec<f64> = ok.iter().map(|l| l.ms).collect();
+    (
+        Lookups {
+            attempted: log.lookups.len(),
+            succeeded: ok.len(),
+            success_rate: rate(ok.len(), log.lookups.len()),
+            via_dht: ok.iter().filter(|l| l.via_dht).count(),
+            latency_ms: Dist::of(&ms),
+            hops: hops.map(|h| Dist::of(&h)),
+        },
+        ms,
+    )
+}
+
+pub fn files(log: &Log) -> Option<Files> {
+    if log.files.is_empty() {
+        return None;
+    }
+    let done: Vec<&File> = log.files.iter().filter(|f| f.done_ms.is_some()).collect();
+    let ms: Vec<f64> = done.iter().filter_map(|f| f.done_ms).collect();
+    let mbps: Vec<f64> = done
+        .iter()
+        .map(|f| f.size as f64 * 8.0 / 1e6 / (f.done_ms.unwrap_or(1.0).max(1.0) / 1000.0))
+        .collect();
+    Some(Files {
+        sent: log.files.len(),
+        completed: done.len(),
+        completion_rate: rate(done.len(), log.files.len()),
+        latency_ms: Dist::of(&ms),
+        throughput_mbps: Dist::of(&mbps),
+    })
+}
+
+/// The message section, the delivery latencies, and the per-second timeline from `phase` (the
+/// start of the workload) for `secs` seconds at least.
+pub fn messages(
+    log: &Log,
+    plan: &Plan,
+    phase: Instant,
+    secs: u64,
+) -> (Messages, Vec<f64>, Vec<Second>) {
+    let mut delivery_ms = Vec::new();
+    let mut duplicates = 0;
+    let n = secs as usize + 1;
+    let mut sent_per_sec = vec![0usize; n];
+    let mut live_sent_per_sec = vec![0usize; n];
+    let mut live_ok_per_sec = vec![0usize; n];
+    let mut arrived_per_sec = vec![0usize; n];
+    let (mut live_sent, mut live_ok) = (0, 0);
+    let (mut off_sent, mut off_ok, mut off_dup, mut off_early) = (0, 0, 0, 0);
+    let mut after_return = Vec::new();
+    let bump = |v: &mut Vec<usize>, i: usize| {
+        if let Some(slot) = v.get_mut(i) {
+            *slot += 1;
+        }
+    };
+    for (tag, s) in &log.sent {
+        let i = s.at.saturating_duration_since(phase).as_secs() as usize;
+        bump(&mut sent_per_sec, i);
+        let first = log.arrived.get(tag).and_then(|a| a.iter().min().copied());
+        let copies = log.arrived.get(tag).map_or(0, Vec::len);
+        if let Some(first) = first {
+            delivery_ms.push(first.duration_since(s.at).as_secs_f64() * 1000.0);
+            duplicates += copies - 1;
+            bump(
+                &mut arrived_per_sec,
+                first.saturating_duration_since(phase).as_secs() as usize,
+            );
+        }
+        if s.to_offline {
+            off_sent += 1;
+            if let Some(first) = first {
+                off_ok += 1;
+                off_dup += copies - 1;
+                // The return that ended the downtime this message was sent in.
+                let back = log
+                    .returned
+                    .get(&s.to)
+                    .and_then(|r| r.iter().filter(|t| **t >= s.at).min().copied());
+                match back {
+                    Some(back) if first >= back => {
+                        after_return.push(first.duration_since(back).as_secs_f64() * 1000.0)
+                    }
+                    _ => off_early += 1,
+                }
+            }
+        } else {
+            live_sent += 1;
+            bump(&mut live_sent_per_sec, i);
+            if first.is_some() {
+                live_ok += 1;
+                bump(&mut live_ok_per_sec, i);
+            }
+        }
+    }
+    let sent = log.sent.len();
+    let delivered = delivery_ms.len();
+    let last = arrived_per_sec
+        .iter()
+        .rposition(|n| *n > 0)
+        .max(sent_per_sec.iter().rposition(|n| *n > 0))
+        .map_or(secs as usize, |i| (i + 1).max(secs as usize))
+        .min(n);
+    let timeline = (0..last)
+        .map(|i| Second {
+            t_secs: i as u64,
+            live_nodes: plan.live_nodes(i as u64 * 1000),
+            messages_sent: sent_per_sec[i],
+            messages_delivered: arrived_per_sec[i],
+            delivery_rate: (live_sent_per_sec[i] > 0)
+                .then(|| live_ok_per_sec[i] as f64 / live_sent_per_sec[i] as f64),
+        })
+        .collect();
+    let messages = Messages {
+        sent,
+        delivered,
+        delivery_rate: rate(delivered, sent),
+        duplicates,
+        latency_ms: Dist::of(&delivery_ms),
+        to_live: Share {
+            sent: live_sent,
+            delivered: live_ok,
+            delivery_rate: rate(live_ok, live_sent),
+        },
+        to_offline: (off_sent > 0).then(|| ToOffline {
+            sent: off_sent,
+            delivered: off_ok,
+            delivery_rate: rate(off_ok, off_sent),
+            duplicates: off_dup,
+            delivered_before_return: off_early,
+            after_return_ms: Dist::of(&after_return),
+        }),
+    };
+    (messages, delivery_ms, timeline)
+}
+
+/// Waits until every sent message arrived or `until`, reporting progress.
+pub async fn drain(tracker: &Tracker, until: Instant, progress: &crate::inproc::Progress) {
+    loop {
+        let (sent, arrived) = tracker.progress();
+        progress("draining", arrived as u64, sent as u64);
+        if arrived == sent || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
