@@ -24,9 +24,9 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     assert!(r.lookups.via_dht > 0, "{:?}", r.lookups);
     let hops = r.lookups.hops.as_ref().expect("hops computed");
     assert!(hops.count > 0 && hops.min >= Some(1.0), "{hops:?}");
-    // The 10 ms link is felt: no lookup is answered faster than one round trip.
+    // The 10 ± 2 ms link is felt: no lookup is answered faster than one round trip (2 × 8 ms).
     assert!(
-        r.lookups.latency_ms.min >= Some(20.0),
+        r.lookups.latency_ms.min >= Some(16.0),
         "{:?}",
         r.lookups.latency_ms
     );
