@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -17,7 +17,7 @@ use commucat::{
     config::{Config, KadMode, Role as NodeRole},
     crypto::LocalKeys,
     data,
-    node::{Event, FindSource, Node},
+    node::{Event, Node},
     store::{Store, transfers::State},
 };
 use futures::{StreamExt, stream};
@@ -28,7 +28,7 @@ use crate::{
     hops::Tables,
     link::Link,
     plan::{Op, Plan},
-    report::{ChurnStats, Dist, Report},
+    report::{ChurnStats, Report},
     scenario::{Role, Scenario},
     track::{self, Tracker},
 };
@@ -155,7 +155,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     }
 
     // Per node: time from its start to its first connection (set by its watcher task).
-    let first_connect = Arc::new(Mutex::new(vec![None::<Duration>; total]));
+    let first_connect = track::FirstConnects::new(total);
     let watch = |i: usize, n: &Running, t0: Instant| {
         let mut events = n.node.client().subscribe();
         let shared = first_connect.clone();
@@ -163,8 +163,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
             loop {
                 match events.recv().await {
                     Ok(Event::PeerConnected { .. }) => {
-                        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                        s[i].get_or_insert(t0.elapsed());
+                        shared.record(i, t0.elapsed());
                         break;
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -248,19 +247,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
     for slot in &slots {
-        let mut inbox = slot.store.inbox()?.subscribe();
-        let t = tracker.clone();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                match inbox.recv().await {
-                    Ok(m) => t.arrival(&m.body),
-                    Err(RecvError::Lagged(n)) => {
-                        eprintln!("simnet: an inbox watcher missed {n} arrivals")
-                    }
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        }));
+        watchers.push(tracker.watch_inbox(slot.store.inbox()?.subscribe()));
     }
 
     // The workload, each operation at its time.
@@ -339,20 +326,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
                 let target = ids[to];
                 let t = tracker.clone();
                 tasks.spawn(async move {
-                    let started = Instant::now();
-                    let r = tokio::time::timeout(LOOKUP_TIMEOUT, client.find_peer(target)).await;
-                    let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    let (found, via_dht) = match r {
-                        Ok(Ok(f)) => (!f.addrs.is_empty(), f.source == FindSource::Dht),
-                        _ => (false, false),
-                    };
-                    t.lock().lookups.push(track::Lookup {
-                        from,
-                        to,
-                        found,
-                        via_dht,
-                        ms,
-                    });
+                    t.lookup(client, from, to, target, LOOKUP_TIMEOUT).await;
                     drop(permit);
                 });
             }
@@ -361,15 +335,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
                 let (tag, body) = track::body(k, size);
                 let data = live[from].as_ref().context("sender offline")?.data.clone();
                 let target = ids[to];
-                tracker.lock().sent.insert(
-                    tag.clone(),
-                    track::Sent {
-                        at: Instant::now(),
-                        from,
-                        to,
-                        to_offline: !plan.nodes[to].live_at(sched.at_ms),
-                    },
-                );
+                tracker.sending(&tag, from, to, !plan.nodes[to].live_at(sched.at_ms));
                 tasks.spawn(async move {
                     if let Err(e) = data.send_message(target, body).await {
                         eprintln!("simnet: message {tag} not queued: {e}");
@@ -439,15 +405,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         w.abort();
     }
 
-    let first_connect = first_connect
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let boot_ms: Vec<f64> = first_connect
-        .iter()
-        .flatten()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
+    let (boot, isolated_nodes) = first_connect.summary();
     let log = tracker.lock();
     let hops = tables.map(|t| {
         log.lookups
@@ -465,8 +423,8 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
         nodes: total,
         wall_secs: started.elapsed().as_secs_f64(),
         peak_rss_kib: crate::report::peak_rss_kib(),
-        time_to_first_bootstrap_ms: Dist::of(&boot_ms),
-        isolated_nodes: first_connect.iter().filter(|d| d.is_none()).count(),
+        time_to_first_bootstrap_ms: boot,
+        isolated_nodes,
         lookups,
         messages,
         files: track::files(&log),

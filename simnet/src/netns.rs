@@ -19,7 +19,7 @@ use commucat::{
     config::{Config, Role as NodeRole},
     crypto::LocalKeys,
     data,
-    node::{Event, FindSource, Node, Transport},
+    node::{Event, Node, Transport},
     store::Store,
 };
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     plan::{Op, Plan},
-    report::{Dist, NatPair, Report, rate},
+    report::{NatPair, Report, rate},
     scenario::{Nat, Role, Scenario},
     track::{self, Tracker},
 };
@@ -231,7 +231,7 @@ pub async fn run(
 
     // Nodes: bootstrap nodes first (in plan order), each on its device's runtime.
     let punches: Arc<Mutex<Vec<Punch>>> = Arc::default();
-    let first_connect = Arc::new(Mutex::new(vec![None::<Duration>; total]));
+    let first_connect = track::FirstConnects::new(total);
     let mut order: Vec<usize> = (0..total).collect();
     order.sort_by_key(|i| plan.nodes[*i].role != Role::Bootstrap);
     let mut nodes: Vec<Option<LabNode>> = (0..total).map(|_| None).collect();
@@ -248,10 +248,7 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(Event::PeerConnected { .. }) => {
-                        first.lock().unwrap_or_else(|e| e.into_inner())[i]
-                            .get_or_insert(t0.elapsed());
-                    }
+                    Ok(Event::PeerConnected { .. }) => first.record(i, t0.elapsed()),
                     Ok(Event::HolePunch { peer_id, ok, .. }) => punches
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -306,17 +303,7 @@ pub async fn run(
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
     for n in &nodes {
-        let mut inbox = n.data.inbox().subscribe();
-        let t = tracker.clone();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                match inbox.recv().await {
-                    Ok(m) => t.arrival(&m.body),
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        }));
+        watchers.push(tracker.watch_inbox(n.data.inbox().subscribe()));
     }
 
     // The workload.
@@ -329,15 +316,7 @@ pub async fn run(
         match sched.op {
             Op::Message { from, to, size } => {
                 let (tag, body) = track::body(k, size);
-                tracker.lock().sent.insert(
-                    tag.clone(),
-                    track::Sent {
-                        at: Instant::now(),
-                        from,
-                        to,
-                        to_offline: false,
-                    },
-                );
+                tracker.sending(&tag, from, to, false);
                 let data = nodes[from].data.clone();
                 let target = ids[to];
                 let send = nodes[from]
@@ -355,21 +334,8 @@ pub async fn run(
                 let client = nodes[from].node.client().clone();
                 let target = ids[to];
                 let t = tracker.clone();
-                tasks.spawn(async move {
-                    let t0 = Instant::now();
-                    let r = tokio::time::timeout(LOOKUP_TIMEOUT, client.find_peer(target)).await;
-                    let (found, via_dht) = match r {
-                        Ok(Ok(f)) => (!f.addrs.is_empty(), f.source == FindSource::Dht),
-                        _ => (false, false),
-                    };
-                    t.lock().lookups.push(track::Lookup {
-                        from,
-                        to,
-                        found,
-                        via_dht,
-                        ms: t0.elapsed().as_secs_f64() * 1000.0,
-                    });
-                });
+                tasks
+                    .spawn(async move { t.lookup(client, from, to, target, LOOKUP_TIMEOUT).await });
             }
             Op::File { .. } | Op::Leave { .. } | Op::Return { .. } => {
                 unreachable!("refused above")
@@ -531,15 +497,7 @@ pub async fn run(
     for w in watchers {
         w.abort();
     }
-    let first_connect = first_connect
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let boot_ms: Vec<f64> = first_connect
-        .iter()
-        .flatten()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
+    let (boot, isolated_nodes) = first_connect.summary();
     let report = Report {
         scenario: s.name.clone(),
         mode: "netns".into(),
@@ -547,8 +505,8 @@ pub async fn run(
         nodes: total,
         wall_secs: started.elapsed().as_secs_f64(),
         peak_rss_kib: crate::report::peak_rss_kib(),
-        time_to_first_bootstrap_ms: Dist::of(&boot_ms),
-        isolated_nodes: first_connect.iter().filter(|d| d.is_none()).count(),
+        time_to_first_bootstrap_ms: boot,
+        isolated_nodes,
         lookups,
         messages,
         files: None,

@@ -7,6 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use commucat::{
+    node::{Client, FindSource},
+    store::inbox,
+};
+use libp2p::PeerId;
+use tokio::sync::broadcast::{self, error::RecvError};
+
 use crate::{
     plan::Plan,
     report::{Dist, Files, Lookups, Messages, Second, Share, ToOffline, rate},
@@ -71,6 +78,91 @@ impl Tracker {
         let l = self.lock();
         let arrived = l.sent.keys().filter(|k| l.arrived.contains_key(*k)).count();
         (l.sent.len(), arrived)
+    }
+}
+
+impl Tracker {
+    /// Records that workload message `tag` is being sent now.
+    pub fn sending(&self, tag: &str, from: usize, to: usize, to_offline: bool) {
+        self.lock().sent.insert(
+            tag.to_owned(),
+            Sent {
+                at: Instant::now(),
+                from,
+                to,
+                to_offline,
+            },
+        );
+    }
+
+    /// Records every arrival in `inbox` until it closes or the task is aborted.
+    pub fn watch_inbox(
+        &self,
+        mut inbox: broadcast::Receiver<inbox::Message>,
+    ) -> tokio::task::JoinHandle<()> {
+        let t = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbox.recv().await {
+                    Ok(m) => t.arrival(&m.body),
+                    Err(RecvError::Lagged(n)) => {
+                        eprintln!("simnet: an inbox watcher missed {n} arrivals")
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Looks `target` (node `to`) up from `client` (node `from`) within `limit` and records it.
+    pub async fn lookup(
+        &self,
+        client: Client,
+        from: usize,
+        to: usize,
+        target: PeerId,
+        limit: Duration,
+    ) {
+        let started = Instant::now();
+        let r = tokio::time::timeout(limit, client.find_peer(target)).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (found, via_dht) = match r {
+            Ok(Ok(f)) => (!f.addrs.is_empty(), f.source == FindSource::Dht),
+            _ => (false, false),
+        };
+        self.lock().lookups.push(Lookup {
+            from,
+            to,
+            found,
+            via_dht,
+            ms,
+        });
+    }
+}
+
+/// Per node: time from its start to its first connection.
+#[derive(Clone)]
+pub struct FirstConnects(Arc<Mutex<Vec<Option<Duration>>>>);
+
+impl FirstConnects {
+    pub fn new(nodes: usize) -> Self {
+        Self(Arc::new(Mutex::new(vec![None; nodes])))
+    }
+
+    /// Node `i` connected `after` its start (only the first call per node counts).
+    pub fn record(&self, i: usize, after: Duration) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())[i].get_or_insert(after);
+    }
+
+    /// The distribution in milliseconds, and how many nodes never connected.
+    pub fn summary(&self) -> (Dist, usize) {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let ms: Vec<f64> = v
+            .iter()
+            .flatten()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        (Dist::of(&ms), v.iter().filter(|d| d.is_none()).count())
     }
 }
 
