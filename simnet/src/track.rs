@@ -212,7 +212,7 @@ pub fn files(log: &Log) -> Option<Files> {
 }
 
 /// The message section, the delivery latencies, and the per-second timeline from `phase` (the
-/// start of the workload) for `secs` seconds at least.
+/// start of the workload) for `secs` seconds at least, and up to the last send or arrival.
 pub fn messages(
     log: &Log,
     plan: &Plan,
@@ -221,7 +221,17 @@ pub fn messages(
 ) -> (Messages, Vec<f64>, Vec<Second>) {
     let mut delivery_ms = Vec::new();
     let mut duplicates = 0;
-    let n = secs as usize + 1;
+    // Every second from the start of the workload to the last send or arrival (deliveries may
+    // come during the drain, or while the nodes stop).
+    let latest = log
+        .sent
+        .values()
+        .map(|s| s.at)
+        .chain(log.arrived.values().flatten().copied())
+        .map(|t| t.saturating_duration_since(phase).as_secs() as usize)
+        .max()
+        .unwrap_or(0);
+    let n = latest.max(secs as usize) + 1;
     let mut sent_per_sec = vec![0usize; n];
     let mut live_sent_per_sec = vec![0usize; n];
     let mut live_ok_per_sec = vec![0usize; n];
