@@ -4,6 +4,11 @@
 //! Bounded: at most [`Limits::max_peers`] peers (the least recently seen are forgotten first) and
 //! [`Limits::max_addrs_per_peer`] addresses each.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -42,11 +47,15 @@ pub struct Entry {
 pub struct PeerBook {
     tree: sled::Tree,
     limits: Limits,
+    /// Entries in `tree`, kept by this handle: sled's `Tree::len` walks the whole tree, too slow
+    /// to call on every new peer. The node opens one peer book per store.
+    len: Arc<AtomicUsize>,
 }
 
 impl PeerBook {
     pub(super) fn new(tree: sled::Tree, limits: Limits) -> Self {
-        Self { tree, limits }
+        let len = Arc::new(AtomicUsize::new(tree.len()));
+        Self { tree, limits, len }
     }
 
     /// Records what identify told us about `peer`. Returns whether the stored entry changed in
@@ -76,8 +85,8 @@ impl PeerBook {
         });
         let value = serde_json::to_vec(&entry).expect("entries serialise");
         let key = peer.to_bytes();
-        self.tree.insert(&key, value)?;
-        if previous.is_none() {
+        if self.tree.insert(&key, value)?.is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
             self.evict_over_limit(&key)?;
         }
         Ok(changed)
@@ -88,22 +97,24 @@ impl PeerBook {
     }
 
     pub fn remove(&self, peer: &PeerId) -> Result<(), Error> {
-        self.tree.remove(peer.to_bytes())?;
+        if self.tree.remove(peer.to_bytes())?.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 
     /// Every stored peer, most recently seen first. Entries that fail to decode are skipped
     /// (and dropped on the next eviction pass).
     pub fn all(&self) -> Result<Vec<(PeerId, Entry)>, Error> {
-        let mut out = Vec::with_capacity(self.tree.len());
+        let mut out = Vec::with_capacity(self.len());
         for item in self.tree.iter() {
             let (k, v) = item?;
             if let (Ok(peer), Some(entry)) = (PeerId::from_bytes(&k), decode(&v)) {
@@ -117,21 +128,28 @@ impl PeerBook {
     /// Forgets the least recently seen peers beyond the limit, never `keep` (the entry just
     /// recorded: `last_seen` has one-second resolution, so it may tie with the oldest).
     fn evict_over_limit(&self, keep: &[u8]) -> Result<(), Error> {
-        let len = self.tree.len();
-        if len <= self.limits.max_peers {
+        if self.len() <= self.limits.max_peers {
             return Ok(());
         }
         // Undecodable entries sort as oldest and go first.
-        let mut keyed: Vec<(u64, sled::IVec)> = Vec::with_capacity(len);
+        let mut keyed: Vec<(u64, sled::IVec)> = Vec::with_capacity(self.len());
         for item in self.tree.iter() {
             let (k, v) = item?;
             if k != keep {
                 keyed.push((decode(&v).map_or(0, |e| e.last_seen), k));
             }
         }
+        // The walk counted the tree exactly.
+        let len = keyed.len() + 1;
+        self.len.store(len, Ordering::Relaxed);
         keyed.sort_by_key(|(seen, _)| *seen);
-        for (_, key) in keyed.into_iter().take(len - self.limits.max_peers) {
-            self.tree.remove(key)?;
+        for (_, key) in keyed
+            .into_iter()
+            .take(len.saturating_sub(self.limits.max_peers))
+        {
+            if self.tree.remove(key)?.is_some() {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -209,14 +227,14 @@ mod tests {
             futures::executor::block_on(store.flush()).unwrap();
         }
         let store = Store::open(dir.path(), 8).unwrap();
-        let entry = store
-            .peer_book(limits)
-            .unwrap()
-            .get(&peer)
-            .unwrap()
-            .expect("entry kept");
+        let book = store.peer_book(limits).unwrap();
+        assert_eq!(book.len(), 1, "the count starts from what is stored");
+        let entry = book.get(&peer).unwrap().expect("entry kept");
         assert_eq!(entry.addrs, vec![addr(7)]);
         assert!(entry.kad_server);
+        book.remove(&peer).unwrap();
+        book.remove(&peer).unwrap();
+        assert!(book.is_empty(), "removing twice counts once");
     }
 
     #[test]
