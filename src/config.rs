@@ -156,7 +156,8 @@ pub struct Autonat {
     pub server: bool,
     /// Seconds between AutoNAT v2 probes of candidate external addresses. Default: 5.
     pub probe_interval_secs: u64,
-    /// Candidate external addresses tested at most. Default: 10.
+    /// Candidate external addresses tested at most per probe round; 0 turns AutoNAT v2 probing
+    /// off. Default: 10.
     pub max_candidates: usize,
     /// Seconds between re-checks of reachability that has been settled (AutoNAT v1 probes);
     /// confirmed addresses that stopped working are dropped, working ones that failed before are
