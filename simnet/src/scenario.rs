@@ -147,6 +147,11 @@ pub struct Scenario {
     pub seed: u64,
     /// Length of the workload phase.
     pub duration_secs: u64,
+    /// Seconds over which the non-bootstrap nodes join, evenly spaced (`inproc`): a network that
+    /// grows at a pace the machine keeps up with, instead of every node bootstrapping at once.
+    /// Default: 0 (as fast as they start).
+    #[serde(default)]
+    pub join_secs: u64,
     /// Pause between the last node starting and the workload. Default: 5.
     #[serde(default = "default_warmup")]
     pub warmup_secs: u64,
@@ -217,6 +222,9 @@ impl Scenario {
         if self.duration_secs == 0 || self.duration_secs > MAX_DURATION_SECS {
             bail!("duration_secs must be 1..={MAX_DURATION_SECS}");
         }
+        if self.join_secs > MAX_DURATION_SECS {
+            bail!("join_secs must be 0..={MAX_DURATION_SECS}");
+        }
         if let Some(link) = &self.link {
             link.validate()?;
             if self.mode != Mode::Inproc {
@@ -268,6 +276,9 @@ impl Scenario {
         }
         if self.mode == Mode::Netns && (self.churn.is_some() || !self.outages.is_empty()) {
             bail!("churn and outages are simulated in mode = \"inproc\" only");
+        }
+        if self.mode == Mode::Netns && self.join_secs > 0 {
+            bail!("join_secs applies to mode = \"inproc\" only");
         }
         for f in &self.workload.files {
             if f.size_bytes.unwrap_or(DEFAULT_FILE_BYTES) > MAX_FILE_BYTES {
@@ -348,5 +359,9 @@ mod tests {
         assert!(format!("{:#}", Scenario::parse(&bad_group).unwrap_err()).contains("nope"));
         let huge = base.replace("count = 1", "count = 100000");
         assert!(Scenario::parse(&huge).is_err());
+        let paced = base.replace("duration_secs = 5", "duration_secs = 5\njoin_secs = 30");
+        assert_eq!(Scenario::parse(&paced).unwrap().join_secs, 30);
+        let paced_netns = paced.replace("\"inproc\"", "\"netns\"");
+        assert!(format!("{:#}", Scenario::parse(&paced_netns).unwrap_err()).contains("join_secs"));
     }
 }
