@@ -32,6 +32,10 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
     // On the memory transport every listen address is reachable by every node, but AutoNAT cannot
     // confirm it (memory dials come from fresh ports), so the simulated nodes are told to serve.
     cfg.kad.mode = KadMode::Server;
+    // For the same reason every connection hands AutoNAT v2 a new candidate address, and each
+    // probe of one costs 30–100 KB of dial data: 200 nodes probing swamp two cores and lookups
+    // time out. No v2 probes (as in simnet's inproc mode).
+    cfg.autonat.max_candidates = 0;
     cfg.mdns.enabled = false;
     cfg
 }
