@@ -535,6 +535,7 @@ impl EventLoop {
         if !nat::is_relayed(&address) {
             self.set_reachability(|nat| nat.confirmed(&address));
         }
+        self.push_identify();
         self.presence_dirty();
         self.emit(Event::ExternalAddrConfirmed { address });
     }
@@ -544,8 +545,19 @@ impl EventLoop {
         if !nat::is_relayed(&address) {
             self.set_reachability(|nat| nat.expired(&address));
         }
+        self.push_identify();
         self.presence_dirty();
         self.emit(Event::ExternalAddrExpired { address });
+    }
+
+    /// Sends connected peers our addresses again (identify push). libp2p pushes when listen
+    /// addresses change, not external ones; but a newly confirmed public address is what a peer
+    /// that reaches us through a relay needs to dial us directly (`traversal::reverse`).
+    fn push_identify(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if !peers.is_empty() {
+            self.swarm.behaviour_mut().identify.push(peers);
+        }
     }
 
     /// Adds an external address ourselves (the swarm reports only those that behaviours add).
@@ -632,13 +644,18 @@ impl EventLoop {
         match event {
             BehaviourEvent::Identify(event) => {
                 self.metrics.record(&event);
-                if let identify::Event::Received {
-                    peer_id,
-                    connection_id,
-                    info,
-                } = event
-                {
-                    self.on_identified(peer_id, connection_id, info);
+                match event {
+                    identify::Event::Received {
+                        peer_id,
+                        connection_id,
+                        info,
+                    }
+                    | identify::Event::Pushed {
+                        peer_id,
+                        connection_id,
+                        info,
+                    } => self.on_identified(peer_id, connection_id, info),
+                    identify::Event::Sent { .. } | identify::Event::Error { .. } => {}
                 }
             }
             BehaviourEvent::Ping(event) => {
@@ -736,6 +753,10 @@ impl EventLoop {
             .unwrap_or_else(|| {
                 Multiaddr::empty().with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
             });
+        let relayed = state
+            .connections
+            .get(&connection_id)
+            .is_some_and(|c| c.relayed);
         let mut addrs = nat::usable_from(&remote, info.listen_addrs);
         addrs.truncate(MAX_IDENTIFY_ADDRS);
         let kad_server = info.protocols.contains(&dht::PROTOCOL);
@@ -762,6 +783,9 @@ impl EventLoop {
         }
         if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
             self.relay_candidate(peer_id, &addrs, false);
+        }
+        if relayed {
+            self.reverse(peer_id, &addrs);
         }
         self.emit(Event::PeerIdentified {
             peer_id,

@@ -6,8 +6,15 @@
 use std::time::{Duration, Instant};
 
 use libp2p::{
-    Multiaddr, PeerId, autonat, core::transport::ListenerId, dcutr, multiaddr::Protocol, relay,
-    swarm::ConnectionId,
+    Multiaddr, PeerId, autonat,
+    core::transport::ListenerId,
+    dcutr,
+    multiaddr::Protocol,
+    relay,
+    swarm::{
+        ConnectionId,
+        dial_opts::{DialOpts, PeerCondition},
+    },
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -25,6 +32,8 @@ use crate::{
 pub const RELAY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Hole punches tracked at once (one per peer with only relayed connections).
 pub const MAX_PUNCHES: usize = 256;
+/// Announced addresses of one relayed peer dialled directly at most (see `EventLoop::reverse`).
+pub const MAX_REVERSAL_ADDRS: usize = 16;
 /// A hole punch with no outcome after this long is forgotten. It outlives the relayed connection:
 /// the peer that goes direct first closes it, and the direct connection reaches the other side
 /// a moment later.
@@ -63,6 +72,8 @@ impl Metrics {
 pub(super) struct Punch {
     started: Instant,
     failed_dials: u32,
+    /// Announced addresses already dialled directly (see [`EventLoop::reverse`]).
+    reversed: Vec<Multiaddr>,
 }
 
 impl EventLoop {
@@ -182,6 +193,7 @@ impl EventLoop {
                     Punch {
                         started: Instant::now(),
                         failed_dials: 0,
+                        reversed: Vec::new(),
                     },
                 );
                 self.emit(Event::HolePunchStarted { peer_id: peer });
@@ -201,6 +213,42 @@ impl EventLoop {
         for id in relayed_conns {
             tracing::debug!(%peer, "direct connection up: closing the relayed one");
             self.swarm.close_connection(id);
+        }
+    }
+
+    /// Connection reversal, which go-libp2p's hole puncher also tries: a peer we reach only through
+    /// a relay, and which announced direct addresses over that relayed connection, gets one plain
+    /// dial to them. A peer that is publicly reachable, or behind a NAT that forwards unsolicited
+    /// connections to a mapped port (full cone), accepts it. DCUtR alone fails there over TCP: its
+    /// simultaneous open has both ends upgrade the connection as listeners, but the reachable end
+    /// simply accepts the other's SYN as an inbound connection, and the Noise handshake between two
+    /// responders times out. Where the peer's NAT filters (the announced address is a mapping made
+    /// for someone else), this dial fails and the punch goes on. A peer that announces new
+    /// addresses later (identify push, e.g. once AutoNAT confirmed its public address) gets a dial
+    /// to those.
+    pub(super) fn reverse(&mut self, peer: PeerId, announced: &[Multiaddr]) {
+        let Some(punch) = self.punches.get_mut(&peer) else {
+            return;
+        };
+        let room = MAX_REVERSAL_ADDRS.saturating_sub(punch.reversed.len());
+        let new: Vec<Multiaddr> = announced
+            .iter()
+            .filter(|a| !nat::is_relayed(a) && nat::scope(a) != Some(nat::Scope::Loopback))
+            .filter(|a| !punch.reversed.contains(a))
+            .take(room)
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        punch.reversed.extend(new.iter().cloned());
+        tracing::debug!(%peer, addrs = ?new, "relayed peer announced direct addresses: dialling them");
+        let opts = DialOpts::peer_id(peer)
+            .addresses(new)
+            .condition(PeerCondition::Always)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "cannot dial a relayed peer directly");
         }
     }
 
