@@ -27,6 +27,7 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use crate::{
     hops::Tables,
     link::Link,
+    meter,
     plan::{Op, Plan},
     report::{ChurnStats, Report},
     scenario::{Role, Scenario},
@@ -136,7 +137,13 @@ fn config(s: &Scenario, group: &str, role: Role, port: u64) -> anyhow::Result<Co
 /// Called as the run goes: (phase, done, total).
 pub type Progress = dyn Fn(&str, u64, u64) + Send + Sync;
 
-pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Result<crate::Outcome> {
+/// `metrics_every`: print summed node metrics at that interval (see `meter.rs`).
+pub async fn run(
+    s: &Scenario,
+    plan: &Plan,
+    metrics_every: Option<Duration>,
+    progress: &Progress,
+) -> anyhow::Result<crate::Outcome> {
     let started = Instant::now();
     let total = plan.nodes.len();
     let link = s.link.unwrap_or_default();
@@ -160,7 +167,10 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
 
     // Per node: time from its start to its first connection (set by its watcher task).
     let first_connect = track::FirstConnects::new(total);
+    let registries = meter::Registries::default();
+    let meter = metrics_every.map(|every| meter::spawn(every, registries.clone()));
     let watch = |i: usize, n: &Running, t0: Instant| {
+        registries.add(n.node.metrics());
         let mut events = n.node.client().subscribe();
         let shared = first_connect.clone();
         tokio::spawn(async move {
@@ -308,6 +318,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
                 let slot = slots[node].clone();
                 let seed = plan.seed;
                 let t = tracker.clone();
+                let registries = registries.clone();
                 returning.insert(
                     node,
                     tokio::spawn(async move {
@@ -318,6 +329,7 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
                         let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
                             .await
                             .context("a returning node did not start in time")??;
+                        registries.add(n.node.metrics());
                         t.lock()
                             .returned
                             .entry(node)
@@ -389,6 +401,10 @@ pub async fn run(s: &Scenario, plan: &Plan, progress: &Progress) -> anyhow::Resu
     tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
     track::drain(&tracker, drain_until, progress).await;
     while tasks.join_next().await.is_some() {}
+
+    if let Some(m) = meter {
+        m.abort();
+    }
 
     // Figures.
     let bytes_sent = live.iter().flatten().try_fold(bytes_of_stopped, |acc, n| {

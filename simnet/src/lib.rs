@@ -4,6 +4,7 @@
 pub mod hops;
 pub mod inproc;
 pub mod link;
+pub mod meter;
 pub mod netns;
 pub mod overrides;
 pub mod plan;
@@ -25,16 +26,25 @@ pub struct Outcome {
     pub delivery_ms: Vec<f64>,
 }
 
-/// Runs `scenario` with `seed` (the scenario's own when `None`).
+/// Runs `scenario` with `seed` (the scenario's own when `None`); in inproc mode, prints summed
+/// node metrics every `metrics_every` (see [`meter`]).
 pub async fn run(
     scenario: &Scenario,
     seed: Option<u64>,
+    metrics_every: Option<std::time::Duration>,
     progress: &inproc::Progress,
 ) -> anyhow::Result<Outcome> {
     let plan = Plan::new(scenario, seed.unwrap_or(scenario.seed));
     match scenario.mode {
-        scenario::Mode::Inproc => inproc::run(scenario, &plan, progress).await,
-        scenario::Mode::Netns => netns::run(scenario, &plan, progress).await,
+        scenario::Mode::Inproc => inproc::run(scenario, &plan, metrics_every, progress).await,
+        scenario::Mode::Netns => {
+            if metrics_every.is_some() {
+                anyhow::bail!(
+                    "--metrics-every works in inproc mode only: netns nodes run in namespaces of their own"
+                );
+            }
+            netns::run(scenario, &plan, progress).await
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `simnet run <scenario.toml> [--out DIR] [--seed N]`, `simnet list`.
+//! `simnet run <scenario.toml> [--out DIR] [--seed N] [--metrics-every SECS]`, `simnet list`.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,9 @@ enum Command {
         /// Seed of the topology and workload (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
+        /// inproc: every SECS seconds, print the nodes' libp2p metrics summed, and the CPU used.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        metrics_every: Option<u64>,
     },
     /// The shipped scenarios, one line each.
     List,
@@ -69,11 +72,15 @@ fn main() -> std::process::ExitCode {
             scenario,
             out,
             seed,
+            metrics_every,
         } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(scenario, out, seed))),
+            .and_then(|rt| {
+                let every = metrics_every.map(std::time::Duration::from_secs);
+                rt.block_on(run(scenario, out, seed, every))
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -116,7 +123,12 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::Result<()> {
+async fn run(
+    path: PathBuf,
+    out: Option<PathBuf>,
+    seed: Option<u64>,
+    metrics_every: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let scenario = Scenario::load(&path)?;
     let out = out.unwrap_or_else(|| PathBuf::from("simnet-out").join(&scenario.name));
     let bar = indicatif::ProgressBar::new(0);
@@ -147,7 +159,7 @@ async fn run(path: PathBuf, out: Option<PathBuf>, seed: Option<u64>) -> anyhow::
             }
         }
     };
-    let outcome = simnet::run(&scenario, seed, &progress).await?;
+    let outcome = simnet::run(&scenario, seed, metrics_every, &progress).await?;
     bar.finish_and_clear();
     let files = simnet::write(&outcome, &out)?;
     println!("{}", outcome.report.summary());

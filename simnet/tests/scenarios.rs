@@ -11,7 +11,7 @@ fn scenario(name: &str) -> Scenario {
 #[tokio::test(flavor = "multi_thread")]
 async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     let s = scenario("smoke-50");
-    let outcome = simnet::run(&s, None, &|_: &str, _: u64, _: u64| {})
+    let outcome = simnet::run(&s, None, None, &|_: &str, _: u64, _: u64| {})
         .await
         .unwrap();
     let r = &outcome.report;

@@ -1,0 +1,194 @@
+//! `simnet run --metrics-every SECS` (inproc): every SECS seconds, one line on stderr that sums
+//! the libp2p metrics of every running node and adds this process's CPU time, so that one can see
+//! where a large run spends its two cores (joins, idle connections, pings, DHT traffic).
+//!
+//! ```text
+//! metrics t=241s nodes=275 cpu=84% live_conns=58554 new_conns=12147 pings=26449 ping_ms=24 kad_in=15458 dial_errors=2
+//! ```
+//!
+//! - `cpu`: this process's user + system time over the interval, in % of one core.
+//! - `live_conns`: connections open now, counted at both ends (established minus closed).
+//! - `new_conns`, `pings`, `kad_in` (Kademlia requests served), `dial_errors`: over the interval.
+//! - `ping_ms`: mean ping round trip over the interval: it grows when the CPU is saturated.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use commucat::node::SharedRegistry;
+
+const ESTABLISHED: &str = "commucat_libp2p_swarm_connections_established_total";
+const CLOSED: &str = "commucat_libp2p_swarm_connections_duration_seconds_count";
+const PINGS: &str = "commucat_libp2p_ping_rtt_seconds_count";
+const PING_SECONDS: &str = "commucat_libp2p_ping_rtt_seconds_sum";
+const KAD_IN: &str = "commucat_libp2p_kad_inbound_requests_total";
+const DIAL_ERRORS: &str = "commucat_libp2p_swarm_outgoing_connection_error_total";
+
+/// The registries of the nodes started so far (a restarted node adds its new one).
+#[derive(Clone, Default)]
+pub struct Registries(Arc<Mutex<Vec<SharedRegistry>>>);
+
+impl Registries {
+    pub fn add(&self, registry: SharedRegistry) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(registry);
+    }
+
+    fn snapshot(&self) -> Vec<SharedRegistry> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Prints a line every `every` until the returned task is aborted.
+pub fn spawn(every: Duration, registries: Registries) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut prev = Sums::default();
+        let mut prev_cpu = cpu_ticks();
+        let mut tick = tokio::time::interval_at((start + every).into(), every);
+        loop {
+            tick.tick().await;
+            let list = registries.snapshot();
+            let sums = Sums::of(&list);
+            let cpu = cpu_ticks();
+            eprintln!(
+                "{}",
+                line(start.elapsed(), every, &list, &sums, &prev, cpu, prev_cpu)
+            );
+            prev = sums;
+            prev_cpu = cpu;
+        }
+    })
+}
+
+fn line(
+    t: Duration,
+    every: Duration,
+    nodes: &[SharedRegistry],
+    now: &Sums,
+    prev: &Sums,
+    cpu: Option<u64>,
+    prev_cpu: Option<u64>,
+) -> String {
+    let delta = |k: &str| now.get(k) - prev.get(k);
+    // USER_HZ is 100 on Linux: a tick is 10 ms, so ticks per second are % of one core.
+    let cpu = match (cpu, prev_cpu) {
+        (Some(c), Some(p)) => format!("{:.0}%", c.saturating_sub(p) as f64 / every.as_secs_f64()),
+        _ => "?".into(),
+    };
+    format!(
+        "metrics t={}s nodes={} cpu={cpu} live_conns={:.0} new_conns={:.0} pings={:.0} ping_ms={:.0} kad_in={:.0} dial_errors={:.0}",
+        t.as_secs(),
+        nodes.len(),
+        now.get(ESTABLISHED) - now.get(CLOSED),
+        delta(ESTABLISHED),
+        delta(PINGS),
+        1000.0 * delta(PING_SECONDS) / delta(PINGS).max(1.0),
+        delta(KAD_IN),
+        delta(DIAL_ERRORS),
+    )
+}
+
+/// Every metric summed over its labels and over the nodes.
+#[derive(Default)]
+struct Sums(HashMap<String, f64>);
+
+impl Sums {
+    fn of(registries: &[SharedRegistry]) -> Self {
+        let mut sums = HashMap::new();
+        let mut text = String::new();
+        for r in registries {
+            text.clear();
+            let r = r.read().unwrap_or_else(|e| e.into_inner());
+            if prometheus_client::encoding::text::encode(&mut text, &r).is_err() {
+                continue;
+            }
+            for (name, value) in text.lines().filter_map(sample) {
+                *sums.entry(name.to_owned()).or_insert(0.0) += value;
+            }
+        }
+        Self(sums)
+    }
+
+    fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+/// `name{labels} value` or `name value` → (name, value); comments and other lines → None.
+fn sample(line: &str) -> Option<(&str, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let name = series.split('{').next()?;
+    Some((name, value.parse().ok()?))
+}
+
+/// User + system CPU time of this process, in ticks of 10 ms.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, inside parentheses): state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_with_or_without_labels() {
+        assert_eq!(
+            sample(r#"commucat_libp2p_kad_inbound_requests_total{request="FindNode"} 21051"#),
+            Some((KAD_IN, 21051.0))
+        );
+        assert_eq!(
+            sample("commucat_libp2p_ping_rtt_seconds_sum 0.25"),
+            Some((PING_SECONDS, 0.25))
+        );
+        assert_eq!(sample("# TYPE x counter"), None);
+        assert_eq!(sample("# EOF"), None);
+    }
+
+    #[test]
+    fn the_line_sums_nodes_and_reports_the_interval() {
+        let mut now = Sums::default();
+        now.0.insert(ESTABLISHED.into(), 30.0);
+        now.0.insert(CLOSED.into(), 10.0);
+        now.0.insert(PINGS.into(), 14.0);
+        now.0.insert(PING_SECONDS.into(), 0.5);
+        let mut prev = Sums::default();
+        prev.0.insert(ESTABLISHED.into(), 12.0);
+        prev.0.insert(PINGS.into(), 4.0);
+        prev.0.insert(PING_SECONDS.into(), 0.3);
+        let l = line(
+            Duration::from_secs(40),
+            Duration::from_secs(20),
+            &[],
+            &now,
+            &prev,
+            Some(3000),
+            Some(1000),
+        );
+        assert_eq!(
+            l,
+            "metrics t=40s nodes=0 cpu=100% live_conns=20 new_conns=18 pings=10 ping_ms=20 kad_in=0 dial_errors=0"
+        );
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        assert!(cpu_ticks().is_some_and(|t| t > 0));
+    }
+}
