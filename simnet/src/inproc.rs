@@ -505,23 +505,15 @@ pub fn write_file(path: &std::path::Path, size: usize, seed: u64) -> std::io::Re
 /// Bytes a node's transports sent, from its `…libp2p_bandwidth_bytes_total` counters (None if the
 /// node has no such counter).
 pub fn outbound_bytes(node: &Node) -> Option<u64> {
-    let mut text = String::new();
-    let registry = node.metrics();
-    let r = registry.read().unwrap_or_else(|e| e.into_inner());
-    prometheus_client::encoding::text::encode(&mut text, &r).ok()?;
     let mut found = false;
     let mut sum = 0u64;
-    for line in text.lines() {
-        let name = line.split(['{', ' ']).next().unwrap_or_default();
-        if name.ends_with("libp2p_bandwidth_bytes_total") && line.contains("direction=\"Outbound\"")
+    let encoded = meter::for_each_sample(&node.metrics(), |name, labels, value| {
+        if name.ends_with("libp2p_bandwidth_bytes_total")
+            && labels.contains("direction=\"Outbound\"")
         {
             found = true;
-            sum += line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as u64;
+            sum += value as u64;
         }
-    }
-    found.then_some(sum)
+    });
+    (encoded && found).then_some(sum)
 }

@@ -100,16 +100,10 @@ struct Sums(HashMap<String, f64>);
 impl Sums {
     fn of(registries: &[SharedRegistry]) -> Self {
         let mut sums = HashMap::new();
-        let mut text = String::new();
         for r in registries {
-            text.clear();
-            let r = r.read().unwrap_or_else(|e| e.into_inner());
-            if prometheus_client::encoding::text::encode(&mut text, &r).is_err() {
-                continue;
-            }
-            for (name, value) in text.lines().filter_map(sample) {
+            for_each_sample(r, |name, _, value| {
                 *sums.entry(name.to_owned()).or_insert(0.0) += value;
-            }
+            });
         }
         Self(sums)
     }
@@ -119,14 +113,31 @@ impl Sums {
     }
 }
 
-/// `name{labels} value` or `name value` → (name, value); comments and other lines → None.
-fn sample(line: &str) -> Option<(&str, f64)> {
+/// Calls `f(name, labels, value)` for every sample of `registry` (labels as written between the
+/// braces, empty when there are none). Returns false when the registry could not be encoded.
+pub fn for_each_sample(registry: &SharedRegistry, mut f: impl FnMut(&str, &str, f64)) -> bool {
+    let mut text = String::new();
+    let r = registry.read().unwrap_or_else(|e| e.into_inner());
+    if prometheus_client::encoding::text::encode(&mut text, &r).is_err() {
+        return false;
+    }
+    for (name, labels, value) in text.lines().filter_map(sample) {
+        f(name, labels, value);
+    }
+    true
+}
+
+/// `name{labels} value` or `name value` → (name, labels, value); comments → None.
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
     if line.starts_with('#') {
         return None;
     }
     let (series, value) = line.rsplit_once(' ')?;
-    let name = series.split('{').next()?;
-    Some((name, value.parse().ok()?))
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (series, ""),
+    };
+    Some((name, labels, value.parse().ok()?))
 }
 
 /// User + system CPU time of this process, in ticks of 10 ms.
@@ -149,11 +160,11 @@ mod tests {
     fn samples_are_read_with_or_without_labels() {
         assert_eq!(
             sample(r#"commucat_libp2p_kad_inbound_requests_total{request="FindNode"} 21051"#),
-            Some((KAD_IN, 21051.0))
+            Some((KAD_IN, r#"request="FindNode""#, 21051.0))
         );
         assert_eq!(
             sample("commucat_libp2p_ping_rtt_seconds_sum 0.25"),
-            Some((PING_SECONDS, 0.25))
+            Some((PING_SECONDS, "", 0.25))
         );
         assert_eq!(sample("# TYPE x counter"), None);
         assert_eq!(sample("# EOF"), None);
