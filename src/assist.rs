@@ -97,6 +97,8 @@ pub struct Context {
     pub tokens: Arc<Tokens>,
     pub ice: Arc<ice::Credentials>,
     pub limiter: Arc<rate_limit::RateLimiter>,
+    /// Paths probed per token (`assist.probes_per_token_per_minute`), by token id.
+    pub probe_budget: rate_limit::RateLimiter<String>,
     pub prober: probe::Prober,
     /// The STUN responder's bound address.
     pub stun_addr: SocketAddr,
@@ -182,7 +184,10 @@ impl Assist {
         tasks.spawn(stun::serve(
             udp,
             ice.clone(),
-            rate_limit::RateLimiter::new(stun::limits(a.stun_per_ip_per_second)),
+            stun::Limits {
+                per_ip_per_second: a.stun_per_ip_per_second,
+                answers_per_second: a.stun_answers_per_second,
+            },
             stun_metrics,
             shutdown.clone(),
         ));
@@ -210,6 +215,11 @@ impl Assist {
             tokens,
             ice,
             limiter,
+            probe_budget: rate_limit::RateLimiter::new(rate_limit::Limits {
+                burst: a.probes_per_token_per_minute,
+                window: Duration::from_secs(60),
+                penalty: Duration::ZERO,
+            }),
             prober,
             stun_addr,
             registry,

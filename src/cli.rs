@@ -6,7 +6,11 @@ mod data;
 mod output;
 mod run;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -49,7 +53,10 @@ enum Command {
     /// Create the data directory and this node's identity (an existing identity is kept).
     Init,
     /// Run the node until Ctrl-C or SIGTERM.
-    Run(ConfigArgs),
+    Run(RunArgs),
+    /// Check the data directory without starting the node: does the database still hold
+    /// everything it committed? Exits 1 when it does not (the node would refuse to start).
+    Doctor(Output),
     /// Show this node's PeerId and ML-DSA-65 key (reads the data dir; no running node needed).
     Id(Output),
     /// Show the running node's status: addresses, reachability, peers, DHT.
@@ -159,6 +166,17 @@ struct Output {
     /// Machine-readable JSON output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Start even though the database lost state it had committed (`commucat doctor` tells):
+    /// the damaged files are kept beside it as `db.damaged-<time>`, peers are asked to send
+    /// again what they still have, and no message is shown twice.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 /// Flags that feed the configuration (the strongest layer).
@@ -284,7 +302,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", identity.peer_id());
             Ok(())
         }
-        Command::Run(args) => run::run(&dir, args.load()?).await,
+        Command::Run(args) => run::run(&dir, args.config.load()?, args.accept_data_loss).await,
+        Command::Doctor(out) => doctor(&dir, out.json),
         Command::Id(out) => {
             let identity = Identity::load(&dir)?.with_context(|| {
                 format!(
@@ -429,4 +448,17 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `commucat doctor`: [`crate::store::Store::check`] on a copy of the database.
+fn doctor(dir: &Path, json: bool) -> anyhow::Result<()> {
+    use crate::store::{Error, Store};
+    match Store::check(dir) {
+        Ok(check) => output::doctor_ok(dir, &check, json),
+        Err(Error::DataLoss(loss)) => {
+            output::doctor_loss(&loss, json)?;
+            anyhow::bail!("the database lost committed state; the node will not start on it")
+        }
+        Err(e) => Err(e.into()),
+    }
 }

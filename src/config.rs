@@ -100,8 +100,17 @@ pub struct Network {
     /// Established connections to one peer: TCP and QUIC, a relayed one, AutoNAT dial-backs
     /// (which count too) and hole-punch attempts. Default: 8.
     pub max_connections_per_peer: u32,
-    /// Incoming connections still handshaking. Default: 64.
+    /// Incoming connections still handshaking, per transport: TCP and QUIC each have this many,
+    /// so a flood on one leaves the other alone. Default: 64.
     pub max_pending_incoming: u32,
+    /// Incoming connections still handshaking from one IP address (IPv6: one /64). Default: 8.
+    pub max_pending_incoming_per_ip: u32,
+    /// Incoming connections established from one IP address (IPv6: one /64); outgoing ones are
+    /// not counted. Default: 32.
+    pub max_connections_per_ip: u32,
+    /// Seconds an incoming TCP connection has to finish its security and multiplexer handshake
+    /// (a few round trips); outgoing dials get 20. QUIC's handshake has its own 5 s. Default: 5.
+    pub inbound_handshake_timeout_secs: u64,
     /// Outgoing dials in progress. Default: 64.
     pub max_pending_outgoing: u32,
 }
@@ -306,6 +315,13 @@ pub struct Assist {
     pub max_paths: usize,
     /// Milliseconds each path probe may take (probes run in parallel). Default: 2000.
     pub probe_timeout_ms: u64,
+    /// Paths one token may name for probing per minute (each costs a TCP and a QUIC dial); more
+    /// get 429. Default: 32.
+    pub probes_per_token_per_minute: u32,
+    /// Probe paths whose addresses are not public (loopback, private, link-local, carrier-grade
+    /// NAT, …; for a host name, any address it resolves to). Off, such paths get 400 without
+    /// being probed: otherwise any token holder could map the node's own network. Default: false.
+    pub probe_private_targets: bool,
     /// Largest request body, bytes; larger ones get 413. Default: 16384.
     pub max_body_bytes: usize,
     /// Requests one IP address may make per `rate_window_secs` (IPv6: per /64). Default: 30.
@@ -316,6 +332,10 @@ pub struct Assist {
     pub rate_penalty_secs: u64,
     /// STUN requests one IP address may send per second; more are dropped. Default: 50.
     pub stun_per_ip_per_second: u32,
+    /// STUN answers the responder sends per second to all addresses together; requests beyond it
+    /// are dropped (a flood from many spoofed addresses cannot turn the node into a reflector).
+    /// Default: 2000.
+    pub stun_answers_per_second: u32,
     /// TURN servers handed to clients.
     pub turn: Vec<TurnServer>,
     /// WebSocket signaling at `/api/v1/ws` (`protocols/signaling-v1.md`).
@@ -446,6 +466,9 @@ impl Default for Network {
             max_connections: 256,
             max_connections_per_peer: 8,
             max_pending_incoming: 64,
+            max_pending_incoming_per_ip: 8,
+            max_connections_per_ip: 32,
+            inbound_handshake_timeout_secs: 5,
             max_pending_outgoing: 64,
         }
     }
@@ -640,11 +663,14 @@ impl Default for Assist {
             max_ice_credentials: 65536,
             max_paths: 8,
             probe_timeout_ms: 2000,
+            probes_per_token_per_minute: 32,
+            probe_private_targets: false,
             max_body_bytes: 16384,
             rate_burst: 30,
             rate_window_secs: 60,
             rate_penalty_secs: 60,
             stun_per_ip_per_second: 50,
+            stun_answers_per_second: 2000,
             turn: Vec::new(),
             signaling: Signaling::default(),
             gateway: Gateway::default(),
@@ -722,6 +748,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The config a TOML text gives on top of the built-in defaults, checked as [`Config::load`]
+    /// checks a file (no environment, no flags).
+    pub fn parse_toml(text: &str) -> Result<Self, Error> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| Error::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks what serde cannot: bootstrap addresses name a peer, limits are non-zero.
     pub fn validate(&self) -> Result<(), Error> {
         for addr in &self.bootstrap.peers {
@@ -750,6 +787,22 @@ impl Config {
             (
                 "network.ping_interval_secs",
                 self.network.ping_interval_secs,
+            ),
+            (
+                "network.max_pending_incoming",
+                self.network.max_pending_incoming.into(),
+            ),
+            (
+                "network.max_pending_incoming_per_ip",
+                self.network.max_pending_incoming_per_ip.into(),
+            ),
+            (
+                "network.max_connections_per_ip",
+                self.network.max_connections_per_ip.into(),
+            ),
+            (
+                "network.inbound_handshake_timeout_secs",
+                self.network.inbound_handshake_timeout_secs,
             ),
             ("kad.query_timeout_secs", self.kad.query_timeout_secs),
             (
@@ -792,12 +845,20 @@ impl Config {
             ),
             ("assist.max_paths", self.assist.max_paths as u64),
             ("assist.probe_timeout_ms", self.assist.probe_timeout_ms),
+            (
+                "assist.probes_per_token_per_minute",
+                self.assist.probes_per_token_per_minute.into(),
+            ),
             ("assist.max_body_bytes", self.assist.max_body_bytes as u64),
             ("assist.rate_burst", self.assist.rate_burst.into()),
             ("assist.rate_window_secs", self.assist.rate_window_secs),
             (
                 "assist.stun_per_ip_per_second",
                 self.assist.stun_per_ip_per_second.into(),
+            ),
+            (
+                "assist.stun_answers_per_second",
+                self.assist.stun_answers_per_second.into(),
             ),
             (
                 "assist.signaling.max_message_bytes",

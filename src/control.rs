@@ -148,6 +148,13 @@ impl From<node::Error> for Problem {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for Problem {
+    /// A query string that does not fit: 400, as a problem document like every other error.
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
 impl From<JsonRejection> for Problem {
     /// 413 (too large) and 415 (not JSON) as axum tells; malformed and ill-fitting JSON alike: 400.
     fn from(e: JsonRejection) -> Self {
@@ -188,7 +195,11 @@ pub struct FindPeerRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub peer_id: Option<PeerId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<Multiaddr>,
@@ -227,6 +238,7 @@ pub struct Parts {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssueTokenRequest {
+    #[serde(deserialize_with = "crate::json::integer")]
     pub ttl_secs: u64,
 }
 

@@ -1,7 +1,8 @@
 //! `/commucat/data/1.0.0` (`protocols/data-v1.md`): framing ([`codec`]), end-to-end sessions
-//! ([`session`]), and the [`Service`] that serves inbound sessions ([`inbound`]) and delivers the
-//! outbox and files ([`delivery`], [`transfer`]).
+//! ([`session`]), inbound streams ([`accept`]), and the [`Service`] that serves inbound sessions
+//! ([`inbound`]) and delivers the outbox and files ([`delivery`], [`transfer`]).
 
+pub mod accept;
 pub mod codec;
 pub mod delivery;
 pub mod inbound;

@@ -8,7 +8,9 @@
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0`.
 //! - [`crypto`]: key bundle, hybrid post-quantum handshake, frame sealing (`protocols/data-v1.md`).
 //! - [`nat`]: reachability and address scopes.
+//! - [`net`]: IP address facts for limits and checks (per-subscriber keys, public or not).
 //! - [`assist`]: assist mode for light clients: REST, STUN, TURN credentials (`protocols/assist.md`).
+//! - [`json`]: request values read as the OpenAPI documents describe them.
 //! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
 //! - [`cli`]: the `commucat` command line.
 
@@ -22,7 +24,9 @@ pub mod dht;
 pub mod fec;
 pub mod fsutil;
 pub mod identity;
+pub mod json;
 pub mod nat;
+pub mod net;
 pub mod node;
 pub mod store;
 pub mod time;

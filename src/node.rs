@@ -9,9 +9,13 @@ mod client;
 mod command;
 mod event;
 mod event_loop;
+pub mod ip_limits;
 pub mod transport;
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use libp2p::{
     PeerId, Swarm,
@@ -67,6 +71,7 @@ pub struct Node {
     task: Option<JoinHandle<()>>,
     registry: SharedRegistry,
     stream_control: libp2p_stream::Control,
+    data_streams: std::sync::Mutex<Option<crate::data::accept::Incoming>>,
 }
 
 impl Node {
@@ -84,10 +89,18 @@ impl Node {
         let with_mdns = cfg.mdns.enabled && !matches!(transport, Transport::Memory);
         let mut registry = Registry::with_prefix("commucat");
         let (relay_transport, relay_client) = libp2p::relay::client::new(local);
-        let transport =
-            transport::build(transport, Some(relay_transport), &keypair, &mut registry)?;
-        let behaviour = behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client)
-            .map_err(Error::Mdns)?;
+        let transport = transport::build(
+            transport,
+            Some(relay_transport),
+            &keypair,
+            Duration::from_secs(cfg.network.inbound_handshake_timeout_secs),
+            &mut registry,
+        )?;
+        let (data_accept, data_streams) =
+            crate::data::accept::new(crate::data::accept::Metrics::register(&mut registry));
+        let behaviour =
+            behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client, data_accept)
+                .map_err(Error::Mdns)?;
         let swarm = Swarm::new(
             transport,
             behaviour,
@@ -130,6 +143,7 @@ impl Node {
             task: Some(task),
             registry: Arc::new(RwLock::new(registry)),
             stream_control,
+            data_streams: std::sync::Mutex::new(Some(data_streams)),
         })
     }
 
@@ -147,9 +161,22 @@ impl Node {
         self.registry.clone()
     }
 
-    /// A handle to open and accept `libp2p-stream` streams (the data protocol).
+    /// A handle to open `libp2p-stream` streams (the data protocol), and to accept streams of
+    /// other protocols.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.stream_control.clone()
+    }
+
+    /// The queue of inbound `/commucat/data` streams, once (the data service takes it); peers are
+    /// offered the protocol from then on. `None` when it was taken already.
+    pub fn take_data_streams(&self) -> Option<crate::data::accept::Incoming> {
+        let incoming = self
+            .data_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        incoming.offer();
+        Some(incoming)
     }
 
     /// Stops the event loop and waits for it; open connections are closed.

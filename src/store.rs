@@ -1,9 +1,12 @@
-//! Persistent node state in one sled database under the data directory.
+//! Persistent node state in one sled database under the data directory, and the check that it
+//! still holds everything it committed ([`commit`], `protocols/store-v1.md`).
 //!
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
-//! handshakes) and `meta` (small counters: the outbox epoch, the presence record sequence number).
+//! handshakes) and `meta` (small counters: the outbox epoch, the presence record sequence number,
+//! the commit generation).
 
+pub mod commit;
 pub mod inbox;
 pub mod outbox;
 pub mod peerbook;
@@ -11,6 +14,7 @@ pub mod transfers;
 
 use std::path::{Path, PathBuf};
 
+pub use commit::{Committer, Loss};
 pub use inbox::Inbox;
 use libp2p::PeerId;
 pub use outbox::Outbox;
@@ -45,6 +49,50 @@ pub enum Error {
     Full(&'static str, usize),
     #[error("database entry is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error("{0}")]
+    DataLoss(Box<Loss>),
+    #[error(
+        "{0} is unreadable (neither of its two records checks out), so whether the database lost \
+         committed state cannot be told; `commucat run --accept-data-loss` starts anyway"
+    )]
+    CommitRecord(PathBuf),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database I/O: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl Error {
+    fn file(path: &Path, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// How [`Store::open`] opens a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// sled's page cache, MiB.
+    pub cache_mib: u64,
+    /// Start even if the database lost committed state (`commucat run --accept-data-loss`): the
+    /// damaged files are kept beside it, and the inbox asks senders to send again what it lost.
+    pub accept_data_loss: bool,
+}
+
+impl Options {
+    /// Refuse lost data, with a page cache of `cache_mib` MiB.
+    pub const fn cache(cache_mib: u64) -> Self {
+        Self {
+            cache_mib,
+            accept_data_loss: false,
+        }
+    }
 }
 
 pub use crate::data::codec::ClientId;
@@ -90,30 +138,187 @@ pub fn peer_key(peer: &PeerId) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    committer: Committer,
+    /// The data directory, for a database on disk.
+    data_dir: Option<PathBuf>,
     inbox_notify: tokio::sync::broadcast::Sender<inbox::Message>,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `data_dir/db` with a page cache of `cache_mib` MiB.
-    pub fn open(data_dir: &Path, cache_mib: u64) -> Result<Self, Error> {
+    /// Opens (or creates) the database in `data_dir/db` and checks it against the commit record
+    /// (`data_dir/db.commit`): a database that lost committed state is refused with
+    /// [`Error::DataLoss`], its files left exactly as they were found, unless
+    /// `opts.accept_data_loss`.
+    pub fn open(data_dir: &Path, opts: Options) -> Result<Self, Error> {
         let path = data_dir.join(DB_DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
-            .open()
-            .map_err(|source| match &source {
-                // sled reports a held file lock as an I/O error with this text.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    Error::Locked(data_dir.to_owned())
+        let record = match commit::read_record(data_dir) {
+            Err(Error::CommitRecord(_)) if opts.accept_data_loss => None,
+            other => other?,
+        };
+        let clean = commit::read_clean(data_dir);
+        // Files that are not as a clean stop left them are copied before sled's recovery can
+        // rewrite them, so that a refused start leaves them untouched.
+        let unchanged = clean
+            .as_ref()
+            .is_some_and(|c| commit::stamps(&path).is_ok_and(|now| now == c.files));
+        let pre_open = data_dir.join(commit::PRE_OPEN_DIR);
+        let existed = path.exists();
+        let copied = if record.is_some() && existed && !unchanged {
+            check_unlocked(data_dir, &path)?;
+            let _ = std::fs::remove_dir_all(&pre_open);
+            copy_dir(&path, &pre_open).map_err(|e| Error::file(&pre_open, e))?;
+            true
+        } else {
+            false
+        };
+        let (db, found, unreadable) = match open_db(data_dir, &path, opts.cache_mib) {
+            Ok(db) => {
+                let found = stored_generation(&db)?;
+                (Some(db), found, None)
+            }
+            // sled gives up on some damage instead of dropping it (a log its snapshot points
+            // past): as lost as the rest, with a way on.
+            Err(Error::Db { source, .. }) if matches!(source, sled::Error::Corruption { .. }) => {
+                (None, 0, Some(source.to_string()))
+            }
+            Err(e) => {
+                if copied {
+                    let _ = std::fs::remove_dir_all(&pre_open);
                 }
-                _ => Error::Db { path, source },
-            })?;
-        Ok(Self::new(db))
+                return Err(e);
+            }
+        };
+        let expected = record.map_or(0, |r| r.generation);
+        let lost = unreadable.is_some() || expected > found;
+        let db = if lost {
+            let loss = Loss {
+                db_dir: path.clone(),
+                expected: record,
+                found_generation: found,
+                clean,
+                now: db.as_ref().map(commit::Counts::of).unwrap_or_default(),
+                unreadable,
+            };
+            if !opts.accept_data_loss {
+                drop(db);
+                if copied || !existed {
+                    // Put the files back exactly as they were found (or not at all).
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::file(&path, e))?;
+                }
+                if copied {
+                    std::fs::rename(&pre_open, &path).map_err(|e| Error::file(&path, e))?;
+                }
+                return Err(Error::DataLoss(Box::new(loss)));
+            }
+            let kept = data_dir.join(format!("db.damaged-{}", crate::time::unix_secs()));
+            let kept = if copied {
+                std::fs::rename(&pre_open, &kept).map_err(|e| Error::file(&pre_open, e))?;
+                Some(kept)
+            } else if db.is_none() {
+                std::fs::rename(&path, &kept).map_err(|e| Error::file(&path, e))?;
+                Some(kept)
+            } else {
+                None
+            };
+            let db = match db {
+                Some(db) => db,
+                None => {
+                    // Nothing of it can be read: start on an empty database.
+                    let _ = std::fs::remove_dir_all(&path);
+                    open_db(data_dir, &path, opts.cache_mib)?
+                }
+            };
+            tracing::warn!(
+                kept = ?kept,
+                "starting on a database that lost committed state (--accept-data-loss):\n{loss}"
+            );
+            let accepted = commit::Accepted {
+                at_ms: crate::time::unix_ms(),
+                expected_generation: expected,
+                found_generation: found,
+                kept,
+            };
+            db.open_tree(META_TREE)?.insert(
+                commit::LOSS_KEY,
+                serde_json::to_vec(&accepted).expect("plain values"),
+            )?;
+            db
+        } else {
+            if copied {
+                let _ = std::fs::remove_dir_all(&pre_open);
+            }
+            db.expect("opened when nothing was lost")
+        };
+        let _ = std::fs::remove_file(data_dir.join(commit::CLEAN_FILE));
+        // The generation goes on from the larger of the two, so the record stays ahead of nothing
+        // the database does not hold.
+        let committer = Committer::new(&db, Some(data_dir), expected.max(found))?;
+        let store = Self::new(db, committer, Some(data_dir.to_owned()));
+        store.committer.commit_blocking()?;
+        Ok(store)
     }
 
-    fn new(db: sled::Db) -> Self {
+    /// Checks the database of `data_dir` without starting anything and without touching its files
+    /// (`commucat doctor`): it is copied and the copy opened. `Ok` with what it holds, or the loss.
+    pub fn check(data_dir: &Path) -> Result<Check, Error> {
+        let path = data_dir.join(DB_DIR);
+        check_unlocked(data_dir, &path)?;
+        let scratch = tempfile_dir(data_dir)?;
+        let result = (|| {
+            if path.exists() {
+                copy_dir(&path, &scratch.join(DB_DIR)).map_err(|e| Error::file(&path, e))?;
+            }
+            for name in [commit::COMMIT_FILE, commit::CLEAN_FILE] {
+                let from = data_dir.join(name);
+                if from.exists() {
+                    std::fs::copy(&from, scratch.join(name)).map_err(|e| Error::file(&from, e))?;
+                }
+            }
+            let record = commit::read_record(&scratch)?;
+            let loss = |found, now, unreadable| {
+                Error::DataLoss(Box::new(Loss {
+                    db_dir: path.clone(),
+                    expected: record,
+                    found_generation: found,
+                    clean: commit::read_clean(&scratch),
+                    now,
+                    unreadable,
+                }))
+            };
+            let db = match open_db(&scratch, &scratch.join(DB_DIR), 8) {
+                Ok(db) => db,
+                Err(Error::Db { source, .. })
+                    if matches!(source, sled::Error::Corruption { .. }) =>
+                {
+                    return Err(loss(0, commit::Counts::default(), Some(source.to_string())));
+                }
+                Err(e) => return Err(e),
+            };
+            let found = stored_generation(&db)?;
+            let counts = commit::Counts::of(&db);
+            if record.is_some_and(|r| r.generation > found) {
+                return Err(loss(found, counts, None));
+            }
+            let accepted = db
+                .open_tree(META_TREE)?
+                .get(commit::LOSS_KEY)?
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            Ok(Check {
+                generation: found,
+                recorded: record,
+                counts,
+                accepted,
+            })
+        })();
+        let _ = std::fs::remove_dir_all(&scratch);
+        result
+    }
+
+    fn new(db: sled::Db, committer: Committer, data_dir: Option<PathBuf>) -> Self {
         Self {
             db,
+            committer,
+            data_dir,
             inbox_notify: tokio::sync::broadcast::channel(inbox::NOTIFY_BUFFER).0,
         }
     }
@@ -125,7 +330,24 @@ impl Store {
             .cache_capacity(1024 * 1024)
             .flush_every_ms(None)
             .open()?;
-        Ok(Self::new(db))
+        let committer = Committer::new(&db, None, 0)?;
+        Ok(Self::new(db, committer, None))
+    }
+
+    /// Flushes the database and records a clean stop (`db.clean`), so that the next start can
+    /// open the files without copying them first. Call last, when nothing writes any more.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.commit().await?;
+        let Some(dir) = &self.data_dir else {
+            return Ok(());
+        };
+        let clean = commit::Clean {
+            generation: self.committer.generation(),
+            stopped_at_ms: crate::time::unix_ms(),
+            files: commit::stamps(&dir.join(DB_DIR)).map_err(Error::Io)?,
+            counts: commit::Counts::of(&self.db),
+        };
+        commit::write_clean(dir, &clean).map_err(|e| Error::file(dir, e))
     }
 
     pub fn peer_book(&self, limits: peerbook::Limits) -> Result<PeerBook, Error> {
@@ -133,11 +355,16 @@ impl Store {
     }
 
     pub fn outbox(&self) -> Result<Outbox, Error> {
-        Outbox::open(&self.db)
+        Outbox::open(&self.db, self.committer.clone())
     }
 
     pub fn inbox(&self) -> Result<Inbox, Error> {
-        Inbox::open(&self.db, self.inbox_notify.clone())
+        Inbox::open(&self.db, self.committer.clone(), self.inbox_notify.clone())
+    }
+
+    /// Commits (see [`Committer`]) for parts that keep their own trees (assist tokens).
+    pub fn committer(&self) -> Committer {
+        self.committer.clone()
     }
 
     pub fn transfers(&self) -> Result<Transfers, Error> {
@@ -156,9 +383,93 @@ impl Store {
         Ok(self.db.open_tree(META_TREE)?)
     }
 
-    /// Makes everything written so far durable.
-    pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await?;
-        Ok(())
+    /// Makes everything written so far durable, and records the commit (see [`Committer`]).
+    pub async fn commit(&self) -> Result<(), Error> {
+        self.committer.commit().await
     }
+}
+
+/// What `commucat doctor` found in a database that holds what it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub generation: u64,
+    /// The commit record, when there is one (a database older than it has none).
+    pub recorded: Option<commit::Record>,
+    pub counts: commit::Counts,
+    /// A start that accepted lost data earlier, if one did.
+    pub accepted: Option<commit::Accepted>,
+}
+
+fn open_db(data_dir: &Path, path: &Path, cache_mib: u64) -> Result<sled::Db, Error> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
+        .open()
+        .map_err(|source| match &source {
+            // sled reports a held file lock as an I/O error with this text.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                Error::Locked(data_dir.to_owned())
+            }
+            _ => Error::Db {
+                path: path.to_owned(),
+                source,
+            },
+        })
+}
+
+/// The generation the database holds, read without creating anything.
+fn stored_generation(db: &sled::Db) -> Result<u64, Error> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == META_TREE.as_bytes())
+    {
+        return Ok(0);
+    }
+    Ok(db
+        .open_tree(META_TREE)?
+        .get(commit::GENERATION_KEY)?
+        .and_then(|v| commit::generation_of(&v))
+        .unwrap_or(0))
+}
+
+/// Fails with [`Error::Locked`] while another process holds the database (sled locks `db/db`).
+fn check_unlocked(data_dir: &Path, db_dir: &Path) -> Result<(), Error> {
+    let file = db_dir.join("db");
+    let Ok(f) = std::fs::File::open(&file) else {
+        return Ok(());
+    };
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.unlock();
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::file(&file, e)),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh scratch directory beside the data directory (same file system, so copies are local).
+fn tempfile_dir(data_dir: &Path) -> Result<PathBuf, Error> {
+    let dir = data_dir.join(format!(
+        "db.check-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&dir).map_err(|e| Error::file(&dir, e))?;
+    Ok(dir)
 }

@@ -120,7 +120,12 @@ fn port_of(addrs: &[&str], proto: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn light_client_flow_over_real_http() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = start(&tmp.path().join("a"), &[], &[]);
+    // The paths below are on loopback, which only an operator's setting lets a client probe.
+    let node = start(
+        &tmp.path().join("a"),
+        &[],
+        &[("COMMUCAT_ASSIST__PROBE_PRIVATE_TARGETS", "true")],
+    );
     let base = base_url(&node);
     let status = node.status();
 
@@ -273,6 +278,7 @@ async fn errors_are_problem_documents() {
         &[
             ("COMMUCAT_ASSIST__PROBE_TIMEOUT_MS", "500"),
             ("COMMUCAT_ASSIST__RATE_BURST", "1000"),
+            ("COMMUCAT_ASSIST__PROBE_PRIVATE_TARGETS", "true"),
         ],
     );
     let base = base_url(&node);
@@ -337,6 +343,14 @@ async fn errors_are_problem_documents() {
     ] {
         check(post(body, "application/json").await, 400, detail);
     }
+    // A dead port is "unusable", without the OS error that would tell closed from filtered.
+    let (_, _, body) = post(
+        json!({"paths": [{"address": "127.0.0.1", "port": dead_port, "id": "dead"}]}).to_string(),
+        "application/json",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert_eq!(detail, "no usable path: `dead` is unusable", "{body}");
     // 413 and 415.
     let big = format!(r#"{{"peer_hint":"{}"}}"#, "x".repeat(32 * 1024));
     check(post(big, "application/json").await, 413, "");

@@ -17,7 +17,6 @@ use commucat::{
     node::{Node, Transport},
     store::Store,
 };
-use futures::StreamExt;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,7 +160,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
 
     // Forged key bundle: N opens a session to X (it has a message for X), and X answers HELLO with a
     // bundle that is not its own.
-    let mut incoming = control.accept(PROTOCOL).unwrap();
+    let mut incoming = x.take_data_streams().expect("no data service on X");
     n.data
         .send_message(x_keys.peer_id(), "for x".into())
         .await

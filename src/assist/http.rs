@@ -79,10 +79,18 @@ async fn rate_limit(
     }
 }
 
-async fn require_token(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
-    match crate::control::bearer(request.headers()) {
-        Some(token) if ctx.tokens.check(token).is_some() => next.run(request).await,
-        Some(_) => Problem::new(
+async fn require_token(
+    State(ctx): State<Arc<Context>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client = crate::control::bearer(request.headers()).map(|t| ctx.tokens.check(t));
+    match client {
+        Some(Some(id)) => {
+            request.extensions_mut().insert(p2p_assist::TokenId(id));
+            next.run(request).await
+        }
+        Some(None) => Problem::new(
             StatusCode::UNAUTHORIZED,
             "the bearer token is unknown, expired or revoked".to_string(),
         )

@@ -2,10 +2,15 @@
 //! post-quantum keys, ICE and TURN credentials, the transports the node really offers on each path
 //! (probed during the request), a RaptorQ multipath plan tried on a sample, and live counters.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{State, rejection::JsonRejection},
     http::StatusCode,
 };
@@ -22,7 +27,7 @@ pub const DEFAULT_REPAIR_OVERHEAD: f64 = 0.35;
 pub const DEFAULT_PORT: u16 = 443;
 /// `fec.mtu` bounds: the IPv4 minimum datagram, and the largest packet of an 8 KiB symbol.
 pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=8196;
-/// Longest `address`, `id`, `server_name` or `peer_hint`.
+/// Longest `address`, `id` or `peer_hint`, in characters (as JSON Schema's `maxLength` counts).
 pub const MAX_NAME_LEN: usize = 253;
 /// The flow-control window of the throughput model: bytes a stream moves per round trip.
 pub const MODEL_WINDOW_BYTES: f64 = 1024.0 * 1024.0;
@@ -30,15 +35,27 @@ pub const MODEL_WINDOW_BYTES: f64 = 1024.0 * 1024.0;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub peer_hint: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathHint>,
     #[serde(default)]
     pub prefer_reality: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_paths: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fec: Option<FecHint>,
 }
 
@@ -46,28 +63,60 @@ pub struct Request {
 #[serde(deny_unknown_fields)]
 pub struct PathHint {
     /// Required; `Option` so that its absence gets our own message.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::present")]
     pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub port: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub server_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reality_fingerprint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reality_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FecHint {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present_integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mtu: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub repair_overhead: Option<f64>,
 }
 
@@ -168,10 +217,64 @@ struct Path {
     address: String,
     port: u16,
     priority: i64,
+    /// The address probes dial: a client-named path's address once resolved and checked
+    /// ([`check_targets`]), so a name cannot resolve to something else between check and dial.
+    ip: Option<IpAddr>,
+}
+
+/// How long resolving a path's host name may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Resolves the paths a client named and refuses any whose address is not public (loopback,
+/// private, link-local, … see [`crate::net::is_public`]) unless `allow_private`: probing them
+/// would let any token holder map the node's own network. A name counts by every address it
+/// resolves to. Nothing is probed before every path passes.
+async fn check_targets(paths: &mut [Path], allow_private: bool) -> Result<(), Problem> {
+    for (i, path) in paths.iter_mut().enumerate() {
+        let ips: Vec<IpAddr> = match path.address.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                let lookup = tokio::net::lookup_host((path.address.as_str(), path.port));
+                match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                    Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        let Some(&first) = ips.first() else {
+            return Err(bad(format!(
+                "paths[{i}].address: `{}` does not resolve",
+                path.address
+            )));
+        };
+        if !allow_private && let Some(ip) = ips.iter().find(|ip| !crate::net::is_public(**ip)) {
+            let what = if path.address.parse::<IpAddr>().is_ok() {
+                format!("`{}` is not a public address", path.address)
+            } else {
+                format!("`{}` resolves to {ip}, not a public address", path.address)
+            };
+            return Err(bad(format!(
+                "paths[{i}].address: {what}; loopback, private, link-local and other special \
+                 ranges are not probed"
+            )));
+        }
+        path.ip = Some(first);
+    }
+    Ok(())
 }
 
 fn bad(detail: String) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, detail)
+}
+
+/// The checks a `POST /api/p2p/assist` body gets before anything touches the network: JSON that
+/// fits [`Request`], then [`validate`]. `Err` with the problem's detail. (The entry point of
+/// `fuzz/fuzz_targets/assist_request.rs`.)
+pub fn check_request(body: &[u8], max_paths: usize) -> Result<(), String> {
+    let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    validate(&req, max_paths)
+        .map(drop)
+        .map_err(|p| p.detail.unwrap_or_default())
 }
 
 /// Checks a request against the rules of `protocols/assist.md` §4.1; the error names the field.
@@ -207,17 +310,19 @@ fn validate(req: &Request, max_paths: usize) -> Result<(Vec<Path>, usize, u16, f
         )));
     }
     if let Some(hint) = &req.peer_hint
-        && hint.len() > MAX_NAME_LEN
+        && hint.chars().count() > MAX_NAME_LEN
     {
-        return Err(bad(format!("peer_hint: at most {MAX_NAME_LEN} bytes")));
+        return Err(bad(format!("peer_hint: at most {MAX_NAME_LEN} characters")));
     }
     let mut paths = Vec::with_capacity(req.paths.len());
     for (i, p) in req.paths.iter().enumerate() {
-        let address = p.address.as_deref().map(str::trim).unwrap_or_default();
+        let address = p.address.as_deref().unwrap_or_default();
         if address.is_empty() {
             return Err(bad(format!("paths[{i}].address: required")));
         }
-        if address.len() > MAX_NAME_LEN || address.contains(['/', ' ']) {
+        if address.chars().count() > MAX_NAME_LEN
+            || address.contains(|c: char| c == '/' || c.is_whitespace())
+        {
             return Err(bad(format!(
                 "paths[{i}].address: not a host name or IP address"
             )));
@@ -228,8 +333,8 @@ fn validate(req: &Request, max_paths: usize) -> Result<(Vec<Path>, usize, u16, f
             .filter(|p| *p > 0)
             .ok_or_else(|| bad(format!("paths[{i}].port: must be 1 … 65535, got {port}")))?;
         let id = p.id.clone().unwrap_or_else(|| format!("path-{i}"));
-        if id.is_empty() || id.len() > MAX_NAME_LEN {
-            return Err(bad(format!("paths[{i}].id: 1 … {MAX_NAME_LEN} bytes")));
+        if id.is_empty() || id.chars().count() > MAX_NAME_LEN {
+            return Err(bad(format!("paths[{i}].id: 1 … {MAX_NAME_LEN} characters")));
         }
         if paths.iter().any(|q: &Path| q.id == id) {
             return Err(bad(format!("paths[{i}].id: `{id}` is used twice")));
@@ -244,6 +349,7 @@ fn validate(req: &Request, max_paths: usize) -> Result<(Vec<Path>, usize, u16, f
             address: address.to_owned(),
             port,
             priority: p.priority.unwrap_or(i64::try_from(i).unwrap_or(i64::MAX)),
+            ip: None,
         });
     }
     Ok((paths, min_paths as usize, mtu, overhead))
@@ -278,6 +384,7 @@ fn own_paths(status: &node::Status, want: usize) -> Vec<Path> {
             address: ip.to_string(),
             port,
             priority: i as i64,
+            ip: Some(ip),
         })
         .collect()
 }
@@ -298,10 +405,10 @@ fn ip_port(addr: &Multiaddr) -> Option<(IpAddr, u16)> {
 
 /// `(transport name, multiaddr, handshake round trips)` to probe on a path.
 fn probe_targets(path: &Path) -> Vec<(&'static str, Multiaddr, u32)> {
-    let host = match path.address.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => Protocol::Ip4(ip),
-        Ok(IpAddr::V6(ip)) => Protocol::Ip6(ip),
-        Err(_) => Protocol::Dns(path.address.clone().into()),
+    let host = match path.ip.or_else(|| path.address.parse().ok()) {
+        Some(IpAddr::V4(ip)) => Protocol::Ip4(ip),
+        Some(IpAddr::V6(ip)) => Protocol::Ip6(ip),
+        None => Protocol::Dns(path.address.clone().into()),
     };
     let base = Multiaddr::empty().with(host);
     vec![
@@ -367,7 +474,6 @@ async fn probe_all(ctx: &Context, paths: &[Path]) -> Vec<Result<Vec<Transport>, 
         }))
         .await;
         let mut found = Vec::new();
-        let mut errors = Vec::new();
         let mut relay: Option<Duration> = None;
         for (name, addr, rounds, r) in results {
             match r {
@@ -385,7 +491,11 @@ async fn probe_all(ctx: &Context, paths: &[Path]) -> Vec<Result<Vec<Transport>, 
                         relay = Some(relay.map_or(rtt, |r| r.min(rtt)));
                     }
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
+                Err(e) => {
+                    // Kept out of the answer: an OS error tells a closed port from a filtered
+                    // one, which is a port scanner's whole output.
+                    tracing::debug!(path = %path.id, %addr, error = %e, "path probe failed");
+                }
             }
         }
         if let Some(rtt) = relay {
@@ -400,7 +510,7 @@ async fn probe_all(ctx: &Context, paths: &[Path]) -> Vec<Result<Vec<Transport>, 
             });
         }
         if found.is_empty() {
-            Err(format!("{}: {}", path.id, errors.join("; ")))
+            Err(format!("`{}` is unusable", path.id))
         } else {
             Ok(found)
         }
@@ -412,20 +522,45 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
-pub(super) async fn get(State(ctx): State<Arc<Context>>) -> Result<Json<Response>, Problem> {
-    answer(&ctx, Request::default()).await.map(Json)
+pub(super) async fn get(
+    State(ctx): State<Arc<Context>>,
+    Extension(token): Extension<TokenId>,
+) -> Result<Json<Response>, Problem> {
+    answer(&ctx, &token.0, Request::default()).await.map(Json)
 }
 
 pub(super) async fn post(
     State(ctx): State<Arc<Context>>,
+    Extension(token): Extension<TokenId>,
     body: Result<Json<Request>, JsonRejection>,
 ) -> Result<Json<Response>, Problem> {
     let Json(req) = body?;
-    answer(&ctx, req).await.map(Json)
+    answer(&ctx, &token.0, req).await.map(Json)
 }
 
-async fn answer(ctx: &Context, req: Request) -> Result<Response, Problem> {
+/// The id of the bearer token a request was authenticated with (set by the router).
+#[derive(Debug, Clone)]
+pub struct TokenId(pub String);
+
+async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Problem> {
     let (mut paths, min_paths, mtu, overhead) = validate(&req, ctx.cfg.assist.max_paths)?;
+    if !paths.is_empty() {
+        // Each client-named path costs probes: bounded per token.
+        let n = u32::try_from(paths.len()).unwrap_or(u32::MAX);
+        if let Err(wait) = ctx
+            .probe_budget
+            .check_n(token.to_owned(), n, Instant::now())
+        {
+            let mut p = Problem::rate_limited(wait.as_secs_f64().ceil() as u64);
+            p.detail = Some(format!(
+                "this token may name {} paths per minute; retry in {} s",
+                ctx.cfg.assist.probes_per_token_per_minute,
+                wait.as_secs_f64().ceil()
+            ));
+            return Err(p);
+        }
+        check_targets(&mut paths, ctx.cfg.assist.probe_private_targets).await?;
+    }
     let status = ctx.node.status().await?;
     if paths.is_empty() {
         paths = own_paths(&status, min_paths);
@@ -586,6 +721,58 @@ mod tests {
         }
         let many = format!(r#"{{"paths":[{}]}}"#, [r#"{"address":"a"}"#; 9].join(","));
         assert!(check(&many).unwrap_err().contains("paths"));
+        // No field may be null (the OpenAPI document allows none): null is not "left out".
+        for json in [
+            r#"{"fec":{"repair_overhead":null}}"#,
+            r#"{"fec":{"mtu":null}}"#,
+            r#"{"fec":null}"#,
+            r#"{"min_paths":null}"#,
+            r#"{"peer_hint":null}"#,
+            r#"{"paths":[{"address":null}]}"#,
+            r#"{"paths":[{"address":"a","port":null}]}"#,
+        ] {
+            let err = check(json).unwrap_err();
+            assert!(err.contains("null"), "{json}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn non_public_targets_are_refused_before_any_probe() {
+        let path = |address: &str| Path {
+            id: "p".into(),
+            address: address.into(),
+            port: 4001,
+            priority: 0,
+            ip: None,
+        };
+        for address in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "10.255.0.9",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "localhost",
+        ] {
+            let mut paths = vec![path(address)];
+            let err = check_targets(&mut paths, false).await.unwrap_err();
+            let detail = err.detail.unwrap_or_default();
+            assert!(
+                detail.contains("not a public address"),
+                "{address}: {detail}"
+            );
+            assert!(paths[0].ip.is_none(), "{address}");
+            // An operator may allow them; then the probe dials the checked address.
+            let mut paths = vec![path(address)];
+            check_targets(&mut paths, true).await.unwrap();
+            assert!(paths[0].ip.is_some_and(|ip| !crate::net::is_public(ip)));
+        }
+        let mut paths = vec![path("1.1.1.1")];
+        check_targets(&mut paths, false).await.unwrap();
+        assert_eq!(
+            probe_targets(&paths[0])[0].1.to_string(),
+            "/ip4/1.1.1.1/tcp/4001"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Per-IP request limits of the assist API and the STUN responder: at most `burst` requests per
-//! `window`; an address that goes over is refused for `penalty`. IPv6 addresses count per /64
-//! (one subscriber), IPv4 per address. The table of addresses is bounded.
+//! Request limits of the assist API and the STUN responder: at most `burst` requests per `window`
+//! per key; a key that goes over is refused for `penalty` (with no penalty: until its window ends).
+//! Keys are source addresses — IPv6 counted per /64 (one subscriber), IPv4 per address — or, for
+//! path probes, bearer tokens. The table of keys is bounded.
 //!
 //! Hand-written rather than `governor`: the penalty box and a hard bound on tracked addresses
 //! are what is needed here, and both are a few lines.
@@ -29,24 +30,20 @@ struct Slot {
     blocked_until: Option<Instant>,
 }
 
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     limits: Limits,
     max_tracked: usize,
-    slots: Mutex<HashMap<IpAddr, Slot>>,
+    slots: Mutex<HashMap<K, Slot>>,
 }
 
-/// The key an address counts under: itself (IPv4) or its /64 (IPv6).
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-        v4 => v4,
+impl RateLimiter<IpAddr> {
+    /// Counts a request from `ip` (IPv6: its /64); `Err(retry_after)` if it must be refused.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.check_n(crate::net::subscriber(ip), 1, now)
     }
 }
 
-impl RateLimiter {
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     pub fn new(limits: Limits) -> Self {
         Self::with_capacity(limits, MAX_TRACKED_IPS)
     }
@@ -59,10 +56,10 @@ impl RateLimiter {
         }
     }
 
-    /// Counts a request from `ip`; `Err(retry_after)` if it must be refused.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// Counts `n` requests under `k`; `Err(retry_after)` if they must be refused (and then none
+    /// of them is counted).
+    pub fn check_n(&self, k: K, n: u32, now: Instant) -> Result<(), Duration> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let k = key(ip);
         if !slots.contains_key(&k) && slots.len() >= self.max_tracked {
             let window = self.limits.window;
             slots.retain(|_, s| {
@@ -82,18 +79,23 @@ impl RateLimiter {
                 return Err(until - now);
             }
             slot.blocked_until = None;
-            slot.window_start = now;
-            slot.count = 0;
         }
+        // The window restarts only when it has run out, never because a penalty ended: with a
+        // zero penalty that reset let every 51st request open a fresh window (a STUN flood of
+        // 100,000 got 98% answered against a limit of 50/s).
         if now - slot.window_start >= self.limits.window {
             slot.window_start = now;
             slot.count = 0;
         }
-        slot.count += 1;
-        if slot.count > self.limits.burst {
+        if slot.count.saturating_add(n) > self.limits.burst {
+            if self.limits.penalty.is_zero() {
+                // Refused until the window ends.
+                return Err(self.limits.window - (now - slot.window_start));
+            }
             slot.blocked_until = Some(now + self.limits.penalty);
             return Err(self.limits.penalty.max(Duration::from_secs(1)));
         }
+        slot.count += n;
         Ok(())
     }
 
@@ -104,6 +106,39 @@ impl RateLimiter {
             .values()
             .filter(|s| s.blocked_until.is_some_and(|t| t > now))
             .count()
+    }
+}
+
+/// A budget shared by every address: at most `per_window` uses per `window` (the STUN responder's
+/// answers per second, whoever asks).
+pub struct Budget {
+    per_window: u32,
+    window: Duration,
+    state: Mutex<(Instant, u32)>,
+}
+
+impl Budget {
+    pub fn new(per_window: u32, window: Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            state: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Takes one use; false when this window's budget is spent.
+    pub fn take(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, used) = &mut *state;
+        if now.saturating_duration_since(*start) >= self.window {
+            *start = now;
+            *used = 0;
+        }
+        if *used >= self.per_window {
+            return false;
+        }
+        *used += 1;
+        true
     }
 }
 
@@ -154,5 +189,35 @@ mod tests {
         );
         rl.check("192.0.2.9".parse().unwrap(), t + Duration::from_secs(11))
             .expect("idle entries make room");
+    }
+
+    #[test]
+    fn a_zero_penalty_refuses_until_the_window_ends() {
+        // The STUN responder's limits: 50 per second, no penalty. A flood in one window gets 50
+        // through, however many more it sends (the old limiter let every 51st open a new window).
+        let rl = RateLimiter::new(Limits {
+            burst: 50,
+            window: Duration::from_secs(1),
+            penalty: Duration::ZERO,
+        });
+        let t = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let passed = (0..100_000u32)
+            .filter(|i| rl.check(a, t + Duration::from_nanos(u64::from(*i))).is_ok())
+            .count();
+        assert_eq!(passed, 50);
+        let retry = rl.check(a, t + Duration::from_millis(400)).unwrap_err();
+        assert_eq!(retry, Duration::from_millis(600));
+        rl.check(a, t + Duration::from_secs(1))
+            .expect("a new window after a second");
+    }
+
+    #[test]
+    fn the_shared_budget_caps_every_address_together() {
+        let b = Budget::new(3, Duration::from_secs(1));
+        let t = Instant::now();
+        assert_eq!((0..10).filter(|_| b.take(t)).count(), 3);
+        assert!(!b.take(t + Duration::from_millis(999)));
+        assert!(b.take(t + Duration::from_secs(1)));
     }
 }

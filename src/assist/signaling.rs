@@ -20,7 +20,11 @@ use std::{
 use axum::{
     extract::{
         ConnectInfo, Query, State,
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        rejection::QueryRejection,
+        ws::{
+            CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -612,7 +616,7 @@ impl Hub {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct WsQuery {
     #[serde(default)]
     token: Option<String>,
@@ -636,10 +640,13 @@ fn token_of<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a str> {
 pub async fn upgrade(
     State(ctx): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<WsQuery>,
+    query: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // The token is checked before anything else, so that nobody learns more than 401 without one
+    // (a query that does not parse just carries no token).
+    let query = query.map(|Query(q)| q).unwrap_or_default();
     let Some(token) = token_of(&headers, &query) else {
         return Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -655,6 +662,24 @@ pub async fn upgrade(
             "the token is unknown, expired or revoked".to_string(),
         )
         .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            let mut response = Problem::new(
+                StatusCode::UPGRADE_REQUIRED,
+                format!(
+                    "this endpoint is a WebSocket (RFC 6455): {}",
+                    e.body_text().to_lowercase()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::UPGRADE,
+                axum::http::HeaderValue::from_static("websocket"),
+            );
+            return response;
+        }
     };
     let hub = ctx.signaling.clone();
     let registration = match hub.register(&client) {
@@ -923,8 +948,8 @@ async fn write_loop(
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(frame))).await;
 }
 
-/// Handles one text message of session `id`.
-fn handle(hub: &Hub, id: u64, text: &str) {
+/// Handles one text message of session `id` (public for `fuzz/fuzz_targets/signaling.rs`).
+pub fn handle(hub: &Hub, id: u64, text: &str) {
     let msg: Incoming = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {

@@ -1,9 +1,12 @@
 //! The ICE-lite STUN responder (`protocols/assist.md` §5): RFC 8489 Binding requests on UDP get
-//! the requester's own transport address back (XOR-MAPPED-ADDRESS) with SOFTWARE and FINGERPRINT.
+//! the requester's own transport address back (XOR-MAPPED-ADDRESS), and nothing an
+//! unauthenticated requester did not ask for: FINGERPRINT only when the request carried one,
+//! SOFTWARE only in answers to authenticated checks, so a spoofed request is not amplified.
 //! ICE connectivity checks (USERNAME `<ufrag>:<peer ufrag>` + MESSAGE-INTEGRITY) are checked
 //! against the credentials `/api/p2p/assist` issued and answered with MESSAGE-INTEGRITY, or 401.
-//! Unknown comprehension-required attributes get 420; malformed packets and non-requests are
-//! dropped; each IP address gets `assist.stun_per_ip_per_second`.
+//! Unknown comprehension-required attributes get 420; malformed packets, non-requests and requests
+//! whose FINGERPRINT does not match (RFC 8489 §7.3) are dropped; each IP address gets
+//! `assist.stun_per_ip_per_second` answers and all of them together `assist.stun_answers_per_second`.
 //!
 //! Codec: `stun-rs` (RFC 8489, with the ICE attributes registered).
 
@@ -30,7 +33,10 @@ use stun_rs::{
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::{ice::Credentials, rate_limit::RateLimiter};
+use super::{
+    ice::Credentials,
+    rate_limit::{Budget, RateLimiter},
+};
 
 /// Largest datagram read; longer ones are truncated and so fail to parse.
 pub const MAX_PACKET: usize = 1500;
@@ -43,7 +49,8 @@ struct OutcomeLabels {
 }
 
 /// `commucat_stun_requests_total{outcome}`: `ok`, `ok_authenticated`, `unauthorized`,
-/// `bad_request`, `unknown_attribute`, `malformed`, `rate_limited`.
+/// `bad_request`, `unknown_attribute`, `malformed`, `bad_fingerprint`, `rate_limited` (this
+/// address's limit), `over_budget` (every address's answers together).
 #[derive(Clone, Default)]
 pub struct Metrics {
     requests: Family<OutcomeLabels, Counter>,
@@ -71,10 +78,12 @@ impl Metrics {
 pub async fn serve(
     socket: UdpSocket,
     credentials: Arc<Credentials>,
-    limiter: RateLimiter,
+    limits: Limits,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let limiter = RateLimiter::new(per_ip(limits.per_ip_per_second));
+    let budget = Budget::new(limits.answers_per_second, Duration::from_secs(1));
     let mut buf = vec![0u8; MAX_PACKET];
     loop {
         let (n, from) = tokio::select! {
@@ -88,15 +97,19 @@ pub async fn serve(
                 }
             },
         };
-        if limiter.check(from.ip(), Instant::now()).is_err() {
+        let now = Instant::now();
+        if limiter.check(from.ip(), now).is_err() {
             metrics.count("rate_limited");
             continue;
         }
         let (outcome, response) = answer(&buf[..n], from, &credentials);
         metrics.count(outcome.label());
-        if let Some(response) = response
-            && let Err(e) = socket.send_to(&response, from).await
-        {
+        let Some(response) = response else { continue };
+        if !budget.take(now) {
+            metrics.count("over_budget");
+            continue;
+        }
+        if let Err(e) = socket.send_to(&response, from).await {
             tracing::debug!(%from, error = %e, "cannot send a STUN response");
         }
     }
@@ -112,6 +125,8 @@ pub enum Outcome {
     UnknownAttribute,
     /// Not STUN, not a request, or not parseable: dropped without an answer.
     Dropped,
+    /// A FINGERPRINT that does not match the message: dropped without an answer (RFC 8489 §7.3).
+    BadFingerprint,
 }
 
 impl Outcome {
@@ -123,6 +138,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::UnknownAttribute => "unknown_attribute",
             Outcome::Dropped => "malformed",
+            Outcome::BadFingerprint => "bad_fingerprint",
         }
     }
 }
@@ -136,18 +152,16 @@ pub fn answer(
     let Ok((msg, _)) = MessageDecoderBuilder::default().build().decode(packet) else {
         return (Outcome::Dropped, None);
     };
+    let fingerprinted = msg.get::<Fingerprint>().is_some();
+    if fingerprinted && !fingerprint_matches(packet) {
+        return (Outcome::BadFingerprint, None);
+    }
     // Binding indications (keepalives) and responses get no answer.
     if msg.class() != MessageClass::Request {
         return (Outcome::Dropped, None);
     }
     if msg.method() != BINDING {
-        return error(
-            &msg,
-            400,
-            "Only Binding is served",
-            None,
-            Outcome::BadRequest,
-        );
+        return error(&msg, 400, "Bad Request", None, Outcome::BadRequest);
     }
     let unknown: Vec<u16> = msg
         .attributes()
@@ -204,28 +218,39 @@ pub fn answer(
         }
         // RFC 8489 §9.1.3: one without the other is a bad request.
         _ => {
-            return error(
-                &msg,
-                400,
-                "USERNAME and MESSAGE-INTEGRITY go together",
-                None,
-                Outcome::BadRequest,
-            );
+            return error(&msg, 400, "Bad Request", None, Outcome::BadRequest);
         }
     };
     let mut builder = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
         .with_transaction_id(*msg.transaction_id())
-        .with_attribute(XorMappedAddress::from(from))
-        .with_attribute(software());
+        .with_attribute(XorMappedAddress::from(from));
     let outcome = match key {
         Some(key) => {
-            builder = builder.with_attribute(MessageIntegrity::new(key));
+            builder = builder
+                .with_attribute(software())
+                .with_attribute(MessageIntegrity::new(key));
             Outcome::OkAuthenticated
         }
         None => Outcome::Ok,
     };
-    let response = builder.with_attribute(Fingerprint::default()).build();
-    (outcome, encode(&response))
+    if fingerprinted {
+        builder = builder.with_attribute(Fingerprint::default());
+    }
+    (outcome, encode(&builder.build()))
+}
+
+/// RFC 8489 §14.7: the last attribute is FINGERPRINT, and its value is the CRC-32 of the message
+/// before it, XOR 0x5354554e. (stun-rs parses the attribute but checks it only with a key.)
+fn fingerprint_matches(packet: &[u8]) -> bool {
+    const ATTR: [u8; 4] = [0x80, 0x28, 0x00, 0x04];
+    let Some(split) = packet.len().checked_sub(8) else {
+        return false;
+    };
+    if split < 20 || packet[split..split + 4] != ATTR {
+        return false;
+    }
+    let crc = crc32fast::hash(&packet[..split]) ^ 0x5354_554e;
+    packet[split + 4..] == crc.to_be_bytes()
 }
 
 fn software() -> Software {
@@ -249,11 +274,10 @@ fn error(
     if let Some(unknown) = unknown {
         builder = builder.with_attribute(unknown);
     }
-    let response = builder
-        .with_attribute(software())
-        .with_attribute(Fingerprint::default())
-        .build();
-    (outcome, encode(&response))
+    if request.get::<Fingerprint>().is_some() {
+        builder = builder.with_attribute(Fingerprint::default());
+    }
+    (outcome, encode(&builder.build()))
 }
 
 fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
@@ -276,8 +300,16 @@ pub fn advertised(public_ip: Option<IpAddr>, bound: SocketAddr) -> Option<Socket
     }
 }
 
-/// Per-IP limits of the responder: `per_second` requests per second, no extra penalty.
-pub fn limits(per_second: u32) -> super::rate_limit::Limits {
+/// The responder's limits (`[assist]` `stun_per_ip_per_second`, `stun_answers_per_second`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_ip_per_second: u32,
+    pub answers_per_second: u32,
+}
+
+/// Per-IP limits of the responder: `per_second` requests per second; over it, refused until the
+/// second ends.
+fn per_ip(per_second: u32) -> super::rate_limit::Limits {
     super::rate_limit::Limits {
         burst: per_second,
         window: Duration::from_secs(1),
@@ -318,8 +350,39 @@ mod tests {
         assert_eq!(msg.class(), MessageClass::SuccessResponse);
         let xor = msg.get::<XorMappedAddress>().unwrap();
         assert_eq!(*xor.as_xor_mapped_address().unwrap().socket_address(), from);
-        assert!(msg.get::<Software>().is_some());
-        assert!(msg.get::<Fingerprint>().is_some());
+        // Nothing it did not ask for: a 20-byte request gets 32 bytes back.
+        assert!(msg.get::<Software>().is_none());
+        assert!(msg.get::<Fingerprint>().is_none());
+        assert_eq!(resp_len(&request(vec![]), from, &creds), 32);
+        // With a FINGERPRINT, one comes back.
+        let (outcome, resp) = answer(&request(vec![Fingerprint::default().into()]), from, &creds);
+        assert_eq!(outcome, Outcome::Ok);
+        let resp = resp.unwrap();
+        assert!(decode(&resp).get::<Fingerprint>().is_some());
+        assert!(fingerprint_matches(&resp), "our own FINGERPRINT checks out");
+    }
+
+    fn resp_len(req: &[u8], from: SocketAddr, creds: &Credentials) -> usize {
+        answer(req, from, creds).1.map_or(0, |r| r.len())
+    }
+
+    #[test]
+    fn a_wrong_fingerprint_is_dropped() {
+        // RFC 8489 §7.3: a request whose FINGERPRINT does not match is discarded, unanswered.
+        let creds = Credentials::new(Duration::from_secs(60), 10);
+        let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let good = request(vec![Fingerprint::default().into()]);
+        assert!(fingerprint_matches(&good));
+        for i in [0, 8, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            let (outcome, resp) = answer(&bad, from, &creds);
+            assert!(resp.is_none(), "byte {i} flipped: {outcome:?}");
+        }
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        assert_eq!(answer(&bad, from, &creds), (Outcome::BadFingerprint, None));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 pub enum Error {
     #[error("database: {0}")]
     Db(#[from] sled::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     #[error("{MAX_ISSUED_TOKENS} tokens are issued already; revoke some")]
     Full,
     #[error("ttl_secs must be 1 … {MAX_TTL_SECS}")]
@@ -43,6 +45,7 @@ pub struct Issued {
 /// The tokens the assist API accepts.
 pub struct Tokens {
     tree: sled::Tree,
+    committer: crate::store::Committer,
     configured: Vec<[u8; 32]>,
 }
 
@@ -57,12 +60,20 @@ fn client_id(hash: &[u8]) -> String {
 
 impl Tokens {
     /// `configured`: SHA-256 hex digests (checked by the config).
-    pub fn new(tree: sled::Tree, configured: &[String]) -> Self {
+    pub fn new(
+        tree: sled::Tree,
+        committer: crate::store::Committer,
+        configured: &[String],
+    ) -> Self {
         let configured = configured
             .iter()
             .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
             .collect();
-        Self { tree, configured }
+        Self {
+            tree,
+            committer,
+            configured,
+        }
     }
 
     /// Makes a token valid for `ttl_secs`.
@@ -88,7 +99,7 @@ impl Tokens {
             hash.as_slice(),
             serde_json::to_vec(&info).expect("plain values"),
         )?;
-        self.tree.flush()?;
+        self.committer.commit_blocking()?;
         Ok(Issued { token, info })
     }
 
@@ -105,7 +116,7 @@ impl Tokens {
                 }
             }
         }
-        self.tree.flush()?;
+        self.committer.commit_blocking()?;
         Ok(found)
     }
 
@@ -161,7 +172,11 @@ mod tests {
     fn issued_configured_revoked_and_expired_tokens() {
         let store = crate::store::Store::temporary().unwrap();
         let configured = "a configured token";
-        let tokens = Tokens::new(store.assist_tokens().unwrap(), &[hash_hex(configured)]);
+        let tokens = Tokens::new(
+            store.assist_tokens().unwrap(),
+            store.committer(),
+            &[hash_hex(configured)],
+        );
         assert_eq!(
             tokens.check(configured).as_deref(),
             Some(&hash_hex(configured)[..16])

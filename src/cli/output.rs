@@ -199,3 +199,76 @@ mod tests {
         assert_eq!(duration(90_000), "1d 1h");
     }
 }
+
+/// `commucat doctor --json`: one object, `ok` true or false.
+#[derive(Serialize)]
+struct Doctor<'a> {
+    ok: bool,
+    data_dir: &'a std::path::Path,
+    generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_generation: Option<u64>,
+    counts: crate::store::commit::Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_loss_accepted: Option<&'a crate::store::commit::Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+pub fn doctor_ok(
+    dir: &std::path::Path,
+    check: &crate::store::Check,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        return json(&Doctor {
+            ok: true,
+            data_dir: dir,
+            generation: check.generation,
+            recorded_generation: check.recorded.map(|r| r.generation),
+            counts: check.counts,
+            data_loss_accepted: check.accepted.as_ref(),
+            problem: None,
+        });
+    }
+    println!("Data directory:  {}", dir.display());
+    match check.recorded {
+        Some(r) => println!(
+            "Database:        ok: it holds commit {} (the last recorded one is {})",
+            check.generation, r.generation
+        ),
+        None => println!(
+            "Database:        ok (no commit record yet: the node writes one when it starts)"
+        ),
+    }
+    println!("Holds:           {}", check.counts);
+    if let Some(a) = &check.accepted {
+        println!(
+            "Note:            a start on {} accepted lost data (commit {} of {}){}",
+            crate::time::rfc3339(a.at_ms / 1000),
+            a.found_generation,
+            a.expected_generation,
+            a.kept
+                .as_ref()
+                .map(|k| format!("; the damaged files are in {}", k.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn doctor_loss(loss: &crate::store::Loss, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(&Doctor {
+            ok: false,
+            data_dir: loss.db_dir.parent().unwrap_or(&loss.db_dir),
+            generation: loss.found_generation,
+            recorded_generation: loss.expected.map(|r| r.generation),
+            counts: loss.now,
+            data_loss_accepted: None,
+            problem: Some(loss.to_string()),
+        });
+    }
+    println!("{loss}");
+    Ok(())
+}

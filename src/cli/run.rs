@@ -15,10 +15,10 @@ use crate::{
     data, fsutil,
     identity::Identity,
     node::{Node, Transport},
-    store::Store,
+    store::{self, Store},
 };
 
-pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
+pub async fn run(data_dir: &Path, cfg: Config, accept_data_loss: bool) -> anyhow::Result<()> {
     // Every connection and signaling session is a file descriptor; the soft limit (often 1024) is
     // raised to the hard one, as servers do.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -36,7 +36,13 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
         identity,
         cfg.data.key_schedule(),
     )?);
-    let store = Store::open(data_dir, cfg.storage.cache_mib)?;
+    let store = Store::open(
+        data_dir,
+        store::Options {
+            cache_mib: cfg.storage.cache_mib,
+            accept_data_loss,
+        },
+    )?;
     let listener = tokio::net::TcpListener::bind(cfg.control.listen)
         .await
         .with_context(|| {
@@ -72,6 +78,7 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
 
     let tokens = Arc::new(assist::Tokens::new(
         store.assist_tokens()?,
+        store.committer(),
         &cfg.assist.token_hashes,
     ));
     let cfg = Arc::new(cfg);
@@ -136,7 +143,7 @@ pub async fn run(data_dir: &Path, cfg: Config) -> anyhow::Result<()> {
     }
     data.shutdown().await;
     node.shutdown().await;
-    store.flush().await.context("flushing the database")?;
+    store.close().await.context("flushing the database")?;
     tracing::info!("stopped");
     written
 }

@@ -5,7 +5,10 @@ use std::{convert::Infallible, path::PathBuf};
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Sse, sse},
 };
@@ -29,7 +32,11 @@ pub struct SendMessage {
     pub body: String,
     /// A light client of `to` (its client id) the message is for: `to` pushes it to that client
     /// through its WebRTC gateway (`protocols/signaling-v1.md` §6).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client: Option<String>,
 }
 
@@ -115,16 +122,18 @@ pub(super) async fn send_message(
 
 pub(super) async fn outbox(
     State(state): State<AppState>,
-    query: Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<outbox::Entry>>, Problem> {
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(MAX_LIST).min(MAX_LIST);
     Ok(Json(state.data.outbox().list(limit).map_err(internal)?))
 }
 
 pub(super) async fn inbox(
     State(state): State<AppState>,
-    query: Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<inbox::Message>>, Problem> {
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(MAX_LIST).min(MAX_LIST);
     Ok(Json(
         state
@@ -139,8 +148,9 @@ pub(super) async fn inbox(
 /// server-sent `message` events.
 pub(super) async fn inbox_stream(
     State(state): State<AppState>,
-    query: Query<ListQuery>,
-) -> impl IntoResponse {
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let Query(query) = query?;
     // Subscribe before listing, so nothing falls between the two.
     let live = state.data.inbox().subscribe();
     let backlog = state
@@ -182,7 +192,7 @@ pub(super) async fn inbox_stream(
         futures::StreamExt::take_until(futures::StreamExt::chain(backlog, live), async move {
             shutdown.cancelled_owned().await;
         });
-    Sse::new(stream).keep_alive(sse::KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(sse::KeepAlive::default()))
 }
 
 pub(super) async fn send_file(

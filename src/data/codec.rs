@@ -38,6 +38,7 @@ pub mod kind {
     pub const PONG: u8 = 0x28;
     pub const CLOSE: u8 = 0x29;
     pub const DATA_VIA: u8 = 0x2a;
+    pub const RESYNC: u8 = 0x2b;
 }
 
 /// An ERROR code (§2). Unknown codes from peers are kept as they are.
@@ -239,6 +240,12 @@ pub enum Inner {
         epoch: u64,
         seq: u64,
     },
+    /// The receiver lost messages it had acknowledged (its store was damaged and it started
+    /// anyway): send again from `next_seq` of `epoch` (§5.1).
+    Resync {
+        epoch: u64,
+        next_seq: u64,
+    },
     FileMeta(FileMeta),
     FileChunk(FileChunk),
     FileStatus(FileStatus),
@@ -425,7 +432,7 @@ impl Frame {
                     body: bytes,
                 }
             }
-            kind::AUTH..=kind::DATA_VIA => return Err(DecodeError::Unexpected(ty)),
+            kind::AUTH..=kind::RESYNC => return Err(DecodeError::Unexpected(ty)),
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(frame)
@@ -470,6 +477,11 @@ impl Inner {
                 out.push(kind::ACK);
                 out.put_u64(*epoch);
                 out.put_u64(*seq);
+            }
+            Inner::Resync { epoch, next_seq } => {
+                out.push(kind::RESYNC);
+                out.put_u64(*epoch);
+                out.put_u64(*next_seq);
             }
             Inner::FileMeta(m) => {
                 out.push(kind::FILE_META);
@@ -592,6 +604,12 @@ impl Inner {
                 let seq = c.u64()?;
                 c.end()?;
                 Inner::Ack { epoch, seq }
+            }
+            kind::RESYNC => {
+                let epoch = c.u64()?;
+                let next_seq = c.u64()?;
+                c.end()?;
+                Inner::Resync { epoch, next_seq }
             }
             kind::FILE_META => {
                 let transfer_id = c.array()?;

@@ -55,6 +55,8 @@ pub(crate) enum Attempt {
     StaleBundle,
     #[error("no progress for {0:?}")]
     Stalled(Duration),
+    #[error("the peer lost messages it had acknowledged; sending {0} of them again")]
+    Resync(usize),
 }
 
 pub(crate) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
@@ -85,7 +87,7 @@ pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) 
                     to: peer,
                     error: e.to_string(),
                 });
-                let wait = if matches!(e, Attempt::StaleBundle) {
+                let wait = if matches!(e, Attempt::StaleBundle | Attempt::Resync(_)) {
                     Duration::ZERO
                 } else {
                     // ±25 % jitter so that many senders do not retry in step.
@@ -254,6 +256,16 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                     }
                 }
                 Ok(None)
+            }
+            Some(Ok(Some(Inner::Resync { epoch, next_seq }))) => {
+                if epoch != self.shared.outbox.epoch() {
+                    return Ok(None);
+                }
+                // The receiver lost its store and asks for what it had acknowledged; it closes
+                // this session, and the next one sends from what is queued again.
+                let n = self.shared.outbox.rewind(&self.peer, next_seq)?;
+                tracing::warn!(peer = %self.peer, next_seq, requeued = n, "peer lost acknowledged messages; sending them again");
+                Err(Attempt::Resync(n))
             }
             Some(Ok(Some(Inner::Pong(_) | Inner::Presence { .. }))) => Ok(None),
             Some(Ok(Some(Inner::Ping(n)))) => {

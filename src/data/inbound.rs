@@ -102,6 +102,9 @@ where
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "inbound session ended");
+            if matches!(e, session::Error::Resynced) {
+                break;
+            }
             if let session::Error::Protocol { code, detail } = &e {
                 rx.writer.fail(*code, detail).await;
                 shared.emit(Event::SessionRejected {
@@ -156,6 +159,7 @@ impl<S: AsyncWrite> Receiver<'_, S> {
             Inner::Pong(_) | Inner::Presence { .. } => Ok(()),
             Inner::Auth { .. }
             | Inner::Ack { .. }
+            | Inner::Resync { .. }
             | Inner::FileStatus(_)
             | Inner::Close(_)
             | Inner::Error { .. } => Err(protocol(
@@ -196,6 +200,17 @@ impl<S: AsyncWrite> Receiver<'_, S> {
                     ErrorCode::SEQUENCE_GAP,
                     format!("sequence {} when {expected} was next", d.seq),
                 ));
+            }
+            Accepted::Resync { next } => {
+                // This store lost what it had acknowledged: ask for it again, and end the session
+                // so that nothing already in flight is taken out of order.
+                self.writer
+                    .send(&Inner::Resync {
+                        epoch: d.epoch,
+                        next_seq: next,
+                    })
+                    .await?;
+                return Err(session::Error::Resynced);
             }
         }
         let seq = self.acks.pending.map_or(d.seq, |(_, s)| s.max(d.seq));

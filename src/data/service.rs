@@ -8,7 +8,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::StreamExt;
 use libp2p::PeerId;
 use serde::Serialize;
 use tokio::{
@@ -17,7 +16,7 @@ use tokio::{
 };
 use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
 
-use super::{PROTOCOL, delivery, inbound, session::HandshakeCounters, transfer};
+use super::{delivery, inbound, session::HandshakeCounters, transfer};
 use crate::{
     config,
     crypto::LocalKeys,
@@ -135,10 +134,8 @@ impl Service {
         cfg: &config::Data,
         downloads: PathBuf,
     ) -> Result<Self, Error> {
-        let mut control = node.stream_control();
-        let incoming = control
-            .accept(PROTOCOL)
-            .map_err(|_| Error::AlreadyRunning)?;
+        let control = node.stream_control();
+        let incoming = node.take_data_streams().ok_or(Error::AlreadyRunning)?;
         let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
         let shared = Arc::new(Shared {
             keys,
@@ -279,7 +276,7 @@ impl Drop for PeerSlot {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+async fn accept_loop(shared: Arc<Shared>, mut incoming: super::accept::Incoming) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -292,7 +289,8 @@ async fn accept_loop(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingS
                 let (Ok(global), Some(per_peer)) = (global, per_peer) else {
                     // Over a limit: refuse before any handshake work, saying why.
                     tracing::debug!(%peer, "refusing a data session: limit reached");
-                    sessions.spawn(inbound::refuse(stream.compat(), super::codec::ErrorCode::LIMIT));
+                    incoming.metrics().refused("session_limit");
+                    sessions.spawn(super::accept::refuse(stream));
                     continue;
                 };
                 let shared = shared.clone();

@@ -24,6 +24,8 @@ use crate::{
 
 /// The whole handshake must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait to deliver a cleartext ERROR before giving up on the stream.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Completed handshakes, for `/api/server-info` and the metrics: Noise handshakes that finished,
 /// and post-quantum ones (ML-KEM confirmed and both ML-DSA transcript signatures verified).
@@ -72,6 +74,9 @@ pub enum Error {
     Remote { code: ErrorCode, message: String },
     #[error("handshake timed out")]
     Timeout,
+    /// We asked the peer to send messages again (RESYNC) and end the session.
+    #[error("asked the peer to send again what this store lost")]
+    Resynced,
 }
 
 impl Error {
@@ -79,6 +84,23 @@ impl Error {
         Error::Protocol {
             code,
             detail: detail.into(),
+        }
+    }
+
+    /// The ERROR we send for a failure that is ours to report: a protocol violation by the peer,
+    /// or a handshake that ran out of time (`TIMEOUT`). I/O errors and the peer's own ERROR are
+    /// not reported back.
+    fn to_report(&self) -> Option<(ErrorCode, String)> {
+        match self {
+            Error::Protocol { code, detail } => Some((*code, detail.clone())),
+            Error::Timeout => Some((
+                ErrorCode::TIMEOUT,
+                format!(
+                    "the handshake did not finish within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            )),
+            _ => None,
         }
     }
 
@@ -238,20 +260,24 @@ impl<S: AsyncWrite> Writer<S> {
 
     /// Sends a sealed ERROR (best effort) and shuts the stream down.
     pub async fn fail(&mut self, code: ErrorCode, message: &str) {
-        let _ = self
-            .send(&Inner::Error {
-                code,
-                message: message.to_owned(),
-            })
-            .await;
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(REPORT_TIMEOUT, async {
+            let _ = self
+                .send(&Inner::Error {
+                    code,
+                    message: message.to_owned(),
+                })
+                .await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
     }
 
     /// Tells the peer why the session ends ([`Self::fail`]) when the failure is ours to report:
-    /// a protocol error. Other errors (I/O, the peer's own ERROR) end the stream silently.
+    /// a protocol error or a handshake timeout. Other errors (I/O, the peer's own ERROR) end the
+    /// stream silently.
     pub async fn report(&mut self, e: &Error) {
-        if let Error::Protocol { code, detail } = e {
-            self.fail(*code, detail).await;
+        if let Some((code, detail)) = e.to_report() {
+            self.fail(code, &detail).await;
         }
     }
 
@@ -298,16 +324,15 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
         }
     }
 
-    /// Tells the peer why we give up (cleartext ERROR), if the failure is ours to report.
+    /// Tells the peer why we give up (cleartext ERROR), if the failure is ours to report. Bounded
+    /// in time: a peer that stopped reading cannot hold us here.
     async fn report(&mut self, e: &Error) {
-        if let Error::Protocol { code, detail } = e {
-            let _ = self
-                .send(&[Frame::Error {
-                    code: *code,
-                    message: detail.clone(),
-                }])
-                .await;
-            let _ = self.io.shutdown().await;
+        if let Some((code, message)) = e.to_report() {
+            let _ = tokio::time::timeout(REPORT_TIMEOUT, async {
+                let _ = self.send(&[Frame::Error { code, message }]).await;
+                let _ = self.io.shutdown().await;
+            })
+            .await;
         }
     }
 

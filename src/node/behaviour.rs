@@ -48,6 +48,7 @@ pub fn protocols(cfg: &Config) -> Vec<String> {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     // First, so that connections over the limits are denied before any other behaviour sees them.
+    pub ip_limits: super::ip_limits::Behaviour,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -61,6 +62,9 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
+    /// Inbound `/commucat/data` streams (never dropped silently, see [`crate::data::accept`]).
+    pub data: crate::data::accept::Behaviour,
+    /// Outbound streams (`Control::open_stream`), and inbound ones of other protocols (benchmark).
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -70,13 +74,13 @@ impl Behaviour {
         cfg: &Config,
         with_mdns: bool,
         relay_client: relay::client::Behaviour,
+        data: crate::data::accept::Behaviour,
     ) -> std::io::Result<Self> {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(n.max_connections))
             .with_max_established_per_peer(Some(n.max_connections_per_peer))
-            .with_max_pending_incoming(Some(n.max_pending_incoming))
             .with_max_pending_outgoing(Some(n.max_pending_outgoing));
         let identify = identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
@@ -98,6 +102,11 @@ impl Behaviour {
             .autonat_server()
             .then(|| autonat::v2::server::Behaviour::new(rand::make_rng::<rand::rngs::StdRng>()));
         Ok(Self {
+            ip_limits: super::ip_limits::Behaviour::new(super::ip_limits::Limits {
+                pending_per_ip: n.max_pending_incoming_per_ip,
+                established_per_ip: n.max_connections_per_ip,
+                pending_per_transport: n.max_pending_incoming,
+            }),
             limits: connection_limits::Behaviour::new(limits),
             identify,
             ping: ping::Behaviour::new(
@@ -114,6 +123,7 @@ impl Behaviour {
                 .into(),
             relay_client,
             dcutr: dcutr::Behaviour::new(local),
+            data,
             stream: libp2p_stream::Behaviour::new(),
         })
     }

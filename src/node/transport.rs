@@ -11,7 +11,7 @@ use libp2p::{
     Multiaddr, PeerId, Transport as _,
     core::{
         muxing::StreamMuxerBox,
-        transport::{self, MemoryTransport, OrTransport},
+        transport::{self, MemoryTransport, OrTransport, timeout::TransportTimeout},
         upgrade,
     },
     identity::Keypair,
@@ -23,7 +23,9 @@ use libp2p::{
 /// A boxed libp2p transport yielding authenticated, multiplexed connections.
 pub type Boxed = transport::Boxed<(PeerId, StreamMuxerBox)>;
 
-/// Upper bound on the TCP / memory security + muxer handshake.
+/// Upper bound on the TCP / memory security + muxer handshake. An incoming TCP connection gets
+/// `network.inbound_handshake_timeout_secs` instead (5 s by default): an idle socket from a
+/// stranger must not hold a handshake slot for long.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which transport the node runs on.
@@ -53,10 +55,11 @@ pub(crate) fn build(
     kind: Transport,
     relay: Option<libp2p::relay::client::Transport>,
     keypair: &Keypair,
+    inbound_timeout: Duration,
     registry: &mut Registry,
 ) -> Result<Boxed, noise::Error> {
     let inner = match kind {
-        Transport::Network => network(keypair)?,
+        Transport::Network => network(keypair, inbound_timeout)?,
         Transport::Memory => MemoryTransport::default()
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise::Config::new(keypair)?)
@@ -86,23 +89,26 @@ pub(crate) fn build(
         .boxed())
 }
 
-fn network(keypair: &Keypair) -> Result<Boxed, noise::Error> {
-    match libp2p::dns::tokio::Transport::system(tcp_quic(keypair)?) {
+fn network(keypair: &Keypair, inbound_timeout: Duration) -> Result<Boxed, noise::Error> {
+    match libp2p::dns::tokio::Transport::system(tcp_quic(keypair, inbound_timeout)?) {
         Ok(dns) => Ok(dns.boxed()),
         Err(e) => {
             // No third-party resolver is used behind the user's back: /dns addresses just fail.
             tracing::warn!(error = %e, "no system DNS configuration; /dns addresses cannot be dialled");
-            tcp_quic(keypair)
+            tcp_quic(keypair, inbound_timeout)
         }
     }
 }
 
-fn tcp_quic(keypair: &Keypair) -> Result<Boxed, noise::Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-        .upgrade(upgrade::Version::V1Lazy)
-        .authenticate(noise::Config::new(keypair)?)
-        .multiplex(yamux::Config::default())
-        .timeout(UPGRADE_TIMEOUT);
+fn tcp_quic(keypair: &Keypair, inbound_timeout: Duration) -> Result<Boxed, noise::Error> {
+    let tcp = TransportTimeout::with_ingoing_timeout(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise::Config::new(keypair)?)
+            .multiplex(yamux::Config::default())
+            .timeout(UPGRADE_TIMEOUT),
+        inbound_timeout,
+    );
     let quic = quic::tokio::Transport::new(quic::Config::new(keypair));
     Ok(OrTransport::new(quic, tcp)
         .map(|either, _| match either {

@@ -1,6 +1,10 @@
 //! The inbox: received messages, and per (sender, epoch) the highest sequence number stored, which
 //! makes delivery exactly-once across retries and restarts (`protocols/data-v1.md` §5). A message
 //! and its high-water mark are written in one transaction.
+//!
+//! After a start that accepted lost data (`store-v1.md`), a sender whose sequence numbers run
+//! ahead of what is left is asked once to send again from the first one missing (RESYNC,
+//! `data-v1.md` §5.1); what it can no longer send is skipped the next time, never shown twice.
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -14,6 +18,8 @@ use super::{Error, Via, peer_key};
 
 pub const TREE: &str = "inbox";
 pub const HWM_TREE: &str = "inbox_hwm";
+/// After lost data: the (sender, epoch) pairs asked to send again, with the sequence asked from.
+pub const RESYNC_TREE: &str = "inbox_resync";
 /// New-message notifications buffered per subscriber.
 pub const NOTIFY_BUFFER: usize = 1024;
 
@@ -41,13 +47,22 @@ pub enum Accepted {
     Gap {
         expected: u64,
     },
+    /// This inbox lost data and the sender runs ahead of what is left: ask it to send again
+    /// from `next` (asked once per sender and epoch).
+    Resync {
+        next: u64,
+    },
 }
 
 #[derive(Clone)]
 pub struct Inbox {
     db: sled::Db,
+    committer: super::Committer,
     messages: sled::Tree,
     hwm: sled::Tree,
+    resync: sled::Tree,
+    /// This database started once on lost data (`meta/data_loss_accepted`).
+    lost_data: bool,
     notify: broadcast::Sender<Message>,
 }
 
@@ -58,11 +73,21 @@ fn hwm_key(from: &PeerId, epoch: u64) -> Vec<u8> {
 }
 
 impl Inbox {
-    pub(super) fn open(db: &sled::Db, notify: broadcast::Sender<Message>) -> Result<Self, Error> {
+    pub(super) fn open(
+        db: &sled::Db,
+        committer: super::Committer,
+        notify: broadcast::Sender<Message>,
+    ) -> Result<Self, Error> {
+        let lost_data = db
+            .open_tree(super::META_TREE)?
+            .contains_key(super::commit::LOSS_KEY)?;
         Ok(Self {
             db: db.clone(),
+            committer,
             messages: db.open_tree(TREE)?,
             hwm: db.open_tree(HWM_TREE)?,
+            resync: db.open_tree(RESYNC_TREE)?,
+            lost_data,
             notify,
         })
     }
@@ -95,32 +120,49 @@ impl Inbox {
         let key = hwm_key(from, epoch);
         let local = self.db.generate_id()? + 1; // from 1: `after = 0` lists everything
         let received_at_ms = crate::time::unix_ms();
-        let result = (&self.messages, &self.hwm).transaction(|(messages, hwm)| {
-            let last = hwm.get(&key)?.map_or(0, |v| {
-                u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+        let lost_data = self.lost_data;
+        let result =
+            (&self.messages, &self.hwm, &self.resync).transaction(|(messages, hwm, resync)| {
+                let last = hwm.get(&key)?.map_or(0, |v| {
+                    u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+                });
+                if seq <= last {
+                    return Ok(Accepted::Duplicate);
+                }
+                if seq != last + 1 {
+                    if !lost_data {
+                        return Ok(Accepted::Gap { expected: last + 1 });
+                    }
+                    if resync.get(&key)?.is_none() {
+                        resync.insert(key.as_slice(), &(last + 1).to_be_bytes())?;
+                        return Ok(Accepted::Resync { next: last + 1 });
+                    }
+                    // Asked already: the sender sent again what it still had, and this is the
+                    // first of it. What lies between is gone for good; take this one.
+                    tracing::warn!(
+                        sender = %from, epoch, first_missing = last + 1, next = seq,
+                        "messages lost with the database could not be sent again"
+                    );
+                }
+                if lost_data {
+                    resync.remove(key.as_slice())?;
+                }
+                let msg = Message {
+                    seq: local,
+                    id: hex::encode(msg_id),
+                    from: *from,
+                    body: body.to_owned(),
+                    sent_at_ms,
+                    received_at_ms,
+                    via: via.clone(),
+                };
+                messages.insert(
+                    &local.to_be_bytes(),
+                    serde_json::to_vec(&msg).expect("messages serialise"),
+                )?;
+                hwm.insert(key.as_slice(), &seq.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(Accepted::Stored(msg))
             });
-            if seq <= last {
-                return Ok(Accepted::Duplicate);
-            }
-            if seq != last + 1 {
-                return Ok(Accepted::Gap { expected: last + 1 });
-            }
-            let msg = Message {
-                seq: local,
-                id: hex::encode(msg_id),
-                from: *from,
-                body: body.to_owned(),
-                sent_at_ms,
-                received_at_ms,
-                via: via.clone(),
-            };
-            messages.insert(
-                &local.to_be_bytes(),
-                serde_json::to_vec(&msg).expect("messages serialise"),
-            )?;
-            hwm.insert(key.as_slice(), &seq.to_be_bytes())?;
-            Ok::<_, ConflictableTransactionError<()>>(Accepted::Stored(msg))
-        });
         match result {
             Ok(Accepted::Stored(msg)) => {
                 let _ = self.notify.send(msg.clone());
@@ -134,8 +176,7 @@ impl Inbox {
 
     /// Makes every accepted message durable (call before acknowledging them).
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.committer.commit().await
     }
 
     /// Up to `limit` messages with a local sequence number above `after`, oldest first.
@@ -211,5 +252,57 @@ mod tests {
         );
         let after = inbox.list(all[1].seq, 100).unwrap();
         assert_eq!(after.len(), 2);
+    }
+
+    #[test]
+    fn after_lost_data_a_sender_is_asked_once_to_send_again() {
+        let store = Store::temporary().unwrap();
+        store
+            .meta()
+            .unwrap()
+            .insert(crate::store::commit::LOSS_KEY, b"{}".as_slice())
+            .unwrap();
+        let inbox = store.inbox().unwrap();
+        let a = PeerId::random();
+        let id = [2u8; 16];
+        // The sender runs ahead (its ACKed messages 1..=20 were lost here): asked from 1, once.
+        assert_eq!(
+            inbox.accept(&a, 5, 21, &id, 0, "21").unwrap(),
+            Accepted::Resync { next: 1 }
+        );
+        // It sends again from 1: taken in order; a repeat is a duplicate.
+        for seq in 1..=3 {
+            assert!(matches!(
+                inbox.accept(&a, 5, seq, &id, 0, &seq.to_string()).unwrap(),
+                Accepted::Stored(_)
+            ));
+        }
+        assert_eq!(
+            inbox.accept(&a, 5, 2, &id, 0, "2").unwrap(),
+            Accepted::Duplicate
+        );
+        // A gap after that is asked about again (once), then taken: 4..=9 are gone for good.
+        assert_eq!(
+            inbox.accept(&a, 5, 10, &id, 0, "10").unwrap(),
+            Accepted::Resync { next: 4 }
+        );
+        assert!(matches!(
+            inbox.accept(&a, 5, 10, &id, 0, "10").unwrap(),
+            Accepted::Stored(_)
+        ));
+        let bodies: Vec<String> = inbox
+            .list(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, ["1", "2", "3", "10"]);
+        // Without lost data a gap is a protocol error, as before.
+        let b = PeerId::random();
+        let fresh = Store::temporary().unwrap().inbox().unwrap();
+        assert_eq!(
+            fresh.accept(&b, 5, 2, &id, 0, "x").unwrap(),
+            Accepted::Gap { expected: 1 }
+        );
     }
 }

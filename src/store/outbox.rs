@@ -54,6 +54,7 @@ pub struct Entry {
 #[derive(Clone)]
 pub struct Outbox {
     db: sled::Db,
+    committer: super::Committer,
     queue: sled::Tree,
     seqs: sled::Tree,
     sent: sled::Tree,
@@ -67,7 +68,7 @@ fn queue_key(peer: &PeerId, seq: u64) -> Vec<u8> {
 }
 
 impl Outbox {
-    pub(super) fn open(db: &sled::Db) -> Result<Self, Error> {
+    pub(super) fn open(db: &sled::Db, committer: super::Committer) -> Result<Self, Error> {
         let meta = db.open_tree(super::META_TREE)?;
         let epoch = match meta.get(EPOCH_KEY)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
@@ -81,6 +82,7 @@ impl Outbox {
         };
         Ok(Self {
             db: db.clone(),
+            committer,
             queue: db.open_tree(TREE)?,
             seqs: db.open_tree(SEQ_TREE)?,
             sent: db.open_tree(SENT_TREE)?,
@@ -194,6 +196,31 @@ impl Outbox {
         Ok(removed)
     }
 
+    /// Queues again the delivered messages to `to` from sequence `next` on that the history still
+    /// holds (the receiver lost them: RESYNC, `protocols/data-v1.md` §5.1). Returns how many; the
+    /// first sequence then queued is the lowest of them, which may be above `next` when the
+    /// history no longer reaches back that far.
+    pub fn rewind(&self, to: &PeerId, next: u64) -> Result<usize, Error> {
+        let mut back = Vec::new();
+        for item in self.sent.iter() {
+            let (k, v) = item?;
+            let Ok(e) = serde_json::from_slice::<Entry>(&v) else {
+                continue;
+            };
+            if e.message.to == *to && e.message.seq >= next {
+                back.push((k, e.message));
+            }
+        }
+        for (k, m) in &back {
+            self.queue.insert(
+                queue_key(to, m.seq),
+                serde_json::to_vec(m).expect("messages serialise"),
+            )?;
+            self.sent.remove(k)?;
+        }
+        Ok(back.len())
+    }
+
     /// Queued and (recently) delivered messages: delivered ones first, oldest first, then queued.
     pub fn list(&self, limit: usize) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
@@ -217,10 +244,9 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Makes everything queued so far durable.
+    /// Makes everything queued so far durable (a commit, see [`super::Committer`]).
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.committer.commit().await
     }
 
     /// Number of queued messages.
@@ -270,12 +296,12 @@ mod tests {
     #[test]
     fn the_epoch_survives_a_reopen_and_differs_between_databases() {
         let dir = tempfile::tempdir().unwrap();
-        let e1 = Store::open(dir.path(), 8)
+        let e1 = Store::open(dir.path(), crate::store::Options::cache(8))
             .unwrap()
             .outbox()
             .unwrap()
             .epoch();
-        let e2 = Store::open(dir.path(), 8)
+        let e2 = Store::open(dir.path(), crate::store::Options::cache(8))
             .unwrap()
             .outbox()
             .unwrap()

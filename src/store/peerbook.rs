@@ -218,15 +218,15 @@ mod tests {
             max_addrs_per_peer: 4,
         };
         {
-            let store = Store::open(dir.path(), 8).unwrap();
+            let store = Store::open(dir.path(), crate::store::Options::cache(8)).unwrap();
             store
                 .peer_book(limits)
                 .unwrap()
                 .record(&peer, [addr(7)], None, true)
                 .unwrap();
-            futures::executor::block_on(store.flush()).unwrap();
+            futures::executor::block_on(store.commit()).unwrap();
         }
-        let store = Store::open(dir.path(), 8).unwrap();
+        let store = Store::open(dir.path(), crate::store::Options::cache(8)).unwrap();
         let book = store.peer_book(limits).unwrap();
         assert_eq!(book.len(), 1, "the count starts from what is stored");
         let entry = book.get(&peer).unwrap().expect("entry kept");
@@ -240,8 +240,10 @@ mod tests {
     #[test]
     fn second_open_of_the_same_dir_says_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), 8).unwrap();
-        let err = Store::open(dir.path(), 8).err().expect("second open fails");
+        let _first = Store::open(dir.path(), crate::store::Options::cache(8)).unwrap();
+        let err = Store::open(dir.path(), crate::store::Options::cache(8))
+            .err()
+            .expect("second open fails");
         assert!(matches!(err, Error::Locked(_)), "{err}");
     }
 }

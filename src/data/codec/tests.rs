@@ -95,6 +95,10 @@ fn expected_inner(name: &str) -> Inner {
             to_client: Some([0xc1; 8]),
             body: "hi".into(),
         }),
+        "resync" => Inner::Resync {
+            epoch: 0x11,
+            next_seq: 11,
+        },
         "ack" => Inner::Ack {
             epoch: 0x11,
             seq: 0x22,
@@ -249,6 +253,8 @@ fn arb_inner() -> impl Strategy<Value = Inner> {
                 }
             ),
         (any::<u64>(), any::<u64>()).prop_map(|(epoch, seq)| Inner::Ack { epoch, seq }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(epoch, next_seq)| Inner::Resync { epoch, next_seq }),
         (
             any::<[u8; 16]>(),
             any::<u32>(),
