@@ -645,17 +645,18 @@ impl EventLoop {
             BehaviourEvent::Identify(event) => {
                 self.metrics.record(&event);
                 match event {
+                    // What a peer tells us, pulled or pushed by it.
                     identify::Event::Received {
                         peer_id,
                         connection_id,
                         info,
-                    }
-                    | identify::Event::Pushed {
-                        peer_id,
-                        connection_id,
-                        info,
                     } => self.on_identified(peer_id, connection_id, info),
-                    identify::Event::Sent { .. } | identify::Event::Error { .. } => {}
+                    // `Pushed` carries *our own* info, pushed to the peer: taking it for the
+                    // peer's filed our addresses under its id (peer book, Kademlia), and a
+                    // restarted node redialled that peer at its own old ports.
+                    identify::Event::Pushed { .. }
+                    | identify::Event::Sent { .. }
+                    | identify::Event::Error { .. } => {}
                 }
             }
             BehaviourEvent::Ping(event) => {
