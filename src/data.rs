@@ -1,13 +1,13 @@
 //! `/commucat/data/1.0.0` (`protocols/data-v1.md`): framing ([`codec`]), end-to-end sessions
-//! ([`session`]), inbound streams ([`accept`]), and the [`Service`] that serves inbound sessions
-//! ([`inbound`]) and delivers the outbox and files ([`delivery`], [`transfer`]).
+//! ([`session`]), streams in both directions ([`streams`]), and the [`Service`] that serves
+//! inbound sessions ([`inbound`]) and delivers the outbox and files ([`delivery`], [`transfer`]).
 
-pub mod accept;
 pub mod codec;
 pub mod delivery;
 pub mod inbound;
 pub mod service;
 pub mod session;
+pub mod streams;
 pub mod transfer;
 
 use libp2p::StreamProtocol;

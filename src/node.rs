@@ -71,7 +71,8 @@ pub struct Node {
     task: Option<JoinHandle<()>>,
     registry: SharedRegistry,
     stream_control: libp2p_stream::Control,
-    data_streams: std::sync::Mutex<Option<crate::data::accept::Incoming>>,
+    data_streams: std::sync::Mutex<Option<crate::data::streams::Incoming>>,
+    data_control: crate::data::streams::Control,
 }
 
 impl Node {
@@ -96,10 +97,10 @@ impl Node {
             Duration::from_secs(cfg.network.inbound_handshake_timeout_secs),
             &mut registry,
         )?;
-        let (data_accept, data_streams) =
-            crate::data::accept::new(crate::data::accept::Metrics::register(&mut registry));
+        let (data_behaviour, data_streams, data_control) =
+            crate::data::streams::new(crate::data::streams::Metrics::register(&mut registry));
         let behaviour =
-            behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client, data_accept)
+            behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client, data_behaviour)
                 .map_err(Error::Mdns)?;
         let swarm = Swarm::new(
             transport,
@@ -144,6 +145,7 @@ impl Node {
             registry: Arc::new(RwLock::new(registry)),
             stream_control,
             data_streams: std::sync::Mutex::new(Some(data_streams)),
+            data_control,
         })
     }
 
@@ -161,15 +163,20 @@ impl Node {
         self.registry.clone()
     }
 
-    /// A handle to open `libp2p-stream` streams (the data protocol), and to accept streams of
-    /// other protocols.
+    /// A handle to open and accept `libp2p-stream` streams of protocols other than the data
+    /// protocol (the benchmark's raw streams).
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.stream_control.clone()
     }
 
+    /// A handle to open `/commucat/data` streams to peers.
+    pub fn data_control(&self) -> crate::data::streams::Control {
+        self.data_control.clone()
+    }
+
     /// The queue of inbound `/commucat/data` streams, once (the data service takes it); peers are
     /// offered the protocol from then on. `None` when it was taken already.
-    pub fn take_data_streams(&self) -> Option<crate::data::accept::Incoming> {
+    pub fn take_data_streams(&self) -> Option<crate::data::streams::Incoming> {
         let incoming = self
             .data_streams
             .lock()

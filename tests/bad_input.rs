@@ -10,7 +10,7 @@ use common::inproc::{Peer, config, until};
 use commucat::{
     crypto::LocalKeys,
     data::{
-        self, ErrorCode, Frame, PROTOCOL,
+        self, ErrorCode, Frame,
         codec::{Data, FileChunk, FileMeta, FileStatus, Inner, file_state},
         session::{self, HandshakeCounters},
     },
@@ -25,16 +25,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Writes raw bytes on a fresh stream to `target` and returns the ERROR code of the reply.
-async fn raw_reply(
-    control: &mut libp2p_stream::Control,
-    target: PeerId,
-    bytes: &[u8],
-) -> Option<u16> {
-    let mut s = control
-        .open_stream(target, PROTOCOL)
-        .await
-        .unwrap()
-        .compat();
+async fn raw_reply(control: &data::streams::Control, target: PeerId, bytes: &[u8]) -> Option<u16> {
+    let mut s = control.open_stream(target).await.unwrap().compat();
     s.write_all(bytes).await.unwrap();
     s.flush().await.unwrap();
     let mut reply = Vec::new();
@@ -103,7 +95,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     )
     .await
     .unwrap();
-    let mut control = x.stream_control();
+    let control = x.data_control();
     let n_id = n.peer_id();
 
     // The good peer sends all along.
@@ -121,21 +113,21 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
 
     // Oversized frame, unknown frame type, DATA before the handshake: answered from the first bytes.
     assert_eq!(
-        raw_reply(&mut control, n_id, &[0x00, 0x10, 0x00, 0x00, 0x01]).await,
+        raw_reply(&control, n_id, &[0x00, 0x10, 0x00, 0x00, 0x01]).await,
         Some(3)
     );
     assert_eq!(
-        raw_reply(&mut control, n_id, &[0, 0, 0, 1, 0x7e]).await,
+        raw_reply(&control, n_id, &[0, 0, 0, 1, 0x7e]).await,
         Some(4)
     );
     assert_eq!(
-        raw_reply(&mut control, n_id, &[0, 0, 0, 1, 0x21]).await,
+        raw_reply(&control, n_id, &[0, 0, 0, 1, 0x21]).await,
         Some(5)
     );
 
     let counters = HandshakeCounters::default();
     // Tampered ciphertext.
-    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let stream = control.open_stream(n_id).await.unwrap().compat();
     let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
         .await
         .unwrap();
@@ -149,7 +141,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     );
 
     // Replayed frame: the first copy is taken, the second refused.
-    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let stream = control.open_stream(n_id).await.unwrap().compat();
     let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
         .await
         .unwrap();
@@ -201,7 +193,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // A name that climbs out of the downloads directory lands inside it, and a file whose bytes do
     // not match the announced hash is refused and its partial file deleted.
     let content = b"climbing out ".repeat(40);
-    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let stream = control.open_stream(n_id).await.unwrap().compat();
     let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
         .await
         .unwrap();
@@ -293,7 +285,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     .await;
 
     // And a well-behaved session from the former attacker still works.
-    let stream = control.open_stream(n_id, PROTOCOL).await.unwrap().compat();
+    let stream = control.open_stream(n_id).await.unwrap().compat();
     let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
         .await
         .unwrap();

@@ -11,7 +11,9 @@
 //!   and nothing is dialled;
 //! - a damaged database: refused at start with what was lost, the files untouched; `doctor` says
 //!   so; `--accept-data-loss` starts, and the sender's re-delivery puts every message in the inbox
-//!   exactly once.
+//!   exactly once;
+//! - a handshake that stalls: `ERROR TIMEOUT`, not a silent reset;
+//! - a plain GET of the WebSocket endpoint: 401 without a token, 426 with one.
 
 mod common;
 
@@ -28,7 +30,6 @@ use common::{LOOPBACK, NO_BOOTSTRAP, NodeProc, cli, cli_env};
 use commucat::{
     config::Config,
     crypto::LocalKeys,
-    data::PROTOCOL,
     node::{Node, Transport},
     store::Store,
 };
@@ -207,9 +208,9 @@ async fn every_concurrent_data_stream_is_answered() {
     let mut tasks = Vec::new();
     for p in &peers {
         for _ in 0..8 {
-            let mut c = p.stream_control();
+            let c = p.data_control();
             tasks.push(tokio::spawn(async move {
-                let Ok(stream) = c.open_stream(victim_id, PROTOCOL).await else {
+                let Ok(stream) = c.open_stream(victim_id).await else {
                     return (Answer::Nothing, None);
                 };
                 answer_of(stream).await
@@ -234,9 +235,9 @@ async fn every_concurrent_data_stream_is_answered() {
     let one = &peers[0];
     let tasks: Vec<_> = (0..100)
         .map(|_| {
-            let mut c = one.stream_control();
+            let c = one.data_control();
             tokio::spawn(async move {
-                let Ok(stream) = c.open_stream(victim_id, PROTOCOL).await else {
+                let Ok(stream) = c.open_stream(victim_id).await else {
                     return (Answer::Nothing, None);
                 };
                 answer_of(stream).await
@@ -624,4 +625,61 @@ async fn a_damaged_store_is_refused_then_recovered_by_redelivery() {
     assert_eq!(inbox_bodies(&b.api_get("/v1/inbox").await), want);
     b.stop();
     a.stop();
+}
+
+/// An initiator that asks for the bundle and then says nothing more: after the 10 s handshake
+/// deadline it gets `ERROR TIMEOUT` (data-v1.md §3) and the stream closes — before the fix the
+/// stream was reset without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_gets_error_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = NodeProc::start(&tmp.path().join("victim"), &args(&[]));
+    let victim_id: PeerId = victim.peer_id().parse().unwrap();
+    let addr: Multiaddr = listen_addr(&victim, "/tcp/").parse().unwrap();
+    let peer = raw_peer().await;
+    peer.client()
+        .connect(victim_id, vec![addr])
+        .await
+        .expect("connects");
+    let stream = peer.data_control().open_stream(victim_id).await.unwrap();
+    let mut s = stream.compat();
+    s.write_all(&[0, 0, 0, 3, 1, 1, 1]).await.unwrap();
+    s.flush().await.unwrap();
+    // The BUNDLE, then nothing from us; what follows must be ERROR TIMEOUT.
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut reply)).await;
+    let bundle_len = u32::from_be_bytes(reply[..4].try_into().unwrap()) as usize + 4;
+    assert_eq!(reply[4], 0x02, "a BUNDLE first");
+    let rest = &reply[bundle_len..];
+    assert!(rest.len() >= 7, "an ERROR after the bundle: {rest:02x?}");
+    assert_eq!(rest[4], 0x04, "ERROR");
+    assert_eq!(u16::from_be_bytes([rest[5], rest[6]]), 19, "TIMEOUT");
+    peer.shutdown().await;
+    victim.stop();
+}
+
+/// A plain GET of the signaling endpoint is checked for its token first (401 without one, as
+/// for every other way in), and with a valid token is told, in a problem document, that it must
+/// upgrade (426) — not an undocumented 400 before the token check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_get_of_the_websocket_endpoint_is_answered_as_documented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = common::start_assist(&tmp.path().join("a"), &[], &[]);
+    let out = cli(&node.dir, &["token", "issue", "--ttl", "600"]);
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.lines().last().unwrap().to_owned();
+    let url = format!("{}/api/v1/ws", common::assist_url(&node));
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["upgrade"], "websocket");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("WebSocket"),
+        "{body}"
+    );
+    node.stop();
 }

@@ -13,7 +13,6 @@ use tokio::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{
-    PROTOCOL,
     codec::{Data, ErrorCode, FileMeta, FileStatus, Inner, file_state},
     service::{Event, Shared, Wake},
     session::{self, Writer},
@@ -107,8 +106,8 @@ pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) 
 }
 
 async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> {
-    let mut control = shared.control.clone();
-    match control.open_stream(peer, PROTOCOL).await {
+    let control = &shared.control;
+    match control.open_stream(peer).await {
         Ok(s) => Ok(s),
         Err(first) => {
             // The swarm could not reach it with what it knows: look it up (DHT, presence record).
@@ -119,7 +118,7 @@ async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> 
                 .await
                 .map_err(|e| Attempt::Unreachable(e.to_string()))?;
             control
-                .open_stream(peer, PROTOCOL)
+                .open_stream(peer)
                 .await
                 .map_err(|e| Attempt::Unreachable(e.to_string()))
         }

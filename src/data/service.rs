@@ -1,6 +1,7 @@
 //! The data service: accepts `/commucat/data/1.0.0` streams (one task per session, bounded) and runs
 //! delivery workers that carry the outbox and outgoing files to their peers. It talks to the node
-//! only through [`node::Client`] and the `libp2p-stream` control, never from inside the event loop.
+//! only through [`node::Client`] and the data streams' control ([`super::streams`]), never from
+//! inside the event loop.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -97,7 +98,7 @@ pub enum Event {
 pub(crate) struct Shared {
     pub(crate) keys: Arc<LocalKeys>,
     pub(crate) node: node::Client,
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: super::streams::Control,
     pub(crate) outbox: Outbox,
     pub(crate) inbox: Inbox,
     pub(crate) transfers: Transfers,
@@ -134,7 +135,7 @@ impl Service {
         cfg: &config::Data,
         downloads: PathBuf,
     ) -> Result<Self, Error> {
-        let control = node.stream_control();
+        let control = node.data_control();
         let incoming = node.take_data_streams().ok_or(Error::AlreadyRunning)?;
         let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
         let shared = Arc::new(Shared {
@@ -276,7 +277,7 @@ impl Drop for PeerSlot {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, mut incoming: super::accept::Incoming) {
+async fn accept_loop(shared: Arc<Shared>, mut incoming: super::streams::Incoming) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -290,7 +291,7 @@ async fn accept_loop(shared: Arc<Shared>, mut incoming: super::accept::Incoming)
                     // Over a limit: refuse before any handshake work, saying why.
                     tracing::debug!(%peer, "refusing a data session: limit reached");
                     incoming.metrics().refused("session_limit");
-                    sessions.spawn(super::accept::refuse(stream));
+                    sessions.spawn(super::streams::refuse(stream));
                     continue;
                 };
                 let shared = shared.clone();

@@ -62,9 +62,9 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
-    /// Inbound `/commucat/data` streams (never dropped silently, see [`crate::data::accept`]).
-    pub data: crate::data::accept::Behaviour,
-    /// Outbound streams (`Control::open_stream`), and inbound ones of other protocols (benchmark).
+    /// `/commucat/data` streams, both ways (none lost, see [`crate::data::streams`]).
+    pub data: crate::data::streams::Behaviour,
+    /// Streams of other protocols (the benchmark's raw streams).
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -74,7 +74,7 @@ impl Behaviour {
         cfg: &Config,
         with_mdns: bool,
         relay_client: relay::client::Behaviour,
-        data: crate::data::accept::Behaviour,
+        data: crate::data::streams::Behaviour,
     ) -> std::io::Result<Self> {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
