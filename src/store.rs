@@ -183,7 +183,13 @@ impl Store {
             }
             Err(e) => {
                 if copied {
-                    let _ = std::fs::remove_dir_all(&pre_open);
+                    if matches!(e, Error::Locked(_)) {
+                        // Another process has it (it started since we looked): not ours to touch.
+                        let _ = std::fs::remove_dir_all(&pre_open);
+                    } else {
+                        let _ = std::fs::remove_dir_all(&path);
+                        let _ = std::fs::rename(&pre_open, &path);
+                    }
                 }
                 return Err(e);
             }

@@ -101,15 +101,15 @@ async fn messages_and_files_survive_twenty_sigkills_of_the_receiver() {
             .to_owned();
         format!("{tcp}/p2p/{b_id}")
     };
-    // A sends files at 10 MiB/s, so that the transfers are under way when B dies, and retries
-    // within a second or two of B coming back.
+    // A sends files at 4 MiB/s (5 s a file), so that transfers are under way when B dies, and
+    // retries within a second or two of B coming back.
     let mut a_args: Vec<&str> = LOOPBACK.to_vec();
     a_args.extend(["--bootstrap", NO_BOOTSTRAP]);
     let a = NodeProc::start_env(
         &tmp.path().join("a"),
         &a_args,
         &[
-            ("COMMUCAT_DATA__MAX_SEND_RATE_KIB", "10240"),
+            ("COMMUCAT_DATA__MAX_SEND_RATE_KIB", "4096"),
             ("COMMUCAT_DATA__MAX_RETRY_SECS", "2"),
         ],
     );
@@ -216,6 +216,10 @@ async fn messages_and_files_survive_twenty_sigkills_of_the_receiver() {
         .map(|t| t["sessions"].as_u64().unwrap())
         .sum();
     eprintln!("soak: the files took {sessions} sessions in all");
+    assert!(
+        sessions > FILES as u64,
+        "no transfer was cut by a kill ({sessions} sessions): the soak did not test resuming"
+    );
 
     assert!(b.stop().success());
     let doctor = cli(&b_dir, &["doctor"]);

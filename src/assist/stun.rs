@@ -366,6 +366,23 @@ mod tests {
         answer(req, from, creds).1.map_or(0, |r| r.len())
     }
 
+    /// RFC 5769 §2.1, the sample request: its FINGERPRINT must check out here (an implementation
+    /// nobody on this team wrote computed it), and one flipped bit must not.
+    #[test]
+    fn the_rfc_5769_sample_request_fingerprint_checks_out() {
+        let sample = hex::decode(
+            "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e20\
+             7465737420636c69656e74002400046e0001ff80290008932ff9b15126\
+             3b36000600096576746a3a68367659202020000800149aeaa70cbfd8cb\
+             56781ef2b5b2d3f249c1b571a280280004e57a3bcf",
+        )
+        .unwrap();
+        assert!(fingerprint_matches(&sample));
+        let mut flipped = sample.clone();
+        flipped[30] ^= 1;
+        assert!(!fingerprint_matches(&flipped));
+    }
+
     #[test]
     fn a_wrong_fingerprint_is_dropped() {
         // RFC 8489 §7.3: a request whose FINGERPRINT does not match is discarded, unanswered.
