@@ -18,17 +18,6 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn init(dir: &std::path::Path) -> String {
     let out = cli(dir, &["init"]);
     assert!(out.status.success());
@@ -60,11 +49,11 @@ async fn queued_messages_survive_a_sigkill_of_the_sender() {
 
     let b = NodeProc::start_env(&b_dir, &args(&["--bootstrap", &boot_addr]), &quick);
     let a = NodeProc::start_env(&a_dir, &args(&["--bootstrap", &boot_addr]), &quick);
-    until("B to receive everything", async || {
+    common::wait_until("B to receive everything", WAIT, async || {
         b.api_get("/v1/inbox").await.as_array().unwrap().len() >= 200
     })
     .await;
-    until("A's outbox to empty", async || {
+    common::wait_until("A's outbox to empty", WAIT, async || {
         a.status()["data"]["outbox_queued"] == 0
     })
     .await;
@@ -122,7 +111,7 @@ async fn a_file_resumes_after_the_receiver_is_killed_halfway() {
     // Kill B once it has three quarters. After the cut A sends at most the missing quarter plus
     // its window of unconfirmed blocks (8 MiB, some of it into the dead connection): well under
     // the 70 % that a restart from zero would exceed.
-    until("three quarters of the blocks at B", async || {
+    common::wait_until("three quarters of the blocks at B", WAIT, async || {
         let l = b.api_get("/v1/transfers").await;
         l["incoming"]
             .as_array()
@@ -140,7 +129,7 @@ async fn a_file_resumes_after_the_receiver_is_killed_halfway() {
     let mut restart = ports.clone();
     restart.extend(["--bootstrap", &boot_addr]);
     let b = NodeProc::start(&b_dir, &restart);
-    until("the transfer to complete", async || {
+    common::wait_until("the transfer to complete", WAIT, async || {
         transfer_out(&a.api_get("/v1/transfers").await, &id)["state"] == "complete"
     })
     .await;

@@ -158,6 +158,14 @@ fn idle_socket(target: SocketAddr) -> TcpStream {
     s.into()
 }
 
+/// The node under attack, its peer id and its TCP address.
+fn victim(dir: &Path) -> (NodeProc, PeerId, Multiaddr) {
+    let victim = NodeProc::start(&dir.join("victim"), &args(&[]));
+    let id = victim.peer_id().parse().unwrap();
+    let addr = listen_addr(&victim, "/tcp/").parse().unwrap();
+    (victim, id, addr)
+}
+
 /// An in-process libp2p node on real TCP that speaks the data protocol by hand.
 async fn raw_peer() -> Node {
     let mut cfg = Config::default();
@@ -192,9 +200,7 @@ const LIMIT: u16 = 18;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_concurrent_data_stream_is_answered() {
     let tmp = tempfile::tempdir().unwrap();
-    let victim = NodeProc::start(&tmp.path().join("victim"), &args(&[]));
-    let victim_id: PeerId = victim.peer_id().parse().unwrap();
-    let addr: Multiaddr = listen_addr(&victim, "/tcp/").parse().unwrap();
+    let (victim, victim_id, addr) = victim(tmp.path());
 
     let mut peers = Vec::new();
     for _ in 0..10 {
@@ -494,17 +500,6 @@ fn tree_hashes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn inbox_bodies(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -533,13 +528,15 @@ async fn a_damaged_store_is_refused_then_recovered_by_redelivery() {
         a.api_post("/v1/messages", &json!({"to": b_id, "body": body}))
             .await;
     }
-    until("B to have all 20", async || {
+    common::wait_until("B to have all 20", Duration::from_secs(120), async || {
         b.api_get("/v1/inbox").await.as_array().unwrap().len() == 20
     })
     .await;
-    until("A to see them delivered", async || {
-        a.status()["data"]["outbox_queued"] == 0
-    })
+    common::wait_until(
+        "A to see them delivered",
+        Duration::from_secs(120),
+        async || a.status()["data"]["outbox_queued"] == 0,
+    )
     .await;
     assert!(b.stop().success());
 
@@ -602,13 +599,17 @@ async fn a_damaged_store_is_refused_then_recovered_by_redelivery() {
     .await;
     let mut want = sent.clone();
     want.push("after the damage".into());
-    until("B to have everything again", async || {
-        inbox_bodies(&b.api_get("/v1/inbox").await).len() >= want.len()
-    })
+    common::wait_until(
+        "B to have everything again",
+        Duration::from_secs(120),
+        async || inbox_bodies(&b.api_get("/v1/inbox").await).len() >= want.len(),
+    )
     .await;
-    until("A to see it all delivered", async || {
-        a.status()["data"]["outbox_queued"] == 0
-    })
+    common::wait_until(
+        "A to see it all delivered",
+        Duration::from_secs(120),
+        async || a.status()["data"]["outbox_queued"] == 0,
+    )
     .await;
     assert_eq!(
         inbox_bodies(&b.api_get("/v1/inbox").await),
@@ -633,9 +634,7 @@ async fn a_damaged_store_is_refused_then_recovered_by_redelivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_gets_error_timeout() {
     let tmp = tempfile::tempdir().unwrap();
-    let victim = NodeProc::start(&tmp.path().join("victim"), &args(&[]));
-    let victim_id: PeerId = victim.peer_id().parse().unwrap();
-    let addr: Multiaddr = listen_addr(&victim, "/tcp/").parse().unwrap();
+    let (victim, victim_id, addr) = victim(tmp.path());
     let peer = raw_peer().await;
     peer.client()
         .connect(victim_id, vec![addr])

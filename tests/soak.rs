@@ -36,17 +36,6 @@ impl Rng {
     }
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every message in B's inbox, paging through `after`.
 async fn inbox(b: &NodeProc) -> Vec<Value> {
     let mut all: Vec<Value> = Vec::new();
@@ -175,11 +164,11 @@ async fn messages_and_files_survive_twenty_sigkills_of_the_receiver() {
     eprintln!("soak: {KILLS} kills in {:?}", started.elapsed());
     sender.await.unwrap();
 
-    until("A's outbox to empty", async || {
+    common::wait_until("A's outbox to empty", WAIT, async || {
         a.status()["data"]["outbox_queued"] == 0
     })
     .await;
-    until("every file to complete", async || {
+    common::wait_until("every file to complete", WAIT, async || {
         let t = a.api_get("/v1/transfers").await;
         let out = t["outgoing"].as_array().unwrap();
         out.len() == FILES && out.iter().all(|t| t["state"] == "complete")
