@@ -1,6 +1,6 @@
 //! `mode = "netns"`: every node in a network namespace of its own, behind a router of its group's
-//! NAT type, built by patchbay (network namespaces, veth pairs, nftables NAT; see
-//! `../shared/NAT-LAB.md`). Bootstrap nodes sit on one public router; each other node has its own
+//! NAT type, built by patchbay (network namespaces, veth pairs, nftables NAT; the types are
+//! `scenario::Nat`). Bootstrap nodes sit on one public router; each other node has its own
 //! router. Nodes are the real node library over real TCP and QUIC sockets, each running on its
 //! namespace's runtime; the relay, AutoNAT and DCUtR do the traversal.
 //!
@@ -524,8 +524,8 @@ pub async fn run(
     })
 }
 
-/// What `../shared/NAT-LAB.md` expects between two NAT types: direct when either side is open
-/// (or public), or both map endpoint-independently (moderate, CGNAT); the relay otherwise.
+/// The path two NAT types allow, and so what the `nat_pairs` report expects: direct when either
+/// side is open (or public), or both map endpoint-independently (moderate, CGNAT); the relay otherwise.
 pub fn expected(a: Nat, b: Nat) -> &'static str {
     let open = |n: Nat| matches!(n, Nat::Public | Nat::Open);
     let eim = |n: Nat| matches!(n, Nat::Moderate | Nat::Cgnat);

@@ -21,7 +21,7 @@ pub enum Mode {
     Netns,
 }
 
-/// The router a `netns` group sits behind (`../shared/NAT-LAB.md`).
+/// The router a `netns` group sits behind (which paths two types allow: `netns::expected`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Nat {

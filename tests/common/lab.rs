@@ -1,6 +1,5 @@
-//! NAT lab helpers: patchbay topologies (network namespaces + nftables NAT, see `NAT-LAB.md` in the
-//! team docs) with the real `commucat` binary running on each device, driven through its CLI
-//! inside the device's namespace.
+//! NAT lab helpers: patchbay topologies (network namespaces + nftables NAT) with the real
+//! `commucat` binary running on each device, driven through its CLI inside the device's namespace.
 //!
 //! A test binary using this module must enter patchbay's user namespace from an ELF constructor
 //! (see [`enter_userns`]) and call [`lab_available`] first.
