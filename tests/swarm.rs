@@ -38,7 +38,7 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
     // confirm it (memory dials come from fresh ports), so the simulated nodes are told to serve.
     cfg.kad.mode = KadMode::Server;
     // For the same reason every connection hands AutoNAT v2 a new candidate address, and each
-    // probe of one costs 30–100 KB of dial data: 100 nodes probing swamp two cores and lookups
+    // probe of one costs 30–100 KB of dial data: 200 nodes probing swamp two cores and lookups
     // time out. No v2 probes (as in simnet's inproc mode).
     cfg.autonat.max_candidates = 0;
     cfg.mdns.enabled = false;
