@@ -3,7 +3,7 @@
 //! `GET /api/server-info`, `GET|POST /api/p2p/assist` (bearer token), `/metrics` and `/healthz`;
 //! the ICE-lite STUN responder on UDP (`assist.stun_listen`); coturn TURN REST credentials.
 //!
-//! - [`http`]: the router, authentication, per-IP limits, RFC 7807 errors.
+//! - [`http`]: the router, authentication, per-IP limits, RFC 9457 errors.
 //! - [`server_info`], [`p2p_assist`]: the two endpoints.
 //! - [`ice`]: ICE credentials, the host candidate, TURN credentials; [`stun`]: the responder.
 //! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter.

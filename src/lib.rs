@@ -23,6 +23,7 @@ pub mod data;
 pub mod dht;
 pub mod fec;
 pub mod fsutil;
+pub mod http;
 pub mod identity;
 pub mod json;
 pub mod nat;

@@ -1,6 +1,6 @@
 //! The assist HTTP router (`protocols/assist-openapi.yaml`): per-IP limits on every `/api/` route
 //! (429 + `Retry-After`), bearer tokens on `/api/p2p/assist` (401), a body limit (413), JSON only
-//! (415), and RFC 7807 problem documents for every error.
+//! (415), and RFC 9457 problem documents for every error.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -14,7 +14,7 @@ use axum::{
 };
 
 use super::{Context, p2p_assist, server_info, signaling};
-use crate::control::Problem;
+use crate::http::Problem;
 
 /// Requests served at once; more wait.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
@@ -84,7 +84,7 @@ async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let client = crate::control::bearer(request.headers()).map(|t| ctx.tokens.check(t));
+    let client = crate::http::bearer(request.headers()).map(|t| ctx.tokens.check(t));
     match client {
         Some(Some(id)) => {
             request.extensions_mut().insert(p2p_assist::TokenId(id));
@@ -105,7 +105,7 @@ async fn require_token(
 }
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> Result<Response, Problem> {
-    crate::control::metrics_response(&ctx.registry)
+    crate::http::metrics_response(&ctx.registry)
 }
 
 /// The browser light client (`protocols/signaling-v1.md`), compiled into the binary.

@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use crate::{control::Problem, node};
+use crate::{http::Problem, node};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo {

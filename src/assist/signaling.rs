@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::{config, control::Problem};
+use crate::{config, http::Problem};
 
 /// The id under which the node's WebRTC gateway takes part in signaling.
 pub const NODE_ID: &str = "node";
@@ -624,7 +624,7 @@ pub struct WsQuery {
 
 /// The token from `Authorization: Bearer`, a `commucat-token.<token>` subprotocol, or `?token=`.
 fn token_of<'a>(headers: &'a HeaderMap, query: &'a WsQuery) -> Option<&'a str> {
-    if let Some(t) = crate::control::bearer(headers) {
+    if let Some(t) = crate::http::bearer(headers) {
         return Some(t);
     }
     let from_protocol = headers

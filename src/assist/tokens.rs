@@ -164,6 +164,18 @@ impl Tokens {
     }
 }
 
+impl From<Error> for crate::http::Problem {
+    fn from(e: Error) -> Self {
+        use axum::http::StatusCode;
+        let status = match e {
+            Error::BadTtl => StatusCode::BAD_REQUEST,
+            Error::Full => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
