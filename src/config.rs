@@ -22,6 +22,8 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment variables that override config keys.
+pub use crate::dht::{Config as Kad, Mode as KadMode};
+
 pub const ENV_PREFIX: &str = "COMMUCAT_";
 /// `COMMUCAT_*` variables (lower-cased, prefix removed) that are command-line settings, not config keys.
 pub const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log_format"];
@@ -126,29 +128,6 @@ pub struct Bootstrap {
     pub min_peers: usize,
     /// Seconds between those checks. Default: 30.
     pub check_interval_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KadMode {
-    /// Client until the node is publicly reachable (a direct external address is confirmed;
-    /// relayed ones do not count), then server (desktop default).
-    #[default]
-    Auto,
-    Client,
-    /// Always serve DHT requests (forced for the bootstrap role).
-    Server,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Kad {
-    /// `auto` (default), `client` or `server`. The bootstrap role always runs as server.
-    pub mode: KadMode,
-    /// Seconds before a DHT query gives up. Default: 30.
-    pub query_timeout_secs: u64,
-    /// Seconds between periodic bootstrap (routing-table refresh) queries. Default: 300.
-    pub periodic_bootstrap_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -501,16 +480,6 @@ impl Default for Bootstrap {
             peers: BUILTIN_PEERS.clone(),
             min_peers: 4,
             check_interval_secs: 30,
-        }
-    }
-}
-
-impl Default for Kad {
-    fn default() -> Self {
-        Self {
-            mode: KadMode::Auto,
-            query_timeout_secs: 30,
-            periodic_bootstrap_secs: 300,
         }
     }
 }

@@ -1,19 +1,14 @@
-//! `/commucat/data/1.0.0` (`protocols/data-v1.md`): framing ([`codec`]), end-to-end sessions
-//! ([`session`]), streams in both directions ([`streams`]), and the [`Service`] that serves
-//! inbound sessions ([`inbound`]) and delivers the outbox and files ([`delivery`], [`transfer`]).
+//! `/commucat/data/1.0.0` (`protocols/data-v1.md`) above the wire format ([`crate::wire`]) and the
+//! node's streams ([`crate::node::streams`]): end-to-end sessions ([`session`]) and the [`Service`]
+//! that serves inbound sessions ([`inbound`]) and delivers the outbox and files ([`delivery`],
+//! [`transfer`]).
 
-pub mod codec;
 pub mod delivery;
 pub mod inbound;
 pub mod service;
 pub mod session;
-pub mod streams;
+mod shared;
 pub mod transfer;
 
-use libp2p::StreamProtocol;
-
-pub use codec::{ErrorCode, Frame, Inner};
+pub use crate::wire::{ErrorCode, Frame, Inner, PROTOCOL};
 pub use service::{Event, Service};
-
-/// The data protocol's stream protocol id.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/data/1.0.0");

@@ -16,7 +16,7 @@ use libp2p::{
     },
 };
 
-use crate::config;
+use serde::{Deserialize, Serialize};
 
 /// The Kademlia protocol id of the CommuCat network.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/kad/1.0.0");
@@ -33,9 +33,45 @@ pub const FIND_PEER_RESULTS: NonZeroUsize = NonZeroUsize::MIN;
 
 pub type Behaviour = kad::Behaviour<MemoryStore>;
 
-pub fn behaviour(local: PeerId, cfg: &config::Config) -> Behaviour {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Client until the node is publicly reachable (a direct external address is confirmed;
+    /// relayed ones do not count), then server (desktop default).
+    #[default]
+    Auto,
+    Client,
+    /// Always serve DHT requests (forced for the bootstrap role).
+    Server,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// The `[kad]` section.
+pub struct Config {
+    /// `auto` (default), `client` or `server`. The bootstrap role always runs as server.
+    pub mode: Mode,
+    /// Seconds before a DHT query gives up. Default: 30.
+    pub query_timeout_secs: u64,
+    /// Seconds between periodic bootstrap (routing-table refresh) queries. Default: 300.
+    pub periodic_bootstrap_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            query_timeout_secs: 30,
+            periodic_bootstrap_secs: 300,
+        }
+    }
+}
+
+/// The Kademlia behaviour; `server` serves DHT requests from the start (bootstrap role, `mode =
+/// "server"`), otherwise the node starts as a client.
+pub fn behaviour(local: PeerId, cfg: &Config, server: bool) -> Behaviour {
     let mut kc = kad::Config::new(PROTOCOL);
-    kc.set_query_timeout(Duration::from_secs(cfg.kad.query_timeout_secs))
+    kc.set_query_timeout(Duration::from_secs(cfg.query_timeout_secs))
         .set_replication_factor(K_VALUE)
         .set_kbucket_size(K_VALUE)
         .set_max_packet_size(MAX_KAD_PACKET)
@@ -45,7 +81,7 @@ pub fn behaviour(local: PeerId, cfg: &config::Config) -> Behaviour {
         .set_record_ttl(Some(Duration::from_secs(record::MAX_TTL_SECS)))
         // Our own record is republished with a new sequence number by the node, not by kad.
         .set_publication_interval(None)
-        .set_periodic_bootstrap_interval(match cfg.kad.periodic_bootstrap_secs {
+        .set_periodic_bootstrap_interval(match cfg.periodic_bootstrap_secs {
             0 => None,
             s => Some(Duration::from_secs(s)),
         });
@@ -61,7 +97,7 @@ pub fn behaviour(local: PeerId, cfg: &config::Config) -> Behaviour {
     // `auto` is the event loop's doing, not kad's: kad would serve as soon as any external
     // address is confirmed, a relayed one included, and peers would then route DHT traffic
     // through relays to a node behind a NAT.
-    kad.set_mode(if cfg.kad_forced_server() {
+    kad.set_mode(if server {
         Some(kad::Mode::Server)
     } else {
         Some(kad::Mode::Client)

@@ -128,4 +128,3 @@ pub fn metrics_response(registry: &SharedRegistry) -> Result<Response, Problem> 
     )
         .into_response())
 }
-

@@ -31,3 +31,4 @@ pub mod net;
 pub mod node;
 pub mod store;
 pub mod time;
+pub mod wire;

@@ -10,6 +10,7 @@ mod command;
 mod event;
 mod event_loop;
 pub mod ip_limits;
+pub mod streams;
 pub mod transport;
 
 use std::{
@@ -71,8 +72,8 @@ pub struct Node {
     task: Option<JoinHandle<()>>,
     registry: SharedRegistry,
     stream_control: libp2p_stream::Control,
-    data_streams: std::sync::Mutex<Option<crate::data::streams::Incoming>>,
-    data_control: crate::data::streams::Control,
+    data_streams: std::sync::Mutex<Option<crate::node::streams::Incoming>>,
+    data_control: crate::node::streams::Control,
 }
 
 impl Node {
@@ -98,7 +99,7 @@ impl Node {
             &mut registry,
         )?;
         let (data_behaviour, data_streams, data_control) =
-            crate::data::streams::new(crate::data::streams::Metrics::register(&mut registry));
+            crate::node::streams::new(crate::node::streams::Metrics::register(&mut registry));
         let behaviour =
             behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client, data_behaviour)
                 .map_err(Error::Mdns)?;
@@ -170,13 +171,13 @@ impl Node {
     }
 
     /// A handle to open `/commucat/data` streams to peers.
-    pub fn data_control(&self) -> crate::data::streams::Control {
+    pub fn data_control(&self) -> crate::node::streams::Control {
         self.data_control.clone()
     }
 
     /// The queue of inbound `/commucat/data` streams, once (the data service takes it); peers are
     /// offered the protocol from then on. `None` when it was taken already.
-    pub fn take_data_streams(&self) -> Option<crate::data::streams::Incoming> {
+    pub fn take_data_streams(&self) -> Option<crate::node::streams::Incoming> {
         let incoming = self
             .data_streams
             .lock()

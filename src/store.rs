@@ -95,7 +95,7 @@ impl Options {
     }
 }
 
-pub use crate::data::codec::ClientId;
+pub use crate::wire::ClientId;
 
 /// The light clients a message names (`protocols/data-v1.md`, DATA_VIA): the sender's client that
 /// wrote it, the receiver's client it is for. Client ids are 16 hex digits.
@@ -202,7 +202,7 @@ impl Store {
                 expected: record,
                 found_generation: found,
                 clean,
-                now: db.as_ref().map(commit::Counts::of).unwrap_or_default(),
+                now: db.as_ref().map(Counts::of).unwrap_or_default(),
                 unreadable,
             };
             if !opts.accept_data_loss {
@@ -296,12 +296,12 @@ impl Store {
                 Err(Error::Db { source, .. })
                     if matches!(source, sled::Error::Corruption { .. }) =>
                 {
-                    return Err(loss(0, commit::Counts::default(), Some(source.to_string())));
+                    return Err(loss(0, Counts::default(), Some(source.to_string())));
                 }
                 Err(e) => return Err(e),
             };
             let found = stored_generation(&db)?;
-            let counts = commit::Counts::of(&db);
+            let counts = Counts::of(&db);
             if record.is_some_and(|r| r.generation > found) {
                 return Err(loss(found, counts, None));
             }
@@ -351,7 +351,7 @@ impl Store {
             generation: self.committer.generation(),
             stopped_at_ms: crate::time::unix_ms(),
             files: commit::stamps(&dir.join(DB_DIR)).map_err(Error::Io)?,
-            counts: commit::Counts::of(&self.db),
+            counts: Counts::of(&self.db),
         };
         commit::write_clean(dir, &clean).map_err(|e| Error::file(dir, e))
     }
@@ -401,7 +401,7 @@ pub struct Check {
     pub generation: u64,
     /// The commit record, when there is one (a database older than it has none).
     pub recorded: Option<commit::Record>,
-    pub counts: commit::Counts,
+    pub counts: Counts,
     /// A start that accepted lost data earlier, if one did.
     pub accepted: Option<commit::Accepted>,
 }
@@ -478,4 +478,48 @@ fn tempfile_dir(data_dir: &Path) -> Result<PathBuf, Error> {
     ));
     std::fs::create_dir(&dir).map_err(|e| Error::file(&dir, e))?;
     Ok(dir)
+}
+
+/// What a database held, for the reports (record counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub inbox: usize,
+    pub queued: usize,
+    pub delivery_marks: usize,
+    pub tokens: usize,
+    pub transfers: usize,
+}
+
+impl Counts {
+    pub(crate) fn of(db: &sled::Db) -> Self {
+        let len = |name: &str| {
+            if db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == name.as_bytes())
+            {
+                db.open_tree(name).map_or(0, |t| t.len())
+            } else {
+                0
+            }
+        };
+        Self {
+            inbox: len(inbox::TREE),
+            queued: len(outbox::TREE),
+            delivery_marks: len(inbox::HWM_TREE),
+            tokens: len(ASSIST_TOKENS_TREE),
+            transfers: len(transfers::IN_TREE) + len(transfers::OUT_TREE),
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} received messages, {} messages waiting to be sent, delivery marks for {} \
+             sender(s), {} assist token(s), {} file transfer(s)",
+            self.inbox, self.queued, self.delivery_marks, self.tokens, self.transfers
+        )
+    }
 }

@@ -10,12 +10,12 @@ use common::inproc::{Peer, config, until};
 use commucat::{
     crypto::LocalKeys,
     data::{
-        self, ErrorCode, Frame,
-        codec::{Data, FileChunk, FileMeta, FileStatus, Inner, file_state},
+        ErrorCode, Frame,
         session::{self, HandshakeCounters},
     },
-    node::{Node, Transport},
+    node::{self, Node, Transport},
     store::Store,
+    wire::{self, Data, FileChunk, FileMeta, FileStatus, Inner, file_state},
 };
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
@@ -25,13 +25,13 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Writes raw bytes on a fresh stream to `target` and returns the ERROR code of the reply.
-async fn raw_reply(control: &data::streams::Control, target: PeerId, bytes: &[u8]) -> Option<u16> {
+async fn raw_reply(control: &node::streams::Control, target: PeerId, bytes: &[u8]) -> Option<u16> {
     let mut s = control.open_stream(target).await.unwrap().compat();
     s.write_all(bytes).await.unwrap();
     s.flush().await.unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut reply)).await;
-    (reply.len() >= 7 && reply[4] == data::codec::kind::ERROR)
+    (reply.len() >= 7 && reply[4] == wire::kind::ERROR)
         .then(|| u16::from_be_bytes([reply[5], reply[6]]))
 }
 
@@ -167,7 +167,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     stream.read_exact(&mut hello).await.unwrap();
     assert_eq!(
         &hello[4..],
-        &[data::codec::kind::HELLO, 1, 1],
+        &[wire::kind::HELLO, 1, 1],
         "HELLO asking for the bundle"
     );
     let someone_else = LocalKeys::generate();
@@ -179,7 +179,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     stream.write_all(&out).await.unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut reply)).await;
-    assert_eq!(reply[4], data::codec::kind::ERROR);
+    assert_eq!(reply[4], wire::kind::ERROR);
     assert_eq!(
         u16::from_be_bytes([reply[5], reply[6]]),
         ErrorCode::BAD_BUNDLE.0

@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use commucat::data::{Frame, Inner, codec::FrameCodec};
+use commucat::wire::{Frame, FrameCodec, Inner};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

@@ -134,15 +134,12 @@ fn config(s: &Scenario, group: &str, role: Role, port: u64) -> anyhow::Result<Co
     }
 }
 
-/// Called as the run goes: (phase, done, total).
-pub type Progress = dyn Fn(&str, u64, u64) + Send + Sync;
-
 /// `metrics_every`: print summed node metrics at that interval (see `meter.rs`).
 pub async fn run(
     s: &Scenario,
     plan: &Plan,
     metrics_every: Option<Duration>,
-    progress: &Progress,
+    progress: &crate::Progress,
 ) -> anyhow::Result<crate::Outcome> {
     let started = Instant::now();
     let total = plan.nodes.len();

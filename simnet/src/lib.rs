@@ -19,6 +19,9 @@ pub use plan::Plan;
 pub use report::Report;
 pub use scenario::Scenario;
 
+/// Called as the run goes: (phase, done, total).
+pub type Progress = dyn Fn(&str, u64, u64) + Send + Sync;
+
 /// A finished run: the report and the samples behind its distributions (for the plots).
 pub struct Outcome {
     pub report: Report,
@@ -32,7 +35,7 @@ pub async fn run(
     scenario: &Scenario,
     seed: Option<u64>,
     metrics_every: Option<std::time::Duration>,
-    progress: &inproc::Progress,
+    progress: &Progress,
 ) -> anyhow::Result<Outcome> {
     let plan = Plan::new(scenario, seed.unwrap_or(scenario.seed));
     match scenario.mode {

@@ -185,7 +185,7 @@ struct Punch {
 pub async fn run(
     s: &Scenario,
     plan: &Plan,
-    progress: &crate::inproc::Progress,
+    progress: &crate::Progress,
 ) -> anyhow::Result<crate::Outcome> {
     if std::env::var_os(USERNS_ENV).is_none_or(|v| v != "1") {
         bail!("netns mode runs in patchbay's user namespace: start it with the simnet binary");

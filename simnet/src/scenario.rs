@@ -308,10 +308,10 @@ impl Scenario {
             ops = ops.saturating_add(f.count);
         }
         for f in &self.workload.messages {
-            if f.size_bytes.unwrap_or(64) > commucat::data::codec::MAX_MESSAGE_BYTES {
+            if f.size_bytes.unwrap_or(64) > commucat::wire::MAX_MESSAGE_BYTES {
                 bail!(
                     "size_bytes is at most {} (the data protocol's message limit)",
-                    commucat::data::codec::MAX_MESSAGE_BYTES
+                    commucat::wire::MAX_MESSAGE_BYTES
                 );
             }
         }

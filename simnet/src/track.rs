@@ -325,7 +325,7 @@ pub fn messages(
 }
 
 /// Waits until every sent message arrived or `until`, reporting progress.
-pub async fn drain(tracker: &Tracker, until: Instant, progress: &crate::inproc::Progress) {
+pub async fn drain(tracker: &Tracker, until: Instant, progress: &crate::Progress) {
     loop {
         let (sent, arrived) = tracker.progress();
         progress("draining", arrived as u64, sent as u64);

@@ -554,10 +554,10 @@ async fn serve_channel(mut t: ChannelTask) {
 
 async fn handle_client(t: &ChannelTask, text: &str) -> Vec<String> {
     let err = |m: String| vec![json!({"type": "error", "message": m}).to_string()];
-    if text.len() > data::codec::MAX_MESSAGE_BYTES + 1024 {
+    if text.len() > crate::wire::MAX_MESSAGE_BYTES + 1024 {
         return err(format!(
             "messages are at most {} bytes of body",
-            data::codec::MAX_MESSAGE_BYTES
+            crate::wire::MAX_MESSAGE_BYTES
         ));
     }
     match parse_client(text) {

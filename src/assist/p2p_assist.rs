@@ -19,7 +19,7 @@ use libp2p::{Multiaddr, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, ice};
-use crate::{http::Problem, crypto::handshake, node};
+use crate::{crypto::handshake, http::Problem, node};
 
 pub const DEFAULT_MIN_PATHS: usize = 2;
 pub const DEFAULT_MTU: u16 = 1152;

@@ -105,7 +105,7 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
             })
             .collect(),
         supported_patterns: vec!["XK".into(), "IK".into()],
-        supported_versions: vec![crate::data::codec::VERSION],
+        supported_versions: vec![crate::wire::VERSION],
         session: SessionParams {
             ttl_seconds: cfg.network.idle_connection_timeout_secs,
             keepalive_interval: cfg.network.ping_interval_secs,

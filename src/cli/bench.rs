@@ -21,12 +21,10 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use crate::{
     config::Config,
     crypto::{self, LocalKeys, Pattern, Role, handshake},
-    data::{
-        codec::{Data, FileChunk, Inner},
-        session::{self, HandshakeCounters},
-    },
+    data::session::{self, HandshakeCounters},
     node::{Node, Transport},
     store::Store,
+    wire::{Data, FileChunk, Inner},
 };
 
 const RAW: StreamProtocol = StreamProtocol::new("/commucat/bench/raw/1.0.0");

@@ -208,7 +208,7 @@ struct Doctor<'a> {
     generation: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     recorded_generation: Option<u64>,
-    counts: crate::store::commit::Counts,
+    counts: crate::store::Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_loss_accepted: Option<&'a crate::store::commit::Accepted>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,9 +13,8 @@ use tokio::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{
-    codec::{Data, ErrorCode, FileMeta, FileStatus, Inner, file_state},
-    service::{Event, Shared, Wake},
     session::{self, Writer},
+    shared::{Event, Shared, Wake},
     transfer,
 };
 use crate::{
@@ -25,6 +24,7 @@ use crate::{
         self,
         transfers::{Outgoing, State},
     },
+    wire::{Data, ErrorCode, FileMeta, FileStatus, Inner, file_state},
 };
 
 /// Unacknowledged DATA frames at most.
@@ -38,7 +38,7 @@ pub const LINGER: Duration = Duration::from_secs(20);
 /// Frames from the reader task buffered.
 const READ_BUFFER: usize = 64;
 /// FILE_CHUNK payload per frame: below `MAX_FRAME_LEN` with room for the headers and tag.
-const CHUNK_PAYLOAD: usize = super::codec::MAX_FRAME_LEN - 1024;
+const CHUNK_PAYLOAD: usize = crate::wire::MAX_FRAME_LEN - 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Attempt {
@@ -432,7 +432,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                     .map_err(std::io::Error::other)??;
             for chunk in packets.chunks(per_frame) {
                 self.writer
-                    .queue(&Inner::FileChunk(super::codec::FileChunk {
+                    .queue(&Inner::FileChunk(crate::wire::FileChunk {
                         transfer_id: id,
                         block,
                         packets: bytes::Bytes::copy_from_slice(chunk),

@@ -6,15 +6,17 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::PeerId;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    codec::{Data, ErrorCode, FileStatus, Frame, Inner, file_state},
-    service::{Event, Shared},
     session::{self, Writer},
+    shared::{Event, Shared},
     transfer::{self, Receiving},
 };
-use crate::store::inbox::Accepted;
+use crate::{
+    store::inbox::Accepted,
+    wire::{Data, ErrorCode, FileStatus, Inner, file_state},
+};
 
 /// A session without any frame for this long ends (PING keeps it alive).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,21 +26,6 @@ pub const ACK_BATCH: u32 = 64;
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Transfers one session may carry at once.
 pub const MAX_TRANSFERS_PER_SESSION: usize = 4;
-
-/// Answers a stream we will not serve with ERROR and closes it.
-pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, code: ErrorCode) {
-    let mut out = Vec::new();
-    Frame::Error {
-        code,
-        message: "session limit reached; try later".into(),
-    }
-    .encode(&mut out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = stream.write_all(&out).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
-}
 
 struct Acks {
     pending: Option<(u64, u64)>,
@@ -224,7 +211,7 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         Ok(())
     }
 
-    async fn file_meta(&mut self, meta: super::codec::FileMeta) -> Result<(), session::Error> {
+    async fn file_meta(&mut self, meta: crate::wire::FileMeta) -> Result<(), session::Error> {
         if !self.files.contains_key(&meta.transfer_id)
             && self.files.len() >= MAX_TRANSFERS_PER_SESSION
         {

@@ -10,14 +10,19 @@ use std::{
 };
 
 use libp2p::PeerId;
-use serde::Serialize;
 use tokio::{
-    sync::{Notify, Semaphore, broadcast, mpsc},
+    sync::{Semaphore, broadcast, mpsc},
     task::JoinSet,
 };
 use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
 
-use super::{delivery, inbound, session::HandshakeCounters, transfer};
+pub use super::shared::Event;
+use super::{
+    delivery, inbound,
+    session::HandshakeCounters,
+    shared::{Shared, Wake},
+    transfer,
+};
 use crate::{
     config,
     crypto::LocalKeys,
@@ -41,7 +46,7 @@ pub const EVENT_BUFFER: usize = 1024;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
-    #[error("message body of {0} bytes exceeds {max} bytes", max = super::codec::MAX_MESSAGE_BYTES)]
+    #[error("message body of {0} bytes exceeds {max} bytes", max = crate::wire::MAX_MESSAGE_BYTES)]
     MessageTooLarge(usize),
     #[error("{path}: {source}")]
     File {
@@ -55,68 +60,6 @@ pub enum Error {
     BadClientId,
     #[error("the data protocol is already registered on this node")]
     AlreadyRunning,
-}
-
-/// What the data service reports (merged into `GET /v1/events`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    MessageReceived {
-        id: String,
-        from: PeerId,
-        seq: u64,
-    },
-    MessagesDelivered {
-        to: PeerId,
-        count: usize,
-        up_to_seq: u64,
-    },
-    DeliveryFailed {
-        to: PeerId,
-        error: String,
-    },
-    TransferProgress {
-        id: String,
-        direction: &'static str,
-        blocks_done: u32,
-        blocks_total: u32,
-    },
-    TransferFinished {
-        id: String,
-        direction: &'static str,
-        state: transfers::State,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-    SessionRejected {
-        peer: PeerId,
-        code: u16,
-        reason: String,
-    },
-}
-
-pub(crate) struct Shared {
-    pub(crate) keys: Arc<LocalKeys>,
-    pub(crate) node: node::Client,
-    pub(crate) control: super::streams::Control,
-    pub(crate) outbox: Outbox,
-    pub(crate) inbox: Inbox,
-    pub(crate) transfers: Transfers,
-    pub(crate) bundles: sled::Tree,
-    pub(crate) counters: HandshakeCounters,
-    pub(crate) cfg: config::Data,
-    pub(crate) downloads: PathBuf,
-    pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) wake: mpsc::Sender<PeerId>,
-    pub(crate) shutdown: CancellationToken,
-    inbound_slots: Arc<Semaphore>,
-    per_peer: Mutex<HashMap<PeerId, usize>>,
-}
-
-impl Shared {
-    pub(crate) fn emit(&self, e: Event) {
-        let _ = self.events.send(e);
-    }
 }
 
 /// The running data service.
@@ -184,7 +127,7 @@ impl Service {
         if to == self.shared.keys.peer_id() {
             return Err(Error::SelfSend);
         }
-        if body.len() > super::codec::MAX_MESSAGE_BYTES {
+        if body.len() > crate::wire::MAX_MESSAGE_BYTES {
             return Err(Error::MessageTooLarge(body.len()));
         }
         // Stored in canonical form (lower-case hex), as gateways compare client ids.
@@ -277,7 +220,7 @@ impl Drop for PeerSlot {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, mut incoming: super::streams::Incoming) {
+async fn accept_loop(shared: Arc<Shared>, mut incoming: crate::node::streams::Incoming) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -291,7 +234,7 @@ async fn accept_loop(shared: Arc<Shared>, mut incoming: super::streams::Incoming
                     // Over a limit: refuse before any handshake work, saying why.
                     tracing::debug!(%peer, "refusing a data session: limit reached");
                     incoming.metrics().refused("session_limit");
-                    sessions.spawn(super::streams::refuse(stream));
+                    sessions.spawn(crate::node::streams::refuse(stream));
                     continue;
                 };
                 let shared = shared.clone();
@@ -312,13 +255,6 @@ enum Reason {
     Work,
     /// The peer just connected: a backing-off worker retries now.
     Seen,
-}
-
-/// The two ways to wake a worker (see [`Reason`]).
-#[derive(Default)]
-pub(crate) struct Wake {
-    pub(crate) work: Notify,
-    pub(crate) seen: Notify,
 }
 
 /// Keeps one delivery worker per peer with something to send, at most [`MAX_DELIVERY_WORKERS`].

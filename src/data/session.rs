@@ -12,7 +12,7 @@ use libp2p::PeerId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::FramedRead;
 
-use super::codec::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner, VERSION};
+use crate::wire::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner, VERSION};
 use crate::{
     crypto::{
         self, Bundle, LocalKeys, Pattern, Role,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 
-use super::codec::{ErrorCode, FileMeta, FileStatus, file_state};
+use crate::wire::{ErrorCode, FileMeta, FileStatus, file_state};
 use crate::{
     fec,
     store::transfers::{Incoming, Layout, Outgoing, State, Transfers},

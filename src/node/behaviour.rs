@@ -27,7 +27,7 @@ pub fn agent_version() -> String {
 /// (`kad.mode = auto` while private) answers no DHT requests.
 pub fn protocols(cfg: &Config) -> Vec<String> {
     let mut out = vec![
-        crate::data::PROTOCOL.to_string(),
+        crate::wire::PROTOCOL.to_string(),
         dht::PROTOCOL.to_string(),
         "/ipfs/id/1.0.0".to_string(),
         "/ipfs/id/push/1.0.0".to_string(),
@@ -62,8 +62,8 @@ pub struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
-    /// `/commucat/data` streams, both ways (none lost, see [`crate::data::streams`]).
-    pub data: crate::data::streams::Behaviour,
+    /// `/commucat/data` streams, both ways (none lost, see [`crate::node::streams`]).
+    pub data: crate::node::streams::Behaviour,
     /// Streams of other protocols (the benchmark's raw streams).
     pub stream: libp2p_stream::Behaviour,
 }
@@ -74,7 +74,7 @@ impl Behaviour {
         cfg: &Config,
         with_mdns: bool,
         relay_client: relay::client::Behaviour,
-        data: crate::data::streams::Behaviour,
+        data: crate::node::streams::Behaviour,
     ) -> std::io::Result<Self> {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
@@ -112,7 +112,7 @@ impl Behaviour {
             ping: ping::Behaviour::new(
                 ping::Config::new().with_interval(Duration::from_secs(n.ping_interval_secs)),
             ),
-            kad: dht::behaviour(local, cfg),
+            kad: dht::behaviour(local, &cfg.kad, cfg.kad_forced_server()),
             mdns: mdns.into(),
             autonat_client,
             autonat_server: autonat_server.into(),

@@ -31,7 +31,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::Error;
+use super::{Counts, Error};
 
 /// The commit record: two slots of [`SLOT_LEN`] bytes.
 pub const COMMIT_FILE: &str = "db.commit";
@@ -225,50 +225,6 @@ impl Committer {
             written_at_ms: crate::time::unix_ms(),
         })
         .map_err(Error::Io)
-    }
-}
-
-/// What a database held, for the reports (record counts).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub inbox: usize,
-    pub queued: usize,
-    pub delivery_marks: usize,
-    pub tokens: usize,
-    pub transfers: usize,
-}
-
-impl Counts {
-    pub(super) fn of(db: &sled::Db) -> Self {
-        let len = |name: &str| {
-            if db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == name.as_bytes())
-            {
-                db.open_tree(name).map_or(0, |t| t.len())
-            } else {
-                0
-            }
-        };
-        Self {
-            inbox: len(super::inbox::TREE),
-            queued: len(super::outbox::TREE),
-            delivery_marks: len(super::inbox::HWM_TREE),
-            tokens: len(super::ASSIST_TOKENS_TREE),
-            transfers: len(super::transfers::IN_TREE) + len(super::transfers::OUT_TREE),
-        }
-    }
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} received messages, {} messages waiting to be sent, delivery marks for {} \
-             sender(s), {} assist token(s), {} file transfer(s)",
-            self.inbox, self.queued, self.delivery_marks, self.tokens, self.transfers
-        )
     }
 }
 

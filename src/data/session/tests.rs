@@ -8,8 +8,8 @@ use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
 use super::*;
 use crate::{
-    data::codec::{Data, kind},
     identity::Identity,
+    wire::{Data, kind},
 };
 
 fn keys() -> LocalKeys {
@@ -329,7 +329,7 @@ async fn a_bad_transcript_signature_gets_bad_signature() {
             // AUTH with the real binding but a signature over something else.
             let b_ = a.identity.binding();
             let auth = Inner::Auth {
-                binding: Some(crate::data::codec::BindingParts {
+                binding: Some(crate::wire::BindingParts {
                     ml_dsa_public: Bytes::copy_from_slice(&b_.ml_dsa_public),
                     ed25519_signature: Bytes::copy_from_slice(&b_.ed25519_signature),
                     ml_dsa_signature: Bytes::copy_from_slice(&b_.ml_dsa_signature),

@@ -1,11 +1,34 @@
-//! Frames of `/commucat/data/1.0.0` (`protocols/data-v1.md` §1–§2): the outer frames, the inner
-//! frames carried by SEALED, and a `tokio_util` decoder that checks a frame's length before it
-//! allocates for it and tells "need more bytes" from "malformed".
+//! The wire format of `/commucat/data/1.0.0` (`protocols/data-v1.md` §1–§2): the outer frames, the
+//! inner frames carried by SEALED, and a `tokio_util` decoder that checks a frame's length before it
+//! allocates for it and tells "need more bytes" from "malformed". Below the node and the store: both
+//! use its types ([`PROTOCOL`], [`ClientId`], the ERROR frame of [`refuse`]).
+
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use libp2p::StreamProtocol;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 use crate::identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN};
+
+/// The data protocol's stream protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/data/1.0.0");
+
+/// Answers a stream we will not serve with ERROR `code` and closes it (at most 5 s).
+pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, code: ErrorCode) {
+    let mut out = Vec::new();
+    Frame::Error {
+        code,
+        message: "session limit reached; try later".into(),
+    }
+    .encode(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
 
 /// Largest value of a frame's length field (type + payload).
 pub const MAX_FRAME_LEN: usize = 262_144;

@@ -30,10 +30,7 @@ struct Invalid {
 }
 
 fn vectors() -> Vectors {
-    serde_json::from_str(include_str!(
-        "../../../protocols/vectors/data-v1-frames.json"
-    ))
-    .unwrap()
+    serde_json::from_str(include_str!("../../protocols/vectors/data-v1-frames.json")).unwrap()
 }
 
 fn id16() -> [u8; 16] {

@@ -53,7 +53,7 @@ use prometheus_client::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use super::{ErrorCode, PROTOCOL};
+use crate::wire::{ErrorCode, PROTOCOL};
 
 /// Inbound streams waiting for the data service (one per session it has not taken yet).
 pub const MAX_QUEUED_STREAMS: usize = 256;
@@ -173,7 +173,7 @@ impl Drop for Incoming {
 
 /// Answers `stream` with `ERROR LIMIT` and closes it (at most 5 s).
 pub(crate) async fn refuse(stream: Stream) {
-    super::inbound::refuse(stream.compat(), ErrorCode::LIMIT).await;
+    crate::wire::refuse(stream.compat(), ErrorCode::LIMIT).await;
 }
 
 /// The behaviour: one [`Handler`] per connection, all feeding one inbound queue, and the opens of

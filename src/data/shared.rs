@@ -1,0 +1,91 @@
+//! What the data service's tasks share: the store's trees, the node's client and streams, the
+//! configuration, the event channel and the shutdown token. The service ([`super::service`]) builds
+//! it; the session tasks ([`super::inbound`]) and delivery workers ([`super::delivery`]) read it.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::session::HandshakeCounters;
+use crate::{
+    config,
+    crypto::LocalKeys,
+    node,
+    store::{Inbox, Outbox, Transfers, transfers},
+};
+
+/// What the data service reports (merged into `GET /v1/events`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    MessageReceived {
+        id: String,
+        from: PeerId,
+        seq: u64,
+    },
+    MessagesDelivered {
+        to: PeerId,
+        count: usize,
+        up_to_seq: u64,
+    },
+    DeliveryFailed {
+        to: PeerId,
+        error: String,
+    },
+    TransferProgress {
+        id: String,
+        direction: &'static str,
+        blocks_done: u32,
+        blocks_total: u32,
+    },
+    TransferFinished {
+        id: String,
+        direction: &'static str,
+        state: transfers::State,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    SessionRejected {
+        peer: PeerId,
+        code: u16,
+        reason: String,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) keys: Arc<LocalKeys>,
+    pub(crate) node: node::Client,
+    pub(crate) control: crate::node::streams::Control,
+    pub(crate) outbox: Outbox,
+    pub(crate) inbox: Inbox,
+    pub(crate) transfers: Transfers,
+    pub(crate) bundles: sled::Tree,
+    pub(crate) counters: HandshakeCounters,
+    pub(crate) cfg: config::Data,
+    pub(crate) downloads: PathBuf,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) wake: mpsc::Sender<PeerId>,
+    pub(crate) shutdown: CancellationToken,
+    pub(super) inbound_slots: Arc<Semaphore>,
+    pub(super) per_peer: Mutex<HashMap<PeerId, usize>>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+}
+
+/// The two ways to wake a delivery worker: something new to send, or the peer just connected.
+#[derive(Default)]
+pub(crate) struct Wake {
+    pub(crate) work: Notify,
+    pub(crate) seen: Notify,
+}
