@@ -14,6 +14,7 @@
 //! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
 //! - [`cli`]: the `commucat` command line.
 
+pub mod app;
 pub mod assist;
 pub mod cli;
 pub mod config;

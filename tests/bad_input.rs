@@ -100,7 +100,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
 
     // The good peer sends all along.
     let sender = {
-        let data = good.data.clone();
+        let data = good.data().clone();
         tokio::spawn(async move {
             for i in 0..300 {
                 data.send_message(n_id, format!("good {i}")).await.unwrap();
@@ -153,7 +153,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // Forged key bundle: N opens a session to X (it has a message for X), and X answers HELLO with a
     // bundle that is not its own.
     let mut incoming = x.take_data_streams().expect("no data service on X");
-    n.data
+    n.data()
         .send_message(x_keys.peer_id(), "for x".into())
         .await
         .unwrap();
@@ -185,7 +185,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
         ErrorCode::BAD_BUNDLE.0
     );
     assert_eq!(
-        n.data.outbox().queued(),
+        n.data().outbox().queued(),
         1,
         "the message for X stays queued"
     );
@@ -256,7 +256,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // Through all of it the good peer's messages arrived, in order, once each.
     sender.await.unwrap();
     until("N to hold the good peer's 300 messages", WAIT, || async {
-        n.data
+        n.data()
             .inbox()
             .list(0, 1000)
             .unwrap()
@@ -267,7 +267,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     })
     .await;
     let good_bodies: Vec<String> = n
-        .data
+        .data()
         .inbox()
         .list(0, 1000)
         .unwrap()
@@ -280,7 +280,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
         (0..300).map(|i| format!("good {i}")).collect::<Vec<_>>()
     );
     until("the good peer's outbox to empty", WAIT, || async {
-        good.data.outbox().queued() == 0
+        good.data().outbox().queued() == 0
     })
     .await;
 

@@ -15,26 +15,26 @@ async fn a_thousand_messages_arrive_once_and_in_order() {
     let b = Peer::new(&[]).await;
     let a = Peer::new(&[b.addr().await]).await;
     for i in 0..1000 {
-        a.data
+        a.data()
             .send_message(b.peer_id(), format!("message {i}"))
             .await
             .unwrap();
     }
     until("B to hold 1000 messages", WAIT, || async {
-        b.data.inbox().len() >= 1000
+        b.data().inbox().len() >= 1000
     })
     .await;
     until("A's outbox to empty", WAIT, || async {
-        a.data.outbox().queued() == 0
+        a.data().outbox().queued() == 0
     })
     .await;
 
-    let got = b.data.inbox().list(0, 2000).unwrap();
+    let got = b.data().inbox().list(0, 2000).unwrap();
     let bodies: Vec<String> = got.iter().map(|m| m.body.clone()).collect();
     let want: Vec<String> = (0..1000).map(|i| format!("message {i}")).collect();
     assert_eq!(bodies, want, "each message once, in the order sent");
     assert!(got.iter().all(|m| m.from == a.peer_id()));
-    let delivered = a.data.outbox().list(2000).unwrap();
+    let delivered = a.data().outbox().list(2000).unwrap();
     assert_eq!(delivered.len(), 1000);
     assert!(
         delivered
@@ -42,8 +42,8 @@ async fn a_thousand_messages_arrive_once_and_in_order() {
             .all(|e| e.state == commucat::store::outbox::State::Delivered)
     );
     // Each session ran the hybrid handshake to the end on both sides.
-    assert!(a.data.counters().post_quantum() >= 1);
-    assert!(b.data.counters().post_quantum() >= 1);
+    assert!(a.data().counters().post_quantum() >= 1);
+    assert!(b.data().counters().post_quantum() >= 1);
 
     a.stop().await;
     b.stop().await;
@@ -57,9 +57,9 @@ async fn messages_to_an_offline_peer_arrive_when_it_comes_online() {
     // B exists (A knows its PeerId) but is not running yet.
     let b_keys = Arc::new(LocalKeys::generate());
     let b_id = b_keys.peer_id();
-    let mut events = a.data.subscribe();
+    let mut events = a.data().subscribe();
     for i in 0..50 {
-        a.data
+        a.data()
             .send_message(b_id, format!("while you were away {i}"))
             .await
             .unwrap();
@@ -78,22 +78,22 @@ async fn messages_to_an_offline_peer_arrive_when_it_comes_online() {
     .await
     .expect("two failed delivery attempts");
     assert_eq!(
-        a.data.outbox().queued(),
+        a.data().outbox().queued(),
         50,
         "nothing delivered while B is offline"
     );
 
     let b = Peer::start(&config(&[boot_addr]), b_keys, Store::temporary().unwrap()).await;
     until("B to receive all 50", WAIT, || async {
-        b.data.inbox().len() == 50
+        b.data().inbox().len() == 50
     })
     .await;
     until("A's outbox to empty", WAIT, || async {
-        a.data.outbox().queued() == 0
+        a.data().outbox().queued() == 0
     })
     .await;
     let bodies: Vec<String> = b
-        .data
+        .data()
         .inbox()
         .list(0, 100)
         .unwrap()

@@ -69,7 +69,7 @@ async fn drive<T>(
 
 async fn rejected(p: &Peer) -> HashMap<String, f64> {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &p.node.metrics().read().unwrap())
+    prometheus_client::encoding::text::encode(&mut text, &p.node().metrics().read().unwrap())
         .unwrap();
     text.lines()
         .filter_map(|l| l.strip_prefix("commucat_dht_records_rejected_total{reason=\""))
@@ -81,7 +81,7 @@ async fn rejected(p: &Peer) -> HashMap<String, f64> {
 }
 
 async fn newest(p: &Peer, victim: PeerId) -> Option<Presence> {
-    p.node.client().presence(victim).await.unwrap()
+    p.node().client().presence(victim).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

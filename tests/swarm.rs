@@ -7,11 +7,13 @@
 //! speed. Networks of 1,000 run in release builds in simnet (`simnet/scenarios/dht-1000.toml`).
 
 use std::{
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use commucat::{
+    app::{self, App},
     config::{Config, KadMode, Role},
     crypto::LocalKeys,
     node::{FindSource, Node, Transport},
@@ -45,14 +47,17 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
     cfg
 }
 
-async fn spawn(cfg: &Config) -> Node {
-    let store = Store::temporary().unwrap();
-    Node::spawn(
-        cfg,
+/// A whole node (swarm and data service) on the memory transport; nothing is sent, so all share
+/// one downloads directory.
+async fn spawn(cfg: &Config, downloads: &Path) -> App {
+    app::Builder::new(
+        cfg.clone(),
         Arc::new(LocalKeys::generate()),
-        &store,
-        Transport::Memory,
+        Store::temporary().unwrap(),
     )
+    .transport(Transport::Memory)
+    .downloads(downloads.to_owned())
+    .spawn()
     .await
     .expect("node starts")
 }
@@ -76,20 +81,21 @@ fn total(nodes: &[&Node], metric: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_nodes_find_each_other() {
     let started = Instant::now();
+    let downloads = tempfile::tempdir().unwrap();
     let mut boot = Vec::new();
     let mut boot_addrs = Vec::new();
     for _ in 0..BOOTSTRAP_NODES {
-        let node = spawn(&config(Role::Bootstrap, &boot_addrs)).await;
+        let node = spawn(&config(Role::Bootstrap, &boot_addrs), downloads.path()).await;
         let status = node.client().status().await.unwrap();
         boot_addrs.push(
             status.listen_addrs[0]
                 .clone()
-                .with(Protocol::P2p(node.peer_id())),
+                .with(Protocol::P2p(node.node().peer_id())),
         );
         boot.push(node);
     }
     let cfg = config(Role::Desktop, &boot_addrs);
-    let nodes = join_all((0..NODES).map(|_| spawn(&cfg))).await;
+    let nodes = join_all((0..NODES).map(|_| spawn(&cfg, downloads.path()))).await;
 
     // Every node has joined: its routing table holds more than the bootstrap nodes.
     let deadline = Instant::now() + JOIN_TIMEOUT;
@@ -108,7 +114,7 @@ async fn a_hundred_nodes_find_each_other() {
     }
     let joined = started.elapsed();
 
-    let ids: Vec<_> = nodes.iter().map(Node::peer_id).collect();
+    let ids: Vec<_> = nodes.iter().map(|n| n.node().peer_id()).collect();
     let lookups = nodes.iter().enumerate().map(|(i, node)| {
         let mut targets: Vec<_> = ids.iter().copied().filter(|p| *p != ids[i]).collect();
         targets.shuffle(&mut rand::rng());
@@ -127,7 +133,7 @@ async fn a_hundred_nodes_find_each_other() {
     });
     let lookups_started = Instant::now();
     let failed: Vec<_> = join_all(lookups).await.into_iter().flatten().collect();
-    let all: Vec<&Node> = nodes.iter().chain(&boot).collect();
+    let all: Vec<&Node> = nodes.iter().chain(&boot).map(App::node).collect();
     eprintln!(
         "{} nodes joined in {joined:?}; {} lookups in {:?}, {} failed; FIND_NODE requests served: {}",
         NODES + BOOTSTRAP_NODES,
@@ -144,5 +150,7 @@ async fn a_hundred_nodes_find_each_other() {
         &failed[..failed.len().min(3)]
     );
 
-    join_all(nodes.into_iter().chain(boot).map(Node::shutdown)).await;
+    for stopped in join_all(nodes.into_iter().chain(boot).map(App::shutdown)).await {
+        stopped.expect("the database flushes");
+    }
 }

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::Context;
 use commucat::{
+    app::{self, App},
     config::{Config, KadMode, Role as NodeRole},
     crypto::LocalKeys,
     data,
@@ -49,10 +50,8 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 /// as a desktop keeps its TCP port.
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1 << 40);
 
-struct Running {
-    node: Node,
-    data: Arc<data::Service>,
-}
+/// A simulated node while it is online.
+type Running = App;
 
 /// A simulated node: what survives a restart, and the running node when it is online.
 struct Slot {
@@ -71,24 +70,13 @@ impl Slot {
     }
 
     async fn start(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
-        let node = Node::spawn(
-            &self.cfg,
-            self.keys.clone(),
-            &self.store,
-            link.transport(seed),
+        Ok(
+            app::Builder::new(self.cfg.clone(), self.keys.clone(), self.store.clone())
+                .transport(link.transport(seed))
+                .downloads(self.downloads.path().to_owned())
+                .spawn()
+                .await?,
         )
-        .await?;
-        let data = data::Service::start(
-            &node,
-            self.keys.clone(),
-            &self.store,
-            &self.cfg.data,
-            self.downloads.path().to_owned(),
-        )?;
-        Ok(Running {
-            node,
-            data: Arc::new(data),
-        })
     }
 }
 
@@ -167,8 +155,8 @@ pub async fn run(
     let registries = meter::Registries::default();
     let meter = metrics_every.map(|every| meter::spawn(every, registries.clone()));
     let watch = |i: usize, n: &Running, t0: Instant| {
-        registries.add(n.node.metrics());
-        let mut events = n.node.client().subscribe();
+        registries.add(n.node().metrics());
+        let mut events = n.node().client().subscribe();
         let shared = first_connect.clone();
         tokio::spawn(async move {
             loop {
@@ -232,7 +220,7 @@ pub async fn run(
         None
     } else {
         let asks = live.iter().enumerate().filter_map(|(i, n)| {
-            let client = n.as_ref()?.node.client().clone();
+            let client = n.as_ref()?.node().client().clone();
             Some(async move {
                 let table = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.routing_table()).await;
                 (i, table)
@@ -300,12 +288,8 @@ pub async fn run(
                 stopping.insert(
                     node,
                     tokio::spawn(async move {
-                        let bytes = outbound_bytes(&n.node).unwrap_or(0);
-                        let _ = tokio::time::timeout(RESTART_TIMEOUT, async {
-                            n.data.shutdown().await;
-                            n.node.shutdown().await;
-                        })
-                        .await;
+                        let bytes = outbound_bytes(&n.node()).unwrap_or(0);
+                        let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
                         bytes
                     }),
                 );
@@ -326,7 +310,7 @@ pub async fn run(
                         let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
                             .await
                             .context("a returning node did not start in time")??;
-                        registries.add(n.node.metrics());
+                        registries.add(n.node().metrics());
                         t.lock()
                             .returned
                             .entry(node)
@@ -339,7 +323,7 @@ pub async fn run(
             Op::Lookup { from, to } => {
                 let permit = gate.clone().acquire_owned().await?;
                 let client = live[from].as_ref().context("lookup source offline")?;
-                let client = client.node.client().clone();
+                let client = client.node().client().clone();
                 let target = ids[to];
                 let t = tracker.clone();
                 tasks.spawn(async move {
@@ -350,7 +334,11 @@ pub async fn run(
             Op::Message { from, to, size } => {
                 let permit = gate.clone().acquire_owned().await?;
                 let (tag, body) = track::body(k, size);
-                let data = live[from].as_ref().context("sender offline")?.data.clone();
+                let data = live[from]
+                    .as_ref()
+                    .context("sender offline")?
+                    .data()
+                    .clone();
                 let target = ids[to];
                 tracker.sending(&tag, from, to, !plan.nodes[to].live_at(sched.at_ms));
                 tasks.spawn(async move {
@@ -362,7 +350,11 @@ pub async fn run(
             }
             Op::File { from, to, size } => {
                 let permit = gate.clone().acquire_owned().await?;
-                let data = live[from].as_ref().context("sender offline")?.data.clone();
+                let data = live[from]
+                    .as_ref()
+                    .context("sender offline")?
+                    .data()
+                    .clone();
                 let path = slots[from].files.path().join(format!("file-{k}.bin"));
                 write_file(&path, size, k as u64)?;
                 let target = ids[to];
@@ -405,15 +397,11 @@ pub async fn run(
 
     // Figures.
     let bytes_sent = live.iter().flatten().try_fold(bytes_of_stopped, |acc, n| {
-        outbound_bytes(&n.node).map(|b| acc + b)
+        outbound_bytes(&n.node()).map(|b| acc + b)
     });
     progress("stopping nodes", 0, total as u64);
     let mut stops = stream::iter(live.into_iter().flatten().map(|n| async move {
-        let _ = tokio::time::timeout(RESTART_TIMEOUT, async {
-            n.data.shutdown().await;
-            n.node.shutdown().await;
-        })
-        .await;
+        let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
     }))
     .buffer_unordered(64);
     let mut stopped = 0;

@@ -16,9 +16,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use commucat::{
+    app::{self, App},
     config::{Config, Role as NodeRole},
     crypto::LocalKeys,
-    data,
     node::{Event, Node, Transport},
     store::Store,
 };
@@ -152,8 +152,7 @@ fn config(s: &Scenario, group: &str, role: Role, ip: Ipv4Addr) -> anyhow::Result
 struct LabNode {
     dev: Device,
     nat: Nat,
-    node: Node,
-    data: Arc<data::Service>,
+    app: App,
     _downloads: tempfile::TempDir,
 }
 
@@ -161,18 +160,20 @@ async fn start(
     dev: &Device,
     cfg: Config,
     keys: Arc<LocalKeys>,
-) -> anyhow::Result<(Node, Arc<data::Service>, tempfile::TempDir)> {
+) -> anyhow::Result<(App, tempfile::TempDir)> {
     let downloads = tempfile::tempdir()?;
     let dir = downloads.path().to_owned();
     // On the namespace's own runtime: every socket the node opens is in its namespace.
     dev.spawn(move |_| async move {
-        let store = Store::temporary()?;
-        let node = Node::spawn(&cfg, keys.clone(), &store, Transport::Network).await?;
-        let data = data::Service::start(&node, keys, &store, &cfg.data, dir)?;
-        anyhow::Ok((node, Arc::new(data)))
+        let app = app::Builder::new(cfg, keys, Store::temporary()?)
+            .transport(Transport::Network)
+            .downloads(dir)
+            .spawn()
+            .await?;
+        anyhow::Ok(app)
     })?
     .await?
-    .map(|(n, d)| (n, d, downloads))
+    .map(|a| (a, downloads))
 }
 
 /// A hole punch outcome seen by `node` towards `peer`.
@@ -240,10 +241,10 @@ pub async fn run(
         let mut cfg = config(s, &p.group, p.role, ips[i])?;
         cfg.bootstrap.peers = p.bootstrap.iter().map(|b| addr(*b)).collect();
         let t0 = Instant::now();
-        let (node, data, dl) = start(&devs[i], cfg, keys[i].clone())
+        let (app, dl) = start(&devs[i], cfg, keys[i].clone())
             .await
             .with_context(|| format!("start node {i} ({})", p.group))?;
-        let mut events = node.client().subscribe();
+        let mut events = app.client().subscribe();
         let (punches, first) = (punches.clone(), first_connect.clone());
         tokio::spawn(async move {
             loop {
@@ -265,8 +266,7 @@ pub async fn run(
         nodes[i] = Some(LabNode {
             dev: devs[i].clone(),
             nat: p.nat,
-            node,
-            data,
+            app,
             _downloads: dl,
         });
         progress("starting nodes", k as u64 + 1, total as u64);
@@ -278,7 +278,7 @@ pub async fn run(
     loop {
         let mut ready = 0usize;
         for n in &nodes {
-            let st = n.node.client().status().await?;
+            let st = n.app.node().client().status().await?;
             let reserved = st.relay_reservations.iter().any(|r| r.address.is_some());
             let public = st.reachability == commucat::nat::Reachability::Public;
             if n.nat == Nat::Public || reserved || public {
@@ -303,7 +303,7 @@ pub async fn run(
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
     for n in &nodes {
-        watchers.push(tracker.watch_inbox(n.data.inbox().subscribe()));
+        watchers.push(tracker.watch_inbox(n.app.data().inbox().subscribe()));
     }
 
     // The workload.
@@ -317,7 +317,7 @@ pub async fn run(
             Op::Message { from, to, size } => {
                 let (tag, body) = track::body(k, size);
                 tracker.sending(&tag, from, to, false);
-                let data = nodes[from].data.clone();
+                let data = nodes[from].app.data().clone();
                 let target = ids[to];
                 let send = nodes[from]
                     .dev
@@ -331,7 +331,7 @@ pub async fn run(
                 });
             }
             Op::Lookup { from, to } => {
-                let client = nodes[from].node.client().clone();
+                let client = nodes[from].app.node().client().clone();
                 let target = ids[to];
                 let t = tracker.clone();
                 tasks
@@ -371,8 +371,8 @@ pub async fn run(
         state.clear();
         let mut settling = 0;
         for &(a, b) in &pairs {
-            let direct = is_direct(&nodes[a].node, ids[b]).await?
-                || is_direct(&nodes[b].node, ids[a]).await?;
+            let direct = is_direct(&nodes[a].app.node(), ids[b]).await?
+                || is_direct(&nodes[b].app.node(), ids[a]).await?;
             let punched = punches
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -484,13 +484,10 @@ pub async fn run(
 
     let mut bytes = Some(0u64);
     for n in nodes {
-        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(&n.node).map(|x| x + b));
-        let LabNode {
-            dev, node, data, ..
-        } = n;
+        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(&n.app.node()).map(|x| x + b));
+        let LabNode { dev, app, .. } = n;
         let stop = dev.spawn(move |_| async move {
-            data.shutdown().await;
-            node.shutdown().await;
+            let _ = app.shutdown().await;
         })?;
         let _ = tokio::time::timeout(Duration::from_secs(10), stop).await;
     }

@@ -19,10 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
+    app::{self, App},
     config::Config,
     crypto::{self, LocalKeys, Pattern, Role, handshake},
     data::session::{self, HandshakeCounters},
-    node::{Node, Transport},
+    node::Node,
     store::Store,
     wire::{Data, FileChunk, Inner},
 };
@@ -87,17 +88,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..runs {
         tcp.push(raw_tcp(bytes).await?);
     }
-    let (a, b, _stores) = node_pair().await?;
+    let downloads = std::env::temp_dir().join(format!("commucat-bench-{}", std::process::id()));
+    let (a, b) = node_pair(&downloads).await?;
     let mut raw = Vec::new();
     let mut e2e = Vec::new();
     let mut msgs = Vec::new();
     for _ in 0..runs {
-        raw.push(libp2p_stream(&a.0, &b.0, bytes).await?);
-        e2e.push(e2e_bulk((&a.0, &a.1), (&b.0, &b.1), bytes).await?);
-        msgs.push(e2e_messages((&a.0, &a.1), (&b.0, &b.1), args.messages).await?);
+        let (an, bn) = (a.0.node(), b.0.node());
+        raw.push(libp2p_stream(an, bn, bytes).await?);
+        e2e.push(e2e_bulk((an, &a.1), (bn, &b.1), bytes).await?);
+        msgs.push(e2e_messages((an, &a.1), (bn, &b.1), args.messages).await?);
     }
-    a.0.shutdown().await;
-    b.0.shutdown().await;
+    a.0.shutdown().await?;
+    b.0.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&downloads);
     let n = args.handshakes.max(1);
     let mut xk = Vec::new();
     let mut hybrid = Vec::new();
@@ -193,25 +197,35 @@ async fn raw_tcp(bytes: usize) -> anyhow::Result<f64> {
     Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
 }
 
-type BenchNode = (Node, Arc<LocalKeys>);
+type BenchNode = (App, Arc<LocalKeys>);
 
-/// Two nodes on real TCP sockets on 127.0.0.1, connected.
-async fn node_pair() -> anyhow::Result<(BenchNode, BenchNode, (Store, Store))> {
+/// Two whole nodes on real TCP sockets on 127.0.0.1, connected. The benchmark's streams are its own
+/// protocols; the data service runs as it does for users.
+async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, BenchNode)> {
     let mut cfg = Config::default();
     cfg.network.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     cfg.mdns.enabled = false;
     cfg.bootstrap.peers.clear();
-    let stores = (Store::temporary()?, Store::temporary()?);
     let ka = Arc::new(LocalKeys::generate());
     let kb = Arc::new(LocalKeys::generate());
-    let a = Node::spawn(&cfg, ka.clone(), &stores.0, Transport::Network).await?;
-    let b = Node::spawn(&cfg, kb.clone(), &stores.1, Transport::Network).await?;
+    let spawn = |keys: &Arc<LocalKeys>| -> anyhow::Result<_> {
+        Ok(
+            app::Builder::new(cfg.clone(), keys.clone(), Store::temporary()?)
+                .downloads(downloads.to_owned())
+                .spawn(),
+        )
+    };
+    let a = spawn(&ka)?.await?;
+    let b = spawn(&kb)?.await?;
     let b_addr: Multiaddr = b.client().status().await?.listen_addrs[0].clone();
     a.client()
-        .connect(b.peer_id(), vec![b_addr.with(Protocol::P2p(b.peer_id()))])
+        .connect(
+            b.node().peer_id(),
+            vec![b_addr.with(Protocol::P2p(b.node().peer_id()))],
+        )
         .await
         .context("connecting the bench nodes")?;
-    Ok(((a, ka), (b, kb), stores))
+    Ok(((a, ka), (b, kb)))
 }
 
 async fn libp2p_stream(a: &Node, b: &Node, bytes: usize) -> anyhow::Result<f64> {

@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use commucat::{
+    app::{self, App},
     config::{Config, KadMode},
     crypto::LocalKeys,
     data,
@@ -12,10 +13,8 @@ use commucat::{
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 
 pub struct Peer {
-    pub node: Node,
-    pub data: Arc<data::Service>,
+    pub app: App,
     pub keys: Arc<LocalKeys>,
-    pub store: Store,
     pub downloads: tempfile::TempDir,
 }
 
@@ -33,23 +32,16 @@ pub fn config(boot: &[Multiaddr]) -> Config {
 
 impl Peer {
     pub async fn start(cfg: &Config, keys: Arc<LocalKeys>, store: Store) -> Peer {
-        let node = Node::spawn(cfg, keys.clone(), &store, Transport::Memory)
+        let downloads = tempfile::tempdir().unwrap();
+        let app = app::Builder::new(cfg.clone(), keys.clone(), store)
+            .transport(Transport::Memory)
+            .downloads(downloads.path().to_owned())
+            .spawn()
             .await
             .expect("node starts");
-        let downloads = tempfile::tempdir().unwrap();
-        let data = data::Service::start(
-            &node,
-            keys.clone(),
-            &store,
-            &cfg.data,
-            downloads.path().to_owned(),
-        )
-        .expect("data service starts");
         Peer {
-            node,
-            data: Arc::new(data),
+            app,
             keys,
-            store,
             downloads,
         }
     }
@@ -63,21 +55,32 @@ impl Peer {
         .await
     }
 
+    pub fn node(&self) -> &Node {
+        self.app.node()
+    }
+
+    pub fn data(&self) -> &Arc<data::Service> {
+        self.app.data()
+    }
+
+    pub fn store(&self) -> &Store {
+        self.app.store()
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.keys.peer_id()
     }
 
     /// The memory address with `/p2p/<id>`, for others' bootstrap lists.
     pub async fn addr(&self) -> Multiaddr {
-        let s = self.node.client().status().await.unwrap();
+        let s = self.app.client().status().await.unwrap();
         s.listen_addrs[0]
             .clone()
             .with(Protocol::P2p(self.peer_id()))
     }
 
     pub async fn stop(self) {
-        self.data.shutdown().await;
-        self.node.shutdown().await;
+        self.app.shutdown().await.expect("the database flushes");
     }
 }
 
