@@ -8,6 +8,7 @@
 //! - [`ice`]: ICE credentials, the host candidate, TURN credentials; [`stun`]: the responder.
 //! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter.
 
+pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ice;
@@ -29,10 +30,10 @@ use prometheus_client::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use config::Config;
 pub use tokens::Tokens;
 
 use crate::{
-    config::Config,
     crypto::LocalKeys,
     node::{self, SharedRegistry},
 };
@@ -88,9 +89,17 @@ impl Metrics {
     }
 }
 
+/// What assist mode runs with: its own section, and the node's (`/api/server-info` reports the
+/// node's timeouts, `/api/p2p/assist` whether it relays).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub assist: Config,
+    pub node: node::Config,
+}
+
 /// Everything the handlers share.
 pub struct Context {
-    pub cfg: Arc<Config>,
+    pub cfg: Arc<Settings>,
     pub node: node::Client,
     pub data: Arc<crate::data::Service>,
     pub keys: Arc<LocalKeys>,
@@ -123,7 +132,7 @@ pub struct Assist {
 impl Assist {
     /// Binds the HTTP(S) server and the STUN responder and serves both until [`Assist::shutdown`].
     pub async fn start(
-        cfg: Arc<Config>,
+        cfg: Arc<Settings>,
         node: &node::Node,
         data: Arc<crate::data::Service>,
         keys: Arc<LocalKeys>,

@@ -335,7 +335,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     addrs: Vec::new(),
                 }
             } else if let Ok(addr) = target.parse::<Multiaddr>() {
-                if config::peer_id_of(&addr).is_none() {
+                if crate::net::peer_id_of(&addr).is_none() {
                     bail!("{addr} does not end in /p2p/<peer-id>");
                 }
                 ConnectRequest {

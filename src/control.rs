@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 pub use client::Client;
 
 use crate::{
-    config::peer_id_of,
     http::Problem,
     identity::Binding,
+    net::peer_id_of,
     node::{self, SharedRegistry, agent_version},
 };
 
@@ -48,6 +48,23 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONCURRENT_REQUESTS: usize = 128;
 /// `GET /v1/events` streams open at once; more get 503.
 pub const MAX_EVENT_STREAMS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// The `[control]` section.
+pub struct Config {
+    /// Address of the local control API (HTTP + JSON, bearer token). Port 0 picks a free port; the
+    /// actual address is written to `DATA_DIR/control.addr`. Default: 127.0.0.1:5731.
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5731)),
+        }
+    }
+}
 
 /// A bearer token: 32 random bytes, hex-encoded.
 #[derive(Clone)]

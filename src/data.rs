@@ -3,6 +3,7 @@
 //! that serves inbound sessions ([`inbound`]) and delivers the outbox and files ([`delivery`],
 //! [`transfer`]).
 
+pub mod config;
 pub mod delivery;
 pub mod inbound;
 pub mod service;
@@ -11,4 +12,5 @@ mod shared;
 pub mod transfer;
 
 pub use crate::wire::{ErrorCode, Frame, Inner, PROTOCOL};
+pub use config::Config;
 pub use service::{Event, Service};

@@ -1,5 +1,6 @@
-//! IP address facts shared by every limit and check that looks at a remote address: who a source
-//! counts as ([`subscriber`]) and whether an address is on the public Internet ([`is_public`]).
+//! Address facts shared by every limit and check that looks at a remote address: who a source
+//! counts as ([`subscriber`]), whether an address is on the public Internet ([`is_public`]), and
+//! which peer a multiaddr names ([`peer_id_of`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -71,6 +72,14 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only, RFC 6666
         || s[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated) and the like
+}
+
+/// The peer id at the end of a multiaddr (`…/p2p/<id>`), if any.
+pub fn peer_id_of(addr: &libp2p::Multiaddr) -> Option<libp2p::PeerId> {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => Some(id),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod behaviour;
 mod client;
 mod command;
+pub mod config;
 mod event;
 mod event_loop;
 pub mod ip_limits;
@@ -32,11 +33,12 @@ use tokio_util::sync::CancellationToken;
 pub use behaviour::{PROTOCOL_VERSION, agent_version, protocols};
 pub use client::Client;
 pub use command::{Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status};
+pub use config::{Config, Role};
 pub use event::{EVENT_BUFFER, Event};
 pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS, MAX_PENDING_VALIDATIONS};
 pub use transport::Transport;
 
-use crate::{config::Config, crypto::LocalKeys, store::Store};
+use crate::{crypto::LocalKeys, store::Store};
 
 /// A metrics registry parts of the node add to after it started.
 pub type SharedRegistry = Arc<RwLock<Registry>>;

@@ -76,6 +76,20 @@ impl Error {
 }
 
 /// How [`Store::open`] opens a data directory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// The `[storage]` section.
+pub struct Config {
+    /// sled page-cache size in MiB. Default: 64.
+    pub cache_mib: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { cache_mib: 64 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// sled's page cache, MiB.

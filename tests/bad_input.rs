@@ -88,7 +88,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // The attacker: a plain node that speaks the protocol by hand.
     let x_keys = Arc::new(LocalKeys::generate());
     let x = Node::spawn(
-        &config(&[n_addr]),
+        &config(&[n_addr]).node(),
         x_keys.clone(),
         &Store::temporary().unwrap(),
         Transport::Memory,

@@ -174,7 +174,7 @@ async fn raw_peer() -> Node {
     cfg.mdns.enabled = false;
     cfg.autonat.max_candidates = 0;
     Node::spawn(
-        &cfg,
+        &cfg.node(),
         Arc::new(LocalKeys::generate()),
         &Store::temporary().unwrap(),
         Transport::Network,

@@ -13,7 +13,8 @@ mod lab;
 
 use std::path::Path;
 
-use lab::{Kind, LabNode, Transports, home_router, public_router, relay_flags, wait};
+use lab::{LabNode, Transports, relay_flags, router, wait};
+use netlab::Nat;
 use tokio::sync::Mutex;
 
 #[ctor::ctor]
@@ -33,11 +34,11 @@ struct Topology {
     home_a: patchbay::Router,
 }
 
-async fn topology(root: &Path, ka: Kind, kb: Kind, t: Transports) -> Topology {
+async fn topology(root: &Path, ka: Nat, kb: Nat, t: Transports) -> Topology {
     let lab = lab::new_lab().await;
-    let dc = public_router(&lab, "dc").await;
-    let home_a = home_router(&lab, "home-a", ka).await;
-    let home_b = home_router(&lab, "home-b", kb).await;
+    let dc = router(&lab, "dc", Nat::Public).await;
+    let home_a = router(&lab, "home-a", ka).await;
+    let home_b = router(&lab, "home-b", kb).await;
     let relay_dev = lab::device(&lab, "relay", &dc).await;
     let a_dev = lab::device(&lab, "a", &home_a).await;
     let b_dev = lab::device(&lab, "b", &home_b).await;
@@ -63,8 +64,8 @@ async fn topology(root: &Path, ka: Kind, kb: Kind, t: Transports) -> Topology {
 /// desktops behind NATs holding a relay reservation.
 async fn reserved(
     test: &str,
-    ka: Kind,
-    kb: Kind,
+    ka: Nat,
+    kb: Nat,
     t: Transports,
 ) -> Option<(
     tokio::sync::MutexGuard<'static, ()>,
@@ -77,10 +78,10 @@ async fn reserved(
     let one = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let top = topology(tmp.path(), ka, kb, t).await;
-    if ka != Kind::Open {
+    if ka != Nat::Open {
         top.a.wait_reserved();
     }
-    if kb != Kind::Open {
+    if kb != Nat::Open {
         top.b.wait_reserved();
     }
     Some((one, tmp, top))
@@ -128,7 +129,7 @@ const HOLE_PUNCH_FAILED: &str = "commucat_hole_punches_total{outcome=\"failure\"
 
 /// Both desktops private with a reservation; A reaches B (relayed first), then the connection
 /// must become direct on both sides and carry a message and a 5 MB file.
-async fn goes_direct(ka: Kind, kb: Kind, t: Transports, test: &str) {
+async fn goes_direct(ka: Nat, kb: Nat, t: Transports, test: &str) {
     let Some((_one, tmp, top)) = reserved(test, ka, kb, t).await else {
         return;
     };
@@ -139,7 +140,7 @@ async fn goes_direct(ka: Kind, kb: Kind, t: Transports, test: &str) {
         let ba = b.connections_to(&a.peer_id);
         !ab.is_empty() && ab.iter().all(|r| !r) && !ba.is_empty() && ba.iter().all(|r| !r)
     });
-    if ka != Kind::Open {
+    if ka != Nat::Open {
         // The first connection went through the relay and was upgraded by a hole punch.
         assert!(
             a.metric(HOLE_PUNCH_OK) + b.metric(HOLE_PUNCH_OK) >= 1.0,
@@ -156,7 +157,7 @@ async fn goes_direct(ka: Kind, kb: Kind, t: Transports, test: &str) {
 
 /// The punch cannot work: the peers stay on the relay, which must carry 100 messages and a
 /// 5 MB file (more than libp2p's default circuit limit of 128 KiB).
-async fn stays_relayed(ka: Kind, kb: Kind, test: &str) {
+async fn stays_relayed(ka: Nat, kb: Nat, test: &str) {
     let Some((_one, tmp, top)) = reserved(test, ka, kb, Transports::Both).await else {
         return;
     };
@@ -177,8 +178,8 @@ async fn stays_relayed(ka: Kind, kb: Kind, test: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderate_and_moderate_go_direct_over_tcp() {
     goes_direct(
-        Kind::Moderate,
-        Kind::Moderate,
+        Nat::Moderate,
+        Nat::Moderate,
         Transports::Tcp,
         "moderate_and_moderate_go_direct_over_tcp",
     )
@@ -188,8 +189,8 @@ async fn moderate_and_moderate_go_direct_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderate_and_moderate_go_direct_over_quic() {
     goes_direct(
-        Kind::Moderate,
-        Kind::Moderate,
+        Nat::Moderate,
+        Nat::Moderate,
         Transports::Quic,
         "moderate_and_moderate_go_direct_over_quic",
     )
@@ -201,8 +202,8 @@ async fn moderate_and_moderate_go_direct_over_quic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_and_strict_go_direct() {
     goes_direct(
-        Kind::Open,
-        Kind::Strict,
+        Nat::Open,
+        Nat::Strict,
         Transports::Quic,
         "open_and_strict_go_direct",
     )
@@ -212,8 +213,8 @@ async fn open_and_strict_go_direct() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderate_and_strict_stay_relayed_and_deliver() {
     stays_relayed(
-        Kind::Moderate,
-        Kind::Strict,
+        Nat::Moderate,
+        Nat::Strict,
         "moderate_and_strict_stay_relayed_and_deliver",
     )
     .await;
@@ -222,8 +223,8 @@ async fn moderate_and_strict_stay_relayed_and_deliver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_and_strict_stay_relayed_and_deliver() {
     stays_relayed(
-        Kind::Strict,
-        Kind::Strict,
+        Nat::Strict,
+        Nat::Strict,
         "strict_and_strict_stay_relayed_and_deliver",
     )
     .await;
@@ -246,8 +247,8 @@ async fn two_nodes_behind_the_same_nat_connect_directly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let lab = lab::new_lab().await;
-    let dc = public_router(&lab, "dc").await;
-    let home = home_router(&lab, "home", Kind::Moderate).await;
+    let dc = router(&lab, "dc", Nat::Public).await;
+    let home = router(&lab, "home", Nat::Moderate).await;
     let relay_dev = lab::device(&lab, "relay", &dc).await;
     let (a_dev, b_dev) = (
         lab::device(&lab, "a", &home).await,
@@ -280,7 +281,7 @@ async fn two_nodes_behind_the_same_nat_connect_directly() {
 async fn a_dead_relay_does_not_stop_a_direct_connection() {
     let test = "a_dead_relay_does_not_stop_a_direct_connection";
     let Some((_one, tmp, mut top)) =
-        reserved(test, Kind::Moderate, Kind::Moderate, Transports::Both).await
+        reserved(test, Nat::Moderate, Nat::Moderate, Transports::Both).await
     else {
         return;
     };
@@ -302,7 +303,7 @@ async fn a_dead_relay_does_not_stop_a_direct_connection() {
 async fn queued_messages_wait_for_the_relay_to_come_back() {
     let test = "queued_messages_wait_for_the_relay_to_come_back";
     let Some((_one, _tmp, mut top)) =
-        reserved(test, Kind::Strict, Kind::Strict, Transports::Both).await
+        reserved(test, Nat::Strict, Nat::Strict, Transports::Both).await
     else {
         return;
     };
@@ -346,8 +347,7 @@ fn messages_arrived(from: &LabNode, to: &LabNode, count: usize, tag: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reachability_follows_the_router() {
     let test = "reachability_follows_the_router";
-    let Some((_one, _tmp, top)) =
-        reserved(test, Kind::Open, Kind::Moderate, Transports::Quic).await
+    let Some((_one, _tmp, top)) = reserved(test, Nat::Open, Nat::Moderate, Transports::Quic).await
     else {
         return;
     };

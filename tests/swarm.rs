@@ -13,9 +13,9 @@ use std::{
 };
 
 use commucat::{
-    app::{self, App},
     config::{Config, KadMode, Role},
     crypto::LocalKeys,
+    daemon::{self, Daemon},
     node::{FindSource, Node, Transport},
     store::Store,
 };
@@ -49,8 +49,8 @@ fn config(role: Role, bootstrap: &[Multiaddr]) -> Config {
 
 /// A whole node (swarm and data service) on the memory transport; nothing is sent, so all share
 /// one downloads directory.
-async fn spawn(cfg: &Config, downloads: &Path) -> App {
-    app::Builder::new(
+async fn spawn(cfg: &Config, downloads: &Path) -> Daemon {
+    daemon::Builder::new(
         cfg.clone(),
         Arc::new(LocalKeys::generate()),
         Store::temporary().unwrap(),
@@ -133,7 +133,7 @@ async fn a_hundred_nodes_find_each_other() {
     });
     let lookups_started = Instant::now();
     let failed: Vec<_> = join_all(lookups).await.into_iter().flatten().collect();
-    let all: Vec<&Node> = nodes.iter().chain(&boot).map(App::node).collect();
+    let all: Vec<&Node> = nodes.iter().chain(&boot).map(Daemon::node).collect();
     eprintln!(
         "{} nodes joined in {joined:?}; {} lookups in {:?}, {} failed; FIND_NODE requests served: {}",
         NODES + BOOTSTRAP_NODES,
@@ -150,7 +150,7 @@ async fn a_hundred_nodes_find_each_other() {
         &failed[..failed.len().min(3)]
     );
 
-    for stopped in join_all(nodes.into_iter().chain(boot).map(App::shutdown)).await {
+    for stopped in join_all(nodes.into_iter().chain(boot).map(Daemon::shutdown)).await {
         stopped.expect("the database flushes");
     }
 }

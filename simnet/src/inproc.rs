@@ -14,9 +14,9 @@ use std::{
 
 use anyhow::Context;
 use commucat::{
-    app::{self, App},
     config::{Config, KadMode, Role as NodeRole},
     crypto::LocalKeys,
+    daemon::{self, Daemon},
     data,
     node::{Event, Node},
     store::{Store, transfers::State},
@@ -51,7 +51,7 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1 << 40);
 
 /// A simulated node while it is online.
-type Running = App;
+type Running = Daemon;
 
 /// A simulated node: what survives a restart, and the running node when it is online.
 struct Slot {
@@ -71,7 +71,7 @@ impl Slot {
 
     async fn start(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
         Ok(
-            app::Builder::new(self.cfg.clone(), self.keys.clone(), self.store.clone())
+            daemon::Builder::new(self.cfg.clone(), self.keys.clone(), self.store.clone())
                 .transport(link.transport(seed))
                 .downloads(self.downloads.path().to_owned())
                 .spawn()
@@ -288,7 +288,7 @@ pub async fn run(
                 stopping.insert(
                     node,
                     tokio::spawn(async move {
-                        let bytes = outbound_bytes(&n.node()).unwrap_or(0);
+                        let bytes = outbound_bytes(n.node()).unwrap_or(0);
                         let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
                         bytes
                     }),
@@ -397,7 +397,7 @@ pub async fn run(
 
     // Figures.
     let bytes_sent = live.iter().flatten().try_fold(bytes_of_stopped, |acc, n| {
-        outbound_bytes(&n.node()).map(|b| acc + b)
+        outbound_bytes(n.node()).map(|b| acc + b)
     });
     progress("stopping nodes", 0, total as u64);
     let mut stops = stream::iter(live.into_iter().flatten().map(|n| async move {

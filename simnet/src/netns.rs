@@ -16,14 +16,14 @@ use std::{
 
 use anyhow::{Context, bail};
 use commucat::{
-    app::{self, App},
     config::{Config, Role as NodeRole},
     crypto::LocalKeys,
+    daemon::{self, Daemon},
     node::{Event, Node, Transport},
     store::Store,
 };
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use patchbay::{Device, IpSupport, Lab, Router, RouterPreset};
+use patchbay::{Device, Lab};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
@@ -36,7 +36,7 @@ use crate::{
 /// Set (to `1`) in the re-executed `simnet` process that enters patchbay's user namespace.
 pub const USERNS_ENV: &str = "SIMNET_NETNS_USERNS";
 /// Port every node listens on (TCP and QUIC).
-pub const PORT: u16 = 4001;
+pub const PORT: u16 = netlab::PORT;
 /// How long nodes behind NATs may take to get a relay reservation (or be found public).
 pub const RESERVE_WAIT: Duration = Duration::from_secs(90);
 /// How long a relayed pair may take to finish its hole punching after the drain.
@@ -46,71 +46,25 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why netns mode cannot run on this machine, if it cannot.
 pub fn unavailable() -> Option<String> {
-    if !cfg!(target_os = "linux") {
-        return Some("network namespaces need Linux".into());
-    }
-    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
-    if !nft {
-        return Some(
-            "`nft` is not installed (Debian: apt-get install -y nftables iproute2)".into(),
-        );
-    }
-    if !std::path::Path::new("/proc/self/ns/net").exists() {
-        return Some("this kernel has no network namespaces".into());
-    }
-    None
+    netlab::unavailable()
 }
 
 /// Enters patchbay's user namespace when this process was started for it. Call from an ELF
 /// constructor only.
 pub fn enter_userns_if_asked() {
-    if std::env::var_os(USERNS_ENV).is_some_and(|v| v == "1") && unavailable().is_none() {
+    if std::env::var_os(USERNS_ENV).is_some_and(|v| v == "1") {
         // SAFETY: called from an ELF constructor, before any other thread exists.
-        unsafe { patchbay::init_userns_for_ctor() };
+        unsafe { netlab::enter_userns() };
     }
 }
 
-/// The router a node of NAT type `nat` sits behind (its own, IPv4 only, so that nobody
-/// sidesteps the NAT over IPv6).
-async fn router(lab: &Lab, name: &str, nat: Nat) -> anyhow::Result<Router> {
-    let b = lab.add_router(name);
-    let b = match nat {
-        Nat::Public => b.preset(RouterPreset::PublicV4),
-        Nat::Open => b.nat(patchbay::Nat::Open),
-        Nat::Moderate => b.preset(RouterPreset::Home).nat(patchbay::Nat::Moderate),
-        Nat::Strict => b.preset(RouterPreset::Home).nat(patchbay::Nat::Strict),
-        Nat::Cgnat => b.preset(RouterPreset::IspCgnat),
-    };
-    let router = b.ip_support(IpSupport::V4Only).build().await?;
-    if nat != Nat::Public {
-        drop_unsolicited(&router)?;
-    }
-    Ok(router)
-}
-
-/// Has the router drop new connections to its own WAN address instead of answering them with a
-/// reset or an ICMP error, as home routers do; otherwise the first SYN of a TCP hole punch is
-/// refused by the router before the other side's arrives.
-fn drop_unsolicited(router: &Router) -> anyhow::Result<()> {
-    let wan = router
-        .uplink_ip()
-        .context("the router has no uplink address")?;
-    let rules = format!(
-        "table inet simnet_wan {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {wan} meta l4proto {{ tcp, udp }} ct state new drop\n }}\n}}\n"
-    );
-    let mut cmd = std::process::Command::new("nft");
-    cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = router.spawn_command_sync(cmd)?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(rules.as_bytes())?;
-    anyhow::ensure!(child.wait()?.success(), "nft refused the WAN rules");
-    Ok(())
+/// The lab's own node settings ([`netlab::NODE_SETTINGS`]) as a config table.
+fn lab_settings() -> toml::Table {
+    let lines: Vec<String> = netlab::NODE_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    toml::from_str(&lines.join("\n")).expect("netlab's settings are TOML")
 }
 
 fn listen(ip: Option<Ipv4Addr>) -> Vec<Multiaddr> {
@@ -136,13 +90,8 @@ fn config(s: &Scenario, group: &str, role: Role, ip: Ipv4Addr) -> anyhow::Result
         // A server's public addresses are configured, hence confirmed from the start.
         cfg.network.external_addresses = listen(Some(ip));
     }
-    cfg.mdns.enabled = false;
-    // The lab's 198.18/15 addresses are not global; probe and recheck quickly.
-    cfg.autonat.only_global_ips = false;
-    cfg.autonat.probe_interval_secs = 1;
-    cfg.autonat.recheck_secs = 5;
-    cfg.data.max_retry_secs = 2;
     cfg.storage.cache_mib = 4;
+    let cfg = crate::overrides::apply(cfg, &lab_settings())?;
     match s.group(group).and_then(|g| g.config.as_ref()) {
         Some(o) => crate::overrides::apply(cfg, o),
         None => Ok(cfg),
@@ -152,7 +101,7 @@ fn config(s: &Scenario, group: &str, role: Role, ip: Ipv4Addr) -> anyhow::Result
 struct LabNode {
     dev: Device,
     nat: Nat,
-    app: App,
+    app: Daemon,
     _downloads: tempfile::TempDir,
 }
 
@@ -160,12 +109,12 @@ async fn start(
     dev: &Device,
     cfg: Config,
     keys: Arc<LocalKeys>,
-) -> anyhow::Result<(App, tempfile::TempDir)> {
+) -> anyhow::Result<(Daemon, tempfile::TempDir)> {
     let downloads = tempfile::tempdir()?;
     let dir = downloads.path().to_owned();
     // On the namespace's own runtime: every socket the node opens is in its namespace.
     dev.spawn(move |_| async move {
-        let app = app::Builder::new(cfg, keys, Store::temporary()?)
+        let app = daemon::Builder::new(cfg, keys, Store::temporary()?)
             .transport(Transport::Network)
             .downloads(dir)
             .spawn()
@@ -200,12 +149,12 @@ pub async fn run(
     let started = Instant::now();
     let total = plan.nodes.len();
     let lab = Lab::new().await.context("create the lab")?;
-    let dc = router(&lab, "dc", Nat::Public).await?;
+    let dc = netlab::router(&lab, "dc", Nat::Public).await?;
     let mut devs = Vec::with_capacity(total);
     for (i, p) in plan.nodes.iter().enumerate() {
         let r = match p.nat {
             Nat::Public => dc.clone(),
-            nat => router(&lab, &format!("r{i}"), nat).await?,
+            nat => netlab::router(&lab, &format!("r{i}"), nat).await?,
         };
         let dev = lab
             .add_device(&format!("n{i}"))
@@ -371,8 +320,8 @@ pub async fn run(
         state.clear();
         let mut settling = 0;
         for &(a, b) in &pairs {
-            let direct = is_direct(&nodes[a].app.node(), ids[b]).await?
-                || is_direct(&nodes[b].app.node(), ids[a]).await?;
+            let direct = is_direct(nodes[a].app.node(), ids[b]).await?
+                || is_direct(nodes[b].app.node(), ids[a]).await?;
             let punched = punches
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -404,7 +353,7 @@ pub async fn run(
             let cell = cells.entry(key).or_insert_with(|| NatPair {
                 a: key.0.label().into(),
                 b: key.1.label().into(),
-                expected: expected(key.0, key.1).into(),
+                expected: netlab::expected(key.0, key.1).into(),
                 as_expected: true,
                 pairs: 0,
                 attempts: 0,
@@ -484,7 +433,7 @@ pub async fn run(
 
     let mut bytes = Some(0u64);
     for n in nodes {
-        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(&n.app.node()).map(|x| x + b));
+        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(n.app.node()).map(|x| x + b));
         let LabNode { dev, app, .. } = n;
         let stop = dev.spawn(move |_| async move {
             let _ = app.shutdown().await;
@@ -519,18 +468,6 @@ pub async fn run(
         lookup_ms,
         delivery_ms,
     })
-}
-
-/// The path two NAT types allow, and so what the `nat_pairs` report expects: direct when either
-/// side is open (or public), or both map endpoint-independently (moderate, CGNAT); the relay otherwise.
-pub fn expected(a: Nat, b: Nat) -> &'static str {
-    let open = |n: Nat| matches!(n, Nat::Public | Nat::Open);
-    let eim = |n: Nat| matches!(n, Nat::Moderate | Nat::Cgnat);
-    if open(a) || open(b) || (eim(a) && eim(b)) {
-        "direct"
-    } else {
-        "relayed"
-    }
 }
 
 /// `node` has a direct (not relayed) connection to `peer`.

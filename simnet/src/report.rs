@@ -120,7 +120,7 @@ pub struct ChurnStats {
 pub struct NatPair {
     pub a: String,
     pub b: String,
-    /// `direct` or `relayed`: what `netns::expected` gives for these NAT types.
+    /// `direct` or `relayed`: what `netlab::expected` gives for these NAT types.
     pub expected: String,
     /// Every pair of the cell ended as expected.
     pub as_expected: bool,

@@ -21,33 +21,8 @@ pub enum Mode {
     Netns,
 }
 
-/// The router a `netns` group sits behind (which paths two types allow: `netns::expected`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Nat {
-    /// A public address, no NAT (bootstrap/relay servers).
-    Public,
-    /// Full cone: endpoint-independent mapping and filtering.
-    Open,
-    /// A home router: endpoint-independent mapping, address-and-port-dependent filtering.
-    Moderate,
-    /// Symmetric: a new mapping per destination.
-    Strict,
-    /// Carrier-grade NAT (patchbay's `IspCgnat` preset, endpoint-independent mapping).
-    Cgnat,
-}
-
-impl Nat {
-    pub fn label(self) -> &'static str {
-        match self {
-            Nat::Public => "public",
-            Nat::Open => "open",
-            Nat::Moderate => "moderate",
-            Nat::Strict => "strict",
-            Nat::Cgnat => "cgnat",
-        }
-    }
-}
+/// The router a `netns` group sits behind (which paths two types allow: `netlab::expected`).
+pub use netlab::Nat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

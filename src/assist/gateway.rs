@@ -24,11 +24,11 @@ use webrtc::{
 };
 
 use super::{
+    config::{self, TurnServer},
     ice,
     signaling::{Hub, ToNode},
 };
 use crate::{
-    config,
     data::{self, service::Event},
     store::{Via, inbox},
 };
@@ -98,7 +98,7 @@ pub struct Setup {
     pub hub: Arc<Hub>,
     pub data: Arc<data::Service>,
     pub cfg: config::Gateway,
-    pub turn: Vec<config::TurnServer>,
+    pub turn: Vec<TurnServer>,
     pub ice_ttl_secs: u64,
     /// The STUN responder's advertised address, if it has one.
     pub stun: Option<SocketAddr>,

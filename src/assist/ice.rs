@@ -15,7 +15,7 @@ use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::TurnServer;
+use super::config::TurnServer;
 
 /// ICE characters (RFC 8445 §5.3: ALPHA / DIGIT / "+" / "/").
 const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

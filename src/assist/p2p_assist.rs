@@ -460,7 +460,7 @@ async fn probe_all(ctx: &Context, paths: &[Path]) -> Vec<Result<Vec<Transport>, 
         })
         .map(|p| p.peer_id)
         .collect();
-    if ctx.cfg.relay_server() {
+    if ctx.cfg.node.relay_server() {
         relays.push(me);
     }
     let relays = &relays;

@@ -92,7 +92,7 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
         peer_id: me,
         agent_version: status.agent_version.clone(),
         multiaddrs,
-        protocols: node::protocols(cfg),
+        protocols: node::protocols(&cfg.node),
         noise_public: hex::encode(current.bundle().x25519_public()),
         noise_keys: entries
             .iter()
@@ -107,11 +107,11 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
         supported_patterns: vec!["XK".into(), "IK".into()],
         supported_versions: vec![crate::wire::VERSION],
         session: SessionParams {
-            ttl_seconds: cfg.network.idle_connection_timeout_secs,
-            keepalive_interval: cfg.network.ping_interval_secs,
+            ttl_seconds: cfg.node.network.idle_connection_timeout_secs,
+            keepalive_interval: cfg.node.network.ping_interval_secs,
         },
         presence: PresenceParams {
-            ttl_seconds: cfg.presence.ttl_secs,
+            ttl_seconds: cfg.node.presence.ttl_secs,
         },
         post_quantum: PostQuantum {
             enabled: true,

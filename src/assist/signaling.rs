@@ -40,8 +40,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Context;
-use crate::{config, http::Problem};
+use super::{Context, config::Signaling};
+use crate::http::Problem;
 
 /// The id under which the node's WebRTC gateway takes part in signaling.
 pub const NODE_ID: &str = "node";
@@ -260,7 +260,7 @@ struct HubState {
 
 /// Every session and room.
 pub struct Hub {
-    limits: config::Signaling,
+    limits: Signaling,
     state: Mutex<HubState>,
     metrics: Metrics,
 }
@@ -283,7 +283,7 @@ fn valid_room(room: &str) -> bool {
 }
 
 impl Hub {
-    pub fn new(limits: config::Signaling, metrics: Metrics) -> Self {
+    pub fn new(limits: Signaling, metrics: Metrics) -> Self {
         Self {
             limits,
             state: Mutex::new(HubState::default()),
@@ -291,7 +291,7 @@ impl Hub {
         }
     }
 
-    pub fn limits(&self) -> &config::Signaling {
+    pub fn limits(&self) -> &Signaling {
         &self.limits
     }
 
@@ -891,7 +891,7 @@ async fn run_session(
 /// How long a session the server closes waits for the client's Close frame.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-fn too_large(limits: &config::Signaling) -> Outgoing {
+fn too_large(limits: &Signaling) -> Outgoing {
     Outgoing::error(
         ErrorCode::TooLarge,
         format!(
@@ -1016,7 +1016,7 @@ mod tests {
     use super::*;
 
     fn hub() -> Hub {
-        Hub::new(config::Signaling::default(), Metrics::default())
+        Hub::new(Signaling::default(), Metrics::default())
     }
 
     fn drain(reg: &mut Registration) -> Vec<Outgoing> {
@@ -1067,7 +1067,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_sessions_rooms_and_members() {
-        let limits = config::Signaling {
+        let limits = Signaling {
             max_sessions_per_token: 1,
             max_rooms_per_session: 1,
             max_room_members: 1,
@@ -1085,7 +1085,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_ends_the_session() {
-        let limits = config::Signaling {
+        let limits = Signaling {
             send_queue_messages: 2,
             ..Default::default()
         };

@@ -19,9 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
-    app::{self, App},
     config::Config,
     crypto::{self, LocalKeys, Pattern, Role, handshake},
+    daemon::{self, Daemon},
     data::session::{self, HandshakeCounters},
     node::Node,
     store::Store,
@@ -197,7 +197,7 @@ async fn raw_tcp(bytes: usize) -> anyhow::Result<f64> {
     Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
 }
 
-type BenchNode = (App, Arc<LocalKeys>);
+type BenchNode = (Daemon, Arc<LocalKeys>);
 
 /// Two whole nodes on real TCP sockets on 127.0.0.1, connected. The benchmark's streams are its own
 /// protocols; the data service runs as it does for users.
@@ -210,7 +210,7 @@ async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, Be
     let kb = Arc::new(LocalKeys::generate());
     let spawn = |keys: &Arc<LocalKeys>| -> anyhow::Result<_> {
         Ok(
-            app::Builder::new(cfg.clone(), keys.clone(), Store::temporary()?)
+            daemon::Builder::new(cfg.clone(), keys.clone(), Store::temporary()?)
                 .downloads(downloads.to_owned())
                 .spawn(),
         )

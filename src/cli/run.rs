@@ -1,4 +1,4 @@
-//! `commucat run`: open the data directory, assemble the node ([`crate::app`]) with its control API,
+//! `commucat run`: open the data directory, assemble the node ([`crate::daemon`]) with its control API,
 //! and shut it down in order (control files removed, sled flushed) on Ctrl-C or SIGTERM.
 
 use std::{path::Path, sync::Arc};
@@ -7,10 +7,9 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    app,
     config::Config,
     crypto::LocalKeys,
-    fsutil,
+    daemon, fsutil,
     identity::Identity,
     store::{self, Store},
 };
@@ -52,7 +51,7 @@ pub async fn run(data_dir: &Path, cfg: Config, accept_data_loss: bool) -> anyhow
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
 
     let role = cfg.role;
-    let app = app::Builder::new(cfg, keys.clone(), store)
+    let app = daemon::Builder::new(cfg, keys.clone(), store)
         .data_dir(data_dir)
         .control(listener)
         .spawn()

@@ -24,7 +24,6 @@ use super::{
     transfer,
 };
 use crate::{
-    config,
     crypto::LocalKeys,
     node::{self, Node},
     store::{self, Inbox, Outbox, Store, Transfers, Via, outbox, transfers},
@@ -75,7 +74,7 @@ impl Service {
         node: &Node,
         keys: Arc<LocalKeys>,
         store: &Store,
-        cfg: &config::Data,
+        cfg: &super::Config,
         downloads: PathBuf,
     ) -> Result<Self, Error> {
         let control = node.data_control();

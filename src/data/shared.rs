@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::HandshakeCounters;
 use crate::{
-    config,
     crypto::LocalKeys,
     node,
     store::{Inbox, Outbox, Transfers, transfers},
@@ -68,7 +67,7 @@ pub(crate) struct Shared {
     pub(crate) transfers: Transfers,
     pub(crate) bundles: sled::Tree,
     pub(crate) counters: HandshakeCounters,
-    pub(crate) cfg: config::Data,
+    pub(crate) cfg: super::Config,
     pub(crate) downloads: PathBuf,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) wake: mpsc::Sender<PeerId>,

@@ -367,7 +367,7 @@ fn check_meta(meta: &FileMeta, layout: &Layout, max_file_bytes: u64) -> Result<(
 }
 
 /// Describes a local file to send: size and hash (reads the whole file).
-pub fn prepare(path: &Path, to: PeerId, cfg: &crate::config::Data) -> io::Result<Outgoing> {
+pub fn prepare(path: &Path, to: PeerId, cfg: &super::Config) -> io::Result<Outgoing> {
     let meta = fs::metadata(path)?;
     if !meta.is_file() {
         return Err(io::Error::new(

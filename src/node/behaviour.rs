@@ -12,7 +12,8 @@ use libp2p::{
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
-use crate::{config::Config, dht};
+use super::Config;
+use crate::dht;
 
 /// Identify protocol version of the CommuCat network.
 pub const PROTOCOL_VERSION: &str = "/commucat/1.0.0";

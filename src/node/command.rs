@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::Error;
-use crate::{config::Role, nat::Reachability};
+use crate::{nat::Reachability, node::Role};
 
 pub(crate) enum Command {
     Status {

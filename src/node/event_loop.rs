@@ -37,10 +37,11 @@ use super::{
     command::{Command, Connected, ConnectionInfo, Direction, FoundPeer},
 };
 use crate::{
-    config::{Config, Role, peer_id_of},
     crypto::LocalKeys,
     dht::{self, record::Reject},
     nat,
+    net::peer_id_of,
+    node::{Config, Role},
     store::PeerBook,
 };
 
@@ -216,7 +217,7 @@ impl EventLoop {
             nat: nat::Tracker::default(),
             relays: nat::Relays::default(),
             relay_reservations: cfg.relay.reservations,
-            kad_auto: cfg.kad.mode == crate::config::KadMode::Auto && !cfg.kad_forced_server(),
+            kad_auto: cfg.kad.mode == crate::dht::Mode::Auto && !cfg.kad_forced_server(),
             next_relay_check: tokio::time::Instant::now() + RELAY_CHECK_INTERVAL,
             punches: HashMap::new(),
             traversal_metrics,

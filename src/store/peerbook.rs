@@ -23,8 +23,31 @@ pub struct Limits {
     pub max_addrs_per_peer: usize,
 }
 
-impl From<&crate::config::PeerBook> for Limits {
-    fn from(c: &crate::config::PeerBook) -> Self {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// The `[peerbook]` section.
+pub struct Config {
+    /// Peers remembered across restarts; the least recently seen are forgotten first. Default: 1000.
+    pub max_peers: usize,
+    /// Addresses remembered per peer. Default: 8.
+    pub max_addrs_per_peer: usize,
+    /// Most recently seen peers dialled again when the node starts, and while it has too few peers.
+    /// Default: 16.
+    pub redial_on_start: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_peers: 1000,
+            max_addrs_per_peer: 8,
+            redial_on_start: 16,
+        }
+    }
+}
+
+impl From<&Config> for Limits {
+    fn from(c: &Config) -> Self {
         Self {
             max_peers: c.max_peers,
             max_addrs_per_peer: c.max_addrs_per_peer,

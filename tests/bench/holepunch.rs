@@ -15,7 +15,8 @@ use std::{
     time::Duration,
 };
 
-use lab::{Kind, LabNode, Transports, home_router, public_router, relay_flags};
+use lab::{LabNode, Transports, relay_flags, router};
+use netlab::Nat;
 use serde_json::Value;
 
 #[ctor::ctor]
@@ -60,9 +61,9 @@ async fn one_run(i: usize) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let lab = lab::new_lab().await;
-    let dc = public_router(&lab, "dc").await;
-    let home_a = home_router(&lab, "home-a", Kind::Moderate).await;
-    let home_b = home_router(&lab, "home-b", Kind::Moderate).await;
+    let dc = router(&lab, "dc", Nat::Public).await;
+    let home_a = router(&lab, "home-a", Nat::Moderate).await;
+    let home_b = router(&lab, "home-b", Nat::Moderate).await;
     let relay_dev = lab::device(&lab, "relay", &dc).await;
     let a_dev = lab::device(&lab, "a", &home_a).await;
     let b_dev = lab::device(&lab, "b", &home_b).await;

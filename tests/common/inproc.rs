@@ -3,9 +3,9 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use commucat::{
-    app::{self, App},
     config::{Config, KadMode},
     crypto::LocalKeys,
+    daemon::{self, Daemon},
     data,
     node::{Node, Transport},
     store::Store,
@@ -13,7 +13,7 @@ use commucat::{
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 
 pub struct Peer {
-    pub app: App,
+    pub app: Daemon,
     pub keys: Arc<LocalKeys>,
     pub downloads: tempfile::TempDir,
 }
@@ -33,7 +33,7 @@ pub fn config(boot: &[Multiaddr]) -> Config {
 impl Peer {
     pub async fn start(cfg: &Config, keys: Arc<LocalKeys>, store: Store) -> Peer {
         let downloads = tempfile::tempdir().unwrap();
-        let app = app::Builder::new(cfg.clone(), keys.clone(), store)
+        let app = daemon::Builder::new(cfg.clone(), keys.clone(), store)
             .transport(Transport::Memory)
             .downloads(downloads.path().to_owned())
             .spawn()

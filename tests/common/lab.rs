@@ -1,5 +1,6 @@
-//! NAT lab helpers: patchbay topologies (network namespaces + nftables NAT) with the real
-//! `commucat` binary running on each device, driven through its CLI inside the device's namespace.
+//! NAT lab helpers: the routers of `netlab` (simnet/lab, shared with simnet's netns mode) with the
+//! real `commucat` binary running on each device, driven through its CLI inside the device's
+//! namespace.
 //!
 //! A test binary using this module must enter patchbay's user namespace from an ELF constructor
 //! (see [`enter_userns`]) and call [`lab_available`] first.
@@ -11,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use patchbay::{Device, IpSupport, Lab, Nat, Router, RouterPreset};
+use netlab::Nat;
+use patchbay::{Device, Lab, Router};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_commucat");
@@ -20,20 +22,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_commucat");
 static UNAVAILABLE: OnceLock<Option<String>> = OnceLock::new();
 
 /// Enters patchbay's user namespace. Call from a `#[ctor::ctor]` function, while the process
-/// is still single-threaded. A missing `nft` is remembered, not fatal: [`lab_available`] reports
-/// it.
+/// is still single-threaded. A missing prerequisite is remembered, not fatal: [`lab_available`]
+/// reports it.
 pub fn enter_userns() {
-    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    let why = if nft {
-        // SAFETY: called from an ELF constructor, before any other thread exists.
-        unsafe { patchbay::init_userns_for_ctor() };
-        None
-    } else {
-        Some("`nft` (Debian package nftables) is not installed".to_owned())
-    };
-    let _ = UNAVAILABLE.set(why);
+    // SAFETY: called from an ELF constructor, before any other thread exists.
+    unsafe { netlab::enter_userns() };
+    let _ = UNAVAILABLE.set(netlab::unavailable());
 }
 
 /// Whether NAT lab tests can run. When they cannot, says so on stderr and returns false; under
@@ -53,17 +47,6 @@ pub fn lab_available(test: &str) -> bool {
             false
         }
     }
-}
-
-/// The kind of router a desktop sits behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Endpoint-independent mapping and filtering (full cone), no firewall.
-    Open,
-    /// Home router: endpoint-independent mapping, address-and-port-dependent filtering.
-    Moderate,
-    /// Symmetric NAT: a new port per destination.
-    Strict,
 }
 
 /// Which transports the nodes use.
@@ -89,73 +72,29 @@ impl Transports {
 
 pub const LAB_WAIT: Duration = Duration::from_secs(90);
 
-/// Environment for every lab node: fast AutoNAT (the lab's 198.18/15 addresses are not global),
-/// quick retries, debug logs.
-const LAB_ENV: &[(&str, &str)] = &[
-    ("COMMUCAT_AUTONAT__PROBE_INTERVAL_SECS", "1"),
-    ("COMMUCAT_AUTONAT__RECHECK_SECS", "5"),
-    ("COMMUCAT_AUTONAT__ONLY_GLOBAL_IPS", "false"),
-    ("COMMUCAT_DATA__MAX_RETRY_SECS", "2"),
-    (
-        "RUST_LOG",
-        "info,commucat=debug,libp2p_dcutr=debug,libp2p_relay=debug",
-    ),
-];
+/// Environment for every lab node: the lab's own settings ([`netlab::NODE_SETTINGS`]) and debug
+/// logs of the traversal.
+fn lab_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = netlab::NODE_SETTINGS
+        .iter()
+        .map(|(k, v)| (netlab::env_var(k), (*v).to_owned()))
+        .collect();
+    env.push((
+        "RUST_LOG".into(),
+        "info,commucat=debug,libp2p_dcutr=debug,libp2p_relay=debug".into(),
+    ));
+    env
+}
 
 pub async fn new_lab() -> Lab {
     Lab::new().await.expect("create the NAT lab")
 }
 
-/// The public router with the bootstrap/relay server.
-pub async fn public_router(lab: &Lab, name: &str) -> Router {
-    lab.add_router(name)
-        .preset(RouterPreset::PublicV4)
-        .build()
+/// A lab router of type `nat` (see [`netlab::router`]).
+pub async fn router(lab: &Lab, name: &str, nat: Nat) -> Router {
+    netlab::router(lab, name, nat)
         .await
-        .expect("public router")
-}
-
-/// A home router of `kind`, IPv4 only (so that nobody sidesteps the NAT over IPv6).
-pub async fn home_router(lab: &Lab, name: &str, kind: Kind) -> Router {
-    let b = lab.add_router(name);
-    let b = match kind {
-        Kind::Open => b.nat(Nat::Open),
-        Kind::Moderate => b.preset(RouterPreset::Home).nat(Nat::Moderate),
-        Kind::Strict => b.preset(RouterPreset::Home).nat(Nat::Strict),
-    };
-    let router = b
-        .ip_support(IpSupport::V4Only)
-        .build()
-        .await
-        .expect("home router");
-    stealth(&router);
-    router
-}
-
-/// Makes the router drop new connections to its own WAN address instead of answering them with
-/// a TCP reset or an ICMP error, as most home routers do. Without it the first SYN of a TCP hole
-/// punch, arriving before the other side's, is reset by the router and the punch fails.
-pub fn stealth(router: &Router) {
-    let wan = router
-        .uplink_ip()
-        .expect("the router has an uplink address");
-    let rules = format!(
-        "table inet commucat_stealth {{\n  chain input {{\n    type filter hook input priority 0; \
-         policy accept;\n    ip daddr {wan} meta l4proto {{ tcp, udp }} ct state new drop\n  }}\n}}\n"
-    );
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = router
-        .spawn_command_sync(cmd)
-        .expect("run nft on the router");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft rules applied");
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub async fn device(lab: &Lab, name: &str, router: &Router) -> Device {
@@ -181,7 +120,7 @@ pub struct LabNode {
 }
 
 impl LabNode {
-    /// Starts a node on `dev` listening on port 4001 (`transports`), with `extra` flags.
+    /// Starts a node on `dev` listening on [`netlab::PORT`] (`transports`), with `extra` flags.
     pub fn start(
         dev: &Device,
         root: &Path,
@@ -201,7 +140,7 @@ impl LabNode {
         assert!(out.status.success());
         let peer_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let mut args = vec!["--control-listen".to_owned(), "127.0.0.1:0".to_owned()];
-        for l in transports.listen(4001) {
+        for l in transports.listen(netlab::PORT) {
             args.push("--listen".into());
             args.push(l);
         }
@@ -232,8 +171,7 @@ impl LabNode {
             .arg(&self.dir)
             .arg("run")
             .args(&self.args)
-            .env("COMMUCAT_MDNS__ENABLED", "false")
-            .envs(LAB_ENV.iter().copied())
+            .envs(lab_env())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(
@@ -266,8 +204,13 @@ impl LabNode {
     /// `/ip4/<ip>/<transport>/4001/p2p/<id>` for `--bootstrap`.
     pub fn addr(&self, transport: Transports) -> String {
         match transport {
-            Transports::Quic => format!("/ip4/{}/udp/4001/quic-v1/p2p/{}", self.ip, self.peer_id),
-            _ => format!("/ip4/{}/tcp/4001/p2p/{}", self.ip, self.peer_id),
+            Transports::Quic => format!(
+                "/ip4/{}/udp/{}/quic-v1/p2p/{}",
+                self.ip,
+                netlab::PORT,
+                self.peer_id
+            ),
+            _ => format!("/ip4/{}/tcp/{}/p2p/{}", self.ip, netlab::PORT, self.peer_id),
         }
     }
 
@@ -430,7 +373,7 @@ pub fn wait(what: &str, mut check: impl FnMut() -> bool) {
 /// Bootstrap/relay flags for a server at `ip`: role, and its public addresses as external.
 pub fn relay_flags(ip: std::net::Ipv4Addr, transports: Transports) -> Vec<String> {
     let mut v = vec!["--role".to_owned(), "bootstrap".to_owned()];
-    for l in transports.listen(4001) {
+    for l in transports.listen(netlab::PORT) {
         v.push("--external".into());
         v.push(l.replace("0.0.0.0", &ip.to_string()));
     }

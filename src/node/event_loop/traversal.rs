@@ -23,9 +23,9 @@ use prometheus_client::{
 
 use super::EventLoop;
 use crate::{
-    config::Role,
     nat::{self, Reachability},
     node::Event,
+    node::Role,
 };
 
 /// How often reservations are checked (and missing ones asked for).

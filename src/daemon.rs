@@ -5,8 +5,8 @@
 //!
 //! ```no_run
 //! # async fn f(cfg: commucat::config::Config, keys: std::sync::Arc<commucat::crypto::LocalKeys>,
-//! #            store: commucat::store::Store) -> Result<(), commucat::app::Error> {
-//! let app = commucat::app::Builder::new(cfg, keys, store)
+//! #            store: commucat::store::Store) -> Result<(), commucat::daemon::Error> {
+//! let app = commucat::daemon::Builder::new(cfg, keys, store)
 //!     .downloads("/tmp/downloads".into())
 //!     .spawn()
 //!     .await?;
@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`App::shutdown`] stops the parts from the outside in: the control files go first (clients see
+//! [`Daemon::shutdown`] stops the parts from the outside in: the control files go first (clients see
 //! at once that no node is running), then the control API (its event streams end), assist mode,
 //! the data service (sessions end, nothing more is taken from the outbox), the swarm, and last the
 //! database is flushed and its clean stop recorded.
@@ -126,7 +126,7 @@ impl Builder {
 
     /// Starts the swarm, the data service, assist mode (if enabled) and the control API (if
     /// given a listener), in that order. A part that fails to start stops the ones before it.
-    pub async fn spawn(self) -> Result<App, Error> {
+    pub async fn spawn(self) -> Result<Daemon, Error> {
         let Builder {
             cfg,
             keys,
@@ -141,7 +141,7 @@ impl Builder {
             path: downloads.clone(),
             source,
         })?;
-        let node = Node::spawn(&cfg, keys.clone(), &store, transport).await?;
+        let node = Node::spawn(&cfg.node(), keys.clone(), &store, transport).await?;
         let data = match data::Service::start(&node, keys.clone(), &store, &cfg.data, downloads) {
             Ok(d) => Arc::new(d),
             Err(e) => {
@@ -149,7 +149,7 @@ impl Builder {
                 return Err(e.into());
             }
         };
-        let mut app = App {
+        let mut app = Daemon {
             node,
             data,
             assist: None,
@@ -157,7 +157,7 @@ impl Builder {
             store,
             data_dir,
         };
-        match app.start_apis(Arc::new(cfg), keys, control).await {
+        match app.start_apis(&cfg, keys, control).await {
             Ok(()) => Ok(app),
             Err(e) => {
                 let _ = app.shutdown().await;
@@ -176,7 +176,7 @@ struct ControlApi {
 }
 
 /// A running node: swarm, data service, and the APIs it was built with.
-pub struct App {
+pub struct Daemon {
     node: Node,
     data: Arc<data::Service>,
     assist: Option<assist::Assist>,
@@ -185,10 +185,10 @@ pub struct App {
     data_dir: Option<PathBuf>,
 }
 
-impl App {
+impl Daemon {
     async fn start_apis(
         &mut self,
-        cfg: Arc<Config>,
+        cfg: &Config,
         keys: Arc<LocalKeys>,
         control: Option<tokio::net::TcpListener>,
     ) -> Result<(), Error> {
@@ -200,7 +200,10 @@ impl App {
         if cfg.assist.enabled {
             self.assist = Some(
                 assist::Assist::start(
-                    cfg.clone(),
+                    Arc::new(assist::Settings {
+                        assist: cfg.assist.clone(),
+                        node: cfg.node(),
+                    }),
                     self.node(),
                     self.data.clone(),
                     keys.clone(),
@@ -285,7 +288,7 @@ impl App {
     /// Stops everything in order (see the module docs) and flushes the database. The error is the
     /// flush's: everything else is logged and the shutdown goes on.
     pub async fn shutdown(self) -> Result<(), store::Error> {
-        let App {
+        let Daemon {
             node,
             data,
             assist,

@@ -1,0 +1,59 @@
+//! The `[data]` section: received files, RaptorQ parameters of files sent, delivery retries, key
+//! rotation. Checked by `crate::config`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+/// The `[data]` section.
+pub struct Config {
+    /// Where received files land. Default: empty = `DATA_DIR/downloads`.
+    pub downloads_dir: Option<std::path::PathBuf>,
+    /// Largest file this node accepts. Default: 4 GiB.
+    pub max_file_bytes: u64,
+    /// RaptorQ symbol size of files this node sends (64 … 8192, multiple of 8). Default: 1024.
+    pub symbol_size: u16,
+    /// Bytes per RaptorQ source block of files this node sends (a multiple of the symbol size,
+    /// 4 KiB … 4 MiB). Default: 1048576.
+    pub block_size: u32,
+    /// Repair packets per block in ‰ of its source packets; 0 on a reliable stream. Default: 0.
+    pub repair_per_mille: u16,
+    /// Longest wait between delivery attempts to an unreachable peer (backoff from 1 s). Default: 60.
+    pub max_retry_secs: u64,
+    /// Upper bound on the rate this node sends file data at, KiB/s; 0 = unlimited. Default: 0.
+    pub max_send_rate_kib: u64,
+    /// Age at which the key bundle (Noise static key and ML-KEM-768 key) is replaced by a new one;
+    /// 0 = never. Default: 604800 (a week).
+    pub key_rotation_secs: u64,
+    /// How long a replaced bundle still answers handshakes that name it. Default: 604800.
+    pub key_grace_secs: u64,
+}
+
+impl Config {
+    /// The bundle rotation schedule these settings describe.
+    pub fn key_schedule(&self) -> crate::crypto::keyring::Schedule {
+        crate::crypto::keyring::Schedule {
+            rotation: (self.key_rotation_secs > 0)
+                .then(|| Duration::from_secs(self.key_rotation_secs)),
+            grace: Duration::from_secs(self.key_grace_secs),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            downloads_dir: None,
+            max_file_bytes: 4 << 30,
+            symbol_size: 1024,
+            block_size: 1 << 20,
+            repair_per_mille: 0,
+            max_retry_secs: 60,
+            max_send_rate_kib: 0,
+            key_rotation_secs: 7 * 24 * 3600,
+            key_grace_secs: 7 * 24 * 3600,
+        }
+    }
+}
