@@ -95,7 +95,7 @@ pub fn unavailable() -> Option<String> {
         .any(|p| Path::new(p).exists());
     if !nft {
         return Some(
-            "`nft` is not installed (Debian: apt-get install -y nftables iproute2 conntrack)"
+            "nftables is not installed (no `nft`; Debian: apt-get install -y nftables iproute2 conntrack)"
                 .into(),
         );
     }
