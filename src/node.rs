@@ -123,15 +123,19 @@ impl Node {
         let mut event_loop = event_loop::EventLoop::new(
             swarm,
             cfg,
-            cmd_rx,
-            ev_tx.clone(),
-            shutdown.clone(),
-            peer_book,
-            metrics,
-            keys,
-            store.meta()?,
-            presence_metrics,
-            traversal_metrics,
+            event_loop::Channels {
+                commands: cmd_rx,
+                events: ev_tx.clone(),
+                shutdown: shutdown.clone(),
+            },
+            event_loop::Parts {
+                peer_book,
+                meta: store.meta()?,
+                keys,
+                metrics,
+                presence_metrics,
+                traversal_metrics,
+            },
         );
         event_loop
             .start(&cfg.network.listen, &cfg.network.external_addresses)

@@ -32,6 +32,29 @@ fn modules(root: &Path) -> BTreeMap<Vec<String>, PathBuf> {
             }
         }
     }
+    // Test-only modules (`#[cfg(test)] mod tests;` in their parent's file) are not layering.
+    let test_only: Vec<Vec<String>> = out
+        .iter()
+        .flat_map(|(parent, file)| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let parent = parent.clone();
+            text.split("#[cfg(test)]")
+                .skip(1)
+                .filter_map(|after| {
+                    let decl = after.trim_start().strip_prefix("mod ")?;
+                    let name = decl.strip_suffix(';').unwrap_or(decl).split(';').next()?;
+                    (!name.contains('{')).then(|| {
+                        let mut m = parent.clone();
+                        m.push(name.trim().to_owned());
+                        m
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for m in test_only {
+        out.remove(&m);
+    }
     out
 }
 

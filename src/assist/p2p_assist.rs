@@ -3,12 +3,13 @@
 //! (probed during the request), a RaptorQ multipath plan tried on a sample, and live counters.
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use super::{Context, ice};
+use crate::{crypto::handshake, http::Problem, node};
 use axum::{
     Extension, Json,
     extract::{State, rejection::JsonRejection},
@@ -16,10 +17,13 @@ use axum::{
 };
 use futures::future::join_all;
 use libp2p::{Multiaddr, multiaddr::Protocol};
-use serde::{Deserialize, Serialize};
 
-use super::{Context, ice};
-use crate::{crypto::handshake, http::Problem, node};
+mod schema;
+
+pub use schema::{
+    FecHint, Ice, Multipath, Noise, Obfuscation, PREKEY_SIGNATURE_CONTEXT, PathHint, Pq, Request,
+    Response, Security, Segments, Transport,
+};
 
 pub const DEFAULT_MIN_PATHS: usize = 2;
 pub const DEFAULT_MTU: u16 = 1152;
@@ -31,184 +35,6 @@ pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=8196;
 pub const MAX_NAME_LEN: usize = 253;
 /// The flow-control window of the throughput model: bytes a stream moves per round trip.
 pub const MODEL_WINDOW_BYTES: f64 = 1024.0 * 1024.0;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub peer_hint: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<PathHint>,
-    #[serde(default)]
-    pub prefer_reality: bool,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present_integer",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub min_paths: Option<i64>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub fec: Option<FecHint>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PathHint {
-    /// Required; `Option` so that its absence gets our own message.
-    #[serde(default, deserialize_with = "crate::json::present")]
-    pub address: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present_integer",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub port: Option<i64>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub id: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub server_name: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present_integer",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub priority: Option<i64>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reality_fingerprint: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub reality_pem: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FecHint {
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present_integer",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub mtu: Option<i64>,
-    #[serde(
-        default,
-        deserialize_with = "crate::json::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub repair_overhead: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    pub noise: Noise,
-    pub pq: Pq,
-    pub ice: Ice,
-    pub transports: Vec<Transport>,
-    pub multipath: Multipath,
-    pub obfuscation: Obfuscation,
-    pub security: Security,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Noise {
-    pub pattern: String,
-    pub prologue_hex: String,
-    pub device_seed_hex: String,
-    pub static_public_hex: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pq {
-    /// The node's Ed25519 identity key (32 bytes).
-    pub identity_public_hex: String,
-    /// The current bundle's X25519 key (32 bytes) ...
-    pub signed_prekey_public_hex: String,
-    /// ... and the identity's Ed25519 signature over `"commucat/prekey/v1" ‖ key` (64 bytes).
-    pub signed_prekey_signature_hex: String,
-    /// ML-KEM-768 encapsulation key (1184 bytes).
-    pub kem_public_hex: String,
-    /// ML-DSA-65 verifying key bound to the identity (1952 bytes).
-    pub signature_public_hex: String,
-}
-
-/// Domain prefix of the signed-prekey signature.
-pub const PREKEY_SIGNATURE_CONTEXT: &[u8] = b"commucat/prekey/v1";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ice {
-    pub username_fragment: String,
-    pub password: String,
-    pub ttl_secs: u64,
-    pub keepalive_interval_secs: u64,
-    pub trickle: bool,
-    pub expires_at: String,
-    pub servers: Vec<ice::IceServer>,
-    pub lite_candidates: Vec<ice::Candidate>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Transport {
-    pub path_id: String,
-    /// `Tcp`, `Quic` or `Relay`.
-    pub transport: String,
-    /// `Basic`: plain libp2p over Noise/TLS 1.3, no obfuscation.
-    pub resistance: String,
-    pub latency: String,
-    pub throughput: String,
-    /// The measured dial + handshake time, milliseconds.
-    pub handshake_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Multipath {
-    pub fec_mtu: u16,
-    pub fec_overhead: f64,
-    pub primary_path: String,
-    pub sample_segments: BTreeMap<String, Segments>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Segments {
-    pub total: u32,
-    pub repair: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Obfuscation {
-    pub domain_fronting: bool,
-    pub protocol_mimicry: bool,
-    pub tor_bridge: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Security {
-    pub noise_handshakes: u64,
-    pub pq_handshakes: u64,
-    pub active_connections: u32,
-    pub rate_limited_ips: usize,
-}
 
 /// A path after validation.
 #[derive(Debug, Clone)]
@@ -545,20 +371,7 @@ pub struct TokenId(pub String);
 async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Problem> {
     let (mut paths, min_paths, mtu, overhead) = validate(&req, ctx.cfg.assist.max_paths)?;
     if !paths.is_empty() {
-        // Each client-named path costs probes: bounded per token.
-        let n = u32::try_from(paths.len()).unwrap_or(u32::MAX);
-        if let Err(wait) = ctx
-            .probe_budget
-            .check_n(token.to_owned(), n, Instant::now())
-        {
-            let mut p = Problem::rate_limited(wait.as_secs_f64().ceil() as u64);
-            p.detail = Some(format!(
-                "this token may name {} paths per minute; retry in {} s",
-                ctx.cfg.assist.probes_per_token_per_minute,
-                wait.as_secs_f64().ceil()
-            ));
-            return Err(p);
-        }
+        charge_probes(ctx, token, paths.len())?;
         check_targets(&mut paths, ctx.cfg.assist.probe_private_targets).await?;
     }
     let status = ctx.node.status().await?;
@@ -566,7 +379,76 @@ async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Pr
         paths = own_paths(&status, min_paths);
     }
     paths.sort_by_key(|p| p.priority);
-    let probed = probe_all(ctx, &paths).await;
+    let (transports, usable) = probe_usable(ctx, &paths).await?;
+    let per_mille = (overhead * 1000.0).round() as u16;
+    let n = usable.len();
+    let sample =
+        tokio::task::spawn_blocking(move || crate::fec::multipath_sample(mtu, per_mille, n))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+    let sample_segments = usable
+        .iter()
+        .cloned()
+        .zip(sample.shares.iter().map(|s| Segments {
+            total: s.total,
+            repair: s.repair,
+        }))
+        .collect();
+    let (noise, pq) = device_keys(ctx)?;
+    let counters = ctx.data.counters();
+    Ok(Response {
+        noise,
+        pq,
+        ice: ice_offer(ctx, &status),
+        transports,
+        multipath: Multipath {
+            fec_mtu: mtu,
+            fec_overhead: overhead,
+            primary_path: usable[0].clone(),
+            sample_segments,
+        },
+        obfuscation: Obfuscation {
+            domain_fronting: false,
+            protocol_mimicry: false,
+            tor_bridge: false,
+        },
+        security: Security {
+            noise_handshakes: counters.noise(),
+            pq_handshakes: counters.post_quantum(),
+            active_connections: status.connections,
+            rate_limited_ips: ctx.limiter.limited(std::time::Instant::now()),
+        },
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Each client-named path costs probes: `n` of the token's per-minute budget, or 429.
+fn charge_probes(ctx: &Context, token: &str, n: usize) -> Result<(), Problem> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    ctx.probe_budget
+        .check_n(token.to_owned(), n, Instant::now())
+        .map_err(|wait| {
+            let mut p = Problem::rate_limited(wait.as_secs_f64().ceil() as u64);
+            p.detail = Some(format!(
+                "this token may name {} paths per minute; retry in {} s",
+                ctx.cfg.assist.probes_per_token_per_minute,
+                wait.as_secs_f64().ceil()
+            ));
+            p
+        })
+}
+
+/// Probes `paths`: the transports that answered, and the ids of the paths that had one; 400 when
+/// none did.
+async fn probe_usable(
+    ctx: &Context,
+    paths: &[Path],
+) -> Result<(Vec<Transport>, Vec<String>), Problem> {
+    let probed = probe_all(ctx, paths).await;
     let mut transports = Vec::new();
     let mut usable = Vec::new();
     let mut errors = Vec::new();
@@ -589,22 +471,11 @@ async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Pr
             }
         )));
     }
-    let per_mille = (overhead * 1000.0).round() as u16;
-    let n = usable.len();
-    let sample =
-        tokio::task::spawn_blocking(move || crate::fec::multipath_sample(mtu, per_mille, n))
-            .await
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let sample_segments = usable
-        .iter()
-        .cloned()
-        .zip(sample.shares.iter().map(|s| Segments {
-            total: s.total,
-            repair: s.repair,
-        }))
-        .collect();
+    Ok((transports, usable))
+}
 
+/// A fresh Noise static key for the device, and the node's keys it handshakes against.
+fn device_keys(ctx: &Context) -> Result<(Noise, Pq), Problem> {
     let seed: [u8; 32] = rand::random();
     let device_public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(seed));
     let keys = ctx.keys.bundle.current();
@@ -613,14 +484,32 @@ async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Pr
     let prekey_signature = identity
         .keypair()
         .sign(&[PREKEY_SIGNATURE_CONTEXT, &prekey[..]].concat())
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(internal)?;
     let identity_public = identity
         .keypair()
         .public()
         .try_into_ed25519()
         .map(|k| k.to_bytes())
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(internal)?;
+    Ok((
+        Noise {
+            pattern: "XK".into(),
+            prologue_hex: hex::encode(handshake::PROLOGUE),
+            device_seed_hex: hex::encode(seed),
+            static_public_hex: hex::encode(device_public.as_bytes()),
+        },
+        Pq {
+            identity_public_hex: hex::encode(identity_public),
+            signed_prekey_public_hex: hex::encode(prekey),
+            signed_prekey_signature_hex: hex::encode(prekey_signature),
+            kem_public_hex: hex::encode(keys.bundle().kem_public()),
+            signature_public_hex: hex::encode(&identity.binding().ml_dsa_public),
+        },
+    ))
+}
 
+/// ICE credentials for the STUN responder, TURN servers, and the responder's host candidate.
+fn ice_offer(ctx: &Context, status: &node::Status) -> Ice {
     let (ufrag, password) = ctx.ice.issue();
     let ttl = ctx.ice.ttl().as_secs();
     let expires = crate::time::unix_secs() + ttl;
@@ -632,156 +521,20 @@ async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Pr
             .find_map(ip_port)
             .map(|(ip, _)| std::net::SocketAddr::new(ip, ctx.stun_addr.port()))
     });
-    let counters = ctx.data.counters();
-    Ok(Response {
-        noise: Noise {
-            pattern: "XK".into(),
-            prologue_hex: hex::encode(handshake::PROLOGUE),
-            device_seed_hex: hex::encode(seed),
-            static_public_hex: hex::encode(device_public.as_bytes()),
-        },
-        pq: Pq {
-            identity_public_hex: hex::encode(identity_public),
-            signed_prekey_public_hex: hex::encode(prekey),
-            signed_prekey_signature_hex: hex::encode(prekey_signature),
-            kem_public_hex: hex::encode(keys.bundle().kem_public()),
-            signature_public_hex: hex::encode(&identity.binding().ml_dsa_public),
-        },
-        ice: Ice {
-            servers: ice::servers(&a.turn, &ufrag, ttl, expires),
-            username_fragment: ufrag,
-            password,
-            ttl_secs: ttl,
-            keepalive_interval_secs: a.keepalive_interval_secs,
-            trickle: true,
-            expires_at: crate::time::rfc3339(expires),
-            lite_candidates: candidate_addr
-                .map(ice::host_candidate)
-                .into_iter()
-                .collect(),
-        },
-        transports,
-        multipath: Multipath {
-            fec_mtu: mtu,
-            fec_overhead: overhead,
-            primary_path: usable[0].clone(),
-            sample_segments,
-        },
-        obfuscation: Obfuscation {
-            domain_fronting: false,
-            protocol_mimicry: false,
-            tor_bridge: false,
-        },
-        security: Security {
-            noise_handshakes: counters.noise(),
-            pq_handshakes: counters.post_quantum(),
-            active_connections: status.connections,
-            rate_limited_ips: ctx.limiter.limited(std::time::Instant::now()),
-        },
-    })
+    Ice {
+        servers: ice::servers(&a.turn, &ufrag, ttl, expires),
+        username_fragment: ufrag,
+        password,
+        ttl_secs: ttl,
+        keepalive_interval_secs: a.keepalive_interval_secs,
+        trickle: true,
+        expires_at: crate::time::rfc3339(expires),
+        lite_candidates: candidate_addr
+            .map(ice::host_candidate)
+            .into_iter()
+            .collect(),
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(json: &str) -> Result<(), String> {
-        let req: Request = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        validate(&req, 8)
-            .map(drop)
-            .map_err(|p| p.detail.unwrap_or_default())
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        check("{}").unwrap();
-        check(r#"{"paths":[{"address":"a.example","port":4001,"id":"x"}],"fec":{"mtu":1200,"repair_overhead":0.4},"min_paths":1}"#).unwrap();
-        for (json, field) in [
-            (r#"{"min_paths":0}"#, "min_paths"),
-            (r#"{"min_paths":9}"#, "min_paths"),
-            (r#"{"fec":{"mtu":100}}"#, "fec.mtu"),
-            (r#"{"fec":{"mtu":70000}}"#, "fec.mtu"),
-            (r#"{"fec":{"repair_overhead":1.5}}"#, "fec.repair_overhead"),
-            (r#"{"fec":{"repair_overhead":-0.1}}"#, "fec.repair_overhead"),
-            (r#"{"paths":[{"port":1}]}"#, "paths[0].address"),
-            (r#"{"paths":[{"address":" "}]}"#, "paths[0].address"),
-            (r#"{"paths":[{"address":"a","port":0}]}"#, "paths[0].port"),
-            (
-                r#"{"paths":[{"address":"a","id":"x"},{"address":"b","id":"x"}]}"#,
-                "paths[1].id",
-            ),
-            (
-                r#"{"paths":[{"address":"a","reality_fingerprint":"zz"}]}"#,
-                "paths[0].reality_fingerprint",
-            ),
-            (r#"{"bogus":1}"#, "bogus"),
-        ] {
-            let err = check(json).unwrap_err();
-            assert!(err.contains(field), "{json}: {err}");
-        }
-        let many = format!(r#"{{"paths":[{}]}}"#, [r#"{"address":"a"}"#; 9].join(","));
-        assert!(check(&many).unwrap_err().contains("paths"));
-        // No field may be null (the OpenAPI document allows none): null is not "left out".
-        for json in [
-            r#"{"fec":{"repair_overhead":null}}"#,
-            r#"{"fec":{"mtu":null}}"#,
-            r#"{"fec":null}"#,
-            r#"{"min_paths":null}"#,
-            r#"{"peer_hint":null}"#,
-            r#"{"paths":[{"address":null}]}"#,
-            r#"{"paths":[{"address":"a","port":null}]}"#,
-        ] {
-            let err = check(json).unwrap_err();
-            assert!(err.contains("null"), "{json}: {err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn non_public_targets_are_refused_before_any_probe() {
-        let path = |address: &str| Path {
-            id: "p".into(),
-            address: address.into(),
-            port: 4001,
-            priority: 0,
-            ip: None,
-        };
-        for address in [
-            "127.0.0.1",
-            "10.0.0.1",
-            "10.255.0.9",
-            "169.254.169.254",
-            "::1",
-            "fe80::1",
-            "localhost",
-        ] {
-            let mut paths = vec![path(address)];
-            let err = check_targets(&mut paths, false).await.unwrap_err();
-            let detail = err.detail.unwrap_or_default();
-            assert!(
-                detail.contains("not a public address"),
-                "{address}: {detail}"
-            );
-            assert!(paths[0].ip.is_none(), "{address}");
-            // An operator may allow them; then the probe dials the checked address.
-            let mut paths = vec![path(address)];
-            check_targets(&mut paths, true).await.unwrap();
-            assert!(paths[0].ip.is_some_and(|ip| !crate::net::is_public(ip)));
-        }
-        let mut paths = vec![path("1.1.1.1")];
-        check_targets(&mut paths, false).await.unwrap();
-        assert_eq!(
-            probe_targets(&paths[0])[0].1.to_string(),
-            "/ip4/1.1.1.1/tcp/4001"
-        );
-    }
-
-    #[test]
-    fn tiers_follow_the_round_trip_time() {
-        assert_eq!(latency_tier(Duration::from_millis(1)), "Low");
-        assert_eq!(latency_tier(Duration::from_millis(120)), "Medium");
-        assert_eq!(latency_tier(Duration::from_millis(400)), "High");
-        assert_eq!(throughput_tier(Duration::from_millis(1)), "High");
-        assert_eq!(throughput_tier(Duration::from_millis(500)), "Medium");
-        assert_eq!(throughput_tier(Duration::from_secs(2)), "Low");
-    }
-}
+mod tests;

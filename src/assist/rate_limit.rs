@@ -3,6 +3,9 @@
 //! Keys are source addresses — IPv6 counted per /64 (one subscriber), IPv4 per address — or, for
 //! path probes, bearer tokens. The table of keys is bounded.
 //!
+//! [`Bucket`] is a per-session token bucket over messages (signaling sessions, gateway
+//! DataChannels).
+//!
 //! Hand-written rather than `governor`: the penalty box and a hard bound on tracked addresses
 //! are what is needed here, and both are a few lines.
 
@@ -139,6 +142,53 @@ impl Budget {
         }
         *used += 1;
         true
+    }
+}
+
+/// A per-session token bucket over messages (signaling sessions, gateway DataChannels).
+pub(crate) struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+    /// Messages refused in a row; many in a row end the session.
+    refused: u32,
+}
+
+/// Refused messages in a row that end the session.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 100;
+
+impl Bucket {
+    pub(crate) fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last: Instant::now(),
+            rate: f64::from(per_second),
+            burst: f64::from(burst),
+            refused: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused = 0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
+impl Bucket {
+    /// Messages refused in a row (see [`MAX_REFUSED_IN_A_ROW`]).
+    pub(crate) fn refused(&self) -> u32 {
+        self.refused
     }
 }
 

@@ -1,9 +1,16 @@
-//! The event loop: the one task that owns the [`Swarm`]. It reacts to swarm events (identify
-//! feeds Kademlia and the peer book, mDNS discoveries are dialled, AutoNAT sets reachability) and
-//! answers [`Command`]s from clients. Nothing here blocks: per-stream work runs in other tasks.
+//! The event loop: the one task that owns the [`Swarm`]. It routes: [`Command`]s from clients to
+//! [`commands`], swarm and behaviour events to the concern they belong to, each with its own state
+//! and unit tests that need no swarm:
+//!
+//! - [`connectivity`]: connected peers, identify, the peer book, bootstrap and redials;
+//! - [`queries`]: lookups and dials clients wait for (bounded);
+//! - [`presence`]: publishing our signed record, checking others', presence lookups;
+//! - [`traversal`]: external addresses and reachability, relays, AutoNAT re-checks, hole punching.
+//!
+//! Nothing here blocks: per-stream work runs in other tasks, signatures on the blocking pool.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,7 +21,6 @@ use libp2p::{
     core::ConnectedPoint,
     identify, kad, mdns,
     metrics::{Metrics, Recorder},
-    multiaddr::Protocol,
     ping,
     swarm::{
         ConnectionId, SwarmEvent,
@@ -25,22 +31,26 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
+mod connectivity;
 mod presence;
+mod queries;
 mod traversal;
 
 pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
-pub use traversal::{Metrics as TraversalMetrics, RELAY_CHECK_INTERVAL};
+pub use traversal::Metrics as TraversalMetrics;
 
 use super::{
     Error, Event,
     behaviour::{Behaviour, BehaviourEvent},
-    command::{Command, Connected, ConnectionInfo, Direction, FoundPeer},
+    command::{Command, Connected, ConnectionInfo, Direction},
 };
+use connectivity::Connectivity;
+use queries::Queries;
+
 use crate::{
     crypto::LocalKeys,
     dht::{self, record::Reject},
     nat,
-    net::peer_id_of,
     node::{Config, Role},
     store::PeerBook,
 };
@@ -107,25 +117,10 @@ pub(crate) enum Internal {
 /// Results queued from other tasks before they wait.
 const INTERNAL_BUFFER: usize = MAX_PENDING_VALIDATIONS + MAX_PENDING_FINDS + 8;
 
-struct PeerState {
-    connections: HashMap<ConnectionId, ConnectionInfo>,
-    rtt: Option<Duration>,
-    agent_version: Option<String>,
-    protocols: Vec<String>,
-    listen_addrs: Vec<Multiaddr>,
-}
-
-struct PendingFind {
-    target: PeerId,
-    started: Instant,
-    reply: oneshot::Sender<Result<FoundPeer, Error>>,
-}
-
-struct PendingDial {
-    peer: PeerId,
-    reply: oneshot::Sender<Result<Connected, Error>>,
-}
-
+/// The swarm's one owner. It routes: commands to [`commands`], swarm events to the concern they
+/// belong to. Each concern owns its state: [`Connectivity`] (peers, peer book, redials),
+/// [`Queries`] (lookups and dials clients wait for), [`presence::State`] (publishing and record
+/// checks), [`traversal::State`] (reachability, relays, hole punches).
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -133,105 +128,64 @@ pub(crate) struct EventLoop {
     shutdown: CancellationToken,
     /// The listeners `start` opened.
     listeners: Vec<libp2p::core::transport::ListenerId>,
-    peer_book: PeerBook,
     metrics: Metrics,
     role: Role,
-    bootstrap: Vec<(PeerId, Multiaddr)>,
-    min_peers: usize,
-    check_interval: Duration,
-    redial_backoff: Duration,
-    next_redial: tokio::time::Instant,
-    redial_on_start: usize,
     started: Instant,
-    peers: HashMap<PeerId, PeerState>,
-    finds: HashMap<kad::QueryId, PendingFind>,
-    dials: HashMap<ConnectionId, PendingDial>,
-    nat: nat::Tracker,
-    relays: nat::Relays,
-    relay_reservations: usize,
-    /// `kad.mode = "auto"`: Kademlia serves exactly while the node is public.
-    kad_auto: bool,
-    next_relay_check: tokio::time::Instant,
-    punches: HashMap<PeerId, traversal::Punch>,
-    traversal_metrics: traversal::Metrics,
-    configured_external: Vec<Multiaddr>,
-    keys: Arc<LocalKeys>,
-    meta: sled::Tree,
-    presence_ttl: Duration,
-    republish_interval: Duration,
-    next_publish: tokio::time::Instant,
-    /// When the key bundle is due to be replaced (`data.key_rotation_secs`).
-    next_rotation: tokio::time::Instant,
-    publishing: bool,
-    validations: usize,
-    lookups: HashMap<kad::QueryId, presence::Lookup>,
-    presence_metrics: presence::Metrics,
+    conn: Connectivity,
+    queries: Queries,
+    presence: presence::State,
+    traversal: traversal::State,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
 }
 
+/// How clients reach the event loop, and it them.
+pub(crate) struct Channels {
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// What the event loop keeps beside the swarm: the peer book, the `meta` tree, the keys, and the
+/// metrics it records into.
+pub(crate) struct Parts {
+    pub(crate) peer_book: PeerBook,
+    pub(crate) meta: sled::Tree,
+    pub(crate) keys: Arc<LocalKeys>,
+    pub(crate) metrics: Metrics,
+    pub(crate) presence_metrics: presence::Metrics,
+    pub(crate) traversal_metrics: traversal::Metrics,
+}
+
 impl EventLoop {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         cfg: &Config,
-        commands: mpsc::Receiver<Command>,
-        events: broadcast::Sender<Event>,
-        shutdown: CancellationToken,
-        peer_book: PeerBook,
-        metrics: Metrics,
-        keys: Arc<LocalKeys>,
-        meta: sled::Tree,
-        presence_metrics: presence::Metrics,
-        traversal_metrics: traversal::Metrics,
+        channels: Channels,
+        parts: Parts,
     ) -> Self {
         let local = *swarm.local_peer_id();
+        let now = tokio::time::Instant::now();
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_BUFFER);
-        let next_rotation = presence::rotation_deadline(&keys);
-        let bootstrap = cfg
-            .bootstrap
-            .peers
-            .iter()
-            .filter_map(|a| Some((peer_id_of(a)?, a.clone())))
-            .filter(|(p, _)| *p != local)
-            .collect();
         Self {
             swarm,
-            commands,
-            events,
-            shutdown,
+            commands: channels.commands,
+            events: channels.events,
+            shutdown: channels.shutdown,
             listeners: Vec::new(),
-            peer_book,
-            metrics,
+            metrics: parts.metrics,
             role: cfg.role,
-            bootstrap,
-            min_peers: cfg.bootstrap.min_peers,
-            check_interval: Duration::from_secs(cfg.bootstrap.check_interval_secs),
-            redial_backoff: REDIAL_BACKOFF_START,
-            next_redial: tokio::time::Instant::now() + REDIAL_BACKOFF_START,
-            redial_on_start: cfg.peerbook.redial_on_start,
             started: Instant::now(),
-            peers: HashMap::new(),
-            finds: HashMap::new(),
-            dials: HashMap::new(),
-            nat: nat::Tracker::default(),
-            relays: nat::Relays::default(),
-            relay_reservations: cfg.relay.reservations,
-            kad_auto: cfg.kad.mode == crate::dht::Mode::Auto && !cfg.kad_forced_server(),
-            next_relay_check: tokio::time::Instant::now() + RELAY_CHECK_INTERVAL,
-            punches: HashMap::new(),
-            traversal_metrics,
-            configured_external: cfg.network.external_addresses.clone(),
-            keys,
-            meta,
-            presence_ttl: Duration::from_secs(cfg.presence.ttl_secs),
-            republish_interval: Duration::from_secs(cfg.presence.republish_secs),
-            next_publish: tokio::time::Instant::now() + presence::FIRST_PUBLISH_DELAY,
-            next_rotation,
-            publishing: false,
-            validations: 0,
-            lookups: HashMap::new(),
-            presence_metrics,
+            conn: Connectivity::new(cfg, local, parts.peer_book, now),
+            queries: Queries::default(),
+            presence: presence::State::new(
+                &cfg.presence,
+                parts.keys,
+                parts.meta,
+                parts.presence_metrics,
+                now,
+            ),
+            traversal: traversal::State::new(cfg, parts.traversal_metrics, now),
             internal_tx,
             internal_rx,
         }
@@ -278,7 +232,7 @@ impl EventLoop {
                 server.set_status(Some(libp2p::relay::Status::Enable));
             }
         }
-        for (peer, addr) in self.bootstrap.clone() {
+        for (peer, addr) in self.conn.bootstrap.clone() {
             self.relay_candidate(peer, &[addr], true);
         }
         let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
@@ -307,10 +261,10 @@ impl EventLoop {
                 },
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                () = tokio::time::sleep_until(self.next_redial) => self.maintain_connectivity(),
-                () = tokio::time::sleep_until(self.next_publish) => self.publish_presence(),
-                () = tokio::time::sleep_until(self.next_rotation) => self.rotate_keys(),
-                () = tokio::time::sleep_until(self.next_relay_check) => self.maintain_relays(),
+                () = tokio::time::sleep_until(self.conn.redial.next()) => self.maintain_connectivity(),
+                () = tokio::time::sleep_until(self.presence.next_publish) => self.publish_presence(),
+                () = tokio::time::sleep_until(self.presence.next_rotation) => self.rotate_keys(),
+                () = tokio::time::sleep_until(self.traversal.next_check) => self.maintain_relays(),
             }
         }
         // Listeners are closed explicitly: libp2p's memory transport keeps a port taken until its
@@ -344,97 +298,6 @@ impl EventLoop {
         let _ = self.events.send(event);
     }
 
-    /// At start: bootstrap peers and the peer book's DHT servers go into the routing table, then
-    /// [`Self::redial`]. kad bootstraps by itself (throttled) once `add_address` has put the first
-    /// peers into a small routing table, and then every `kad.periodic_bootstrap_secs`.
-    fn dial_known_peers(&mut self) {
-        for (peer, addr) in self.bootstrap.clone() {
-            let transport_addr: Multiaddr = addr
-                .iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect();
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, transport_addr);
-        }
-        for (peer, entry) in self.remembered() {
-            if entry.kad_server {
-                for addr in entry.addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                }
-            }
-        }
-        let (bootstrap, remembered) = self.redial();
-        tracing::info!(bootstrap, remembered, "dialling known peers");
-    }
-
-    /// Peer-book entries other than ourselves and the bootstrap peers, most recently seen first.
-    fn remembered(&self) -> Vec<(PeerId, crate::store::peerbook::Entry)> {
-        let local = *self.swarm.local_peer_id();
-        let bootstrap: HashSet<PeerId> = self.bootstrap.iter().map(|(p, _)| *p).collect();
-        match self.peer_book.all() {
-            Ok(all) => all
-                .into_iter()
-                .filter(|(p, e)| *p != local && !bootstrap.contains(p) && !e.addrs.is_empty())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the peer book");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Dials the bootstrap peers and up to `peerbook.redial_on_start` remembered peers that are
-    /// neither connected nor being dialled. Returns how many of each were dialled.
-    fn redial(&mut self) -> (usize, usize) {
-        let mut bootstrap = 0;
-        for (peer, addr) in self.bootstrap.clone() {
-            if self.swarm.is_connected(&peer) {
-                continue;
-            }
-            // From the listen port: the bootstrap node then observes our listen address, which
-            // AutoNAT tests. Bootstrap nodes do not dial desktops, so no simultaneous open.
-            let opts = DialOpts::peer_id(peer)
-                .addresses(vec![addr])
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if self.swarm.dial(opts).is_ok() {
-                bootstrap += 1;
-            }
-        }
-        let mut remembered = 0;
-        for (peer, entry) in self.remembered() {
-            if remembered == self.redial_on_start {
-                break;
-            }
-            if self.swarm.is_connected(&peer) {
-                continue;
-            }
-            match self.swarm.dial(lan_dial(peer, entry.addrs)) {
-                Ok(()) => remembered += 1,
-                Err(e) => tracing::debug!(%peer, error = %e, "cannot redial remembered peer"),
-            }
-        }
-        (bootstrap, remembered)
-    }
-
-    /// While fewer than `bootstrap.min_peers` peers are connected, redials bootstrap and remembered
-    /// peers, backing off from 1 s up to `bootstrap.check_interval_secs`; once enough peers are
-    /// connected, checks every `check_interval_secs`.
-    fn maintain_connectivity(&mut self) {
-        let now = tokio::time::Instant::now();
-        if self.swarm.connected_peers().count() >= self.min_peers {
-            self.redial_backoff = REDIAL_BACKOFF_START;
-            self.next_redial = now + self.check_interval;
-            return;
-        }
-        let (bootstrap, remembered) = self.redial();
-        tracing::debug!(bootstrap, remembered, backoff = ?self.redial_backoff, "too few peers: redialling");
-        self.next_redial = now + self.redial_backoff;
-        self.redial_backoff = (self.redial_backoff * 2).min(self.check_interval);
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.record(&event);
         match event {
@@ -458,7 +321,7 @@ impl EventLoop {
                 reason,
                 listener_id,
             } => {
-                let reservation = self.relays.is_reservation(listener_id);
+                let reservation = self.traversal.relays.is_reservation(listener_id);
                 match reason {
                     Err(e) if reservation => {
                         tracing::debug!(?addresses, error = %e, "relay listener closed")
@@ -482,20 +345,13 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
-                if let Some(state) = self.peers.get_mut(&peer_id) {
-                    state.connections.remove(&connection_id);
-                }
+                self.conn.closed(&peer_id, connection_id, num_established);
                 if num_established == 0 {
-                    self.peers.remove(&peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
-                    if self.swarm.connected_peers().count() < self.min_peers {
-                        // Start over: try to get peers back within a second, not after the
-                        // backoff reached while we were merely short of peers.
-                        self.redial_backoff = REDIAL_BACKOFF_START;
-                        self.next_redial = self
-                            .next_redial
-                            .min(tokio::time::Instant::now() + REDIAL_BACKOFF_START);
-                    }
+                    let connected = self.swarm.connected_peers().count();
+                    self.conn
+                        .redial
+                        .lost_peer(tokio::time::Instant::now(), connected);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -507,7 +363,7 @@ impl EventLoop {
                 if let Some(peer) = peer_id {
                     self.on_dial_failed(peer);
                 }
-                if let Some(dial) = self.dials.remove(&connection_id) {
+                if let Some(dial) = self.queries.take_dial(&connection_id) {
                     let _ = dial.reply.send(Err(Error::Dial(error.to_string())));
                 }
             }
@@ -515,62 +371,6 @@ impl EventLoop {
             SwarmEvent::ExternalAddrExpired { address } => self.on_external_expired(address),
             _ => {}
         }
-    }
-
-    /// An external address was confirmed (by a behaviour, or by us through
-    /// [`Self::confirm_external`]). A direct one makes the node public. AutoNAT v1 reports its
-    /// address with `/p2p/<us>` appended: that copy is replaced by the plain address.
-    fn on_external_confirmed(&mut self, address: Multiaddr) {
-        if !nat::is_relayed(&address)
-            && matches!(address.iter().last(), Some(Protocol::P2p(p)) if p == *self.swarm.local_peer_id())
-        {
-            self.swarm.remove_external_address(&address);
-            let mut plain = address;
-            plain.pop();
-            if !self.swarm.external_addresses().any(|a| *a == plain) {
-                self.confirm_external(plain);
-            }
-            return;
-        }
-        tracing::info!(%address, "external address confirmed");
-        if !nat::is_relayed(&address) {
-            self.set_reachability(|nat| nat.confirmed(&address));
-        }
-        self.push_identify();
-        self.presence_dirty();
-        self.emit(Event::ExternalAddrConfirmed { address });
-    }
-
-    fn on_external_expired(&mut self, address: Multiaddr) {
-        tracing::info!(%address, "external address expired");
-        if !nat::is_relayed(&address) {
-            self.set_reachability(|nat| nat.expired(&address));
-        }
-        self.push_identify();
-        self.presence_dirty();
-        self.emit(Event::ExternalAddrExpired { address });
-    }
-
-    /// Sends connected peers our addresses again (identify push). libp2p pushes when listen
-    /// addresses change, not external ones; but a newly confirmed public address is what a peer
-    /// that reaches us through a relay needs to dial us directly (`traversal::reverse`).
-    fn push_identify(&mut self) {
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        if !peers.is_empty() {
-            self.swarm.behaviour_mut().identify.push(peers);
-        }
-    }
-
-    /// Adds an external address ourselves (the swarm reports only those that behaviours add).
-    pub(super) fn confirm_external(&mut self, address: Multiaddr) {
-        self.swarm.add_external_address(address.clone());
-        self.on_external_confirmed(address);
-    }
-
-    /// Removes an external address ourselves, as [`Self::confirm_external`].
-    pub(super) fn expire_external(&mut self, address: &Multiaddr) {
-        self.swarm.remove_external_address(address);
-        self.on_external_expired(address.clone());
     }
 
     fn on_connection_established(
@@ -592,16 +392,8 @@ impl EventLoop {
             direction,
             relayed,
         };
-        let state = self.peers.entry(peer_id).or_insert_with(|| PeerState {
-            connections: HashMap::new(),
-            rtt: None,
-            agent_version: None,
-            protocols: Vec::new(),
-            listen_addrs: Vec::new(),
-        });
-        let first = state.connections.is_empty();
-        state.connections.insert(id, info);
-        if let Some(dial) = self.dials.remove(&id) {
+        let first = self.conn.connected(peer_id, id, info);
+        if let Some(dial) = self.queries.take_dial(&id) {
             let _ = dial.reply.send(Ok(Connected {
                 peer_id: dial.peer,
                 remote_addr: remote_addr.clone(),
@@ -617,28 +409,6 @@ impl EventLoop {
             });
         }
         self.on_connection_kind(peer_id, relayed);
-    }
-
-    fn set_reachability(&mut self, change: impl FnOnce(&mut nat::Tracker)) {
-        let before = self.nat.reachability();
-        change(&mut self.nat);
-        let after = self.nat.reachability();
-        if before != after {
-            tracing::info!(%after, "reachability changed");
-            self.next_relay_check = tokio::time::Instant::now();
-            if self.kad_auto {
-                self.swarm.behaviour_mut().kad.set_mode(Some(
-                    if after == nat::Reachability::Public {
-                        kad::Mode::Server
-                    } else {
-                        kad::Mode::Client
-                    },
-                ));
-            }
-            self.emit(Event::ReachabilityChanged {
-                reachability: after,
-            });
-        }
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
@@ -667,7 +437,7 @@ impl EventLoop {
                     result: Ok(rtt),
                     ..
                 } = event
-                    && let Some(state) = self.peers.get_mut(&peer)
+                    && let Some(state) = self.conn.peers.get_mut(&peer)
                 {
                     state.rtt = Some(rtt);
                 }
@@ -737,64 +507,6 @@ impl EventLoop {
             BehaviourEvent::Limits(never) => match never {},
             BehaviourEvent::Stream(()) => {}
         }
-    }
-
-    fn on_identified(
-        &mut self,
-        peer_id: PeerId,
-        connection_id: ConnectionId,
-        info: identify::Info,
-    ) {
-        let Some(state) = self.peers.get_mut(&peer_id) else {
-            return;
-        };
-        let remote = state
-            .connections
-            .get(&connection_id)
-            .map(|c| c.remote_addr.clone())
-            .unwrap_or_else(|| {
-                Multiaddr::empty().with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
-            });
-        let relayed = state
-            .connections
-            .get(&connection_id)
-            .is_some_and(|c| c.relayed);
-        let mut addrs = nat::usable_from(&remote, info.listen_addrs);
-        addrs.truncate(MAX_IDENTIFY_ADDRS);
-        let kad_server = info.protocols.contains(&dht::PROTOCOL);
-        state.agent_version = Some(info.agent_version.clone());
-        state.protocols = info.protocols.iter().map(ToString::to_string).collect();
-        state.listen_addrs = addrs.clone();
-        if kad_server {
-            for addr in &addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, addr.clone());
-            }
-        }
-        if !addrs.is_empty()
-            && let Err(e) = self.peer_book.record(
-                &peer_id,
-                addrs.clone(),
-                Some(info.agent_version.clone()),
-                kad_server,
-            )
-        {
-            tracing::warn!(peer = %peer_id, error = %e, "cannot update the peer book");
-        }
-        if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
-            self.relay_candidate(peer_id, &addrs, false);
-        }
-        if relayed {
-            self.reverse(peer_id, &addrs);
-        }
-        self.emit(Event::PeerIdentified {
-            peer_id,
-            agent_version: info.agent_version,
-            listen_addrs: addrs,
-            kad_server,
-        });
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {

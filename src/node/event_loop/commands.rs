@@ -9,7 +9,10 @@ use libp2p::{
 };
 use tokio::sync::oneshot;
 
-use super::{EventLoop, MAX_PENDING_DIALS, MAX_PENDING_FINDS, PendingDial, PendingFind};
+use super::{
+    EventLoop,
+    queries::{PendingDial, PendingFind},
+};
 use crate::{
     dht,
     node::{
@@ -57,8 +60,8 @@ impl EventLoop {
             agent_version: crate::node::agent_version(),
             listen_addrs: self.swarm.listeners().cloned().collect(),
             external_addrs: self.swarm.external_addresses().cloned().collect(),
-            reachability: self.nat.reachability(),
-            relay_reservations: self.relays.reservations(),
+            reachability: self.traversal.nat.reachability(),
+            relay_reservations: self.traversal.relays.reservations(),
             kad_mode: self.swarm.behaviour().kad.mode().to_string(),
             connected_peers: self.swarm.connected_peers().count(),
             connections: self
@@ -67,13 +70,14 @@ impl EventLoop {
                 .connection_counters()
                 .num_established(),
             routing_table_size,
-            peer_book_size: self.peer_book.len(),
+            peer_book_size: self.conn.peer_book.len(),
             uptime_secs: self.started.elapsed().as_secs(),
         }
     }
 
     fn peer_infos(&self) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self
+            .conn
             .peers
             .iter()
             .map(|(peer, s)| PeerInfo {
@@ -90,10 +94,9 @@ impl EventLoop {
     }
 
     fn find_peer(&mut self, target: PeerId, reply: oneshot::Sender<Result<FoundPeer, Error>>) {
-        if self.finds.len() >= MAX_PENDING_FINDS {
-            let _ = reply.send(Err(Error::Busy("DHT lookups", MAX_PENDING_FINDS)));
+        let Some(reply) = self.queries.room_for_find(reply) else {
             return;
-        }
+        };
         // The target is at distance 0 from its own key: asking for the single closest peer ends
         // the query as soon as the target itself answers, instead of converging on k peers.
         let id = self
@@ -101,7 +104,7 @@ impl EventLoop {
             .behaviour_mut()
             .kad
             .get_n_closest_peers(target, dht::FIND_PEER_RESULTS);
-        self.finds.insert(
+        self.queries.add_find(
             id,
             PendingFind {
                 target,
@@ -114,7 +117,7 @@ impl EventLoop {
     /// Answers a lookup from the query's closest peers; if the DHT does not know the target but we
     /// are connected to it (a DHT client, say), from what identify told us.
     pub(super) fn finish_find(&mut self, id: kad::QueryId, peers: Vec<kad::PeerInfo>) {
-        let Some(pending) = self.finds.remove(&id) else {
+        let Some(pending) = self.queries.take_find(&id) else {
             return;
         };
         let duration_ms = pending
@@ -135,7 +138,7 @@ impl EventLoop {
             .filter(|addrs| !addrs.is_empty())
             .map(|addrs| (addrs, FindSource::Dht));
         let from_connection = || {
-            let state = self.peers.get(&pending.target)?;
+            let state = self.conn.peers.get(&pending.target)?;
             let addrs: Vec<Multiaddr> = if state.listen_addrs.is_empty() {
                 state
                     .connections
@@ -182,6 +185,7 @@ impl EventLoop {
         reply: oneshot::Sender<Result<Connected, Error>>,
     ) {
         if let Some(conn) = self
+            .conn
             .peers
             .get(&peer)
             .and_then(|s| s.connections.values().next())
@@ -193,10 +197,9 @@ impl EventLoop {
             }));
             return;
         }
-        if self.dials.len() >= MAX_PENDING_DIALS {
-            let _ = reply.send(Err(Error::Busy("dials", MAX_PENDING_DIALS)));
+        let Some(reply) = self.queries.room_for_dial(reply) else {
             return;
-        }
+        };
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::Always)
@@ -204,7 +207,7 @@ impl EventLoop {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.dials.insert(id, PendingDial { peer, reply });
+                self.queries.add_dial(id, PendingDial { peer, reply });
             }
             Err(e) => {
                 let _ = reply.send(Err(Error::Dial(e.to_string())));

@@ -3,7 +3,7 @@
 //! valid records. Signing and signature checks run on the blocking pool; their results come back
 //! as [`Internal`] messages.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId,
@@ -68,9 +68,98 @@ pub(super) struct Lookup {
     pub(super) records: Vec<Record>,
 }
 
+/// Presence publishing and record checks: when our record is published next (and whether a
+/// signature is in flight), the key-rotation deadline, signature checks of inbound records in
+/// flight, and the pending lookups.
+pub(super) struct State {
+    pub(super) keys: Arc<LocalKeys>,
+    /// The `meta` tree: the last sequence number published.
+    meta: sled::Tree,
+    pub(super) ttl: Duration,
+    republish_interval: Duration,
+    pub(super) next_publish: tokio::time::Instant,
+    /// When the key bundle is due to be replaced (`data.key_rotation_secs`).
+    pub(super) next_rotation: tokio::time::Instant,
+    /// A record is being signed.
+    pub(super) publishing: bool,
+    pub(super) validations: usize,
+    pub(super) lookups: HashMap<kad::QueryId, Lookup>,
+    pub(super) metrics: Metrics,
+}
+
+impl State {
+    pub(super) fn new(
+        cfg: &crate::node::config::Presence,
+        keys: Arc<LocalKeys>,
+        meta: sled::Tree,
+        metrics: Metrics,
+        now: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            next_rotation: rotation_deadline(&keys),
+            keys,
+            meta,
+            ttl: Duration::from_secs(cfg.ttl_secs),
+            republish_interval: Duration::from_secs(cfg.republish_secs),
+            next_publish: now + FIRST_PUBLISH_DELAY,
+            publishing: false,
+            validations: 0,
+            lookups: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Addresses changed: publish again within [`MIN_REPUBLISH_INTERVAL`].
+    pub(super) fn dirty(&mut self, now: tokio::time::Instant) {
+        self.next_publish = self.next_publish.min(now + MIN_REPUBLISH_INTERVAL);
+    }
+
+    /// At the publication deadline, with `routing_table` peers known: the sequence number of the
+    /// record to sign now (stored first, so a restart never reuses one), or `None` to try again
+    /// in [`MIN_REPUBLISH_INTERVAL`] (a signature in flight, nobody to publish to, the store
+    /// failing).
+    pub(super) fn begin_publish(
+        &mut self,
+        now: tokio::time::Instant,
+        routing_table: usize,
+    ) -> Option<u64> {
+        if self.publishing || routing_table == 0 {
+            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
+            return None;
+        }
+        let last = self
+            .meta
+            .get(SEQ_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
+            .unwrap_or(0);
+        let seq = (last + 1).max(crate::time::unix_ms());
+        if let Err(e) = self.meta.insert(SEQ_KEY, &seq.to_be_bytes()) {
+            tracing::warn!(error = %e, "cannot store the presence sequence number");
+            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
+            return None;
+        }
+        self.publishing = true;
+        self.next_publish = now + self.republish_interval;
+        Some(seq)
+    }
+
+    /// Takes a place for a signature check of an inbound record; false when
+    /// [`MAX_PENDING_VALIDATIONS`] are in flight.
+    pub(super) fn take_validation_slot(&mut self) -> bool {
+        if self.validations >= MAX_PENDING_VALIDATIONS {
+            return false;
+        }
+        self.validations += 1;
+        true
+    }
+}
+
 impl EventLoop {
     pub(super) fn reject(&self, reason: Reject, key: &[u8]) {
-        self.presence_metrics
+        self.presence
+            .metrics
             .rejected
             .get_or_create(&RejectLabels {
                 reason: reason.as_str(),
@@ -100,10 +189,10 @@ impl EventLoop {
 
     /// Timer: replace the key bundle if it is due, and publish the new one in a fresh record.
     pub(super) fn rotate_keys(&mut self) {
-        match self.keys.rotate_if_due() {
+        match self.presence.keys.rotate_if_due() {
             Ok(true) => {
                 tracing::info!(
-                    bundle = %hex::encode(self.keys.bundle.current().bundle().id()),
+                    bundle = %hex::encode(self.presence.keys.bundle.current().bundle().id()),
                     "key bundle rotated"
                 );
                 self.presence_dirty();
@@ -111,23 +200,18 @@ impl EventLoop {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot rotate the key bundle"),
         }
-        self.next_rotation =
-            rotation_deadline(&self.keys).max(tokio::time::Instant::now() + MIN_REPUBLISH_INTERVAL);
+        self.presence.next_rotation = rotation_deadline(&self.presence.keys)
+            .max(tokio::time::Instant::now() + MIN_REPUBLISH_INTERVAL);
     }
 
     /// Addresses changed: publish again soon.
     pub(super) fn presence_dirty(&mut self) {
-        let soon = tokio::time::Instant::now() + MIN_REPUBLISH_INTERVAL;
-        self.next_publish = self.next_publish.min(soon);
+        self.presence.dirty(tokio::time::Instant::now());
     }
 
     /// Timer: sign a new record (off the loop) if we can reach the DHT.
     pub(super) fn publish_presence(&mut self) {
         let now = tokio::time::Instant::now();
-        if self.publishing {
-            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
-            return;
-        }
         let table: usize = self
             .swarm
             .behaviour_mut()
@@ -135,30 +219,14 @@ impl EventLoop {
             .kbuckets()
             .map(|b| b.num_entries())
             .sum();
-        if table == 0 {
-            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
+        let Some(seq) = self.presence.begin_publish(now, table) else {
             return;
-        }
-        let last = self
-            .meta
-            .get(SEQ_KEY)
-            .ok()
-            .flatten()
-            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
-            .unwrap_or(0);
-        let seq = (last + 1).max(crate::time::unix_ms());
-        if let Err(e) = self.meta.insert(SEQ_KEY, &seq.to_be_bytes()) {
-            tracing::warn!(error = %e, "cannot store the presence sequence number");
-            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
-            return;
-        }
-        let expires_at = crate::time::unix_secs() + self.presence_ttl.as_secs();
+        };
+        let expires_at = crate::time::unix_secs() + self.presence.ttl.as_secs();
         let addrs = self.presence_addrs();
-        let keys = self.keys.clone();
-        let ttl = self.presence_ttl;
+        let keys = self.presence.keys.clone();
+        let ttl = self.presence.ttl;
         let tx = self.internal_tx.clone();
-        self.publishing = true;
-        self.next_publish = now + self.republish_interval;
         tokio::task::spawn_blocking(move || {
             let value = record::sign(
                 &keys.identity,
@@ -175,7 +243,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_signed(&mut self, record: Record, seq: u64) {
-        self.publishing = false;
+        self.presence.publishing = false;
         match self
             .swarm
             .behaviour_mut()
@@ -189,11 +257,10 @@ impl EventLoop {
 
     /// An inbound PUT_VALUE: check it off the loop, store it when it comes back valid.
     pub(super) fn validate_inbound(&mut self, record: Record) {
-        if self.validations >= MAX_PENDING_VALIDATIONS {
+        if !self.presence.take_validation_slot() {
             self.reject(Reject::Overload, record.key.as_ref());
             return;
         }
-        self.validations += 1;
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
             let now = crate::time::unix_secs();
@@ -204,7 +271,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_validated(&mut self, mut record: Record, result: Result<(u64, u64), Reject>) {
-        self.validations -= 1;
+        self.presence.validations = self.presence.validations.saturating_sub(1);
         let (seq, expires_at) = match result {
             Ok(v) => v,
             Err(reason) => return self.reject(reason, record.key.as_ref()),
@@ -218,7 +285,7 @@ impl EventLoop {
                 if let Err(e) = kad.store_mut().put(record) {
                     tracing::debug!(error = ?e, "DHT store refused a valid record");
                 } else {
-                    self.presence_metrics.stored.inc();
+                    self.presence.metrics.stored.inc();
                 }
             }
             Ok(false) => {}
@@ -231,7 +298,7 @@ impl EventLoop {
         peer: PeerId,
         reply: oneshot::Sender<Result<Option<Presence>, Error>>,
     ) {
-        if self.lookups.len() >= MAX_PENDING_FINDS {
+        if self.presence.lookups.len() >= MAX_PENDING_FINDS {
             let _ = reply.send(Err(Error::Busy("presence lookups", MAX_PENDING_FINDS)));
             return;
         }
@@ -240,7 +307,7 @@ impl EventLoop {
             .behaviour_mut()
             .kad
             .get_record(record::key(&peer));
-        self.lookups.insert(
+        self.presence.lookups.insert(
             id,
             Lookup {
                 reply,
@@ -255,7 +322,7 @@ impl EventLoop {
         result: kad::GetRecordResult,
         last: bool,
     ) {
-        let Some(lookup) = self.lookups.get_mut(&id) else {
+        let Some(lookup) = self.presence.lookups.get_mut(&id) else {
             return;
         };
         if let Ok(kad::GetRecordOk::FoundRecord(found)) = result
@@ -266,7 +333,7 @@ impl EventLoop {
         if !last {
             return;
         }
-        let Some(lookup) = self.lookups.remove(&id) else {
+        let Some(lookup) = self.presence.lookups.remove(&id) else {
             return;
         };
         let tx = self.internal_tx.clone();
@@ -297,5 +364,64 @@ pub(super) fn rotation_deadline(keys: &LocalKeys) -> tokio::time::Instant {
     match keys.bundle.next_rotation() {
         Some(at) => now + Duration::from_secs(at.saturating_sub(crate::time::unix_secs())),
         None => now + Duration::from_secs(365 * 24 * 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (State, crate::store::Store) {
+        let store = crate::store::Store::temporary().unwrap();
+        let s = State::new(
+            &crate::node::config::Presence::default(),
+            Arc::new(LocalKeys::generate()),
+            store.meta().unwrap(),
+            Metrics::default(),
+            tokio::time::Instant::now(),
+        );
+        (s, store)
+    }
+
+    #[test]
+    fn a_record_is_signed_only_with_peers_to_publish_to_and_one_at_a_time() {
+        let (mut s, _store) = state();
+        let now = tokio::time::Instant::now();
+        assert_eq!(s.begin_publish(now, 0), None, "an empty routing table");
+        assert_eq!(s.next_publish, now + MIN_REPUBLISH_INTERVAL);
+        let first = s.begin_publish(now, 3).expect("peers to publish to");
+        assert_eq!(s.next_publish, now + Duration::from_secs(1200));
+        assert_eq!(s.begin_publish(now, 3), None, "a signature is in flight");
+        s.publishing = false;
+        let second = s.begin_publish(now, 3).unwrap();
+        assert!(second > first, "{second} after {first}");
+        assert_eq!(
+            s.meta.get(SEQ_KEY).unwrap().unwrap().as_ref(),
+            second.to_be_bytes(),
+            "stored before signing"
+        );
+    }
+
+    #[test]
+    fn address_changes_bring_the_next_publication_forward_only() {
+        let (mut s, _store) = state();
+        let now = tokio::time::Instant::now();
+        s.next_publish = now + Duration::from_secs(600);
+        s.dirty(now);
+        assert_eq!(s.next_publish, now + MIN_REPUBLISH_INTERVAL);
+        s.next_publish = now + Duration::from_secs(1);
+        s.dirty(now);
+        assert_eq!(s.next_publish, now + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn signature_checks_in_flight_are_bounded() {
+        let (mut s, _store) = state();
+        for _ in 0..MAX_PENDING_VALIDATIONS {
+            assert!(s.take_validation_slot());
+        }
+        assert!(!s.take_validation_slot());
+        s.validations -= 1;
+        assert!(s.take_validation_slot());
     }
 }

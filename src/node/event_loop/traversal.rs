@@ -1,14 +1,18 @@
-//! NAT traversal in the event loop: AutoNAT v1 re-checks of settled reachability (the v2 client
+//! NAT traversal in the event loop: external addresses and the reachability they make
+//! ([`State`], over [`nat::Tracker`]), AutoNAT v1 re-checks of settled reachability (the v2 client
 //! never re-tests an address, rust-libp2p #6203), relay reservations while the node is not
 //! public, DCUtR hole punching, and moving a peer from a relayed to a direct connection once
 //! there is one (the relayed connections are closed, so new data streams take the direct path).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use libp2p::{
     Multiaddr, PeerId, autonat,
     core::transport::ListenerId,
-    dcutr,
+    dcutr, kad,
     multiaddr::Protocol,
     relay,
     swarm::{
@@ -68,6 +72,54 @@ impl Metrics {
     }
 }
 
+/// Traversal state: reachability ([`nat::Tracker`]), relay reservations ([`nat::Relays`]), hole
+/// punches in progress (at most [`MAX_PUNCHES`]), and the Kademlia mode that follows reachability.
+pub(super) struct State {
+    pub(super) nat: nat::Tracker,
+    pub(super) relays: nat::Relays,
+    /// `relay.reservations`: relays to keep reservations on while not public; 0 = none.
+    pub(super) reservations: usize,
+    /// `kad.mode = "auto"`: Kademlia serves exactly while the node is public.
+    pub(super) kad_auto: bool,
+    pub(super) next_check: tokio::time::Instant,
+    pub(super) punches: HashMap<PeerId, Punch>,
+    pub(super) metrics: Metrics,
+    /// `network.external_addresses`: public by configuration, never re-checked.
+    pub(super) configured_external: Vec<Multiaddr>,
+}
+
+impl State {
+    pub(super) fn new(
+        cfg: &crate::node::Config,
+        metrics: Metrics,
+        now: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            nat: nat::Tracker::default(),
+            relays: nat::Relays::default(),
+            reservations: cfg.relay.reservations,
+            kad_auto: cfg.kad.mode == crate::dht::Mode::Auto && !cfg.kad_forced_server(),
+            next_check: now + RELAY_CHECK_INTERVAL,
+            punches: HashMap::new(),
+            metrics,
+            configured_external: cfg.network.external_addresses.clone(),
+        }
+    }
+
+    /// Whether a node of `role`, running for `running_for`, should hold relay reservations: a
+    /// desktop that is private, or whose reachability is still unknown after
+    /// [`nat::UNKNOWN_GRACE`].
+    pub(super) fn want_relays(&self, role: Role, running_for: Duration) -> bool {
+        role == Role::Desktop
+            && self.reservations > 0
+            && match self.nat.reachability() {
+                Reachability::Private => true,
+                Reachability::Unknown => running_for >= nat::UNKNOWN_GRACE,
+                Reachability::Public => false,
+            }
+    }
+}
+
 /// A hole punch in progress with a peer we only reach through a relay.
 pub(super) struct Punch {
     started: Instant,
@@ -77,39 +129,112 @@ pub(super) struct Punch {
 }
 
 impl EventLoop {
-    /// Whether this node should hold relay reservations: a desktop that is private, or whose
-    /// reachability is still unknown after [`nat::UNKNOWN_GRACE`].
-    fn want_relays(&self) -> bool {
-        self.role == Role::Desktop
-            && self.relay_reservations > 0
-            && match self.nat.reachability() {
-                Reachability::Private => true,
-                Reachability::Unknown => self.started.elapsed() >= nat::UNKNOWN_GRACE,
-                Reachability::Public => false,
+    /// An external address was confirmed (by a behaviour, or by us through
+    /// [`Self::confirm_external`]). A direct one makes the node public. AutoNAT v1 reports its
+    /// address with `/p2p/<us>` appended: that copy is replaced by the plain address.
+    pub(super) fn on_external_confirmed(&mut self, address: Multiaddr) {
+        if !nat::is_relayed(&address)
+            && matches!(address.iter().last(), Some(Protocol::P2p(p)) if p == *self.swarm.local_peer_id())
+        {
+            self.swarm.remove_external_address(&address);
+            let mut plain = address;
+            plain.pop();
+            if !self.swarm.external_addresses().any(|a| *a == plain) {
+                self.confirm_external(plain);
             }
+            return;
+        }
+        tracing::info!(%address, "external address confirmed");
+        if !nat::is_relayed(&address) {
+            self.set_reachability(|nat| nat.confirmed(&address));
+        }
+        self.push_identify();
+        self.presence_dirty();
+        self.emit(Event::ExternalAddrConfirmed { address });
+    }
+
+    pub(super) fn on_external_expired(&mut self, address: Multiaddr) {
+        tracing::info!(%address, "external address expired");
+        if !nat::is_relayed(&address) {
+            self.set_reachability(|nat| nat.expired(&address));
+        }
+        self.push_identify();
+        self.presence_dirty();
+        self.emit(Event::ExternalAddrExpired { address });
+    }
+
+    /// Sends connected peers our addresses again (identify push). libp2p pushes when listen
+    /// addresses change, not external ones; but a newly confirmed public address is what a peer
+    /// that reaches us through a relay needs to dial us directly (`traversal::reverse`).
+    fn push_identify(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if !peers.is_empty() {
+            self.swarm.behaviour_mut().identify.push(peers);
+        }
+    }
+
+    /// Adds an external address ourselves (the swarm reports only those that behaviours add).
+    pub(super) fn confirm_external(&mut self, address: Multiaddr) {
+        self.swarm.add_external_address(address.clone());
+        self.on_external_confirmed(address);
+    }
+
+    /// Removes an external address ourselves, as [`Self::confirm_external`].
+    pub(super) fn expire_external(&mut self, address: &Multiaddr) {
+        self.swarm.remove_external_address(address);
+        self.on_external_expired(address.clone());
+    }
+
+    pub(super) fn set_reachability(&mut self, change: impl FnOnce(&mut nat::Tracker)) {
+        let before = self.traversal.nat.reachability();
+        change(&mut self.traversal.nat);
+        let after = self.traversal.nat.reachability();
+        if before != after {
+            tracing::info!(%after, "reachability changed");
+            self.traversal.next_check = tokio::time::Instant::now();
+            if self.traversal.kad_auto {
+                self.swarm.behaviour_mut().kad.set_mode(Some(
+                    if after == nat::Reachability::Public {
+                        kad::Mode::Server
+                    } else {
+                        kad::Mode::Client
+                    },
+                ));
+            }
+            self.emit(Event::ReachabilityChanged {
+                reachability: after,
+            });
+        }
+    }
+
+    fn want_relays(&self) -> bool {
+        self.traversal
+            .want_relays(self.role, self.started.elapsed())
     }
 
     /// Keeps `relay.reservations` reservations while the node is not public and drops them when
     /// it is.
     pub(super) fn maintain_relays(&mut self) {
-        self.next_relay_check = tokio::time::Instant::now() + RELAY_CHECK_INTERVAL;
-        self.punches
+        self.traversal.next_check = tokio::time::Instant::now() + RELAY_CHECK_INTERVAL;
+        self.traversal
+            .punches
             .retain(|_, p| p.started.elapsed() < PUNCH_TIMEOUT);
         if !self.want_relays() {
-            for listener in self.relays.drain() {
+            for listener in self.traversal.relays.drain() {
                 tracing::info!(?listener, "publicly reachable: dropping relay reservation");
                 self.swarm.remove_listener(listener);
             }
             return;
         }
         for (relay, addr) in self
+            .traversal
             .relays
-            .to_reserve(self.relay_reservations, Instant::now())
+            .to_reserve(self.traversal.reservations, Instant::now())
         {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(listener) => {
                     tracing::debug!(%relay, %addr, "asking for a relay reservation");
-                    self.relays.reserving(listener, relay);
+                    self.traversal.relays.reserving(listener, relay);
                 }
                 Err(e) => tracing::debug!(%relay, %addr, error = %e, "cannot reserve"),
             }
@@ -124,14 +249,17 @@ impl EventLoop {
             .find(|a| !nat::is_relayed(a) && nat::scope(a) != Some(nat::Scope::Loopback))
             .or_else(|| addrs.iter().find(|a| !nat::is_relayed(a)));
         if let Some(addr) = usable {
-            self.relays.add_candidate(peer, addr.clone(), bootstrap);
+            self.traversal
+                .relays
+                .add_candidate(peer, addr.clone(), bootstrap);
         }
     }
 
     pub(super) fn on_new_listen_addr(&mut self, listener: ListenerId, address: &Multiaddr) {
-        if let Some(relay) = self.relays.accepted(listener, address) {
+        if let Some(relay) = self.traversal.relays.accepted(listener, address) {
             tracing::info!(%relay, %address, "relay reservation accepted");
-            self.traversal_metrics
+            self.traversal
+                .metrics
                 .reservations
                 .get_or_create(&OutcomeLabels {
                     outcome: "accepted",
@@ -145,14 +273,15 @@ impl EventLoop {
     }
 
     pub(super) fn on_listener_closed(&mut self, listener: ListenerId) {
-        if let Some(r) = self.relays.closed(listener, Instant::now()) {
+        if let Some(r) = self.traversal.relays.closed(listener, Instant::now()) {
             tracing::info!(relay = %r.relay, "relay reservation lost");
-            self.traversal_metrics
+            self.traversal
+                .metrics
                 .reservations
                 .get_or_create(&OutcomeLabels { outcome: "lost" })
                 .inc();
             self.emit(Event::RelayReservationLost { relay: r.relay });
-            self.next_relay_check = tokio::time::Instant::now();
+            self.traversal.next_check = tokio::time::Instant::now();
         }
     }
 
@@ -179,16 +308,16 @@ impl EventLoop {
     /// A connection came up. A relayed one to a peer we have no direct connection with starts a
     /// hole punch (DCUtR runs by itself); a direct one ends the peer's relayed connections.
     pub(super) fn on_connection_kind(&mut self, peer: PeerId, relayed: bool) {
-        let Some(state) = self.peers.get(&peer) else {
+        let Some(state) = self.conn.peers.get(&peer) else {
             return;
         };
         let direct_exists = state.connections.values().any(|c| !c.relayed);
         if relayed {
             if !direct_exists
-                && !self.punches.contains_key(&peer)
-                && self.punches.len() < MAX_PUNCHES
+                && !self.traversal.punches.contains_key(&peer)
+                && self.traversal.punches.len() < MAX_PUNCHES
             {
-                self.punches.insert(
+                self.traversal.punches.insert(
                     peer,
                     Punch {
                         started: Instant::now(),
@@ -206,7 +335,7 @@ impl EventLoop {
             .filter(|(_, c)| c.relayed)
             .map(|(id, _)| *id)
             .collect();
-        if let Some(punch) = self.punches.remove(&peer) {
+        if let Some(punch) = self.traversal.punches.remove(&peer) {
             // Direct without DCUtR reporting it (the other side dialled, or a plain dial won).
             self.finish_punch(peer, &punch, Ok(()));
         }
@@ -227,7 +356,7 @@ impl EventLoop {
     /// addresses later (identify push, e.g. once AutoNAT confirmed its public address) gets a dial
     /// to those.
     pub(super) fn reverse(&mut self, peer: PeerId, announced: &[Multiaddr]) {
-        let Some(punch) = self.punches.get_mut(&peer) else {
+        let Some(punch) = self.traversal.punches.get_mut(&peer) else {
             return;
         };
         let room = MAX_REVERSAL_ADDRS.saturating_sub(punch.reversed.len());
@@ -254,7 +383,7 @@ impl EventLoop {
 
     /// A dial to a peer we are hole punching with failed: one more attempt that did not work.
     pub(super) fn on_dial_failed(&mut self, peer: PeerId) {
-        if let Some(p) = self.punches.get_mut(&peer) {
+        if let Some(p) = self.traversal.punches.get_mut(&peer) {
             p.failed_dials += 1;
         }
     }
@@ -263,14 +392,14 @@ impl EventLoop {
         let peer = event.remote_peer_id;
         match event.result {
             Ok(_) => {
-                if let Some(punch) = self.punches.remove(&peer) {
+                if let Some(punch) = self.traversal.punches.remove(&peer) {
                     self.finish_punch(peer, &punch, Ok(()));
                 }
             }
             Err(e) => {
                 let error = e.to_string();
                 tracing::debug!(%peer, %error, "hole punch failed");
-                if let Some(punch) = self.punches.remove(&peer) {
+                if let Some(punch) = self.traversal.punches.remove(&peer) {
                     self.finish_punch(peer, &punch, Err(error));
                 }
             }
@@ -281,7 +410,8 @@ impl EventLoop {
         let outcome = if result.is_ok() { "success" } else { "failure" };
         let elapsed_ms = punch.started.elapsed().as_millis() as u64;
         tracing::info!(%peer, outcome, elapsed_ms, failed_dials = punch.failed_dials, "hole punch finished");
-        self.traversal_metrics
+        self.traversal
+            .metrics
             .hole_punches
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
@@ -316,7 +446,9 @@ impl EventLoop {
                 let stale: Vec<Multiaddr> = self
                     .swarm
                     .external_addresses()
-                    .filter(|a| !nat::is_relayed(a) && !self.configured_external.contains(a))
+                    .filter(|a| {
+                        !nat::is_relayed(a) && !self.traversal.configured_external.contains(a)
+                    })
                     .cloned()
                     .collect();
                 for addr in stale {
@@ -348,7 +480,7 @@ impl EventLoop {
                 .collect()
         };
         let target = strip(address);
-        let newest = self.peers.get(&peer).and_then(|state| {
+        let newest = self.conn.peers.get(&peer).and_then(|state| {
             state
                 .connections
                 .iter()
@@ -360,12 +492,64 @@ impl EventLoop {
                 .max()
         });
         // Only when the peer has another connection: the dial-back must not end the last one.
-        let others = self.peers.get(&peer).map_or(0, |s| s.connections.len());
+        let others = self
+            .conn
+            .peers
+            .get(&peer)
+            .map_or(0, |s| s.connections.len());
         if let Some(id) = newest
             && others > 1
         {
             tracing::debug!(%peer, %address, "closing the AutoNAT dial-back connection");
             self.swarm.close_connection(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public_addr() -> Multiaddr {
+        "/ip4/203.0.113.7/tcp/4001".parse().unwrap()
+    }
+
+    #[test]
+    fn desktops_want_relays_while_private_or_unknown_for_long_and_never_when_public() {
+        let cfg = crate::node::Config::default();
+        let mut s = State::new(&cfg, Metrics::default(), tokio::time::Instant::now());
+        assert!(
+            !s.want_relays(Role::Desktop, Duration::ZERO),
+            "unknown, just started"
+        );
+        assert!(
+            s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE),
+            "unknown for long"
+        );
+        assert!(
+            !s.want_relays(Role::Bootstrap, nat::UNKNOWN_GRACE),
+            "servers are public"
+        );
+        s.nat.confirmed(&public_addr());
+        assert_eq!(s.nat.reachability(), Reachability::Public);
+        assert!(!s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE));
+        s.reservations = 0;
+        s.nat.expired(&public_addr());
+        assert!(
+            !s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE),
+            "relay client off"
+        );
+    }
+
+    #[test]
+    fn kademlia_follows_reachability_only_in_auto_mode_on_desktops() {
+        let mut cfg = crate::node::Config::default();
+        let now = tokio::time::Instant::now();
+        assert!(State::new(&cfg, Metrics::default(), now).kad_auto);
+        cfg.role = Role::Bootstrap;
+        assert!(!State::new(&cfg, Metrics::default(), now).kad_auto);
+        cfg.role = Role::Desktop;
+        cfg.kad.mode = crate::dht::Mode::Client;
+        assert!(!State::new(&cfg, Metrics::default(), now).kad_auto);
     }
 }

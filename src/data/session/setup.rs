@@ -1,0 +1,361 @@
+//! The session handshake (`protocols/data-v1.md` §3): HELLO / BUNDLE / HANDSHAKE / AUTH in
+//! cleartext frames around [`crate::crypto::handshake`], for the initiator ([`initiate`]) and the
+//! responder ([`respond`]), within [`HANDSHAKE_TIMEOUT`]; a failure is reported to the peer with
+//! an ERROR frame before the stream closes.
+
+use super::*;
+
+/// The cleartext phase: frames, and an ERROR sent before giving up.
+struct Cleartext<S> {
+    frames: FramedRead<ReadHalf<S>, FrameCodec>,
+    io: WriteHalf<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
+    async fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for f in frames {
+            f.encode(&mut out);
+        }
+        self.io.write_all(&out).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Frame, Error> {
+        match self.frames.next().await {
+            None => Err(Error::Closed),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Frame::Error { code, message })) => Err(Error::Remote { code, message }),
+            Some(Ok(f)) => Ok(f),
+        }
+    }
+
+    /// Tells the peer why we give up (cleartext ERROR), if the failure is ours to report. Bounded
+    /// in time: a peer that stopped reading cannot hold us here.
+    async fn report(&mut self, e: &Error) {
+        if let Some((code, message)) = e.to_report() {
+            let _ = tokio::time::timeout(REPORT_TIMEOUT, async {
+                let _ = self.send(&[Frame::Error { code, message }]).await;
+                let _ = self.io.shutdown().await;
+            })
+            .await;
+        }
+    }
+
+    fn into_session(
+        self,
+        sealer: Sealer,
+        opener: Opener,
+        remote: PeerId,
+        pattern: Pattern,
+    ) -> Session<S> {
+        Session {
+            reader: Reader {
+                frames: self.frames,
+                opener,
+            },
+            writer: Writer {
+                io: self.io,
+                sealer,
+                buf: Vec::new(),
+            },
+            remote,
+            pattern,
+            remote_bundle: None,
+        }
+    }
+}
+
+fn unexpected(f: &Frame, wanted: &str) -> Error {
+    Error::protocol(
+        ErrorCode::UNEXPECTED_FRAME,
+        format!("expected {wanted}, got {}", frame_name(f)),
+    )
+}
+
+async fn with_timeout<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout))
+}
+
+/// Runs the initiator's side over `stream` to `remote` (authenticated by the libp2p connection).
+/// With `known` (a bundle verified earlier, e.g. from the DHT) the handshake is IK, else XK after
+/// fetching the bundle.
+pub async fn initiate<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: &LocalKeys,
+    remote: PeerId,
+    known: Option<Bundle>,
+    counters: &HandshakeCounters,
+) -> Result<Session<S>, Error> {
+    let (r, w) = tokio::io::split(stream);
+    let mut c = Cleartext {
+        frames: FramedRead::new(r, FrameCodec),
+        io: w,
+    };
+    let result = with_timeout(initiate_inner(&mut c, local, remote, known, counters)).await;
+    match result {
+        Ok((keys, bundle, pattern)) => {
+            let mut session = c.into_session(
+                Sealer::new(&keys.initiator_to_responder),
+                Opener::new(&keys.responder_to_initiator),
+                remote,
+                pattern,
+            );
+            // AUTH both ways.
+            let local_id = local.identity.peer_id();
+            let h = keys.handshake_hash;
+            let b = local.identity.binding();
+            let auth = Inner::Auth {
+                binding: Some(BindingParts {
+                    ml_dsa_public: Bytes::copy_from_slice(&b.ml_dsa_public),
+                    ed25519_signature: Bytes::copy_from_slice(&b.ed25519_signature),
+                    ml_dsa_signature: Bytes::copy_from_slice(&b.ml_dsa_signature),
+                }),
+                signature: handshake::sign_transcript(
+                    &local.identity,
+                    Role::Initiator,
+                    &local_id,
+                    &remote,
+                    &h,
+                )
+                .into(),
+            };
+            let verified = with_timeout(async {
+                session.writer.send(&auth).await?;
+                match session.reader.recv().await? {
+                    Some(Inner::Auth {
+                        binding: None,
+                        signature,
+                    }) => {
+                        handshake::verify_transcript(
+                            bundle.binding(),
+                            &signature,
+                            Role::Responder,
+                            &local_id,
+                            &remote,
+                            &h,
+                        )?;
+                        Ok(())
+                    }
+                    Some(_) => Err(Error::protocol(
+                        ErrorCode::UNEXPECTED_FRAME,
+                        "expected AUTH",
+                    )),
+                    None => Err(Error::Closed),
+                }
+            })
+            .await;
+            if let Err(e) = verified {
+                session.writer.report(&e).await;
+                return Err(e);
+            }
+            counters.post_quantum.inc();
+            session.remote_bundle = Some(bundle);
+            Ok(session)
+        }
+        Err(e) => {
+            c.report(&e).await;
+            Err(e)
+        }
+    }
+}
+
+async fn initiate_inner<S: AsyncRead + AsyncWrite>(
+    c: &mut Cleartext<S>,
+    local: &LocalKeys,
+    remote: PeerId,
+    known: Option<Bundle>,
+    counters: &HandshakeCounters,
+) -> Result<(crypto::SessionKeys, Bundle, Pattern), Error> {
+    let (bundle, pattern, mut out) = match known {
+        Some(b) => (
+            b,
+            Pattern::Ik,
+            vec![Frame::Hello {
+                version: VERSION,
+                need_bundle: false,
+            }],
+        ),
+        None => {
+            c.send(&[Frame::Hello {
+                version: VERSION,
+                need_bundle: true,
+            }])
+            .await?;
+            match c.recv().await? {
+                Frame::Bundle(bytes) => (Bundle::verify(&bytes, &remote)?, Pattern::Xk, Vec::new()),
+                other => return Err(unexpected(&other, "BUNDLE")),
+            }
+        }
+    };
+    let (mut init, msg1) = Initiator::start(&local.bundle.current(), &bundle, pattern)?;
+    out.push(Frame::Handshake {
+        step: 1,
+        pattern: pattern as u8,
+        bundle_id: Some(bundle.id()),
+        noise: msg1.into(),
+    });
+    c.send(&out).await?;
+    let msg2 = match c.recv().await? {
+        Frame::Handshake {
+            step: 2,
+            pattern: p,
+            noise,
+            ..
+        } if p == pattern as u8 => noise,
+        other => return Err(unexpected(&other, "HANDSHAKE step 2")),
+    };
+    if let Some(msg3) = init.read_step2(&msg2)? {
+        c.send(&[Frame::Handshake {
+            step: 3,
+            pattern: pattern as u8,
+            bundle_id: None,
+            noise: msg3.into(),
+        }])
+        .await?;
+    }
+    let keys = init.finish()?;
+    counters.noise.inc();
+    Ok((keys, bundle, pattern))
+}
+
+/// Runs the responder's side over `stream`, opened by `remote` (authenticated by the libp2p
+/// connection).
+pub async fn respond<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    local: &LocalKeys,
+    remote: PeerId,
+    counters: &HandshakeCounters,
+) -> Result<Session<S>, Error> {
+    let (r, w) = tokio::io::split(stream);
+    let mut c = Cleartext {
+        frames: FramedRead::new(r, FrameCodec),
+        io: w,
+    };
+    let (keys, pattern) = match with_timeout(respond_inner(&mut c, local, counters)).await {
+        Ok(v) => v,
+        Err(e) => {
+            c.report(&e).await;
+            return Err(e);
+        }
+    };
+    let mut session = c.into_session(
+        Sealer::new(&keys.responder_to_initiator),
+        Opener::new(&keys.initiator_to_responder),
+        remote,
+        pattern,
+    );
+    let local_id = local.identity.peer_id();
+    let h = keys.handshake_hash;
+    let verified = with_timeout(async {
+        let sig =
+            handshake::sign_transcript(&local.identity, Role::Responder, &remote, &local_id, &h);
+        session
+            .writer
+            .send(&Inner::Auth {
+                binding: None,
+                signature: sig.into(),
+            })
+            .await?;
+        match session.reader.recv().await? {
+            Some(Inner::Auth {
+                binding: Some(parts),
+                signature,
+            }) => {
+                let binding = Binding {
+                    peer_id: remote,
+                    ml_dsa_public: parts.ml_dsa_public.to_vec(),
+                    ed25519_signature: parts.ed25519_signature.to_vec(),
+                    ml_dsa_signature: parts.ml_dsa_signature.to_vec(),
+                };
+                binding
+                    .verify()
+                    .map_err(|e| Error::protocol(ErrorCode::BAD_SIGNATURE, e.to_string()))?;
+                handshake::verify_transcript(
+                    &binding,
+                    &signature,
+                    Role::Initiator,
+                    &remote,
+                    &local_id,
+                    &h,
+                )?;
+                Ok(())
+            }
+            Some(_) => Err(Error::protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                "expected AUTH with the initiator's identity binding",
+            )),
+            None => Err(Error::Closed),
+        }
+    })
+    .await;
+    if let Err(e) = verified {
+        session.writer.report(&e).await;
+        return Err(e);
+    }
+    counters.post_quantum.inc();
+    Ok(session)
+}
+
+async fn respond_inner<S: AsyncRead + AsyncWrite>(
+    c: &mut Cleartext<S>,
+    local: &LocalKeys,
+    counters: &HandshakeCounters,
+) -> Result<(crypto::SessionKeys, Pattern), Error> {
+    match c.recv().await? {
+        Frame::Hello { need_bundle, .. } => {
+            if need_bundle {
+                c.send(&[Frame::Bundle(Bytes::copy_from_slice(
+                    local.bundle.current().bundle().as_bytes(),
+                ))])
+                .await?;
+            }
+        }
+        other => return Err(unexpected(&other, "HELLO")),
+    }
+    let (pattern, bundle_id, msg1) = match c.recv().await? {
+        Frame::Handshake {
+            step: 1,
+            pattern,
+            bundle_id,
+            noise,
+        } => (pattern, bundle_id, noise),
+        other => return Err(unexpected(&other, "HANDSHAKE step 1")),
+    };
+    let pattern = Pattern::from_u8(pattern)
+        .ok_or_else(|| Error::protocol(ErrorCode::HANDSHAKE_FAILED, "unknown pattern"))?;
+    // The current bundle, or one it replaced that has not expired (data-v1.md §4.1).
+    let keys = bundle_id
+        .and_then(|id| local.bundle.find(&id, crate::time::unix_secs()))
+        .ok_or_else(|| {
+            Error::protocol(
+                ErrorCode::STALE_BUNDLE,
+                "unknown bundle id: fetch the bundle again",
+            )
+        })?;
+    let (mut resp, msg2) = Responder::read_step1(&keys, pattern, &msg1)?;
+    c.send(&[Frame::Handshake {
+        step: 2,
+        pattern: pattern as u8,
+        bundle_id: None,
+        noise: msg2.into(),
+    }])
+    .await?;
+    if pattern == Pattern::Xk {
+        match c.recv().await? {
+            Frame::Handshake {
+                step: 3,
+                pattern: 1,
+                noise,
+                ..
+            } => resp.read_step3(&noise)?,
+            other => return Err(unexpected(&other, "HANDSHAKE step 3")),
+        }
+    }
+    let keys = resp.finish()?;
+    counters.noise.inc();
+    Ok((keys, pattern))
+}

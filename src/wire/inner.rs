@@ -1,0 +1,374 @@
+//! Inner frames: what SEALED frames carry once opened (`protocols/data-v1.md` §2): AUTH, DATA and
+//! DATA_VIA, ACK, RESYNC, the file-transfer frames, PRESENCE, PING/PONG, CLOSE and ERROR.
+
+use bytes::{BufMut, Bytes};
+
+use super::{
+    Cursor, DecodeError, ErrorCode, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_MESSAGE_BYTES,
+    decode_error_payload, kind, put_text,
+};
+use crate::identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN};
+
+/// The identity binding an initiator sends in AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingParts {
+    pub ml_dsa_public: Bytes,
+    pub ed25519_signature: Bytes,
+    pub ml_dsa_signature: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    pub epoch: u64,
+    pub seq: u64,
+    pub msg_id: [u8; 16],
+    pub sent_at_ms: u64,
+    /// The sender's light client that wrote the message (sent as DATA_VIA).
+    pub from_client: Option<ClientId>,
+    /// The receiver's light client the message is for (sent as DATA_VIA).
+    pub to_client: Option<ClientId>,
+    pub body: String,
+}
+
+/// A light client's id: the first 8 bytes of the SHA-256 of its assist token (`assist.md` §2).
+pub type ClientId = [u8; 8];
+
+/// DATA_VIA flag bits.
+pub mod via {
+    pub const FROM_CLIENT: u8 = 1;
+    pub const TO_CLIENT: u8 = 2;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub transfer_id: [u8; 16],
+    pub size: u64,
+    pub hash_alg: u8,
+    pub hash: [u8; 32],
+    pub block_size: u32,
+    pub symbol_size: u16,
+    pub repair_per_mille: u16,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChunk {
+    pub transfer_id: [u8; 16],
+    pub block: u32,
+    pub packets: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    pub transfer_id: [u8; 16],
+    pub state: u8,
+    pub error: u16,
+    pub blocks: u32,
+    pub bitmap: Bytes,
+}
+
+/// FILE_STATUS states.
+pub mod file_state {
+    pub const RECEIVING: u8 = 0;
+    pub const COMPLETE: u8 = 1;
+    pub const FAILED: u8 = 2;
+}
+
+/// A frame inside SEALED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inner {
+    Auth {
+        binding: Option<BindingParts>,
+        signature: Bytes,
+    },
+    Data(Data),
+    Ack {
+        epoch: u64,
+        seq: u64,
+    },
+    /// The receiver lost messages it had acknowledged (its store was damaged and it started
+    /// anyway): send again from `next_seq` of `epoch` (§5.1).
+    Resync {
+        epoch: u64,
+        next_seq: u64,
+    },
+    FileMeta(FileMeta),
+    FileChunk(FileChunk),
+    FileStatus(FileStatus),
+    Presence {
+        status: u8,
+        since: u64,
+    },
+    Ping(u64),
+    Pong(u64),
+    Close(u16),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Inner {
+    /// Appends `inner_type ‖ payload` to `out` (what SEALED encrypts).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Inner::Auth { binding, signature } => {
+                out.push(kind::AUTH);
+                out.push(u8::from(binding.is_some()));
+                if let Some(b) = binding {
+                    out.extend_from_slice(&b.ml_dsa_public);
+                    out.extend_from_slice(&b.ed25519_signature);
+                    out.extend_from_slice(&b.ml_dsa_signature);
+                }
+                out.extend_from_slice(signature);
+            }
+            Inner::Data(d) => {
+                let flags = d.from_client.map_or(0, |_| via::FROM_CLIENT)
+                    | d.to_client.map_or(0, |_| via::TO_CLIENT);
+                out.push(if flags == 0 {
+                    kind::DATA
+                } else {
+                    kind::DATA_VIA
+                });
+                out.put_u64(d.epoch);
+                out.put_u64(d.seq);
+                out.extend_from_slice(&d.msg_id);
+                out.put_u64(d.sent_at_ms);
+                if flags != 0 {
+                    out.push(flags);
+                    for id in [d.from_client, d.to_client].into_iter().flatten() {
+                        out.extend_from_slice(&id);
+                    }
+                }
+                out.extend_from_slice(d.body.as_bytes());
+            }
+            Inner::Ack { epoch, seq } => {
+                out.push(kind::ACK);
+                out.put_u64(*epoch);
+                out.put_u64(*seq);
+            }
+            Inner::Resync { epoch, next_seq } => {
+                out.push(kind::RESYNC);
+                out.put_u64(*epoch);
+                out.put_u64(*next_seq);
+            }
+            Inner::FileMeta(m) => {
+                out.push(kind::FILE_META);
+                out.extend_from_slice(&m.transfer_id);
+                out.put_u64(m.size);
+                out.push(m.hash_alg);
+                out.extend_from_slice(&m.hash);
+                out.put_u32(m.block_size);
+                out.put_u16(m.symbol_size);
+                out.put_u16(m.repair_per_mille);
+                put_text(out, &m.name, MAX_FILE_NAME);
+            }
+            Inner::FileChunk(c) => {
+                out.push(kind::FILE_CHUNK);
+                out.extend_from_slice(&c.transfer_id);
+                out.put_u32(c.block);
+                out.extend_from_slice(&c.packets);
+            }
+            Inner::FileStatus(s) => {
+                out.push(kind::FILE_STATUS);
+                out.extend_from_slice(&s.transfer_id);
+                out.push(s.state);
+                out.put_u16(s.error);
+                out.put_u32(s.blocks);
+                out.extend_from_slice(&s.bitmap);
+            }
+            Inner::Presence { status, since } => {
+                out.push(kind::PRESENCE);
+                out.push(*status);
+                out.put_u64(*since);
+            }
+            Inner::Ping(n) => {
+                out.push(kind::PING);
+                out.put_u64(*n);
+            }
+            Inner::Pong(n) => {
+                out.push(kind::PONG);
+                out.put_u64(*n);
+            }
+            Inner::Close(code) => {
+                out.push(kind::CLOSE);
+                out.put_u16(*code);
+            }
+            Inner::Error { code, message } => {
+                out.push(kind::ERROR);
+                out.put_u16(code.0);
+                put_text(out, message, MAX_ERROR_MESSAGE);
+            }
+        }
+    }
+
+    /// Parses a decrypted inner frame (payloads are copied out).
+    pub fn decode(bytes: &[u8]) -> Result<Inner, DecodeError> {
+        Self::decode_with(bytes, Bytes::copy_from_slice)
+    }
+
+    /// Parses a decrypted inner frame whose payloads stay slices of `bytes` (no copy).
+    pub fn decode_shared(bytes: &Bytes) -> Result<Inner, DecodeError> {
+        Self::decode_with(bytes, |sub| bytes.slice_ref(sub))
+    }
+
+    fn decode_with(bytes: &[u8], share: impl Fn(&[u8]) -> Bytes) -> Result<Inner, DecodeError> {
+        let mut c = Cursor(bytes);
+        let ty = c.u8()?;
+        let inner = match ty {
+            kind::AUTH => decode_auth(&mut c, &share)?,
+            kind::DATA | kind::DATA_VIA => Inner::Data(decode_data(ty, &mut c)?),
+            kind::ACK => {
+                let epoch = c.u64()?;
+                let seq = c.u64()?;
+                c.end()?;
+                Inner::Ack { epoch, seq }
+            }
+            kind::RESYNC => {
+                let epoch = c.u64()?;
+                let next_seq = c.u64()?;
+                c.end()?;
+                Inner::Resync { epoch, next_seq }
+            }
+            kind::FILE_META => Inner::FileMeta(decode_file_meta(&mut c)?),
+            kind::FILE_CHUNK => {
+                let transfer_id = c.array()?;
+                let block = c.u32()?;
+                Inner::FileChunk(FileChunk {
+                    transfer_id,
+                    block,
+                    packets: share(c.rest()),
+                })
+            }
+            kind::FILE_STATUS => Inner::FileStatus(decode_file_status(&mut c, &share)?),
+            kind::PRESENCE => {
+                let status = c.u8()?;
+                let since = c.u64()?;
+                c.end()?;
+                Inner::Presence { status, since }
+            }
+            kind::PING => {
+                let n = c.u64()?;
+                c.end()?;
+                Inner::Ping(n)
+            }
+            kind::PONG => {
+                let n = c.u64()?;
+                c.end()?;
+                Inner::Pong(n)
+            }
+            kind::CLOSE => {
+                let code = c.u16()?;
+                c.end()?;
+                Inner::Close(code)
+            }
+            kind::ERROR => {
+                let (code, message) = decode_error_payload(&mut c)?;
+                Inner::Error { code, message }
+            }
+            kind::HELLO | kind::BUNDLE | kind::HANDSHAKE | kind::SEALED => {
+                return Err(DecodeError::Unexpected(ty));
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(inner)
+    }
+}
+
+fn decode_auth(c: &mut Cursor<'_>, share: &impl Fn(&[u8]) -> Bytes) -> Result<Inner, DecodeError> {
+    let flags = c.u8()?;
+    if flags & !1 != 0 {
+        return Err(DecodeError::Malformed("reserved AUTH flags set"));
+    }
+    let binding = if flags & 1 == 1 {
+        Some(BindingParts {
+            ml_dsa_public: share(c.bytes(ML_DSA_PUBLIC_KEY_LEN)?),
+            ed25519_signature: share(c.bytes(64)?),
+            ml_dsa_signature: share(c.bytes(ML_DSA_SIGNATURE_LEN)?),
+        })
+    } else {
+        None
+    };
+    let signature = share(c.bytes(ML_DSA_SIGNATURE_LEN)?);
+    c.end()?;
+    Ok(Inner::Auth { binding, signature })
+}
+
+/// DATA, or DATA_VIA with its client ids (`ty` tells which).
+fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
+    let epoch = c.u64()?;
+    let seq = c.u64()?;
+    let msg_id = c.array()?;
+    let sent_at_ms = c.u64()?;
+    let (mut from_client, mut to_client) = (None, None);
+    if ty == kind::DATA_VIA {
+        let flags = c.u8()?;
+        if flags == 0 || flags & !(via::FROM_CLIENT | via::TO_CLIENT) != 0 {
+            return Err(DecodeError::Malformed("DATA_VIA flags"));
+        }
+        if flags & via::FROM_CLIENT != 0 {
+            from_client = Some(c.array()?);
+        }
+        if flags & via::TO_CLIENT != 0 {
+            to_client = Some(c.array()?);
+        }
+    }
+    let body = c.rest();
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::MessageTooLarge(body.len()));
+    }
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| DecodeError::Malformed("DATA body is not UTF-8"))?;
+    Ok(Data {
+        epoch,
+        seq,
+        msg_id,
+        sent_at_ms,
+        from_client,
+        to_client,
+        body,
+    })
+}
+
+fn decode_file_meta(c: &mut Cursor<'_>) -> Result<FileMeta, DecodeError> {
+    let transfer_id = c.array()?;
+    let size = c.u64()?;
+    let hash_alg = c.u8()?;
+    let hash = c.array()?;
+    let block_size = c.u32()?;
+    let symbol_size = c.u16()?;
+    let repair_per_mille = c.u16()?;
+    let name = c.text(MAX_FILE_NAME)?;
+    c.end()?;
+    Ok(FileMeta {
+        transfer_id,
+        size,
+        hash_alg,
+        hash,
+        block_size,
+        symbol_size,
+        repair_per_mille,
+        name,
+    })
+}
+
+fn decode_file_status(
+    c: &mut Cursor<'_>,
+    share: &impl Fn(&[u8]) -> Bytes,
+) -> Result<FileStatus, DecodeError> {
+    let transfer_id = c.array()?;
+    let state = c.u8()?;
+    let error = c.u16()?;
+    let blocks = c.u32()?;
+    let bitmap = c.rest();
+    if bitmap.len() != usize::try_from(blocks.div_ceil(8)).unwrap_or(usize::MAX) {
+        return Err(DecodeError::Malformed("FILE_STATUS bitmap length"));
+    }
+    Ok(FileStatus {
+        transfer_id,
+        state,
+        error,
+        blocks,
+        bitmap: share(bitmap),
+    })
+}
