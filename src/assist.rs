@@ -139,24 +139,7 @@ impl Assist {
         tokens: Arc<Tokens>,
     ) -> Result<Self, Error> {
         let a = &cfg.assist;
-        let listener = std::net::TcpListener::bind(a.listen).map_err(|source| Error::Listen {
-            addr: a.listen,
-            source,
-        })?;
-        let http_addr = listener.local_addr().map_err(|source| Error::Listen {
-            addr: a.listen,
-            source,
-        })?;
-        let udp = tokio::net::UdpSocket::bind(a.stun_listen)
-            .await
-            .map_err(|source| Error::Stun {
-                addr: a.stun_listen,
-                source,
-            })?;
-        let stun_addr = udp.local_addr().map_err(|source| Error::Stun {
-            addr: a.stun_listen,
-            source,
-        })?;
+        let (listener, http_addr, udp, stun_addr) = bind(a).await?;
         let registry = node.metrics();
         let (metrics, stun_metrics, signaling_metrics) = {
             let mut r = registry.write().unwrap_or_else(|e| e.into_inner());
@@ -176,18 +159,7 @@ impl Assist {
             window: Duration::from_secs(a.rate_window_secs),
             penalty: Duration::from_secs(a.rate_penalty_secs),
         }));
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => {
-                // Both ring (QUIC) and aws-lc-rs are compiled in; rustls needs to be told.
-                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-                Some(
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                        .await
-                        .map_err(Error::Tls)?,
-                )
-            }
-            _ => None,
-        };
+        let tls = tls_config(a).await?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(stun::serve(
@@ -236,31 +208,7 @@ impl Assist {
             signaling: hub,
             shutdown: shutdown.clone(),
         });
-        let app = http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
-        let handle = axum_server::Handle::new();
-        let bind_error = |source| Error::Listen {
-            addr: a.listen,
-            source,
-        };
-        match tls {
-            Some(tls) => {
-                let server = axum_server::from_tcp_rustls(listener, tls)
-                    .map_err(bind_error)?
-                    .handle(handle.clone());
-                tasks.spawn(async move { log_end(server.serve(app).await) });
-            }
-            None => {
-                let server = axum_server::from_tcp(listener)
-                    .map_err(bind_error)?
-                    .handle(handle.clone());
-                tasks.spawn(async move { log_end(server.serve(app).await) });
-            }
-        }
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            stop.cancelled().await;
-            handle.graceful_shutdown(Some(Duration::from_secs(2)));
-        });
+        serve_http(&mut tasks, ctx, listener, tls, &shutdown, a.listen)?;
         tracing::info!(
             http = %http_addr,
             stun = %stun_addr,
@@ -280,6 +228,93 @@ impl Assist {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Binds the HTTP(S) listener and the STUN responder's socket; with their actual addresses.
+async fn bind(
+    a: &Config,
+) -> Result<
+    (
+        std::net::TcpListener,
+        SocketAddr,
+        tokio::net::UdpSocket,
+        SocketAddr,
+    ),
+    Error,
+> {
+    let listener = std::net::TcpListener::bind(a.listen).map_err(|source| Error::Listen {
+        addr: a.listen,
+        source,
+    })?;
+    let http_addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: a.listen,
+        source,
+    })?;
+    let udp = tokio::net::UdpSocket::bind(a.stun_listen)
+        .await
+        .map_err(|source| Error::Stun {
+            addr: a.stun_listen,
+            source,
+        })?;
+    let stun_addr = udp.local_addr().map_err(|source| Error::Stun {
+        addr: a.stun_listen,
+        source,
+    })?;
+    Ok((listener, http_addr, udp, stun_addr))
+}
+
+/// The TLS configuration `assist.tls_cert` and `assist.tls_key` name, if both are set.
+async fn tls_config(a: &Config) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, Error> {
+    Ok(match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            // Both ring (QUIC) and aws-lc-rs are compiled in; rustls needs to be told.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(Error::Tls)?,
+            )
+        }
+        _ => None,
+    })
+}
+
+/// Serves the assist router on `listener` (HTTPS with `tls`) until `shutdown`, then lets requests
+/// in progress finish for up to 2 s.
+fn serve_http(
+    tasks: &mut JoinSet<()>,
+    ctx: Arc<Context>,
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shutdown: &CancellationToken,
+    listen: SocketAddr,
+) -> Result<(), Error> {
+    let app = http::router(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let bind_error = |source| Error::Listen {
+        addr: listen,
+        source,
+    };
+    match tls {
+        Some(tls) => {
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(bind_error)?
+                .handle(handle.clone());
+            tasks.spawn(async move { log_end(server.serve(app).await) });
+        }
+        None => {
+            let server = axum_server::from_tcp(listener)
+                .map_err(bind_error)?
+                .handle(handle.clone());
+            tasks.spawn(async move { log_end(server.serve(app).await) });
+        }
+    }
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        handle.graceful_shutdown(Some(Duration::from_secs(2)));
+    });
+    Ok(())
 }
 
 /// File in the data directory with the address the assist API listens on.

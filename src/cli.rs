@@ -289,19 +289,7 @@ fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let dir = data_dir(&cli)?;
     match cli.command {
-        Command::Init => {
-            let (identity, created) = Identity::load_or_create(&dir)?;
-            if created {
-                eprintln!("Created a new identity in {}", dir.display());
-            } else {
-                eprintln!(
-                    "An identity already exists in {}; keeping it",
-                    dir.display()
-                );
-            }
-            println!("{}", identity.peer_id());
-            Ok(())
-        }
+        Command::Init => init(&dir),
         Command::Run(args) => run::run(&dir, args.config.load()?, args.accept_data_loss).await,
         Command::Doctor(out) => doctor(&dir, out.json),
         Command::Id(out) => {
@@ -315,40 +303,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(out) => {
             let status: control::Status = control::Client::for_data_dir(&dir)?
-                .get("/v1/status")
+                .get(control::routes::STATUS)
                 .await?;
             output::status(&status, out.json)
         }
         Command::Peers(out) => {
             let peers: Vec<node::PeerInfo> = control::Client::for_data_dir(&dir)?
-                .get("/v1/peers")
+                .get(control::routes::PEERS)
                 .await?;
             output::peers(&peers, out.json)
         }
         Command::Connect {
             target,
             output: out,
-        } => {
-            let request = if let Ok(peer_id) = target.parse::<PeerId>() {
-                ConnectRequest {
-                    peer_id: Some(peer_id),
-                    addrs: Vec::new(),
-                }
-            } else if let Ok(addr) = target.parse::<Multiaddr>() {
-                if crate::net::peer_id_of(&addr).is_none() {
-                    bail!("{addr} does not end in /p2p/<peer-id>");
-                }
-                ConnectRequest {
-                    peer_id: None,
-                    addrs: vec![addr],
-                }
-            } else {
-                bail!("`{target}` is neither a peer id nor a multiaddr");
-            };
-            let client = control::Client::for_data_dir(&dir)?;
-            let connected: node::Connected = client.post("/v1/connect", &request).await?;
-            output::connected(&connected, out.json)
-        }
+        } => connect(&dir, &target, out.json).await,
         Command::Send {
             peer_id,
             text,
@@ -378,7 +346,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = control::Client::for_data_dir(&dir)?;
             let found: node::FoundPeer = client
-                .post("/v1/dht/find-peer", &FindPeerRequest { peer_id })
+                .post(control::routes::FIND_PEER, &FindPeerRequest { peer_id })
                 .await?;
             output::found(&found, out.json)
         }
@@ -392,6 +360,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `commucat init`: the identity of the data directory, created if there is none.
+fn init(dir: &std::path::Path) -> anyhow::Result<()> {
+    let (identity, created) = Identity::load_or_create(dir)?;
+    if created {
+        eprintln!("Created a new identity in {}", dir.display());
+    } else {
+        eprintln!(
+            "An identity already exists in {}; keeping it",
+            dir.display()
+        );
+    }
+    println!("{}", identity.peer_id());
+    Ok(())
+}
+
+/// `commucat connect TARGET`: a peer id (addresses from the DHT) or a multiaddr ending in its id.
+async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Result<()> {
+    let request = if let Ok(peer_id) = target.parse::<PeerId>() {
+        ConnectRequest {
+            peer_id: Some(peer_id),
+            addrs: Vec::new(),
+        }
+    } else if let Ok(addr) = target.parse::<Multiaddr>() {
+        if crate::net::peer_id_of(&addr).is_none() {
+            bail!("{addr} does not end in /p2p/<peer-id>");
+        }
+        ConnectRequest {
+            peer_id: None,
+            addrs: vec![addr],
+        }
+    } else {
+        bail!("`{target}` is neither a peer id nor a multiaddr");
+    };
+    let client = control::Client::for_data_dir(dir)?;
+    let connected: node::Connected = client.post(control::routes::CONNECT, &request).await?;
+    output::connected(&connected, json)
+}
+
 async fn token(dir: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
     use crate::assist::tokens::{Issued, TokenInfo};
     match command {
@@ -402,7 +408,7 @@ async fn token(dir: &std::path::Path, command: TokenCommand) -> anyhow::Result<(
         TokenCommand::Issue { ttl, output } => {
             let issued: Issued = control::Client::for_data_dir(dir)?
                 .post(
-                    "/v1/assist/tokens",
+                    control::routes::TOKENS,
                     &control::IssueTokenRequest { ttl_secs: ttl },
                 )
                 .await?;
@@ -419,14 +425,14 @@ async fn token(dir: &std::path::Path, command: TokenCommand) -> anyhow::Result<(
             Ok(())
         }
         TokenCommand::Revoke { token_or_id } => {
-            let path = format!("/v1/assist/tokens/{}", urlencode(&token_or_id));
+            let path = format!("{}/{}", control::routes::TOKENS, urlencode(&token_or_id));
             control::Client::for_data_dir(dir)?.delete(&path).await?;
             eprintln!("Revoked");
             Ok(())
         }
         TokenCommand::List(output) => {
             let list: Vec<TokenInfo> = control::Client::for_data_dir(dir)?
-                .get("/v1/assist/tokens")
+                .get(control::routes::TOKENS)
                 .await?;
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);

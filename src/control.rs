@@ -38,6 +38,26 @@ use crate::{
     node::{self, SharedRegistry, agent_version},
 };
 
+/// The control API's paths (`protocols/control-api.md`), for the router and for clients.
+pub mod routes {
+    pub const ID: &str = "/v1/id";
+    pub const STATUS: &str = "/v1/status";
+    pub const PEERS: &str = "/v1/peers";
+    pub const FIND_PEER: &str = "/v1/dht/find-peer";
+    pub const CONNECT: &str = "/v1/connect";
+    pub const EVENTS: &str = "/v1/events";
+    pub const MESSAGES: &str = "/v1/messages";
+    pub const OUTBOX: &str = "/v1/outbox";
+    pub const INBOX: &str = "/v1/inbox";
+    pub const INBOX_STREAM: &str = "/v1/inbox/stream";
+    pub const FILES: &str = "/v1/files";
+    pub const TRANSFERS: &str = "/v1/transfers";
+    pub const TRANSFER: &str = "/v1/transfers/{id}";
+    pub const METRICS: &str = "/v1/metrics";
+    pub const TOKENS: &str = "/v1/assist/tokens";
+    pub const TOKEN: &str = "/v1/assist/tokens/{id}";
+}
+
 /// File in the data directory holding the address the control API listens on.
 pub const ADDR_FILE: &str = "control.addr";
 /// File in the data directory holding the bearer token.
@@ -186,25 +206,22 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         shutdown,
     };
     Router::new()
-        .route("/v1/id", get(id))
-        .route("/v1/status", get(status))
-        .route("/v1/peers", get(peers))
-        .route("/v1/dht/find-peer", post(find_peer))
-        .route("/v1/connect", post(connect))
-        .route("/v1/events", get(events))
-        .route("/v1/messages", post(data::send_message))
-        .route("/v1/outbox", get(data::outbox))
-        .route("/v1/inbox", get(data::inbox))
-        .route("/v1/inbox/stream", get(data::inbox_stream))
-        .route("/v1/files", post(data::send_file))
-        .route("/v1/transfers", get(data::transfers))
-        .route("/v1/transfers/{id}", get(data::transfer))
-        .route("/v1/metrics", get(metrics_text))
-        .route("/v1/assist/tokens", get(list_tokens).post(issue_token))
-        .route(
-            "/v1/assist/tokens/{id}",
-            axum::routing::delete(revoke_token),
-        )
+        .route(routes::ID, get(id))
+        .route(routes::STATUS, get(status))
+        .route(routes::PEERS, get(peers))
+        .route(routes::FIND_PEER, post(find_peer))
+        .route(routes::CONNECT, post(connect))
+        .route(routes::EVENTS, get(events))
+        .route(routes::MESSAGES, post(data::send_message))
+        .route(routes::OUTBOX, get(data::outbox))
+        .route(routes::INBOX, get(data::inbox))
+        .route(routes::INBOX_STREAM, get(data::inbox_stream))
+        .route(routes::FILES, post(data::send_file))
+        .route(routes::TRANSFERS, get(data::transfers))
+        .route(routes::TRANSFER, get(data::transfer))
+        .route(routes::METRICS, get(metrics_text))
+        .route(routes::TOKENS, get(list_tokens).post(issue_token))
+        .route(routes::TOKEN, axum::routing::delete(revoke_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

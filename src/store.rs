@@ -230,39 +230,7 @@ impl Store {
                 }
                 return Err(Error::DataLoss(Box::new(loss)));
             }
-            let kept = data_dir.join(format!("db.damaged-{}", crate::time::unix_secs()));
-            let kept = if copied {
-                std::fs::rename(&pre_open, &kept).map_err(|e| Error::file(&pre_open, e))?;
-                Some(kept)
-            } else if db.is_none() {
-                std::fs::rename(&path, &kept).map_err(|e| Error::file(&path, e))?;
-                Some(kept)
-            } else {
-                None
-            };
-            let db = match db {
-                Some(db) => db,
-                None => {
-                    // Nothing of it can be read: start on an empty database.
-                    let _ = std::fs::remove_dir_all(&path);
-                    open_db(data_dir, &path, opts.cache_mib)?
-                }
-            };
-            tracing::warn!(
-                kept = ?kept,
-                "starting on a database that lost committed state (--accept-data-loss):\n{loss}"
-            );
-            let accepted = commit::Accepted {
-                at_ms: crate::time::unix_ms(),
-                expected_generation: expected,
-                found_generation: found,
-                kept,
-            };
-            db.open_tree(META_TREE)?.insert(
-                commit::LOSS_KEY,
-                serde_json::to_vec(&accepted).expect("plain values"),
-            )?;
-            db
+            accept_loss(data_dir, &loss, db, copied, opts.cache_mib)?
         } else {
             if copied {
                 let _ = std::fs::remove_dir_all(&pre_open);
@@ -407,6 +375,57 @@ impl Store {
     pub async fn commit(&self) -> Result<(), Error> {
         self.committer.commit().await
     }
+}
+
+/// `--accept-data-loss`: keeps the damaged files beside the database (`db.damaged-<time>`), goes on
+/// with what could be read (or an empty database), and records in `meta` that the loss was
+/// accepted.
+fn accept_loss(
+    data_dir: &Path,
+    loss: &Loss,
+    db: Option<sled::Db>,
+    copied: bool,
+    cache_mib: u64,
+) -> Result<sled::Db, Error> {
+    let path = &loss.db_dir;
+    let pre_open = data_dir.join(commit::PRE_OPEN_DIR);
+    let (expected, found) = (
+        loss.expected.map_or(0, |r| r.generation),
+        loss.found_generation,
+    );
+    let kept = data_dir.join(format!("db.damaged-{}", crate::time::unix_secs()));
+    let kept = if copied {
+        std::fs::rename(&pre_open, &kept).map_err(|e| Error::file(&pre_open, e))?;
+        Some(kept)
+    } else if db.is_none() {
+        std::fs::rename(path, &kept).map_err(|e| Error::file(path, e))?;
+        Some(kept)
+    } else {
+        None
+    };
+    let db = match db {
+        Some(db) => db,
+        None => {
+            // Nothing of it can be read: start on an empty database.
+            let _ = std::fs::remove_dir_all(path);
+            open_db(data_dir, path, cache_mib)?
+        }
+    };
+    tracing::warn!(
+        kept = ?kept,
+        "starting on a database that lost committed state (--accept-data-loss):\n{loss}"
+    );
+    let accepted = commit::Accepted {
+        at_ms: crate::time::unix_ms(),
+        expected_generation: expected,
+        found_generation: found,
+        kept,
+    };
+    db.open_tree(META_TREE)?.insert(
+        commit::LOSS_KEY,
+        serde_json::to_vec(&accepted).expect("plain values"),
+    )?;
+    Ok(db)
 }
 
 /// What `commucat doctor` found in a database that holds what it committed.

@@ -2,7 +2,8 @@
 //! `src/` (and of `simnet/src/`) imports only modules on lower layers of the document's
 //! "Dependency order", and no two sibling modules anywhere import each other, directly or round a
 //! longer cycle. Imports are read from the source: `use` trees and `crate::`/`super::` paths, test
-//! modules (`#[cfg(test)] mod tests`) and comments left out.
+//! modules (`#[cfg(test)] mod tests`) and comments left out. And no file under `src/` or
+//! `simnet/src/` is over 600 lines, no function over 100.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -356,4 +357,105 @@ fn the_checker_sees_a_cycle_and_a_layer_violation() {
     assert!(has(&["a", "x"], &["a", "y"]) && has(&["a", "y"], &["a", "x"]));
     assert_eq!(edges.len(), 4, "comments are not imports: {edges:?}");
     assert!(cycle(&edges).is_some());
+}
+
+/// Files longer than this are split by idea (`docs/architecture.md`).
+const MAX_FILE_LINES: usize = 600;
+/// Functions longer than this are split into named steps.
+const MAX_FN_LINES: usize = 100;
+
+fn rust_files(root: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(root);
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Functions (name, first line, length in lines) of a file: from the `fn` line to the `}` at the
+/// same indentation.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let mut rest = trimmed;
+        for prefix in [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "const ",
+            "async ",
+            "unsafe ",
+        ] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        let Some(name) = rest.strip_prefix("fn ") else {
+            continue;
+        };
+        if line.trim_end().ends_with(';') {
+            continue; // a declaration without a body
+        }
+        let name: String = name
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let close = " ".repeat(indent) + "}";
+        if let Some(end) = lines[i + 1..]
+            .iter()
+            .position(|l| l.starts_with(&close) && !l[indent..].starts_with("} else"))
+        {
+            out.push((name, i + 1, end + 2));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_file_or_function_is_too_long() {
+    let mut long = Vec::new();
+    for root in ["src", "simnet/src"] {
+        for file in rust_files(root) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let shown = file
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .unwrap()
+                .display()
+                .to_string();
+            let n = text.lines().count();
+            if n > MAX_FILE_LINES {
+                long.push(format!("{shown}: {n} lines (at most {MAX_FILE_LINES})"));
+            }
+            for (name, line, len) in functions(&text) {
+                if len > MAX_FN_LINES {
+                    long.push(format!(
+                        "{shown}:{line}: fn {name} is {len} lines (at most {MAX_FN_LINES})"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(long.is_empty(), "split by idea:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_length_check_measures_functions_to_their_closing_brace() {
+    let text = "fn short() {\n    1\n}\n\nimpl X {\n    pub async fn long(&self) {\n".to_owned()
+        + &"        step();\n".repeat(120)
+        + "    }\n}\n";
+    let found = functions(&text);
+    assert_eq!(found[0], ("short".into(), 1, 3));
+    assert_eq!(found[1], ("long".into(), 6, 122));
 }

@@ -122,42 +122,61 @@ fn config(s: &Scenario, group: &str, role: Role, port: u64) -> anyhow::Result<Co
     }
 }
 
-/// `metrics_every`: print summed node metrics at that interval (see `meter.rs`).
-pub async fn run(
-    s: &Scenario,
-    plan: &Plan,
-    metrics_every: Option<Duration>,
-    progress: &crate::Progress,
-) -> anyhow::Result<crate::Outcome> {
-    let started = Instant::now();
-    let total = plan.nodes.len();
-    let link = s.link.unwrap_or_default();
-    let base = NEXT_PORT.fetch_add(total as u64, Ordering::Relaxed);
-    let mut slots = Vec::with_capacity(total);
-    for (i, p) in plan.nodes.iter().enumerate() {
-        slots.push(Arc::new(Slot {
-            keys: Arc::new(LocalKeys::generate()),
-            store: Store::temporary()?,
-            cfg: config(s, &p.group, p.role, base + i as u64)?,
-            downloads: tempfile::tempdir()?,
-            files: tempfile::tempdir()?,
-        }));
-    }
-    let addrs: Vec<Multiaddr> = slots.iter().map(|s| s.addr()).collect();
-    let ids: Vec<PeerId> = slots.iter().map(|s| s.keys.peer_id()).collect();
-    for (i, p) in plan.nodes.iter().enumerate() {
-        let slot = Arc::get_mut(&mut slots[i]).expect("not shared yet");
-        slot.cfg.bootstrap.peers = p.bootstrap.iter().map(|b| addrs[*b].clone()).collect();
+/// The plan's nodes: every slot, the running node of each slot that is online, and churn in
+/// progress (nodes stopping, nodes starting again).
+struct Fleet {
+    slots: Vec<Arc<Slot>>,
+    live: Vec<Option<Running>>,
+    ids: Vec<PeerId>,
+    link: Link,
+    seed: u64,
+    /// Per node: time from its start to its first connection (set by its watcher task).
+    first_connect: track::FirstConnects,
+    registries: meter::Registries,
+    stopping: HashMap<usize, JoinHandle<u64>>,
+    returning: HashMap<usize, JoinHandle<anyhow::Result<(Running, u64)>>>,
+    /// Bytes sent by node runs that ended.
+    bytes_of_stopped: u64,
+}
+
+impl Fleet {
+    /// A slot per planned node, each on its own memory port and told its bootstrap peers.
+    fn new(s: &Scenario, plan: &Plan) -> anyhow::Result<Self> {
+        let total = plan.nodes.len();
+        let base = NEXT_PORT.fetch_add(total as u64, Ordering::Relaxed);
+        let mut slots = Vec::with_capacity(total);
+        for (i, p) in plan.nodes.iter().enumerate() {
+            slots.push(Slot {
+                keys: Arc::new(LocalKeys::generate()),
+                store: Store::temporary()?,
+                cfg: config(s, &p.group, p.role, base + i as u64)?,
+                downloads: tempfile::tempdir()?,
+                files: tempfile::tempdir()?,
+            });
+        }
+        let addrs: Vec<Multiaddr> = slots.iter().map(Slot::addr).collect();
+        for (slot, p) in slots.iter_mut().zip(&plan.nodes) {
+            slot.cfg.bootstrap.peers = p.bootstrap.iter().map(|b| addrs[*b].clone()).collect();
+        }
+        Ok(Self {
+            ids: slots.iter().map(|s| s.keys.peer_id()).collect(),
+            slots: slots.into_iter().map(Arc::new).collect(),
+            live: (0..total).map(|_| None).collect(),
+            link: s.link.unwrap_or_default(),
+            seed: plan.seed,
+            first_connect: track::FirstConnects::new(total),
+            registries: meter::Registries::default(),
+            stopping: HashMap::new(),
+            returning: HashMap::new(),
+            bytes_of_stopped: 0,
+        })
     }
 
-    // Per node: time from its start to its first connection (set by its watcher task).
-    let first_connect = track::FirstConnects::new(total);
-    let registries = meter::Registries::default();
-    let meter = metrics_every.map(|every| meter::spawn(every, registries.clone()));
-    let watch = |i: usize, n: &Running, t0: Instant| {
-        registries.add(n.node().metrics());
+    /// Node `i` is up (since `t0`): its metrics are summed, its first connection timed.
+    fn watch(&mut self, i: usize, n: Running, t0: Instant) {
+        self.registries.add(n.node().metrics());
         let mut events = n.node().client().subscribe();
-        let shared = first_connect.clone();
+        let shared = self.first_connect.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
@@ -170,56 +189,53 @@ pub async fn run(
                 }
             }
         });
-    };
-
-    // Bootstrap nodes one by one (each knows those before it), then the rest, a few at a time.
-    let mut live: Vec<Option<Running>> = (0..total).map(|_| None).collect();
-    let (boots, others): (Vec<usize>, Vec<usize>) =
-        (0..total).partition(|i| plan.nodes[*i].role == Role::Bootstrap);
-    let mut count = 0u64;
-    for &i in &boots {
-        let t0 = Instant::now();
-        let n = slots[i].start(link, plan.seed).await?;
-        watch(i, &n, t0);
-        live[i] = Some(n);
-        count += 1;
-        progress("starting nodes", count, total as u64);
+        self.live[i] = Some(n);
     }
-    let joins = Instant::now();
-    let spacing = Duration::from_secs(s.join_secs) / others.len().max(1) as u32;
-    let mut starting = stream::iter(others.iter().enumerate().map(|(k, &i)| {
-        let slot = slots[i].clone();
-        let due = joins + spacing * k as u32;
-        async move {
-            tokio::time::sleep_until(due.into()).await;
+
+    /// Bootstrap nodes one by one (each knows those before it), then the rest over `join_secs`, a
+    /// few at a time.
+    async fn start_all(
+        &mut self,
+        s: &Scenario,
+        plan: &Plan,
+        progress: &crate::Progress,
+    ) -> anyhow::Result<()> {
+        let total = plan.nodes.len() as u64;
+        let (boots, others): (Vec<usize>, Vec<usize>) =
+            (0..plan.nodes.len()).partition(|i| plan.nodes[*i].role == Role::Bootstrap);
+        let mut count = 0u64;
+        for &i in &boots {
             let t0 = Instant::now();
-            (i, t0, slot.start(link, plan.seed).await)
+            let n = self.slots[i].start(self.link, self.seed).await?;
+            self.watch(i, n, t0);
+            count += 1;
+            progress("starting nodes", count, total);
         }
-    }))
-    .buffer_unordered(START_CONCURRENCY);
-    while let Some((i, t0, n)) = starting.next().await {
-        let n = n?;
-        watch(i, &n, t0);
-        live[i] = Some(n);
-        count += 1;
-        progress("starting nodes", count, total as u64);
+        let joins = Instant::now();
+        let spacing = Duration::from_secs(s.join_secs) / others.len().max(1) as u32;
+        let (link, seed) = (self.link, self.seed);
+        let jobs: Vec<(usize, Arc<Slot>)> =
+            others.iter().map(|&i| (i, self.slots[i].clone())).collect();
+        let mut starting = stream::iter(jobs.into_iter().enumerate().map(|(k, (i, slot))| {
+            let due = joins + spacing * k as u32;
+            async move {
+                tokio::time::sleep_until(due.into()).await;
+                let t0 = Instant::now();
+                (i, t0, slot.start(link, seed).await)
+            }
+        }))
+        .buffer_unordered(START_CONCURRENCY);
+        while let Some((i, t0, n)) = starting.next().await {
+            self.watch(i, n?, t0);
+            count += 1;
+            progress("starting nodes", count, total);
+        }
+        Ok(())
     }
-    drop(starting);
 
-    // Warm-up: the DHT fills while nothing is measured.
-    let warmup = Duration::from_secs(s.warmup_secs);
-    let mut waited = Duration::ZERO;
-    while waited < warmup {
-        progress("warming up", waited.as_secs(), warmup.as_secs());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        waited += Duration::from_millis(500);
-    }
-
-    // Routing tables as the workload starts (for hop counts), when there are lookups.
-    let tables = if s.workload.lookups.is_empty() {
-        None
-    } else {
-        let asks = live.iter().enumerate().filter_map(|(i, n)| {
+    /// Routing tables as the workload starts (for hop counts).
+    async fn routing_tables(&self, progress: &crate::Progress) -> Tables {
+        let asks = self.live.iter().enumerate().filter_map(|(i, n)| {
             let client = n.as_ref()?.node().client().clone();
             Some(async move {
                 let table = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.routing_table()).await;
@@ -232,188 +248,263 @@ pub async fn run(
         while let Some((i, table)) = answers.next().await {
             match table {
                 Ok(Ok(table)) => {
-                    t.insert(ids[i], table);
+                    t.insert(self.ids[i], table);
                 }
                 _ => missing += 1,
             }
-            progress("routing tables", t.len() as u64, total as u64);
+            progress("routing tables", t.len() as u64, self.slots.len() as u64);
         }
         if missing > 0 {
             eprintln!(
                 "simnet: {missing} nodes did not show their routing table within {SNAPSHOT_TIMEOUT:?}"
             );
         }
-        Some(Tables::new(t))
+        Tables::new(t)
+    }
+
+    /// Waits for node `i` if it is starting again: an operation needs it now.
+    async fn ready(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(h) = self.returning.remove(&i) {
+            let (n, bytes) = h.await??;
+            self.bytes_of_stopped += bytes;
+            self.live[i] = Some(n);
+        }
+        Ok(())
+    }
+
+    fn live(&self, i: usize, what: &str) -> anyhow::Result<&Running> {
+        self.live[i]
+            .as_ref()
+            .with_context(|| format!("{what}: node {i} is offline"))
+    }
+
+    /// Churn: node `i` leaves (stops in the background).
+    fn leave(&mut self, i: usize, tracker: &Tracker) -> anyhow::Result<()> {
+        let n = self.live[i]
+            .take()
+            .context("leave: the node is not running")?;
+        tracker.lock().leaves += 1;
+        self.stopping.insert(
+            i,
+            tokio::spawn(async move {
+                let bytes = outbound_bytes(n.node()).unwrap_or(0);
+                let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
+                bytes
+            }),
+        );
+        Ok(())
+    }
+
+    /// Churn: node `i` comes back (once it has stopped) with the same keys, store and address.
+    fn come_back(&mut self, i: usize, tracker: &Tracker) {
+        let stop = self.stopping.remove(&i);
+        let slot = self.slots[i].clone();
+        let (link, seed) = (self.link, self.seed);
+        let t = tracker.clone();
+        let registries = self.registries.clone();
+        self.returning.insert(
+            i,
+            tokio::spawn(async move {
+                let bytes = match stop {
+                    Some(h) => h.await.unwrap_or(0),
+                    None => 0,
+                };
+                let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
+                    .await
+                    .context("a returning node did not start in time")??;
+                registries.add(n.node().metrics());
+                t.lock().returned.entry(i).or_default().push(Instant::now());
+                Ok((n, bytes))
+            }),
+        );
+    }
+
+    /// Waits for churn to settle: every returning node up, every leaving one stopped.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        for (i, h) in std::mem::take(&mut self.returning) {
+            let (n, bytes) = h.await??;
+            self.bytes_of_stopped += bytes;
+            self.live[i] = Some(n);
+        }
+        for (_, h) in self.stopping.drain() {
+            self.bytes_of_stopped += h.await.unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    /// Stops every node; the bytes all node runs sent.
+    async fn stop(self, progress: &crate::Progress) -> Option<u64> {
+        let total = self.slots.len() as u64;
+        let bytes_sent = self
+            .live
+            .iter()
+            .flatten()
+            .try_fold(self.bytes_of_stopped, |acc, n| {
+                outbound_bytes(n.node()).map(|b| acc + b)
+            });
+        progress("stopping nodes", 0, total);
+        let mut stops = stream::iter(self.live.into_iter().flatten().map(|n| async move {
+            let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
+        }))
+        .buffer_unordered(64);
+        let mut stopped = 0;
+        while stops.next().await.is_some() {
+            stopped += 1;
+            progress("stopping nodes", stopped, total);
+        }
+        bytes_sent
+    }
+}
+
+/// The workload: each operation at its time, bounded in flight.
+struct Workload<'a> {
+    plan: &'a Plan,
+    tracker: Tracker,
+    gate: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+    drain_until: Instant,
+}
+
+impl Workload<'_> {
+    async fn run(
+        &mut self,
+        fleet: &mut Fleet,
+        phase: Instant,
+        progress: &crate::Progress,
+    ) -> anyhow::Result<()> {
+        let ops_total = self.plan.ops.len() as u64;
+        for (k, sched) in self.plan.ops.iter().enumerate() {
+            tokio::time::sleep_until((phase + Duration::from_millis(sched.at_ms)).into()).await;
+            progress("workload", k as u64, ops_total);
+            match sched.op {
+                Op::Leave { node } => {
+                    fleet.ready(node).await?;
+                    fleet.leave(node, &self.tracker)?;
+                }
+                Op::Return { node } => fleet.come_back(node, &self.tracker),
+                Op::Lookup { from, to } => {
+                    fleet.ready(from).await?;
+                    let permit = self.gate.clone().acquire_owned().await?;
+                    let client = fleet.live(from, "lookup")?.node().client().clone();
+                    let (target, t) = (fleet.ids[to], self.tracker.clone());
+                    self.tasks.spawn(async move {
+                        t.lookup(client, from, to, target, LOOKUP_TIMEOUT).await;
+                        drop(permit);
+                    });
+                }
+                Op::Message { from, to, size } => {
+                    fleet.ready(from).await?;
+                    let permit = self.gate.clone().acquire_owned().await?;
+                    let (tag, body) = track::body(k, size);
+                    let data = fleet.live(from, "message")?.data().clone();
+                    let target = fleet.ids[to];
+                    let offline = !self.plan.nodes[to].live_at(sched.at_ms);
+                    self.tracker.sending(&tag, from, to, offline);
+                    self.tasks.spawn(async move {
+                        if let Err(e) = data.send_message(target, body).await {
+                            eprintln!("simnet: message {tag} not queued: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+                Op::File { from, to, size } => {
+                    fleet.ready(from).await?;
+                    self.file(fleet, k, from, to, size).await?;
+                }
+            }
+        }
+        progress("workload", ops_total, ops_total);
+        Ok(())
+    }
+
+    /// Sends a file of `size` bytes from `from` to `to`, timed until the sender sees it complete.
+    async fn file(
+        &mut self,
+        fleet: &Fleet,
+        k: usize,
+        from: usize,
+        to: usize,
+        size: usize,
+    ) -> anyhow::Result<()> {
+        let permit = self.gate.clone().acquire_owned().await?;
+        let data = fleet.live(from, "file")?.data().clone();
+        let path = fleet.slots[from].files.path().join(format!("file-{k}.bin"));
+        write_file(&path, size, k as u64)?;
+        let (target, t, drain_until) = (fleet.ids[to], self.tracker.clone(), self.drain_until);
+        self.tasks.spawn(async move {
+            let mut events = data.subscribe();
+            let started = Instant::now();
+            let done_ms = match data.send_file(target, path).await {
+                Ok(out) => wait_file(&mut events, &out.id, drain_until)
+                    .await
+                    .then(|| started.elapsed().as_secs_f64() * 1000.0),
+                Err(e) => {
+                    eprintln!("simnet: file {k} not queued: {e}");
+                    None
+                }
+            };
+            t.lock().files.push(track::File { size, done_ms });
+            drop(permit);
+        });
+        Ok(())
+    }
+}
+
+/// `metrics_every`: print summed node metrics at that interval (see `meter.rs`).
+pub async fn run(
+    s: &Scenario,
+    plan: &Plan,
+    metrics_every: Option<Duration>,
+    progress: &crate::Progress,
+) -> anyhow::Result<crate::Outcome> {
+    let started = Instant::now();
+    let mut fleet = Fleet::new(s, plan)?;
+    let meter = metrics_every.map(|every| meter::spawn(every, fleet.registries.clone()));
+    fleet.start_all(s, plan, progress).await?;
+
+    // Warm-up: the DHT fills while nothing is measured.
+    let warmup = Duration::from_secs(s.warmup_secs);
+    let mut waited = Duration::ZERO;
+    while waited < warmup {
+        progress("warming up", waited.as_secs(), warmup.as_secs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        waited += Duration::from_millis(500);
+    }
+    let tables = match s.workload.lookups.is_empty() {
+        true => None,
+        false => Some(fleet.routing_tables(progress).await),
     };
 
     // Arrivals: every store's inbox notifications (they outlive node restarts).
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
-    for slot in &slots {
+    for slot in &fleet.slots {
         watchers.push(tracker.watch_inbox(slot.store.inbox()?.subscribe()));
     }
-
-    // The workload, each operation at its time.
     let phase = Instant::now();
     let drain_until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
-    let ops_total = plan.ops.len() as u64;
-    let gate = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stopping: HashMap<usize, JoinHandle<u64>> = HashMap::new();
-    let mut returning: HashMap<usize, JoinHandle<anyhow::Result<(Running, u64)>>> = HashMap::new();
-    let mut bytes_of_stopped = 0u64;
-    for (k, sched) in plan.ops.iter().enumerate() {
-        let due = phase + Duration::from_millis(sched.at_ms);
-        tokio::time::sleep_until(due.into()).await;
-        progress("workload", k as u64, ops_total);
-        // A node whose start is under way is needed now, or soon.
-        let needs: &[usize] = match &sched.op {
-            Op::Lookup { from, .. } | Op::Message { from, .. } | Op::File { from, .. } => &[*from],
-            Op::Leave { node } => &[*node],
-            Op::Return { .. } => &[],
-        };
-        for &i in needs {
-            if let Some(h) = returning.remove(&i) {
-                let (n, bytes) = h.await??;
-                bytes_of_stopped += bytes;
-                live[i] = Some(n);
-            }
-        }
-        match sched.op {
-            Op::Leave { node } => {
-                let n = live[node]
-                    .take()
-                    .context("leave: the node is not running")?;
-                tracker.lock().leaves += 1;
-                stopping.insert(
-                    node,
-                    tokio::spawn(async move {
-                        let bytes = outbound_bytes(n.node()).unwrap_or(0);
-                        let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
-                        bytes
-                    }),
-                );
-            }
-            Op::Return { node } => {
-                let stop = stopping.remove(&node);
-                let slot = slots[node].clone();
-                let seed = plan.seed;
-                let t = tracker.clone();
-                let registries = registries.clone();
-                returning.insert(
-                    node,
-                    tokio::spawn(async move {
-                        let bytes = match stop {
-                            Some(h) => h.await.unwrap_or(0),
-                            None => 0,
-                        };
-                        let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
-                            .await
-                            .context("a returning node did not start in time")??;
-                        registries.add(n.node().metrics());
-                        t.lock()
-                            .returned
-                            .entry(node)
-                            .or_default()
-                            .push(Instant::now());
-                        Ok((n, bytes))
-                    }),
-                );
-            }
-            Op::Lookup { from, to } => {
-                let permit = gate.clone().acquire_owned().await?;
-                let client = live[from].as_ref().context("lookup source offline")?;
-                let client = client.node().client().clone();
-                let target = ids[to];
-                let t = tracker.clone();
-                tasks.spawn(async move {
-                    t.lookup(client, from, to, target, LOOKUP_TIMEOUT).await;
-                    drop(permit);
-                });
-            }
-            Op::Message { from, to, size } => {
-                let permit = gate.clone().acquire_owned().await?;
-                let (tag, body) = track::body(k, size);
-                let data = live[from]
-                    .as_ref()
-                    .context("sender offline")?
-                    .data()
-                    .clone();
-                let target = ids[to];
-                tracker.sending(&tag, from, to, !plan.nodes[to].live_at(sched.at_ms));
-                tasks.spawn(async move {
-                    if let Err(e) = data.send_message(target, body).await {
-                        eprintln!("simnet: message {tag} not queued: {e}");
-                    }
-                    drop(permit);
-                });
-            }
-            Op::File { from, to, size } => {
-                let permit = gate.clone().acquire_owned().await?;
-                let data = live[from]
-                    .as_ref()
-                    .context("sender offline")?
-                    .data()
-                    .clone();
-                let path = slots[from].files.path().join(format!("file-{k}.bin"));
-                write_file(&path, size, k as u64)?;
-                let target = ids[to];
-                let t = tracker.clone();
-                tasks.spawn(async move {
-                    let mut events = data.subscribe();
-                    let started = Instant::now();
-                    let done_ms = match data.send_file(target, path).await {
-                        Ok(out) => wait_file(&mut events, &out.id, drain_until)
-                            .await
-                            .then(|| started.elapsed().as_secs_f64() * 1000.0),
-                        Err(e) => {
-                            eprintln!("simnet: file {k} not queued: {e}");
-                            None
-                        }
-                    };
-                    t.lock().files.push(track::File { size, done_ms });
-                    drop(permit);
-                });
-            }
-        }
-    }
-    progress("workload", ops_total, ops_total);
-    for (i, h) in returning.drain() {
-        let (n, bytes) = h.await??;
-        bytes_of_stopped += bytes;
-        live[i] = Some(n);
-    }
-    for (_, h) in stopping.drain() {
-        bytes_of_stopped += h.await.unwrap_or(0);
-    }
+    let mut workload = Workload {
+        plan,
+        tracker: tracker.clone(),
+        gate: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        tasks: tokio::task::JoinSet::new(),
+        drain_until,
+    };
+    workload.run(&mut fleet, phase, progress).await?;
+    fleet.settle().await?;
     // Up to the end of the workload phase, then the drain.
     tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
     track::drain(&tracker, drain_until, progress).await;
-    while tasks.join_next().await.is_some() {}
-
+    while workload.tasks.join_next().await.is_some() {}
     if let Some(m) = meter {
         m.abort();
     }
-
-    // Figures.
-    let bytes_sent = live.iter().flatten().try_fold(bytes_of_stopped, |acc, n| {
-        outbound_bytes(n.node()).map(|b| acc + b)
-    });
-    progress("stopping nodes", 0, total as u64);
-    let mut stops = stream::iter(live.into_iter().flatten().map(|n| async move {
-        let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
-    }))
-    .buffer_unordered(64);
-    let mut stopped = 0;
-    while stops.next().await.is_some() {
-        stopped += 1;
-        progress("stopping nodes", stopped, total as u64);
-    }
-    drop(stops);
+    let ids = fleet.ids.clone();
+    let first_connect = fleet.first_connect.clone();
+    let bytes_sent = fleet.stop(progress).await;
     for w in watchers {
         w.abort();
     }
-
     let (boot, isolated_nodes) = first_connect.summary();
     let log = tracker.lock();
     let hops = tables.map(|t| {
@@ -429,7 +520,7 @@ pub async fn run(
         scenario: s.name.clone(),
         mode: "inproc".into(),
         seed: plan.seed,
-        nodes: total,
+        nodes: plan.nodes.len(),
         wall_secs: started.elapsed().as_secs_f64(),
         peak_rss_kib: crate::report::peak_rss_kib(),
         time_to_first_bootstrap_ms: boot,

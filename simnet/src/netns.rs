@@ -132,21 +132,17 @@ struct Punch {
     ok: bool,
 }
 
-pub async fn run(
-    s: &Scenario,
-    plan: &Plan,
-    progress: &crate::Progress,
-) -> anyhow::Result<crate::Outcome> {
-    if std::env::var_os(USERNS_ENV).is_none_or(|v| v != "1") {
-        bail!("netns mode runs in patchbay's user namespace: start it with the simnet binary");
-    }
-    if let Some(why) = unavailable() {
-        bail!("netns mode cannot run here: {why}");
-    }
-    if plan.ops.iter().any(|o| matches!(o.op, Op::File { .. })) {
-        bail!("netns mode runs lookups and messages; file transfers are inproc only for now");
-    }
-    let started = Instant::now();
+/// Everything the run shares: the nodes, their ids, and what their event watchers collect.
+struct Run {
+    nodes: Vec<LabNode>,
+    ids: Vec<PeerId>,
+    punches: Arc<Mutex<Vec<Punch>>>,
+    first_connect: track::FirstConnects,
+}
+
+/// The lab: one public router for the bootstrap nodes, a router of its group's NAT type for every
+/// other node, a device per node.
+async fn build_lab(plan: &Plan, progress: &crate::Progress) -> anyhow::Result<(Lab, Vec<Device>)> {
     let total = plan.nodes.len();
     let lab = Lab::new().await.context("create the lab")?;
     let dc = netlab::router(&lab, "dc", Nat::Public).await?;
@@ -164,6 +160,17 @@ pub async fn run(
         devs.push(dev);
         progress("building the lab", i as u64 + 1, total as u64);
     }
+    Ok((lab, devs))
+}
+
+/// Starts the nodes, bootstrap nodes first (in plan order), each on its device's runtime.
+async fn start_nodes(
+    s: &Scenario,
+    plan: &Plan,
+    devs: &[Device],
+    progress: &crate::Progress,
+) -> anyhow::Result<Run> {
+    let total = plan.nodes.len();
     let keys: Vec<Arc<LocalKeys>> = (0..total)
         .map(|_| Arc::new(LocalKeys::generate()))
         .collect();
@@ -178,8 +185,6 @@ pub async fn run(
             .expect("valid")
             .with(Protocol::P2p(ids[i]))
     };
-
-    // Nodes: bootstrap nodes first (in plan order), each on its device's runtime.
     let punches: Arc<Mutex<Vec<Punch>>> = Arc::default();
     let first_connect = track::FirstConnects::new(total);
     let mut order: Vec<usize> = (0..total).collect();
@@ -220,13 +225,25 @@ pub async fn run(
         });
         progress("starting nodes", k as u64 + 1, total as u64);
     }
-    let nodes: Vec<LabNode> = nodes.into_iter().map(|n| n.expect("started")).collect();
+    Ok(Run {
+        nodes: nodes.into_iter().map(|n| n.expect("started")).collect(),
+        ids,
+        punches,
+        first_connect,
+    })
+}
 
-    // Warm-up: nodes behind NATs hold a relay reservation (or found themselves public).
-    let deadline = Instant::now() + RESERVE_WAIT.max(Duration::from_secs(s.warmup_secs));
+/// Warm-up: nodes behind NATs hold a relay reservation (or found themselves public).
+async fn wait_reserved(
+    nodes: &[LabNode],
+    warmup: Duration,
+    progress: &crate::Progress,
+) -> anyhow::Result<()> {
+    let total = nodes.len();
+    let deadline = Instant::now() + RESERVE_WAIT.max(warmup);
     loop {
         let mut ready = 0usize;
-        for n in &nodes {
+        for n in nodes {
             let st = n.app.node().client().status().await?;
             let reserved = st.relay_reservations.iter().any(|r| r.address.is_some());
             let public = st.reachability == commucat::nat::Reachability::Public;
@@ -246,17 +263,18 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tokio::time::sleep(Duration::from_secs(s.warmup_secs)).await;
+    Ok(())
+}
 
-    // Arrivals.
-    let tracker = Tracker::default();
-    let mut watchers = Vec::new();
-    for n in &nodes {
-        watchers.push(tracker.watch_inbox(n.app.data().inbox().subscribe()));
-    }
-
-    // The workload.
-    let phase = Instant::now();
+/// The workload, each operation at its time.
+async fn workload(
+    run: &Run,
+    plan: &Plan,
+    tracker: &Tracker,
+    phase: Instant,
+    progress: &crate::Progress,
+) -> anyhow::Result<()> {
+    let (nodes, ids) = (&run.nodes, &run.ids);
     let ops_total = plan.ops.len() as u64;
     let mut tasks = tokio::task::JoinSet::new();
     for (k, sched) in plan.ops.iter().enumerate() {
@@ -293,15 +311,16 @@ pub async fn run(
     }
     progress("workload", ops_total, ops_total);
     while tasks.join_next().await.is_some() {}
-    tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
-    track::drain(
-        &tracker,
-        phase + Duration::from_secs(s.duration_secs + s.drain_secs),
-        progress,
-    )
-    .await;
+    Ok(())
+}
 
-    // The pairs that exchanged messages, and how each ended: direct, or only on the relay.
+/// The pairs that exchanged messages, and how each ended: direct (true), or only on the relay.
+async fn settle_pairs(
+    run: &Run,
+    tracker: &Tracker,
+    progress: &crate::Progress,
+) -> anyhow::Result<(Vec<(usize, usize)>, HashMap<(usize, usize), bool>)> {
+    let (nodes, ids, punches) = (&run.nodes, &run.ids, &run.punches);
     let pairs: Vec<(usize, usize)> = {
         let log = tracker.lock();
         let mut v: Vec<(usize, usize)> = log
@@ -343,94 +362,95 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let (cells, direct, lookups, lookup_ms, messages, delivery_ms, timeline) = {
-        let log = tracker.lock();
-        let punches = punches.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cells: BTreeMap<(Nat, Nat), NatPair> = BTreeMap::new();
-        for &(a, b) in &pairs {
-            let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
-            let key = (na.min(nb), na.max(nb));
-            let cell = cells.entry(key).or_insert_with(|| NatPair {
-                a: key.0.label().into(),
-                b: key.1.label().into(),
-                expected: netlab::expected(key.0, key.1).into(),
-                as_expected: true,
-                pairs: 0,
-                attempts: 0,
-                successes: 0,
-                first_attempt_share: None,
-                direct: 0,
-                relayed: 0,
-                messages_sent: 0,
-                messages_delivered: 0,
-                delivery_rate: 1.0,
-            });
-            cell.pairs += 1;
-            // Both ends report the same punches: count the side that saw more.
-            let seen = |x: usize, y: usize| -> Vec<bool> {
-                punches
-                    .iter()
-                    .filter(|p| p.node == x && p.peer == ids[y])
-                    .map(|p| p.ok)
-                    .collect()
-            };
-            let (sa, sb) = (seen(a, b), seen(b, a));
-            let side = if sa.len() >= sb.len() { sa } else { sb };
-            cell.attempts += side.len();
-            cell.successes += side.iter().filter(|ok| **ok).count();
-            if state[&(a, b)] {
-                cell.direct += 1;
-            } else {
-                cell.relayed += 1;
-            }
-            for (tag, m) in &log.sent {
-                if (m.from.min(m.to), m.from.max(m.to)) == (a, b) {
-                    cell.messages_sent += 1;
-                    if log.arrived.contains_key(tag) {
-                        cell.messages_delivered += 1;
-                    }
-                }
-            }
-        }
-        // First-attempt share: pairs whose first punch succeeded, over pairs that punched.
-        for (key, cell) in cells.iter_mut() {
-            let (mut punched, mut first_ok) = (0, 0);
-            for &(a, b) in &pairs {
-                let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
-                if (na.min(nb), na.max(nb)) != *key {
-                    continue;
-                }
-                let first = punches.iter().find(|p| {
-                    (p.node == a && p.peer == ids[b]) || (p.node == b && p.peer == ids[a])
-                });
-                if let Some(p) = first {
-                    punched += 1;
-                    first_ok += usize::from(p.ok);
-                }
-            }
-            cell.first_attempt_share = (punched > 0).then(|| first_ok as f64 / punched as f64);
-            cell.delivery_rate = rate(cell.messages_delivered, cell.messages_sent);
-            let want_direct = cell.expected == "direct";
-            cell.as_expected = if want_direct {
-                cell.direct == cell.pairs
-            } else {
-                cell.relayed == cell.pairs
-            };
-        }
-        let direct: usize = cells.values().map(|c| c.direct).sum();
-        let (lookups, lookup_ms) = track::lookups(&log, None);
-        let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
-        (
-            cells,
-            direct,
-            lookups,
-            lookup_ms,
-            messages,
-            delivery_ms,
-            timeline,
-        )
-    };
+    Ok((pairs, state))
+}
 
+/// The report's `nat_pairs`: per pair of NAT types, what was expected and what happened.
+fn nat_cells(
+    plan: &Plan,
+    run: &Run,
+    pairs: &[(usize, usize)],
+    state: &HashMap<(usize, usize), bool>,
+    log: &track::Log,
+) -> BTreeMap<(Nat, Nat), NatPair> {
+    let ids = &run.ids;
+    let punches = run.punches.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cells: BTreeMap<(Nat, Nat), NatPair> = BTreeMap::new();
+    for &(a, b) in pairs {
+        let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
+        let key = (na.min(nb), na.max(nb));
+        let cell = cells.entry(key).or_insert_with(|| NatPair {
+            a: key.0.label().into(),
+            b: key.1.label().into(),
+            expected: netlab::expected(key.0, key.1).into(),
+            as_expected: true,
+            pairs: 0,
+            attempts: 0,
+            successes: 0,
+            first_attempt_share: None,
+            direct: 0,
+            relayed: 0,
+            messages_sent: 0,
+            messages_delivered: 0,
+            delivery_rate: 1.0,
+        });
+        cell.pairs += 1;
+        // Both ends report the same punches: count the side that saw more.
+        let seen = |x: usize, y: usize| -> Vec<bool> {
+            punches
+                .iter()
+                .filter(|p| p.node == x && p.peer == ids[y])
+                .map(|p| p.ok)
+                .collect()
+        };
+        let (sa, sb) = (seen(a, b), seen(b, a));
+        let side = if sa.len() >= sb.len() { sa } else { sb };
+        cell.attempts += side.len();
+        cell.successes += side.iter().filter(|ok| **ok).count();
+        if state[&(a, b)] {
+            cell.direct += 1;
+        } else {
+            cell.relayed += 1;
+        }
+        for (tag, m) in &log.sent {
+            if (m.from.min(m.to), m.from.max(m.to)) == (a, b) {
+                cell.messages_sent += 1;
+                if log.arrived.contains_key(tag) {
+                    cell.messages_delivered += 1;
+                }
+            }
+        }
+    }
+    // First-attempt share: pairs whose first punch succeeded, over pairs that punched.
+    for (key, cell) in cells.iter_mut() {
+        let (mut punched, mut first_ok) = (0, 0);
+        for &(a, b) in pairs {
+            let (na, nb) = (plan.nodes[a].nat, plan.nodes[b].nat);
+            if (na.min(nb), na.max(nb)) != *key {
+                continue;
+            }
+            let first = punches
+                .iter()
+                .find(|p| (p.node == a && p.peer == ids[b]) || (p.node == b && p.peer == ids[a]));
+            if let Some(p) = first {
+                punched += 1;
+                first_ok += usize::from(p.ok);
+            }
+        }
+        cell.first_attempt_share = (punched > 0).then(|| first_ok as f64 / punched as f64);
+        cell.delivery_rate = rate(cell.messages_delivered, cell.messages_sent);
+        let want_direct = cell.expected == "direct";
+        cell.as_expected = if want_direct {
+            cell.direct == cell.pairs
+        } else {
+            cell.relayed == cell.pairs
+        };
+    }
+    cells
+}
+
+/// Stops every node on its device's runtime; the bytes they sent.
+async fn stop_nodes(nodes: Vec<LabNode>) -> anyhow::Result<Option<u64>> {
     let mut bytes = Some(0u64);
     for n in nodes {
         bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(n.app.node()).map(|x| x + b));
@@ -440,15 +460,64 @@ pub async fn run(
         })?;
         let _ = tokio::time::timeout(Duration::from_secs(10), stop).await;
     }
+    Ok(bytes)
+}
+
+pub async fn run(
+    s: &Scenario,
+    plan: &Plan,
+    progress: &crate::Progress,
+) -> anyhow::Result<crate::Outcome> {
+    if std::env::var_os(USERNS_ENV).is_none_or(|v| v != "1") {
+        bail!("netns mode runs in patchbay's user namespace: start it with the simnet binary");
+    }
+    if let Some(why) = unavailable() {
+        bail!("netns mode cannot run here: {why}");
+    }
+    if plan.ops.iter().any(|o| matches!(o.op, Op::File { .. })) {
+        bail!("netns mode runs lookups and messages; file transfers are inproc only for now");
+    }
+    let started = Instant::now();
+    let (lab, devs) = build_lab(plan, progress).await?;
+    let mut run = start_nodes(s, plan, &devs, progress).await?;
+    wait_reserved(&run.nodes, Duration::from_secs(s.warmup_secs), progress).await?;
+    tokio::time::sleep(Duration::from_secs(s.warmup_secs)).await;
+
+    // Arrivals.
+    let tracker = Tracker::default();
+    let mut watchers = Vec::new();
+    for n in &run.nodes {
+        watchers.push(tracker.watch_inbox(n.app.data().inbox().subscribe()));
+    }
+    let phase = Instant::now();
+    workload(&run, plan, &tracker, phase, progress).await?;
+    tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
+    track::drain(
+        &tracker,
+        phase + Duration::from_secs(s.duration_secs + s.drain_secs),
+        progress,
+    )
+    .await;
+    // A relayed pair may still be punching: its outcome is waited for.
+    let (pairs, state) = settle_pairs(&run, &tracker, progress).await?;
+    let (cells, lookups, lookup_ms, messages, delivery_ms, timeline) = {
+        let log = tracker.lock();
+        let cells = nat_cells(plan, &run, &pairs, &state, &log);
+        let (lookups, lookup_ms) = track::lookups(&log, None);
+        let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
+        (cells, lookups, lookup_ms, messages, delivery_ms, timeline)
+    };
+    let direct: usize = cells.values().map(|c| c.direct).sum();
+    let bytes = stop_nodes(std::mem::take(&mut run.nodes)).await?;
     for w in watchers {
         w.abort();
     }
-    let (boot, isolated_nodes) = first_connect.summary();
+    let (boot, isolated_nodes) = run.first_connect.summary();
     let report = Report {
         scenario: s.name.clone(),
         mode: "netns".into(),
         seed: plan.seed,
-        nodes: total,
+        nodes: plan.nodes.len(),
         wall_secs: started.elapsed().as_secs_f64(),
         peak_rss_kib: crate::report::peak_rss_kib(),
         time_to_first_bootstrap_ms: boot,

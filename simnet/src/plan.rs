@@ -96,86 +96,11 @@ pub struct Plan {
 impl Plan {
     pub fn new(s: &Scenario, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        // Bootstrap groups first, so that their nodes exist before anyone dials them.
-        let mut nodes = Vec::with_capacity(s.nodes());
-        let mut members: std::collections::HashMap<&str, Vec<usize>> = Default::default();
-        let ordered = s
-            .groups
-            .iter()
-            .filter(|g| g.role == Role::Bootstrap)
-            .chain(s.groups.iter().filter(|g| g.role != Role::Bootstrap));
-        let mut boots: Vec<usize> = Vec::new();
-        for g in ordered {
-            for _ in 0..g.count {
-                let i = nodes.len();
-                let bootstrap = match g.role {
-                    // Each bootstrap node knows the ones before it: one connected backbone.
-                    Role::Bootstrap => boots.clone(),
-                    Role::Desktop => pick(&mut rng, &boots, BOOTSTRAP_FANOUT),
-                };
-                if g.role == Role::Bootstrap {
-                    boots.push(i);
-                }
-                members.entry(g.name.as_str()).or_default().push(i);
-                nodes.push(PlannedNode {
-                    group: g.name.clone(),
-                    role: g.role,
-                    bootstrap,
-                    nat: g.nat(),
-                    downtime: Vec::new(),
-                });
-            }
-        }
+        let (mut nodes, members) = place(s, &mut rng);
         let span = s.duration_secs * 1000;
         let mut ops = Vec::new();
 
-        // Outages, then churn: each node leaves at most once.
-        let mut churned = std::collections::HashSet::new();
-        for o in &s.outages {
-            let group = &members[o.group.as_str()];
-            let mut pool: Vec<usize> = group
-                .iter()
-                .copied()
-                .filter(|i| !churned.contains(i))
-                .collect();
-            for _ in 0..o.count.unwrap_or(group.len()).min(pool.len()) {
-                let i = pool.swap_remove(rng.random_range(0..pool.len()));
-                churned.insert(i);
-                let w = Window {
-                    from_ms: o.at_secs * 1000,
-                    to_ms: (o.at_secs + o.for_secs) * 1000,
-                };
-                nodes[i].downtime.push(w);
-            }
-        }
-        if let Some(c) = &s.churn {
-            let groups: Vec<&str> = if c.groups.is_empty() {
-                s.groups
-                    .iter()
-                    .filter(|g| g.role != Role::Bootstrap)
-                    .map(|g| g.name.as_str())
-                    .collect()
-            } else {
-                c.groups.iter().map(String::as_str).collect()
-            };
-            let mut pool: Vec<usize> = groups
-                .iter()
-                .flat_map(|g| members[g].iter().copied())
-                .filter(|i| !churned.contains(i))
-                .collect();
-            pool.sort_unstable();
-            let leaves = (c.leaves_per_min * s.duration_secs as f64 / 60.0).round() as usize;
-            let (lo, hi) = (c.down_secs[0] * 1000, c.down_secs[1] * 1000);
-            for _ in 0..leaves.min(pool.len()) {
-                let i = pool.swap_remove(rng.random_range(0..pool.len()));
-                let down = rng.random_range(lo..=hi);
-                let from_ms = rng.random_range(0..span.saturating_sub(down).max(1));
-                nodes[i].downtime.push(Window {
-                    from_ms,
-                    to_ms: from_ms + down,
-                });
-            }
-        }
+        downtime(s, &mut rng, &mut nodes, &members);
         for (i, n) in nodes.iter().enumerate() {
             for w in &n.downtime {
                 ops.push(Scheduled {
@@ -233,6 +158,104 @@ impl Plan {
     /// Nodes online at `t_ms` of the workload phase.
     pub fn live_nodes(&self, t_ms: u64) -> usize {
         self.nodes.iter().filter(|n| n.live_at(t_ms)).count()
+    }
+}
+
+/// Groups of nodes, in order: bootstrap groups first, so that their nodes exist before anyone
+/// dials them. With each group's node indices.
+fn place<'s>(
+    s: &'s Scenario,
+    rng: &mut StdRng,
+) -> (
+    Vec<PlannedNode>,
+    std::collections::HashMap<&'s str, Vec<usize>>,
+) {
+    // Bootstrap groups first, so that their nodes exist before anyone dials them.
+    let mut nodes = Vec::with_capacity(s.nodes());
+    let mut members: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    let ordered = s
+        .groups
+        .iter()
+        .filter(|g| g.role == Role::Bootstrap)
+        .chain(s.groups.iter().filter(|g| g.role != Role::Bootstrap));
+    let mut boots: Vec<usize> = Vec::new();
+    for g in ordered {
+        for _ in 0..g.count {
+            let i = nodes.len();
+            let bootstrap = match g.role {
+                // Each bootstrap node knows the ones before it: one connected backbone.
+                Role::Bootstrap => boots.clone(),
+                Role::Desktop => pick(rng, &boots, BOOTSTRAP_FANOUT),
+            };
+            if g.role == Role::Bootstrap {
+                boots.push(i);
+            }
+            members.entry(g.name.as_str()).or_default().push(i);
+            nodes.push(PlannedNode {
+                group: g.name.clone(),
+                role: g.role,
+                bootstrap,
+                nat: g.nat(),
+                downtime: Vec::new(),
+            });
+        }
+    }
+    (nodes, members)
+}
+
+/// Outages, then churn, as windows of downtime: each node leaves at most once.
+fn downtime(
+    s: &Scenario,
+    rng: &mut StdRng,
+    nodes: &mut [PlannedNode],
+    members: &std::collections::HashMap<&str, Vec<usize>>,
+) {
+    let span = s.duration_secs * 1000;
+    let mut churned = std::collections::HashSet::new();
+    for o in &s.outages {
+        let group = &members[o.group.as_str()];
+        let mut pool: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|i| !churned.contains(i))
+            .collect();
+        for _ in 0..o.count.unwrap_or(group.len()).min(pool.len()) {
+            let i = pool.swap_remove(rng.random_range(0..pool.len()));
+            churned.insert(i);
+            let w = Window {
+                from_ms: o.at_secs * 1000,
+                to_ms: (o.at_secs + o.for_secs) * 1000,
+            };
+            nodes[i].downtime.push(w);
+        }
+    }
+    if let Some(c) = &s.churn {
+        let groups: Vec<&str> = if c.groups.is_empty() {
+            s.groups
+                .iter()
+                .filter(|g| g.role != Role::Bootstrap)
+                .map(|g| g.name.as_str())
+                .collect()
+        } else {
+            c.groups.iter().map(String::as_str).collect()
+        };
+        let mut pool: Vec<usize> = groups
+            .iter()
+            .flat_map(|g| members[g].iter().copied())
+            .filter(|i| !churned.contains(i))
+            .collect();
+        pool.sort_unstable();
+        let leaves = (c.leaves_per_min * s.duration_secs as f64 / 60.0).round() as usize;
+        let (lo, hi) = (c.down_secs[0] * 1000, c.down_secs[1] * 1000);
+        for _ in 0..leaves.min(pool.len()) {
+            let i = pool.swap_remove(rng.random_range(0..pool.len()));
+            let down = rng.random_range(lo..=hi);
+            let from_ms = rng.random_range(0..span.saturating_sub(down).max(1));
+            nodes[i].downtime.push(Window {
+                from_ms,
+                to_ms: from_ms + down,
+            });
+        }
     }
 }
 

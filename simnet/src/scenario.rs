@@ -218,6 +218,12 @@ impl Scenario {
                     .with_context(|| format!("group {:?}: config overrides", g.name))?;
             }
         }
+        self.validate_churn()?;
+        self.validate_workload()
+    }
+
+    /// Churn and outages name existing non-bootstrap groups and fit in the run.
+    fn validate_churn(&self) -> anyhow::Result<()> {
         if let Some(c) = &self.churn {
             for name in &c.groups {
                 match self.group(name) {
@@ -255,6 +261,11 @@ impl Scenario {
         if self.mode == Mode::Netns && self.join_secs > 0 {
             bail!("join_secs applies to mode = \"inproc\" only");
         }
+        Ok(())
+    }
+
+    /// Flows name existing groups, sizes fit the protocol, operations are bounded.
+    fn validate_workload(&self) -> anyhow::Result<()> {
         for f in &self.workload.files {
             if f.size_bytes.unwrap_or(DEFAULT_FILE_BYTES) > MAX_FILE_BYTES {
                 bail!("file size_bytes is at most {MAX_FILE_BYTES}");

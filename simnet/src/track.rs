@@ -232,10 +232,12 @@ pub fn messages(
         .max()
         .unwrap_or(0);
     let n = latest.max(secs as usize) + 1;
-    let mut sent_per_sec = vec![0usize; n];
-    let mut live_sent_per_sec = vec![0usize; n];
-    let mut live_ok_per_sec = vec![0usize; n];
-    let mut arrived_per_sec = vec![0usize; n];
+    let mut per = PerSecond {
+        sent: vec![0; n],
+        live_sent: vec![0; n],
+        live_ok: vec![0; n],
+        arrived: vec![0; n],
+    };
     let (mut live_sent, mut live_ok) = (0, 0);
     let (mut off_sent, mut off_ok, mut off_dup, mut off_early) = (0, 0, 0, 0);
     let mut after_return = Vec::new();
@@ -246,14 +248,14 @@ pub fn messages(
     };
     for (tag, s) in &log.sent {
         let i = s.at.saturating_duration_since(phase).as_secs() as usize;
-        bump(&mut sent_per_sec, i);
+        bump(&mut per.sent, i);
         let first = log.arrived.get(tag).and_then(|a| a.iter().min().copied());
         let copies = log.arrived.get(tag).map_or(0, Vec::len);
         if let Some(first) = first {
             delivery_ms.push(first.duration_since(s.at).as_secs_f64() * 1000.0);
             duplicates += copies - 1;
             bump(
-                &mut arrived_per_sec,
+                &mut per.arrived,
                 first.saturating_duration_since(phase).as_secs() as usize,
             );
         }
@@ -276,31 +278,16 @@ pub fn messages(
             }
         } else {
             live_sent += 1;
-            bump(&mut live_sent_per_sec, i);
+            bump(&mut per.live_sent, i);
             if first.is_some() {
                 live_ok += 1;
-                bump(&mut live_ok_per_sec, i);
+                bump(&mut per.live_ok, i);
             }
         }
     }
     let sent = log.sent.len();
     let delivered = delivery_ms.len();
-    let last = arrived_per_sec
-        .iter()
-        .rposition(|n| *n > 0)
-        .max(sent_per_sec.iter().rposition(|n| *n > 0))
-        .map_or(secs as usize, |i| (i + 1).max(secs as usize))
-        .min(n);
-    let timeline = (0..last)
-        .map(|i| Second {
-            t_secs: i as u64,
-            live_nodes: plan.live_nodes(i as u64 * 1000),
-            messages_sent: sent_per_sec[i],
-            messages_delivered: arrived_per_sec[i],
-            delivery_rate: (live_sent_per_sec[i] > 0)
-                .then(|| live_ok_per_sec[i] as f64 / live_sent_per_sec[i] as f64),
-        })
-        .collect();
+    let timeline = per.timeline(plan, secs);
     let messages = Messages {
         sent,
         delivered,
@@ -322,6 +309,37 @@ pub fn messages(
         }),
     };
     (messages, delivery_ms, timeline)
+}
+
+/// Messages per second of the workload: sent, sent to live nodes, delivered of those, arrived.
+struct PerSecond {
+    sent: Vec<usize>,
+    live_sent: Vec<usize>,
+    live_ok: Vec<usize>,
+    arrived: Vec<usize>,
+}
+
+impl PerSecond {
+    /// The timeline: `secs` seconds at least, up to the last second anything was sent or arrived.
+    fn timeline(&self, plan: &Plan, secs: u64) -> Vec<Second> {
+        let last = self
+            .arrived
+            .iter()
+            .rposition(|n| *n > 0)
+            .max(self.sent.iter().rposition(|n| *n > 0))
+            .map_or(secs as usize, |i| (i + 1).max(secs as usize))
+            .min(self.sent.len());
+        (0..last)
+            .map(|i| Second {
+                t_secs: i as u64,
+                live_nodes: plan.live_nodes(i as u64 * 1000),
+                messages_sent: self.sent[i],
+                messages_delivered: self.arrived[i],
+                delivery_rate: (self.live_sent[i] > 0)
+                    .then(|| self.live_ok[i] as f64 / self.live_sent[i] as f64),
+            })
+            .collect()
+    }
 }
 
 /// Waits until every sent message arrived or `until`, reporting progress.

@@ -11,6 +11,7 @@ use crate::{
     control::{
         self,
         data::{SendFile, SendMessage, Transfer, TransferList},
+        routes,
     },
     store::{inbox, outbox, transfers},
 };
@@ -28,7 +29,7 @@ pub async fn send(
     let client = control::Client::for_data_dir(dir)?;
     let m: outbox::Message = client
         .post(
-            "/v1/messages",
+            routes::MESSAGES,
             &SendMessage {
                 to,
                 body,
@@ -45,7 +46,7 @@ pub async fn send(
 
 pub async fn outbox(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let entries: Vec<outbox::Entry> = control::Client::for_data_dir(dir)?
-        .get("/v1/outbox")
+        .get(routes::OUTBOX)
         .await?;
     if as_json {
         return json(&entries);
@@ -104,7 +105,9 @@ fn print_message(m: &inbox::Message) {
 pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyhow::Result<()> {
     let client = control::Client::for_data_dir(dir)?;
     if !follow {
-        let msgs: Vec<inbox::Message> = client.get(&format!("/v1/inbox?after={after}")).await?;
+        let msgs: Vec<inbox::Message> = client
+            .get(&format!("{}?after={after}", routes::INBOX))
+            .await?;
         if as_json {
             return json(&msgs);
         }
@@ -116,7 +119,7 @@ pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyho
     }
     let mut events = Box::pin(
         client
-            .events(&format!("/v1/inbox/stream?after={after}"))
+            .events(&format!("{}?after={after}", routes::INBOX_STREAM))
             .await?,
     );
     while let Some(ev) = events.next().await {
@@ -145,7 +148,7 @@ pub async fn send_file(
         .canonicalize()
         .with_context(|| format!("cannot read {}", path.display()))?;
     let client = control::Client::for_data_dir(dir)?;
-    let t: transfers::Outgoing = client.post("/v1/files", &SendFile { to, path }).await?;
+    let t: transfers::Outgoing = client.post(routes::FILES, &SendFile { to, path }).await?;
     if !wait {
         return if as_json {
             json(&t)
@@ -171,7 +174,10 @@ pub async fn send_file(
     });
     let mut last: Option<(transfers::State, u32)> = None;
     loop {
-        let Transfer::Out(now) = client.get(&format!("/v1/transfers/{}", t.id)).await? else {
+        let Transfer::Out(now) = client
+            .get(&format!("{}/{}", routes::TRANSFERS, t.id))
+            .await?
+        else {
             bail!("transfer {} is not an outgoing transfer", t.id);
         };
         let key = (now.state, now.blocks_done);
@@ -217,7 +223,7 @@ pub async fn send_file(
 
 pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let list: TransferList = control::Client::for_data_dir(dir)?
-        .get("/v1/transfers")
+        .get(routes::TRANSFERS)
         .await?;
     if as_json {
         return json(&list);
