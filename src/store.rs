@@ -12,7 +12,10 @@ pub mod outbox;
 pub mod peerbook;
 pub mod transfers;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 pub use commit::{Committer, Loss};
 pub use inbox::Inbox;
@@ -439,21 +442,34 @@ pub struct Check {
     pub accepted: Option<commit::Accepted>,
 }
 
+/// How long opening waits for the database's lock: sled's background threads of a database that
+/// was just closed (a node restarted in the same process, say) let go of it within moments.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn open_db(data_dir: &Path, path: &Path, cache_mib: u64) -> Result<sled::Db, Error> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
-        .open()
-        .map_err(|source| match &source {
-            // sled reports a held file lock as an I/O error with this text.
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                Error::Locked(data_dir.to_owned())
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
+            .open()
+            .map_err(|source| match &source {
+                // sled reports a held file lock as an I/O error with this text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    Error::Locked(data_dir.to_owned())
+                }
+                _ => Error::Db {
+                    path: path.to_owned(),
+                    source,
+                },
+            });
+        match opened {
+            Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            _ => Error::Db {
-                path: path.to_owned(),
-                source,
-            },
-        })
+            other => return other,
+        }
+    }
 }
 
 /// The generation the database holds, read without creating anything.
@@ -478,13 +494,21 @@ fn check_unlocked(data_dir: &Path, db_dir: &Path) -> Result<(), Error> {
     let Ok(f) = std::fs::File::open(&file) else {
         return Ok(());
     };
-    match f.try_lock() {
-        Ok(()) => {
-            let _ = f.unlock();
-            Ok(())
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => {
+                let _ = f.unlock();
+                return Ok(());
+            }
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(data_dir.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::file(&file, e)),
         }
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(data_dir.to_owned())),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::file(&file, e)),
     }
 }
 
@@ -556,3 +580,6 @@ impl std::fmt::Display for Counts {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,15 +22,7 @@ pub(super) fn pushed(m: &inbox::Message) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 enum ClientMessage {
-    /// Queue `body` for peer `to` (optionally for one of its light clients).
-    Send {
-        to: String,
-        body: String,
-        #[serde(default)]
-        client: Option<String>,
-        #[serde(default, rename = "ref")]
-        reference: Option<Value>,
-    },
+    Send(SendBody),
     /// Replay the inbox messages for this client after local position `after`.
     Sync {
         #[serde(default)]
@@ -38,9 +30,10 @@ enum ClientMessage {
     },
 }
 
-/// `{to, body}` without a `type` is a `send`.
+/// Queue `body` for peer `to` (optionally for one of its light clients). `{to, body}` without a
+/// `type` is a `send` too.
 #[derive(Debug, Deserialize)]
-struct Bare {
+struct SendBody {
     to: String,
     body: String,
     #[serde(default)]
@@ -52,13 +45,8 @@ struct Bare {
 fn parse_client(text: &str) -> Result<ClientMessage, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     if value.get("type").is_none() {
-        let b: Bare = serde_json::from_value(value).map_err(|e| e.to_string())?;
-        return Ok(ClientMessage::Send {
-            to: b.to,
-            body: b.body,
-            client: b.client,
-            reference: b.reference,
-        });
+        let send = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        return Ok(ClientMessage::Send(send));
     }
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
@@ -141,12 +129,12 @@ async fn handle_client(t: &ChannelTask, text: &str) -> Vec<String> {
     }
     match parse_client(text) {
         Err(e) => err(format!("not a gateway message: {e}")),
-        Ok(ClientMessage::Send {
+        Ok(ClientMessage::Send(SendBody {
             to,
             body,
             client,
             reference,
-        }) => {
+        })) => {
             let to: PeerId = match to.parse() {
                 Ok(p) => p,
                 Err(e) => return err(format!("`to` is not a peer id: {e}")),
@@ -214,7 +202,7 @@ mod tests {
     #[test]
     fn client_messages_parse_with_or_without_type() {
         match parse_client(r#"{"to":"x","body":"hi"}"#).unwrap() {
-            ClientMessage::Send { to, body, .. } => {
+            ClientMessage::Send(SendBody { to, body, .. }) => {
                 assert_eq!((to.as_str(), body.as_str()), ("x", "hi"))
             }
             other => panic!("{other:?}"),

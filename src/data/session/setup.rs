@@ -140,19 +140,11 @@ pub async fn initiate<S: AsyncRead + AsyncWrite>(
                         )?;
                         Ok(())
                     }
-                    Some(_) => Err(Error::protocol(
-                        ErrorCode::UNEXPECTED_FRAME,
-                        "expected AUTH",
-                    )),
-                    None => Err(Error::Closed),
+                    other => Err(not_auth(other, "expected AUTH")),
                 }
             })
             .await;
-            if let Err(e) = verified {
-                session.writer.report(&e).await;
-                return Err(e);
-            }
-            counters.post_quantum.inc();
+            conclude(&mut session, verified, counters).await?;
             session.remote_bundle = Some(bundle);
             Ok(session)
         }
@@ -284,19 +276,14 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
                 )?;
                 Ok(())
             }
-            Some(_) => Err(Error::protocol(
-                ErrorCode::UNEXPECTED_FRAME,
+            other => Err(not_auth(
+                other,
                 "expected AUTH with the initiator's identity binding",
             )),
-            None => Err(Error::Closed),
         }
     })
     .await;
-    if let Err(e) = verified {
-        session.writer.report(&e).await;
-        return Err(e);
-    }
-    counters.post_quantum.inc();
+    conclude(&mut session, verified, counters).await?;
     Ok(session)
 }
 
@@ -358,4 +345,26 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
     let keys = resp.finish()?;
     counters.noise.inc();
     Ok((keys, pattern))
+}
+
+/// What arrived instead of the AUTH frame: another frame (a protocol error), or the end.
+fn not_auth(frame: Option<Inner>, wanted: &'static str) -> Error {
+    match frame {
+        Some(_) => Error::protocol(ErrorCode::UNEXPECTED_FRAME, wanted),
+        None => Error::Closed,
+    }
+}
+
+/// The end of the handshake: the peer's AUTH `verified`, or the failure reported to it.
+async fn conclude<S: AsyncWrite>(
+    session: &mut Session<S>,
+    verified: Result<(), Error>,
+    counters: &HandshakeCounters,
+) -> Result<(), Error> {
+    if let Err(e) = verified {
+        session.writer.report(&e).await;
+        return Err(e);
+    }
+    counters.post_quantum.inc();
+    Ok(())
 }
