@@ -3,10 +3,13 @@
 //! `GET /api/server-info`, `GET|POST /api/p2p/assist` (bearer token), `/metrics` and `/healthz`;
 //! the ICE-lite STUN responder on UDP (`assist.stun_listen`); coturn TURN REST credentials.
 //!
+//! - [`config`]: the `[assist]` section; [`Settings`] adds the node's own.
 //! - [`http`]: the router, authentication, per-IP limits, RFC 9457 errors.
-//! - [`server_info`], [`p2p_assist`]: the two endpoints.
+//! - [`server_info`], [`p2p_assist`]: the two endpoints; [`probe`]: the paths `p2p_assist` tries.
 //! - [`ice`]: ICE credentials, the host candidate, TURN credentials; [`stun`]: the responder.
-//! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter.
+//! - [`signaling`]: WebSocket signaling at `/api/v1/ws`; [`gateway`]: the node's WebRTC side, light
+//!   clients' DataChannels into `/commucat/data` (`protocols/signaling-v1.md`).
+//! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter and per-session token buckets.
 
 pub mod config;
 pub mod gateway;

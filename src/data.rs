@@ -1,7 +1,7 @@
 //! `/commucat/data/1.0.0` (`protocols/data-v1.md`) above the wire format ([`crate::wire`]) and the
 //! node's streams ([`crate::node::streams`]): end-to-end sessions ([`session`]) and the [`Service`]
 //! that serves inbound sessions ([`inbound`]) and delivers the outbox and files ([`delivery`],
-//! [`transfer`]).
+//! [`transfer`]). Its tasks share `shared::Shared`; [`config`] is the `[data]` section.
 
 pub mod config;
 pub mod delivery;

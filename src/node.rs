@@ -3,6 +3,14 @@
 //!
 //! The same node runs on real sockets ([`Transport::Network`]) or many in one process on the
 //! memory transport ([`Transport::Memory`]).
+//!
+//! - [`config`]: the node-level configuration sections and [`Config`], what the swarm runs with.
+//! - `behaviour`: the composed libp2p behaviours; [`ip_limits`]: per-address connection limits;
+//!   [`streams`]: `/commucat/data` streams both ways; [`transport`]: TCP, QUIC, DNS, relay, memory.
+//! - `event_loop`: the swarm's owner, routing to its concerns (connectivity, queries, presence,
+//!   traversal); `client`, `command`, `event`: how others talk to it.
+//!
+//! [`Node::spawn`] starts the swarm alone; a whole node is assembled by [`crate::daemon`].
 
 mod behaviour;
 mod client;
