@@ -114,6 +114,7 @@ pub async fn run(setup: Setup, mut inbound: mpsc::Receiver<ToNode>) {
         pushes: Arc::new(std::sync::Mutex::new(HashMap::new())),
         next_generation: 0,
         events: events_tx,
+        channels: tokio::task::JoinSet::new(),
     };
     let mut inbox = gw.setup.data.inbox().subscribe();
     let mut data_events = gw.setup.data.subscribe();
@@ -136,11 +137,13 @@ pub async fn run(setup: Setup, mut inbound: mpsc::Receiver<ToNode>) {
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = sweep.tick() => gw.sweep().await,
+            Some(_) = gw.channels.join_next(), if !gw.channels.is_empty() => {}
         }
     }
     for (_, c) in gw.conns.drain() {
         let _ = c.pc.close().await;
     }
+    gw.channels.shutdown().await;
 }
 
 /// Per connected client: where pushes go, and its messages not yet reported delivered.
@@ -156,6 +159,8 @@ struct Gateway {
     pushes: Arc<std::sync::Mutex<HashMap<String, Push>>>,
     next_generation: u64,
     events: mpsc::Sender<GwEvent>,
+    /// One task per open DataChannel; they end with the gateway.
+    channels: tokio::task::JoinSet<()>,
 }
 
 fn error(code: &str, message: impl Into<String>) -> Value {
@@ -340,7 +345,7 @@ impl Gateway {
                         waiting: Vec::new(),
                     },
                 );
-                tokio::spawn(serve_channel(ChannelTask {
+                self.channels.spawn(serve_channel(ChannelTask {
                     client,
                     generation,
                     dc,

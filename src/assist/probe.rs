@@ -5,7 +5,7 @@
 //! A separate swarm, not the node's: libp2p refuses to dial a node's own listen addresses, and the
 //! node's own endpoints are the paths most often probed.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
@@ -17,7 +17,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
 /// Probes in progress at once; more wait for the queue.
 pub const MAX_PENDING_PROBES: usize = 64;
@@ -37,6 +37,8 @@ pub struct Probed {
 #[derive(Clone)]
 pub struct Prober {
     requests: mpsc::Sender<(Multiaddr, Reply)>,
+    /// The probing swarm's task: it stops at `shutdown`, or when the last clone of this goes.
+    _task: Arc<AbortOnDropHandle<()>>,
 }
 
 impl Prober {
@@ -64,8 +66,11 @@ impl Prober {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(1)))
             .build();
         let (requests, rx) = mpsc::channel(MAX_PENDING_PROBES);
-        tokio::spawn(run(swarm, rx, shutdown));
-        Ok(Self { requests })
+        let task = AbortOnDropHandle::new(tokio::spawn(run(swarm, rx, shutdown)));
+        Ok(Self {
+            requests,
+            _task: Arc::new(task),
+        })
     }
 
     /// Dials `addr` (no peer id expected) and waits up to `timeout` for the connection.

@@ -10,7 +10,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{Notify, mpsc},
 };
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::{compat::FuturesAsyncReadCompatExt, task::AbortOnDropHandle};
 
 use super::{
     session::{self, Writer},
@@ -148,7 +148,8 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
     }
     let mut reader = session.reader;
     let (tx, rx) = mpsc::channel(READ_BUFFER);
-    let reader_task = tokio::spawn(async move {
+    // Aborted however this attempt ends, cancelled included.
+    let reader_task = AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let next = reader.recv().await;
             let end = !matches!(next, Ok(Some(_)));
@@ -156,7 +157,7 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
                 break;
             }
         }
-    });
+    }));
     let mut out = Sender {
         shared,
         peer,
@@ -166,7 +167,7 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
         sent_up_to: 0,
     };
     let result = out.run(notify).await;
-    reader_task.abort();
+    drop(reader_task);
     if let Err(Attempt::Session(e)) = &result {
         out.writer.report(e).await;
     }
