@@ -10,7 +10,10 @@
 //!     .downloads("/tmp/downloads".into())
 //!     .spawn()
 //!     .await?;
-//! app.data().send_message(app.node().peer_id(), "hi".into()).await.ok();
+//! app.data()
+//!     .send_message(app.node().peer_id(), "hi".into(), Default::default())
+//!     .await
+//!     .ok();
 //! app.shutdown().await?;
 //! # Ok(()) }
 //! ```

@@ -103,7 +103,9 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
         let data = good.data().clone();
         tokio::spawn(async move {
             for i in 0..300 {
-                data.send_message(n_id, format!("good {i}")).await.unwrap();
+                data.send_message(n_id, format!("good {i}"), commucat::store::Via::default())
+                    .await
+                    .unwrap();
                 if i % 30 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -154,7 +156,11 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // bundle that is not its own.
     let mut incoming = x.take_data_streams().expect("no data service on X");
     n.data()
-        .send_message(x_keys.peer_id(), "for x".into())
+        .send_message(
+            x_keys.peer_id(),
+            "for x".into(),
+            commucat::store::Via::default(),
+        )
         .await
         .unwrap();
     let (from, stream) = tokio::time::timeout(WAIT, incoming.next())

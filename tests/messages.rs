@@ -16,7 +16,11 @@ async fn a_thousand_messages_arrive_once_and_in_order() {
     let a = Peer::new(&[b.addr().await]).await;
     for i in 0..1000 {
         a.data()
-            .send_message(b.peer_id(), format!("message {i}"))
+            .send_message(
+                b.peer_id(),
+                format!("message {i}"),
+                commucat::store::Via::default(),
+            )
             .await
             .unwrap();
     }
@@ -60,7 +64,11 @@ async fn messages_to_an_offline_peer_arrive_when_it_comes_online() {
     let mut events = a.data().subscribe();
     for i in 0..50 {
         a.data()
-            .send_message(b_id, format!("while you were away {i}"))
+            .send_message(
+                b_id,
+                format!("while you were away {i}"),
+                commucat::store::Via::default(),
+            )
             .await
             .unwrap();
     }

@@ -401,7 +401,10 @@ impl Workload<'_> {
                     let offline = !self.plan.nodes[to].live_at(sched.at_ms);
                     self.tracker.sending(&tag, from, to, offline);
                     self.tasks.spawn(async move {
-                        if let Err(e) = data.send_message(target, body).await {
+                        if let Err(e) = data
+                            .send_message(target, body, commucat::store::Via::default())
+                            .await
+                        {
                             eprintln!("simnet: message {tag} not queued: {e}");
                         }
                         drop(permit);

@@ -286,9 +286,10 @@ async fn workload(
                 tracker.sending(&tag, from, to, false);
                 let data = nodes[from].app.data().clone();
                 let target = ids[to];
-                let send = nodes[from]
-                    .dev
-                    .spawn(move |_| async move { data.send_message(target, body).await })?;
+                let send = nodes[from].dev.spawn(move |_| async move {
+                    data.send_message(target, body, commucat::store::Via::default())
+                        .await
+                })?;
                 tasks.spawn(async move {
                     match send.await {
                         Ok(Ok(_)) => {}

@@ -115,9 +115,7 @@ pub(super) async fn send_message(
         from_client: None,
         to_client: req.client,
     };
-    Ok(Json(
-        state.data.send_message_via(req.to, req.body, via).await?,
-    ))
+    Ok(Json(state.data.send_message(req.to, req.body, via).await?))
 }
 
 pub(super) async fn outbox(

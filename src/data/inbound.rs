@@ -165,15 +165,7 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         let accepted = self
             .shared
             .inbox
-            .accept_via(
-                &self.peer,
-                d.epoch,
-                d.seq,
-                &d.msg_id,
-                d.sent_at_ms,
-                &d.body,
-                &crate::store::Via::from_ids(d.from_client, d.to_client),
-            )
+            .accept(&self.peer, &d)
             .map_err(|e| protocol(ErrorCode::STORAGE, e.to_string()))?;
         match accepted {
             Accepted::Stored(m) => self.shared.emit(Event::MessageReceived {

@@ -110,14 +110,10 @@ impl Service {
     }
 
     /// Queues a message for `to` durably (the database is flushed before this returns, so a crash
-    /// right after cannot lose it) and wakes its delivery.
-    pub async fn send_message(&self, to: PeerId, body: String) -> Result<outbox::Message, Error> {
-        self.send_message_via(to, body, Via::default()).await
-    }
-
-    /// As [`Service::send_message`], naming light clients (`data-v1.md`, DATA_VIA): the local one
-    /// that wrote it and/or the receiver's one it is for.
-    pub async fn send_message_via(
+    /// right after cannot lose it) and wakes its delivery. `via` names light clients
+    /// (`data-v1.md`, DATA_VIA): the local one that wrote it and/or the receiver's one it is for;
+    /// `Via::default()` for none.
+    pub async fn send_message(
         &self,
         to: PeerId,
         body: String,
@@ -132,7 +128,7 @@ impl Service {
         // Stored in canonical form (lower-case hex), as gateways compare client ids.
         let (from_client, to_client) = via.ids().ok_or(Error::BadClientId)?;
         let via = Via::from_ids(from_client, to_client);
-        let msg = self.shared.outbox.enqueue_via(to, body, via)?;
+        let msg = self.shared.outbox.enqueue(to, body, via)?;
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(msg)

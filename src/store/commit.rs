@@ -481,7 +481,20 @@ mod tests {
             let inbox = store.inbox().unwrap();
             let from = libp2p::PeerId::random();
             for seq in 1..=5 {
-                inbox.accept(&from, 1, seq, &[0; 16], 0, "hi").unwrap();
+                inbox
+                    .accept(
+                        &from,
+                        &crate::wire::Data {
+                            epoch: 1,
+                            seq,
+                            msg_id: [0; 16],
+                            sent_at_ms: 0,
+                            from_client: None,
+                            to_client: None,
+                            body: "hi".into(),
+                        },
+                    )
+                    .unwrap();
             }
             inbox.flush().await.unwrap();
             store.close().await.unwrap();

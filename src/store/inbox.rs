@@ -15,6 +15,7 @@ use sled::{
 use tokio::sync::broadcast;
 
 use super::{Error, Via, peer_key};
+use crate::wire::Data;
 
 pub const TREE: &str = "inbox";
 pub const HWM_TREE: &str = "inbox_hwm";
@@ -92,31 +93,12 @@ impl Inbox {
         })
     }
 
-    /// Stores message `seq` of `(from, epoch)` if it is the next one; not durable until [`Inbox::flush`].
-    pub fn accept(
-        &self,
-        from: &PeerId,
-        epoch: u64,
-        seq: u64,
-        msg_id: &[u8; 16],
-        sent_at_ms: u64,
-        body: &str,
-    ) -> Result<Accepted, Error> {
-        self.accept_via(from, epoch, seq, msg_id, sent_at_ms, body, &Via::default())
-    }
-
-    /// As [`Inbox::accept`], for a message that names light clients (DATA_VIA).
-    #[allow(clippy::too_many_arguments)]
-    pub fn accept_via(
-        &self,
-        from: &PeerId,
-        epoch: u64,
-        seq: u64,
-        msg_id: &[u8; 16],
-        sent_at_ms: u64,
-        body: &str,
-        via: &Via,
-    ) -> Result<Accepted, Error> {
+    /// Stores DATA (or DATA_VIA) frame `d` from `from` if its `seq` is the next one of
+    /// `(from, d.epoch)`; not durable until [`Inbox::flush`].
+    pub fn accept(&self, from: &PeerId, d: &Data) -> Result<Accepted, Error> {
+        let (epoch, seq, msg_id, sent_at_ms, body) =
+            (d.epoch, d.seq, &d.msg_id, d.sent_at_ms, d.body.as_str());
+        let via = &Via::from_ids(d.from_client, d.to_client);
         let key = hwm_key(from, epoch);
         let local = self.db.generate_id()? + 1; // from 1: `after = 0` lists everything
         let received_at_ms = crate::time::unix_ms();
@@ -214,6 +196,18 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    fn data(epoch: u64, seq: u64, msg_id: &[u8; 16], body: &str) -> Data {
+        Data {
+            epoch,
+            seq,
+            msg_id: *msg_id,
+            sent_at_ms: 0,
+            from_client: None,
+            to_client: None,
+            body: body.into(),
+        }
+    }
+
     #[test]
     fn exactly_once_per_sender_and_epoch() {
         let store = Store::temporary().unwrap();
@@ -221,28 +215,28 @@ mod tests {
         let (a, b) = (PeerId::random(), PeerId::random());
         let id = [1u8; 16];
         assert!(matches!(
-            inbox.accept(&a, 9, 1, &id, 0, "x").unwrap(),
+            inbox.accept(&a, &data(9, 1, &id, "x")).unwrap(),
             Accepted::Stored(_)
         ));
         assert_eq!(
-            inbox.accept(&a, 9, 1, &id, 0, "x").unwrap(),
+            inbox.accept(&a, &data(9, 1, &id, "x")).unwrap(),
             Accepted::Duplicate
         );
         assert_eq!(
-            inbox.accept(&a, 9, 3, &id, 0, "z").unwrap(),
+            inbox.accept(&a, &data(9, 3, &id, "z")).unwrap(),
             Accepted::Gap { expected: 2 }
         );
         assert!(matches!(
-            inbox.accept(&a, 9, 2, &id, 0, "y").unwrap(),
+            inbox.accept(&a, &data(9, 2, &id, "y")).unwrap(),
             Accepted::Stored(_)
         ));
         // Another epoch of the same sender (its database was recreated) starts over at 1.
         assert!(matches!(
-            inbox.accept(&a, 10, 1, &id, 0, "new").unwrap(),
+            inbox.accept(&a, &data(10, 1, &id, "new")).unwrap(),
             Accepted::Stored(_)
         ));
         assert!(matches!(
-            inbox.accept(&b, 9, 1, &id, 0, "b").unwrap(),
+            inbox.accept(&b, &data(9, 1, &id, "b")).unwrap(),
             Accepted::Stored(_)
         ));
         let all = inbox.list(0, 100).unwrap();
@@ -267,27 +261,29 @@ mod tests {
         let id = [2u8; 16];
         // The sender runs ahead (its ACKed messages 1..=20 were lost here): asked from 1, once.
         assert_eq!(
-            inbox.accept(&a, 5, 21, &id, 0, "21").unwrap(),
+            inbox.accept(&a, &data(5, 21, &id, "21")).unwrap(),
             Accepted::Resync { next: 1 }
         );
         // It sends again from 1: taken in order; a repeat is a duplicate.
         for seq in 1..=3 {
             assert!(matches!(
-                inbox.accept(&a, 5, seq, &id, 0, &seq.to_string()).unwrap(),
+                inbox
+                    .accept(&a, &data(5, seq, &id, &seq.to_string()))
+                    .unwrap(),
                 Accepted::Stored(_)
             ));
         }
         assert_eq!(
-            inbox.accept(&a, 5, 2, &id, 0, "2").unwrap(),
+            inbox.accept(&a, &data(5, 2, &id, "2")).unwrap(),
             Accepted::Duplicate
         );
         // A gap after that is asked about again (once), then taken: 4..=9 are gone for good.
         assert_eq!(
-            inbox.accept(&a, 5, 10, &id, 0, "10").unwrap(),
+            inbox.accept(&a, &data(5, 10, &id, "10")).unwrap(),
             Accepted::Resync { next: 4 }
         );
         assert!(matches!(
-            inbox.accept(&a, 5, 10, &id, 0, "10").unwrap(),
+            inbox.accept(&a, &data(5, 10, &id, "10")).unwrap(),
             Accepted::Stored(_)
         ));
         let bodies: Vec<String> = inbox
@@ -301,7 +297,7 @@ mod tests {
         let b = PeerId::random();
         let fresh = Store::temporary().unwrap().inbox().unwrap();
         assert_eq!(
-            fresh.accept(&b, 5, 2, &id, 0, "x").unwrap(),
+            fresh.accept(&b, &data(5, 2, &id, "x")).unwrap(),
             Accepted::Gap { expected: 1 }
         );
     }

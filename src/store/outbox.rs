@@ -94,13 +94,9 @@ impl Outbox {
         self.epoch
     }
 
-    /// Queues `body` for `to`: the sequence number and the message are written in one transaction.
-    pub fn enqueue(&self, to: PeerId, body: String) -> Result<Message, Error> {
-        self.enqueue_via(to, body, Via::default())
-    }
-
-    /// As [`Outbox::enqueue`], naming light clients (sent as DATA_VIA).
-    pub fn enqueue_via(&self, to: PeerId, body: String, via: Via) -> Result<Message, Error> {
+    /// Queues `body` for `to`, naming the light clients in `via` if any (then it is sent as
+    /// DATA_VIA): the sequence number and the message are written in one transaction.
+    pub fn enqueue(&self, to: PeerId, body: String, via: Via) -> Result<Message, Error> {
         if self.pending_count(&to) >= MAX_QUEUED_PER_PEER {
             return Err(Error::Full("outbox for this peer", MAX_QUEUED_PER_PEER));
         }
@@ -266,9 +262,12 @@ mod tests {
         let ob = store.outbox().unwrap();
         let (a, b) = (PeerId::random(), PeerId::random());
         for i in 1..=5 {
-            assert_eq!(ob.enqueue(a, format!("a{i}")).unwrap().seq, i);
+            assert_eq!(
+                ob.enqueue(a, format!("a{i}"), Via::default()).unwrap().seq,
+                i
+            );
         }
-        assert_eq!(ob.enqueue(b, "b1".into()).unwrap().seq, 1);
+        assert_eq!(ob.enqueue(b, "b1".into(), Via::default()).unwrap().seq, 1);
         let p = ob.pending(&a, 2, 10).unwrap();
         assert_eq!(p.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(ob.acknowledge(&a, 3).unwrap(), 3);
@@ -285,7 +284,7 @@ mod tests {
         );
         assert_eq!(list.iter().filter(|e| e.state == State::Queued).count(), 3);
         // Sequence numbers keep growing after acknowledgements.
-        assert_eq!(ob.enqueue(a, "a6".into()).unwrap().seq, 6);
+        assert_eq!(ob.enqueue(a, "a6".into(), Via::default()).unwrap().seq, 6);
         let mut peers = ob.peers_with_pending().unwrap();
         peers.sort();
         let mut want = vec![a, b];

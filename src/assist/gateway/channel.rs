@@ -143,7 +143,7 @@ async fn handle_client(t: &ChannelTask, text: &str) -> Vec<String> {
                 from_client: Some(t.client.clone()),
                 to_client: client,
             };
-            match t.data.send_message_via(to, body, via).await {
+            match t.data.send_message(to, body, via).await {
                 Ok(m) => {
                     {
                         let mut pushes = t.pushes.lock().unwrap_or_else(|e| e.into_inner());
