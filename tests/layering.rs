@@ -15,22 +15,14 @@ const DOC: &str = include_str!("../docs/architecture.md");
 /// Module path (`["data", "service"]`) → file.
 fn modules(root: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let rel = path.strip_prefix(root).unwrap().with_extension("");
-                let parts: Vec<String> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                if parts != ["lib"] && parts != ["main"] {
-                    out.insert(parts, path);
-                }
-            }
+    for path in rust_files(root) {
+        let rel = path.strip_prefix(root).unwrap().with_extension("");
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if parts != ["lib"] && parts != ["main"] {
+            out.insert(parts, path);
         }
     }
     // Test-only modules (`#[cfg(test)] mod tests;` in their parent's file) are not layering.
@@ -364,10 +356,10 @@ const MAX_FILE_LINES: usize = 600;
 /// Functions longer than this are split into named steps.
 const MAX_FN_LINES: usize = 100;
 
-fn rust_files(root: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(root);
+/// Every `.rs` file under `root`, sorted.
+fn rust_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![root];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -427,7 +419,7 @@ fn functions(text: &str) -> Vec<(String, usize, usize)> {
 fn no_file_or_function_is_too_long() {
     let mut long = Vec::new();
     for root in ["src", "simnet/src"] {
-        for file in rust_files(root) {
+        for file in rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(root)) {
             let text = std::fs::read_to_string(&file).unwrap();
             let shown = file
                 .strip_prefix(env!("CARGO_MANIFEST_DIR"))
