@@ -293,6 +293,16 @@ impl EventLoop {
         }
     }
 
+    /// Peers in the Kademlia routing table.
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
     fn emit(&self, event: Event) {
         // No subscriber is not an error.
         let _ = self.events.send(event);

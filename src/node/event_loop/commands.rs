@@ -47,13 +47,7 @@ impl EventLoop {
     }
 
     fn status(&mut self) -> Status {
-        let routing_table_size = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
+        let routing_table_size = self.routing_table_size();
         Status {
             peer_id: *self.swarm.local_peer_id(),
             role: self.role,

@@ -212,13 +212,7 @@ impl EventLoop {
     /// Timer: sign a new record (off the loop) if we can reach the DHT.
     pub(super) fn publish_presence(&mut self) {
         let now = tokio::time::Instant::now();
-        let table: usize = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
+        let table = self.routing_table_size();
         let Some(seq) = self.presence.begin_publish(now, table) else {
             return;
         };
