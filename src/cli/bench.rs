@@ -12,10 +12,10 @@ use std::{sync::Arc, time::Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
+use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, multiaddr::Protocol};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
@@ -169,32 +169,41 @@ async fn raw_tcp(bytes: usize) -> anyhow::Result<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let reader = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0;
-        loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        anyhow::Ok(total)
+        let (s, _) = listener.accept().await?;
+        count_all(s).await
     });
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    let chunk = vec![7u8; CHUNK];
     let start = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        s.write_all(&chunk[..n]).await?;
-        left -= n;
-    }
-    s.shutdown().await?;
+    send_all(&mut s, bytes).await?;
     let got = reader.await??;
     anyhow::ensure!(got == bytes, "TCP moved {got} of {bytes} bytes");
     Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
+}
+
+/// Writes `bytes` bytes in [`CHUNK`]s, then closes the write side.
+async fn send_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: usize) -> std::io::Result<()> {
+    let chunk = vec![7u8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        w.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    w.shutdown().await
+}
+
+/// Reads to the end; how many bytes came.
+async fn count_all<R: AsyncRead + Unpin>(mut r: R) -> anyhow::Result<usize> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
 }
 
 type BenchNode = (Daemon, Arc<LocalKeys>);
@@ -231,28 +240,16 @@ async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, Be
 async fn libp2p_stream(a: &Node, b: &Node, bytes: usize) -> anyhow::Result<f64> {
     let mut incoming = b.stream_control().accept(RAW)?;
     let reader = tokio::spawn(async move {
-        let (_, mut s) = incoming.next().await.context("no stream")?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0;
-        loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        anyhow::Ok(total)
+        let (_, s) = incoming.next().await.context("no stream")?;
+        count_all(s.compat()).await
     });
-    let mut s = a.stream_control().open_stream(b.peer_id(), RAW).await?;
-    let chunk = vec![7u8; CHUNK];
+    let mut s = a
+        .stream_control()
+        .open_stream(b.peer_id(), RAW)
+        .await?
+        .compat();
     let start = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        s.write_all(&chunk[..n]).await?;
-        left -= n;
-    }
-    s.close().await?;
+    send_all(&mut s, bytes).await?;
     let got = reader.await??;
     anyhow::ensure!(got == bytes, "libp2p stream moved {got} of {bytes} bytes");
     Ok(mb_s(bytes, start.elapsed().as_secs_f64()))
