@@ -110,6 +110,16 @@ fn kem_confirm(ct: &[u8], ss: &[u8; 32]) -> [u8; 32] {
         .into()
 }
 
+/// A builder of `pattern` with our prologue and static key.
+fn keyed_builder<'a>(pattern: Pattern, local: &'a bundle::Keys) -> Result<Builder<'a>, Error> {
+    pattern
+        .builder()
+        .prologue(PROLOGUE)
+        .map_err(noise)?
+        .local_private_key(local.x25519_secret())
+        .map_err(noise)
+}
+
 fn noise(e: snow::Error) -> Error {
     Error::HandshakeFailed(e.to_string())
 }
@@ -163,12 +173,7 @@ impl Initiator {
         pattern: Pattern,
         fixed: Option<FixedRandomness>,
     ) -> Result<(Self, Vec<u8>), Error> {
-        let mut builder = pattern
-            .builder()
-            .prologue(PROLOGUE)
-            .map_err(noise)?
-            .local_private_key(local.x25519_secret())
-            .map_err(noise)?
+        let mut builder = keyed_builder(pattern, local)?
             .remote_public_key(remote.x25519_public())
             .map_err(noise)?;
         if let Some(f) = &fixed {
@@ -232,12 +237,7 @@ impl Responder {
         msg: &[u8],
         fixed_ephemeral: Option<[u8; 32]>,
     ) -> Result<(Self, Vec<u8>), Error> {
-        let mut builder = pattern
-            .builder()
-            .prologue(PROLOGUE)
-            .map_err(noise)?
-            .local_private_key(local.x25519_secret())
-            .map_err(noise)?;
+        let mut builder = keyed_builder(pattern, local)?;
         if let Some(e) = &fixed_ephemeral {
             builder = builder.fixed_ephemeral_key_for_testing_only(&e[..]);
         }
