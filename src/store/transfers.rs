@@ -1,7 +1,7 @@
 //! File transfers in both directions (`protocols/data-v1.md` §6): what is being sent to whom and how
 //! far it got, and what is being received with the bitmap of blocks already written (for resume).
 
-use std::path::PathBuf;
+use std::{marker::PhantomData, path::PathBuf};
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -102,32 +102,30 @@ pub struct Incoming {
     pub completed_at_ms: Option<u64>,
 }
 
-#[derive(Clone)]
 pub struct Transfers {
-    out: sled::Tree,
-    inc: sled::Tree,
+    out: Records<Outgoing>,
+    inc: Records<Incoming>,
 }
 
 impl Transfers {
     pub(super) fn open(db: &sled::Db) -> Result<Self, Error> {
         Ok(Self {
-            out: db.open_tree(OUT_TREE)?,
-            inc: db.open_tree(IN_TREE)?,
+            out: Records::open(db, OUT_TREE)?,
+            inc: Records::open(db, IN_TREE)?,
         })
     }
 
     pub fn put_outgoing(&self, t: &Outgoing) -> Result<(), Error> {
-        put(&self.out, &t.id, t)
+        self.out.put(&t.id, t)
     }
 
     pub fn outgoing(&self, id: &str) -> Result<Option<Outgoing>, Error> {
-        get(&self.out, id)
+        self.out.get(id)
     }
 
+    /// Oldest first.
     pub fn all_outgoing(&self) -> Result<Vec<Outgoing>, Error> {
-        let mut v: Vec<Outgoing> = all(&self.out)?;
-        v.sort_by_key(|t| t.created_at_ms);
-        Ok(v)
+        self.out.all(|t| t.created_at_ms)
     }
 
     /// Unfinished outgoing transfers to `to`, oldest first.
@@ -140,40 +138,57 @@ impl Transfers {
     }
 
     pub fn put_incoming(&self, t: &Incoming) -> Result<(), Error> {
-        put(&self.inc, &t.id, t)
+        self.inc.put(&t.id, t)
     }
 
     pub fn incoming(&self, id: &str) -> Result<Option<Incoming>, Error> {
-        get(&self.inc, id)
+        self.inc.get(id)
     }
 
+    /// Oldest first.
     pub fn all_incoming(&self) -> Result<Vec<Incoming>, Error> {
-        let mut v: Vec<Incoming> = all(&self.inc)?;
-        v.sort_by_key(|t| t.created_at_ms);
+        self.inc.all(|t| t.created_at_ms)
+    }
+}
+
+/// One tree of transfer records, JSON by transfer id.
+struct Records<T> {
+    tree: sled::Tree,
+    records: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Records<T> {
+    fn open(db: &sled::Db, name: &str) -> Result<Self, Error> {
+        Ok(Self {
+            tree: db.open_tree(name)?,
+            records: PhantomData,
+        })
+    }
+
+    fn put(&self, id: &str, t: &T) -> Result<(), Error> {
+        self.tree
+            .insert(id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
+        Ok(())
+    }
+
+    /// One record; an unreadable one (written by another version) counts as absent.
+    fn get(&self, id: &str) -> Result<Option<T>, Error> {
+        Ok(self
+            .tree
+            .get(id.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every readable record, ordered by `key`.
+    fn all(&self, key: impl Fn(&T) -> u64) -> Result<Vec<T>, Error> {
+        let mut v = Vec::new();
+        for item in self.tree.iter() {
+            let (_, bytes) = item?;
+            if let Ok(t) = serde_json::from_slice(&bytes) {
+                v.push(t);
+            }
+        }
+        v.sort_by_key(|t| key(t));
         Ok(v)
     }
-}
-
-fn put<T: Serialize>(tree: &sled::Tree, id: &str, t: &T) -> Result<(), Error> {
-    tree.insert(id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
-    Ok(())
-}
-
-/// One record; an unreadable one (written by another version) counts as absent.
-fn get<T: DeserializeOwned>(tree: &sled::Tree, id: &str) -> Result<Option<T>, Error> {
-    Ok(tree
-        .get(id.as_bytes())?
-        .and_then(|v| serde_json::from_slice(&v).ok()))
-}
-
-/// Every readable record of the tree.
-fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, Error> {
-    let mut v = Vec::new();
-    for item in tree.iter() {
-        let (_, bytes) = item?;
-        if let Ok(t) = serde_json::from_slice(&bytes) {
-            v.push(t);
-        }
-    }
-    Ok(v)
 }
