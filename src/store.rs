@@ -447,9 +447,8 @@ pub struct Check {
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn open_db(data_dir: &Path, path: &Path, cache_mib: u64) -> Result<sled::Db, Error> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        let opened = sled::Config::new()
+    waiting_for_lock(|| {
+        sled::Config::new()
             .path(path)
             .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
             .open()
@@ -462,8 +461,15 @@ fn open_db(data_dir: &Path, path: &Path, cache_mib: u64) -> Result<sled::Db, Err
                     path: path.to_owned(),
                     source,
                 },
-            });
-        match opened {
+            })
+    })
+}
+
+/// `attempt` again while it fails with [`Error::Locked`], for up to [`LOCK_WAIT`].
+fn waiting_for_lock<T>(mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match attempt() {
             Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -494,22 +500,14 @@ fn check_unlocked(data_dir: &Path, db_dir: &Path) -> Result<(), Error> {
     let Ok(f) = std::fs::File::open(&file) else {
         return Ok(());
     };
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match f.try_lock() {
-            Ok(()) => {
-                let _ = f.unlock();
-                return Ok(());
-            }
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked(data_dir.to_owned()));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::file(&file, e)),
+    waiting_for_lock(|| match f.try_lock() {
+        Ok(()) => {
+            let _ = f.unlock();
+            Ok(())
         }
-    }
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(data_dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::file(&file, e)),
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
