@@ -31,6 +31,12 @@ pub use crate::{
 
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "COMMUCAT_";
+/// The environment variable that sets configuration key `key`: `autonat.recheck_secs` is
+/// `COMMUCAT_AUTONAT__RECHECK_SECS`.
+pub fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
 /// `COMMUCAT_*` variables (lower-cased, prefix removed) that are command-line settings, not config keys.
 pub const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log_format"];
 
@@ -508,6 +514,14 @@ mod tests {
                 _ => out.push(key),
             }
         }
+    }
+
+    #[test]
+    fn keys_name_their_environment_variables() {
+        assert_eq!(
+            env_var("autonat.recheck_secs"),
+            "COMMUCAT_AUTONAT__RECHECK_SECS"
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub const LAB_WAIT: Duration = Duration::from_secs(90);
 fn lab_env() -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = netlab::NODE_SETTINGS
         .iter()
-        .map(|(k, v)| (netlab::env_var(k), (*v).to_owned()))
+        .map(|(k, v)| (commucat::config::env_var(k), (*v).to_owned()))
         .collect();
     env.push((
         "RUST_LOG".into(),

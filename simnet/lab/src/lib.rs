@@ -76,12 +76,6 @@ pub const NODE_SETTINGS: &[(&str, &str)] = &[
     ("mdns.enabled", "false"),
 ];
 
-/// The `COMMUCAT_*` environment variable that sets configuration key `key` (`autonat.recheck_secs`
-/// is `COMMUCAT_AUTONAT__RECHECK_SECS`).
-pub fn env_var(key: &str) -> String {
-    format!("COMMUCAT_{}", key.replace('.', "__").to_uppercase())
-}
-
 /// Port every lab node listens on (TCP and QUIC).
 pub const PORT: u16 = 4001;
 
@@ -175,13 +169,5 @@ mod tests {
         assert_eq!(expected(Moderate, Strict), "relayed");
         assert_eq!(expected(Strict, Strict), "relayed");
         assert_eq!(expected(Cgnat, Strict), "relayed");
-    }
-
-    #[test]
-    fn settings_become_the_node_environment() {
-        assert_eq!(
-            env_var("autonat.recheck_secs"),
-            "COMMUCAT_AUTONAT__RECHECK_SECS"
-        );
     }
 }
