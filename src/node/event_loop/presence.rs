@@ -82,7 +82,7 @@ pub(super) struct State {
     pub(super) next_rotation: tokio::time::Instant,
     /// A record is being signed.
     pub(super) publishing: bool,
-    pub(super) validations: usize,
+    validations: usize,
     pub(super) lookups: HashMap<kad::QueryId, Lookup>,
     pub(super) metrics: Metrics,
 }
@@ -153,6 +153,11 @@ impl State {
         }
         self.validations += 1;
         true
+    }
+
+    /// A signature check ended, whatever its verdict.
+    pub(super) fn validation_done(&mut self) {
+        self.validations = self.validations.saturating_sub(1);
     }
 }
 
@@ -265,7 +270,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_validated(&mut self, mut record: Record, result: Result<(u64, u64), Reject>) {
-        self.presence.validations = self.presence.validations.saturating_sub(1);
+        self.presence.validation_done();
         let (seq, expires_at) = match result {
             Ok(v) => v,
             Err(reason) => return self.reject(reason, record.key.as_ref()),
@@ -415,7 +420,7 @@ mod tests {
             assert!(s.take_validation_slot());
         }
         assert!(!s.take_validation_slot());
-        s.validations -= 1;
+        s.validation_done();
         assert!(s.take_validation_slot());
     }
 }
