@@ -30,7 +30,7 @@ use crate::{
     link::Link,
     meter,
     plan::{Op, Plan},
-    report::{ChurnStats, Report},
+    report::ChurnStats,
     scenario::{Role, Scenario},
     track::{self, Tracker},
 };
@@ -508,7 +508,6 @@ pub async fn run(
     for w in watchers {
         w.abort();
     }
-    let (boot, isolated_nodes) = first_connect.summary();
     let log = tracker.lock();
     let hops = tables.map(|t| {
         log.lookups
@@ -516,35 +515,20 @@ pub async fn run(
             .filter_map(|l| t.hops(ids[l.from], ids[l.to]).map(f64::from))
             .collect()
     });
-    let (lookups, lookup_ms) = track::lookups(&log, hops);
-    let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
-    let churned = plan.nodes.iter().any(|n| !n.downtime.is_empty());
-    let report = Report {
-        scenario: s.name.clone(),
-        mode: "inproc".into(),
-        seed: plan.seed,
-        nodes: plan.nodes.len(),
-        wall_secs: started.elapsed().as_secs_f64(),
-        peak_rss_kib: crate::report::peak_rss_kib(),
-        time_to_first_bootstrap_ms: boot,
-        isolated_nodes,
-        lookups,
-        messages,
-        files: track::files(&log),
-        churn: churned.then(|| ChurnStats {
-            leaves: log.leaves,
-            returns: log.returned.values().map(Vec::len).sum(),
-        }),
-        nat_pairs: None,
-        direct_share: None,
-        timeline,
-        bytes_sent,
+    let run = track::Run {
+        scenario: s,
+        mode: "inproc",
+        plan,
+        started,
+        phase,
     };
-    Ok(crate::Outcome {
-        report,
-        lookup_ms,
-        delivery_ms,
-    })
+    let mut outcome = track::outcome(&run, &log, hops, &first_connect, bytes_sent);
+    let churned = plan.nodes.iter().any(|n| !n.downtime.is_empty());
+    outcome.report.churn = churned.then(|| ChurnStats {
+        leaves: log.leaves,
+        returns: log.returned.values().map(Vec::len).sum(),
+    });
+    Ok(outcome)
 }
 
 /// Waits for the sender's `TransferFinished` of transfer `id`; true when it completed.

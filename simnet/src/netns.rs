@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     plan::{Op, Plan},
-    report::{NatPair, Report, rate},
+    report::{NatPair, rate},
     scenario::{Nat, Role, Scenario},
     track::{self, Tracker},
 };
@@ -501,43 +501,24 @@ pub async fn run(
     .await;
     // A relayed pair may still be punching: its outcome is waited for.
     let (pairs, state) = settle_pairs(&run, &tracker, progress).await?;
-    let (cells, lookups, lookup_ms, messages, delivery_ms, timeline) = {
-        let log = tracker.lock();
-        let cells = nat_cells(plan, &run, &pairs, &state, &log);
-        let (lookups, lookup_ms) = track::lookups(&log, None);
-        let (messages, delivery_ms, timeline) = track::messages(&log, plan, phase, s.duration_secs);
-        (cells, lookups, lookup_ms, messages, delivery_ms, timeline)
-    };
+    let cells = nat_cells(plan, &run, &pairs, &state, &tracker.lock());
     let direct: usize = cells.values().map(|c| c.direct).sum();
     let bytes = stop_nodes(std::mem::take(&mut run.nodes)).await?;
     for w in watchers {
         w.abort();
     }
-    let (boot, isolated_nodes) = run.first_connect.summary();
-    let report = Report {
-        scenario: s.name.clone(),
-        mode: "netns".into(),
-        seed: plan.seed,
-        nodes: plan.nodes.len(),
-        wall_secs: started.elapsed().as_secs_f64(),
-        peak_rss_kib: crate::report::peak_rss_kib(),
-        time_to_first_bootstrap_ms: boot,
-        isolated_nodes,
-        lookups,
-        messages,
-        files: None,
-        churn: None,
-        direct_share: Some(rate(direct, pairs.len())),
-        nat_pairs: Some(cells.into_values().collect()),
-        timeline,
-        bytes_sent: bytes,
+    let this = track::Run {
+        scenario: s,
+        mode: "netns",
+        plan,
+        started,
+        phase,
     };
+    let mut outcome = track::outcome(&this, &tracker.lock(), None, &run.first_connect, bytes);
+    outcome.report.direct_share = Some(rate(direct, pairs.len()));
+    outcome.report.nat_pairs = Some(cells.into_values().collect());
     drop(lab);
-    Ok(crate::Outcome {
-        report,
-        lookup_ms,
-        delivery_ms,
-    })
+    Ok(outcome)
 }
 
 /// `node` has a direct (not relayed) connection to `peer`.

@@ -16,7 +16,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{
     plan::Plan,
-    report::{Dist, Files, Lookups, Messages, Second, Share, ToOffline, rate},
+    report::{Dist, Files, Lookups, Messages, Report, Second, Share, ToOffline, rate},
+    scenario::Scenario,
 };
 
 /// One message sent by the workload.
@@ -176,7 +177,58 @@ pub fn body(k: usize, size: usize) -> (String, String) {
     (tag, body)
 }
 
-pub fn lookups(log: &Log, hops: Option<Vec<f64>>) -> (Lookups, Vec<f64>) {
+/// A finished run, as both modes describe it to [`outcome`].
+pub struct Run<'a> {
+    pub scenario: &'a Scenario,
+    /// `inproc` or `netns`.
+    pub mode: &'static str,
+    pub plan: &'a Plan,
+    /// When the run started (wall time is measured from here).
+    pub started: Instant,
+    /// When the workload started (the timeline's second 0).
+    pub phase: Instant,
+}
+
+/// The outcome of a run with the report's sections that both modes draw alike from `log`, the
+/// first connections and the bytes sent; the sections of one mode only (churn, NAT pairs, direct
+/// share) are left for that mode to fill in.
+pub fn outcome(
+    run: &Run,
+    log: &Log,
+    hops: Option<Vec<f64>>,
+    first_connects: &FirstConnects,
+    bytes_sent: Option<u64>,
+) -> crate::Outcome {
+    let (lookups, lookup_ms) = lookups(log, hops);
+    let (messages, delivery_ms, timeline) =
+        messages(log, run.plan, run.phase, run.scenario.duration_secs);
+    let (time_to_first_bootstrap_ms, isolated_nodes) = first_connects.summary();
+    let report = Report {
+        scenario: run.scenario.name.clone(),
+        mode: run.mode.into(),
+        seed: run.plan.seed,
+        nodes: run.plan.nodes.len(),
+        wall_secs: run.started.elapsed().as_secs_f64(),
+        peak_rss_kib: crate::report::peak_rss_kib(),
+        time_to_first_bootstrap_ms,
+        isolated_nodes,
+        lookups,
+        messages,
+        files: files(log),
+        churn: None,
+        nat_pairs: None,
+        direct_share: None,
+        timeline,
+        bytes_sent,
+    };
+    crate::Outcome {
+        report,
+        lookup_ms,
+        delivery_ms,
+    }
+}
+
+fn lookups(log: &Log, hops: Option<Vec<f64>>) -> (Lookups, Vec<f64>) {
     let ok: Vec<&Lookup> = log.lookups.iter().filter(|l| l.found).collect();
     let ms: Vec<f64> = ok.iter().map(|l| l.ms).collect();
     (
@@ -192,7 +244,7 @@ pub fn lookups(log: &Log, hops: Option<Vec<f64>>) -> (Lookups, Vec<f64>) {
     )
 }
 
-pub fn files(log: &Log) -> Option<Files> {
+fn files(log: &Log) -> Option<Files> {
     if log.files.is_empty() {
         return None;
     }
@@ -213,7 +265,7 @@ pub fn files(log: &Log) -> Option<Files> {
 
 /// The message section, the delivery latencies, and the per-second timeline from `phase` (the
 /// start of the workload) for `secs` seconds at least, and up to the last send or arrival.
-pub fn messages(
+fn messages(
     log: &Log,
     plan: &Plan,
     phase: Instant,
