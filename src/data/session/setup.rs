@@ -12,6 +12,22 @@ struct Cleartext<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
+    fn new(stream: S) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Self {
+            frames: FramedRead::new(r, FrameCodec),
+            io: w,
+        }
+    }
+
+    /// The cleartext phase's result; a failure is first reported to the peer.
+    async fn reported<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result {
+            self.report(e).await;
+        }
+        result
+    }
+
     async fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
         let mut out = Vec::new();
         for f in frames {
@@ -90,69 +106,50 @@ pub async fn initiate<S: AsyncRead + AsyncWrite>(
     known: Option<Bundle>,
     counters: &HandshakeCounters,
 ) -> Result<Session<S>, Error> {
-    let (r, w) = tokio::io::split(stream);
-    let mut c = Cleartext {
-        frames: FramedRead::new(r, FrameCodec),
-        io: w,
-    };
+    let mut c = Cleartext::new(stream);
     let result = with_timeout(initiate_inner(&mut c, local, remote, known, counters)).await;
-    match result {
-        Ok((keys, bundle, pattern)) => {
-            let mut session = c.into_session(
-                Sealer::new(&keys.initiator_to_responder),
-                Opener::new(&keys.responder_to_initiator),
-                remote,
-                pattern,
-            );
-            // AUTH both ways.
-            let local_id = local.identity.peer_id();
-            let h = keys.handshake_hash;
-            let b = local.identity.binding();
-            let auth = Inner::Auth {
-                binding: Some(BindingParts {
-                    ml_dsa_public: Bytes::copy_from_slice(&b.ml_dsa_public),
-                    ed25519_signature: Bytes::copy_from_slice(&b.ed25519_signature),
-                    ml_dsa_signature: Bytes::copy_from_slice(&b.ml_dsa_signature),
-                }),
-                signature: handshake::sign_transcript(
-                    &local.identity,
-                    Role::Initiator,
-                    &local_id,
-                    &remote,
-                    &h,
-                )
-                .into(),
-            };
-            let verified = with_timeout(async {
-                session.writer.send(&auth).await?;
-                match session.reader.recv().await? {
-                    Some(Inner::Auth {
-                        binding: None,
-                        signature,
-                    }) => {
-                        handshake::verify_transcript(
-                            bundle.binding(),
-                            &signature,
-                            Role::Responder,
-                            &local_id,
-                            &remote,
-                            &h,
-                        )?;
-                        Ok(())
-                    }
-                    other => Err(not_auth(other, "expected AUTH")),
-                }
-            })
-            .await;
-            conclude(&mut session, verified, counters).await?;
-            session.remote_bundle = Some(bundle);
-            Ok(session)
-        }
-        Err(e) => {
-            c.report(&e).await;
-            Err(e)
-        }
-    }
+    let (keys, bundle, pattern) = c.reported(result).await?;
+    let mut session = c.into_session(
+        Sealer::new(&keys.initiator_to_responder),
+        Opener::new(&keys.responder_to_initiator),
+        remote,
+        pattern,
+    );
+    let local_id = local.identity.peer_id();
+    let h = keys.handshake_hash;
+    let b = local.identity.binding();
+    let auth = Inner::Auth {
+        binding: Some(BindingParts {
+            ml_dsa_public: Bytes::copy_from_slice(&b.ml_dsa_public),
+            ed25519_signature: Bytes::copy_from_slice(&b.ed25519_signature),
+            ml_dsa_signature: Bytes::copy_from_slice(&b.ml_dsa_signature),
+        }),
+        signature: handshake::sign_transcript(
+            &local.identity,
+            Role::Initiator,
+            &local_id,
+            &remote,
+            &h,
+        )
+        .into(),
+    };
+    let check = |theirs| match theirs {
+        Some(Inner::Auth {
+            binding: None,
+            signature,
+        }) => Ok(handshake::verify_transcript(
+            bundle.binding(),
+            &signature,
+            Role::Responder,
+            &local_id,
+            &remote,
+            &h,
+        )?),
+        other => Err(not_auth(other, "expected AUTH")),
+    };
+    session.authenticate(&auth, check, counters).await?;
+    session.remote_bundle = Some(bundle);
+    Ok(session)
 }
 
 async fn initiate_inner<S: AsyncRead + AsyncWrite>(
@@ -222,18 +219,9 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
     remote: PeerId,
     counters: &HandshakeCounters,
 ) -> Result<Session<S>, Error> {
-    let (r, w) = tokio::io::split(stream);
-    let mut c = Cleartext {
-        frames: FramedRead::new(r, FrameCodec),
-        io: w,
-    };
-    let (keys, pattern) = match with_timeout(respond_inner(&mut c, local, counters)).await {
-        Ok(v) => v,
-        Err(e) => {
-            c.report(&e).await;
-            return Err(e);
-        }
-    };
+    let mut c = Cleartext::new(stream);
+    let result = with_timeout(respond_inner(&mut c, local, counters)).await;
+    let (keys, pattern) = c.reported(result).await?;
     let mut session = c.into_session(
         Sealer::new(&keys.responder_to_initiator),
         Opener::new(&keys.initiator_to_responder),
@@ -242,48 +230,46 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
     );
     let local_id = local.identity.peer_id();
     let h = keys.handshake_hash;
-    let verified = with_timeout(async {
-        let sig =
-            handshake::sign_transcript(&local.identity, Role::Responder, &remote, &local_id, &h);
-        session
-            .writer
-            .send(&Inner::Auth {
-                binding: None,
-                signature: sig.into(),
-            })
-            .await?;
-        match session.reader.recv().await? {
-            Some(Inner::Auth {
-                binding: Some(parts),
-                signature,
-            }) => {
-                let binding = Binding {
-                    peer_id: remote,
-                    ml_dsa_public: parts.ml_dsa_public.to_vec(),
-                    ed25519_signature: parts.ed25519_signature.to_vec(),
-                    ml_dsa_signature: parts.ml_dsa_signature.to_vec(),
-                };
-                binding
-                    .verify()
-                    .map_err(|e| Error::protocol(ErrorCode::BAD_SIGNATURE, e.to_string()))?;
-                handshake::verify_transcript(
-                    &binding,
-                    &signature,
-                    Role::Initiator,
-                    &remote,
-                    &local_id,
-                    &h,
-                )?;
-                Ok(())
-            }
-            other => Err(not_auth(
-                other,
-                "expected AUTH with the initiator's identity binding",
-            )),
+    let auth = Inner::Auth {
+        binding: None,
+        signature: handshake::sign_transcript(
+            &local.identity,
+            Role::Responder,
+            &remote,
+            &local_id,
+            &h,
+        )
+        .into(),
+    };
+    let check = |theirs| match theirs {
+        Some(Inner::Auth {
+            binding: Some(parts),
+            signature,
+        }) => {
+            let binding = Binding {
+                peer_id: remote,
+                ml_dsa_public: parts.ml_dsa_public.to_vec(),
+                ed25519_signature: parts.ed25519_signature.to_vec(),
+                ml_dsa_signature: parts.ml_dsa_signature.to_vec(),
+            };
+            binding
+                .verify()
+                .map_err(|e| Error::protocol(ErrorCode::BAD_SIGNATURE, e.to_string()))?;
+            Ok(handshake::verify_transcript(
+                &binding,
+                &signature,
+                Role::Initiator,
+                &remote,
+                &local_id,
+                &h,
+            )?)
         }
-    })
-    .await;
-    conclude(&mut session, verified, counters).await?;
+        other => Err(not_auth(
+            other,
+            "expected AUTH with the initiator's identity binding",
+        )),
+    };
+    session.authenticate(&auth, check, counters).await?;
     Ok(session)
 }
 
@@ -355,16 +341,25 @@ fn not_auth(frame: Option<Inner>, wanted: &'static str) -> Error {
     }
 }
 
-/// The end of the handshake: the peer's AUTH `verified`, or the failure reported to it.
-async fn conclude<S: AsyncWrite>(
-    session: &mut Session<S>,
-    verified: Result<(), Error>,
-    counters: &HandshakeCounters,
-) -> Result<(), Error> {
-    if let Err(e) = verified {
-        session.writer.report(&e).await;
-        return Err(e);
+impl<S: AsyncRead + AsyncWrite> Session<S> {
+    /// The end of the handshake, encrypted: sends our AUTH, checks the peer's with `check`, both
+    /// within [`HANDSHAKE_TIMEOUT`]; a failure is reported to the peer.
+    async fn authenticate(
+        &mut self,
+        ours: &Inner,
+        check: impl FnOnce(Option<Inner>) -> Result<(), Error>,
+        counters: &HandshakeCounters,
+    ) -> Result<(), Error> {
+        let verified = with_timeout(async {
+            self.writer.send(ours).await?;
+            check(self.reader.recv().await?)
+        })
+        .await;
+        if let Err(e) = verified {
+            self.writer.report(&e).await;
+            return Err(e);
+        }
+        counters.post_quantum.inc();
+        Ok(())
     }
-    counters.post_quantum.inc();
-    Ok(())
 }
