@@ -211,8 +211,8 @@ pub(super) async fn transfers(
 ) -> Result<Json<TransferList>, Problem> {
     let t = state.data.transfers();
     Ok(Json(TransferList {
-        outgoing: t.all_outgoing().map_err(internal)?,
-        incoming: t.all_incoming().map_err(internal)?,
+        outgoing: t.outgoing().all().map_err(internal)?,
+        incoming: t.incoming().all().map_err(internal)?,
     }))
 }
 
@@ -221,10 +221,10 @@ pub(super) async fn transfer(
     Path(id): Path<String>,
 ) -> Result<Json<Transfer>, Problem> {
     let t = state.data.transfers();
-    if let Some(out) = t.outgoing(&id).map_err(internal)? {
+    if let Some(out) = t.outgoing().get(&id).map_err(internal)? {
         return Ok(Json(Transfer::Out(out)));
     }
-    if let Some(inc) = t.incoming(&id).map_err(internal)? {
+    if let Some(inc) = t.incoming().get(&id).map_err(internal)? {
         return Ok(Json(Transfer::In(inc)));
     }
     Err(Problem::new(

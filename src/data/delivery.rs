@@ -341,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
     }
 
     fn record(&self, t: &Outgoing) -> Result<(), Attempt> {
-        self.shared.transfers.put_outgoing(t)?;
+        self.shared.transfers.outgoing().put(t)?;
         Ok(())
     }
 

@@ -273,7 +273,7 @@ impl<S: AsyncWrite> Receiver<'_, S> {
             Err(f) => {
                 r.record.state = crate::store::transfers::State::Failed;
                 r.record.error = Some(format!("{}: {}", f.code.0, f.message));
-                let _ = self.shared.transfers.put_incoming(&r.record);
+                let _ = self.shared.transfers.incoming().put(&r.record);
                 return self.send_status(failed(id, f.code)).await;
             }
         };

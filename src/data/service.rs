@@ -148,7 +148,7 @@ impl Service {
                 source: std::io::Error::other(e),
             })?
             .map_err(|source| Error::File { path, source })?;
-        self.shared.transfers.put_outgoing(&t)?;
+        self.shared.transfers.outgoing().put(&t)?;
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(t)
@@ -260,7 +260,7 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
     let mut node_events = shared.node.subscribe();
     // Whatever the outbox and transfers held when we stopped.
     let mut start: Vec<PeerId> = shared.outbox.peers_with_pending().unwrap_or_default();
-    if let Ok(all) = shared.transfers.all_outgoing() {
+    if let Ok(all) = shared.transfers.outgoing().all() {
         start.extend(
             all.into_iter()
                 .filter(|t| !t.state.is_finished())

@@ -151,7 +151,7 @@ impl Receiving {
         };
         check_meta(meta, &layout, max_file_bytes)?;
         let key = incoming_key(&from, &meta.transfer_id);
-        let existing = transfers.incoming(&key).map_err(Failure::storage)?;
+        let existing = transfers.incoming().get(&key).map_err(Failure::storage)?;
         let partial_dir = downloads.join(PARTIAL_DIR);
         let partial_path = partial_dir.join(format!("{}.part", hex::encode(meta.transfer_id)));
         let blocks = layout.blocks();
@@ -198,7 +198,10 @@ impl Receiving {
             Some(f)
         };
         record.bitmap = hex::encode(&bitmap);
-        transfers.put_incoming(&record).map_err(Failure::storage)?;
+        transfers
+            .incoming()
+            .put(&record)
+            .map_err(Failure::storage)?;
         Ok(Self {
             record,
             bitmap,
@@ -296,7 +299,8 @@ impl Receiving {
         self.record.blocks_done += 1;
         self.record.bitmap = hex::encode(&self.bitmap);
         transfers
-            .put_incoming(&self.record)
+            .incoming()
+            .put(&self.record)
             .map_err(Failure::storage)?;
         Ok(true)
     }
@@ -333,7 +337,8 @@ impl Receiving {
             }
         }
         transfers
-            .put_incoming(&self.record)
+            .incoming()
+            .put(&self.record)
             .map_err(Failure::storage)?;
         result
     }

@@ -115,49 +115,58 @@ impl Transfers {
         })
     }
 
-    pub fn put_outgoing(&self, t: &Outgoing) -> Result<(), Error> {
-        self.out.put(&t.id, t)
+    /// Files this node sends.
+    pub fn outgoing(&self) -> &Records<Outgoing> {
+        &self.out
     }
 
-    pub fn outgoing(&self, id: &str) -> Result<Option<Outgoing>, Error> {
-        self.out.get(id)
-    }
-
-    /// Oldest first.
-    pub fn all_outgoing(&self) -> Result<Vec<Outgoing>, Error> {
-        self.out.all(|t| t.created_at_ms)
+    /// Files this node receives.
+    pub fn incoming(&self) -> &Records<Incoming> {
+        &self.inc
     }
 
     /// Unfinished outgoing transfers to `to`, oldest first.
     pub fn pending_to(&self, to: &PeerId) -> Result<Vec<Outgoing>, Error> {
         Ok(self
-            .all_outgoing()?
+            .out
+            .all()?
             .into_iter()
             .filter(|t| t.to == *to && !t.state.is_finished())
             .collect())
     }
+}
 
-    pub fn put_incoming(&self, t: &Incoming) -> Result<(), Error> {
-        self.inc.put(&t.id, t)
+/// A transfer record: stored by its id, listed by age.
+pub trait Record: Serialize + DeserializeOwned {
+    fn id(&self) -> &str;
+    fn created_at_ms(&self) -> u64;
+}
+
+impl Record for Outgoing {
+    fn id(&self) -> &str {
+        &self.id
     }
-
-    pub fn incoming(&self, id: &str) -> Result<Option<Incoming>, Error> {
-        self.inc.get(id)
+    fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
     }
+}
 
-    /// Oldest first.
-    pub fn all_incoming(&self) -> Result<Vec<Incoming>, Error> {
-        self.inc.all(|t| t.created_at_ms)
+impl Record for Incoming {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
     }
 }
 
 /// One tree of transfer records, JSON by transfer id.
-struct Records<T> {
+pub struct Records<T> {
     tree: sled::Tree,
     records: PhantomData<fn() -> T>,
 }
 
-impl<T: Serialize + DeserializeOwned> Records<T> {
+impl<T: Record> Records<T> {
     fn open(db: &sled::Db, name: &str) -> Result<Self, Error> {
         Ok(Self {
             tree: db.open_tree(name)?,
@@ -165,22 +174,25 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
         })
     }
 
-    fn put(&self, id: &str, t: &T) -> Result<(), Error> {
-        self.tree
-            .insert(id.as_bytes(), serde_json::to_vec(t).expect("serialises"))?;
+    /// Stores `t` in place of the record with its id.
+    pub fn put(&self, t: &T) -> Result<(), Error> {
+        self.tree.insert(
+            t.id().as_bytes(),
+            serde_json::to_vec(t).expect("serialises"),
+        )?;
         Ok(())
     }
 
     /// One record; an unreadable one (written by another version) counts as absent.
-    fn get(&self, id: &str) -> Result<Option<T>, Error> {
+    pub fn get(&self, id: &str) -> Result<Option<T>, Error> {
         Ok(self
             .tree
             .get(id.as_bytes())?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    /// Every readable record, ordered by `key`.
-    fn all(&self, key: impl Fn(&T) -> u64) -> Result<Vec<T>, Error> {
+    /// Every readable record, oldest first.
+    pub fn all(&self) -> Result<Vec<T>, Error> {
         let mut v = Vec::new();
         for item in self.tree.iter() {
             let (_, bytes) = item?;
@@ -188,7 +200,7 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
                 v.push(t);
             }
         }
-        v.sort_by_key(|t| key(t));
+        v.sort_by_key(T::created_at_ms);
         Ok(v)
     }
 }
