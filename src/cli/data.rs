@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use libp2p::PeerId;
 
-use super::output::{json, table, time_ms};
+use super::output::{json, listing, time_ms};
 use crate::{
     control::{
         self,
@@ -48,20 +48,8 @@ pub async fn outbox(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let entries: Vec<outbox::Entry> = control::Client::for_data_dir(dir)?
         .get(routes::OUTBOX)
         .await?;
-    if as_json {
-        return json(&entries);
-    }
-    if entries.is_empty() {
-        println!("The outbox is empty.");
-        return Ok(());
-    }
-    let mut rows = vec![
-        ["STATE", "TO", "#", "QUEUED", "ID", "TEXT"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for e in &entries {
-        rows.push(vec![
+    let rows = entries.iter().map(|e| {
+        vec![
             match e.state {
                 outbox::State::Queued => "queued".into(),
                 outbox::State::Delivered => "delivered".into(),
@@ -71,10 +59,10 @@ pub async fn outbox(dir: &Path, as_json: bool) -> anyhow::Result<()> {
             time_ms(e.message.created_at_ms),
             e.message.id.clone(),
             preview(&e.message.body),
-        ]);
-    }
-    print!("{}", table(&rows));
-    Ok(())
+        ]
+    });
+    let header = ["STATE", "TO", "#", "QUEUED", "ID", "TEXT"];
+    listing(&entries, as_json, &header, rows, "The outbox is empty.")
 }
 
 fn preview(body: &str) -> String {
@@ -225,36 +213,24 @@ pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let list: TransferList = control::Client::for_data_dir(dir)?
         .get(routes::TRANSFERS)
         .await?;
-    if as_json {
-        return json(&list);
-    }
-    if list.outgoing.is_empty() && list.incoming.is_empty() {
-        println!("No transfers.");
-        return Ok(());
-    }
-    let mut rows = vec![
-        ["DIR", "STATE", "BLOCKS", "SIZE", "PEER", "NAME"]
-            .map(String::from)
-            .to_vec(),
-    ];
     let state = |s: transfers::State| {
         serde_json::to_value(s)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default()
     };
-    for t in &list.outgoing {
-        rows.push(vec![
+    let out = list.outgoing.iter().map(|t| {
+        vec![
             "out".into(),
             state(t.state),
             format!("{}/{}", t.blocks_done, t.blocks_total),
             t.layout.size.to_string(),
             t.to.to_string(),
             t.name.clone(),
-        ]);
-    }
-    for t in &list.incoming {
-        rows.push(vec![
+        ]
+    });
+    let inc = list.incoming.iter().map(|t| {
+        vec![
             "in".into(),
             state(t.state),
             format!("{}/{}", t.blocks_done, t.blocks_total),
@@ -263,8 +239,8 @@ pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
             t.final_path
                 .as_ref()
                 .map_or_else(|| t.name.clone(), |p| p.display().to_string()),
-        ]);
-    }
-    print!("{}", table(&rows));
-    Ok(())
+        ]
+    });
+    let header = ["DIR", "STATE", "BLOCKS", "SIZE", "PEER", "NAME"];
+    listing(&list, as_json, &header, out.chain(inc), "No transfers.")
 }

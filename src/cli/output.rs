@@ -15,6 +15,27 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A list command's output: `value` as JSON with `--json`; else `rows` as a table under `header`,
+/// or the sentence `empty` when there are none.
+pub fn listing<T: Serialize>(
+    value: &T,
+    as_json: bool,
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+    empty: &str,
+) -> anyhow::Result<()> {
+    if as_json {
+        return json(value);
+    }
+    let mut all = vec![header.iter().map(|h| h.to_string()).collect()];
+    all.extend(rows);
+    match all.len() {
+        1 => println!("{empty}"),
+        _ => print!("{}", table(&all)),
+    }
+    Ok(())
+}
+
 pub fn id(id: &Id, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         return json(id);
@@ -75,21 +96,9 @@ fn print_list<T: std::fmt::Display>(title: &str, items: impl Iterator<Item = T>)
 }
 
 pub fn peers(peers: &[PeerInfo], as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        return json(&peers);
-    }
-    if peers.is_empty() {
-        println!("No connected peers.");
-        return Ok(());
-    }
-    let mut rows = vec![
-        ["PEER", "DIR", "KIND", "RTT", "AGENT", "ADDRESS"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for p in peers {
-        for c in &p.connections {
-            rows.push(vec![
+    let rows = peers.iter().flat_map(|p| {
+        p.connections.iter().map(|c| {
+            vec![
                 p.peer_id.to_string(),
                 match c.direction {
                     Direction::Outbound => "out".into(),
@@ -99,11 +108,11 @@ pub fn peers(peers: &[PeerInfo], as_json: bool) -> anyhow::Result<()> {
                 p.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
                 p.agent_version.clone().unwrap_or_else(|| "-".into()),
                 c.remote_addr.to_string(),
-            ]);
-        }
-    }
-    print!("{}", table(&rows));
-    Ok(())
+            ]
+        })
+    });
+    let header = ["PEER", "DIR", "KIND", "RTT", "AGENT", "ADDRESS"];
+    listing(&peers, as_json, &header, rows, "No connected peers.")
 }
 
 pub fn found(f: &FoundPeer, as_json: bool) -> anyhow::Result<()> {
