@@ -32,7 +32,7 @@ use std::{
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol,
-    core::{Endpoint, UpgradeInfo, transport::PortUse},
+    core::{Endpoint, UpgradeInfo, transport::PortUse, upgrade::ReadyUpgrade},
     swarm::{
         ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent,
         ConnectionId, DialError, DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler,
@@ -347,8 +347,8 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// The data protocol while it is offered, nothing otherwise (inbound); always the data protocol
-/// (outbound).
+/// Inbound: the data protocol while it is offered, nothing otherwise. (Outbound streams always ask
+/// for the data protocol: libp2p's [`ReadyUpgrade`].)
 pub struct Upgrade(Option<StreamProtocol>);
 
 impl UpgradeInfo for Upgrade {
@@ -370,16 +370,6 @@ impl libp2p::core::InboundUpgrade<Stream> for Upgrade {
     }
 }
 
-impl libp2p::core::OutboundUpgrade<Stream> for Upgrade {
-    type Output = Stream;
-    type Error = Infallible;
-    type Future = Ready<Result<Stream, Infallible>>;
-
-    fn upgrade_outbound(self, stream: Stream, _: StreamProtocol) -> Self::Future {
-        ready(Ok(stream))
-    }
-}
-
 /// A connection's handler: inbound data streams into the queue (or refused right here), and the
 /// outbound streams the behaviour asks for.
 pub struct Handler {
@@ -395,7 +385,7 @@ impl ConnectionHandler for Handler {
     type FromBehaviour = Reply;
     type ToBehaviour = Infallible;
     type InboundProtocol = Upgrade;
-    type OutboundProtocol = Upgrade;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
     type InboundOpenInfo = ();
     type OutboundOpenInfo = Reply;
 
@@ -411,14 +401,14 @@ impl ConnectionHandler for Handler {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Upgrade, Reply, Infallible>> {
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, Reply, Infallible>> {
         while let Poll::Ready(Some(())) = self.refusing.poll_next_unpin(cx) {}
         while let Some(reply) = self.opens.pop_front() {
             if reply.is_closed() {
                 continue; // the caller gave up
             }
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(Upgrade(Some(PROTOCOL)), reply),
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), reply),
             });
         }
         Poll::Pending
