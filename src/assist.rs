@@ -154,12 +154,12 @@ impl Assist {
         };
         let hub = Arc::new(signaling::Hub::new(a.signaling.clone(), signaling_metrics));
         let ice = Arc::new(ice::Credentials::new(
-            Duration::from_secs(a.ice_ttl_secs),
-            a.max_ice_credentials,
+            Duration::from_secs(a.ice_ttl_secs.get()),
+            a.max_ice_credentials.get(),
         ));
         let limiter = Arc::new(rate_limit::RateLimiter::new(rate_limit::Limits {
-            burst: a.rate_burst,
-            window: Duration::from_secs(a.rate_window_secs),
+            burst: a.rate_burst.get(),
+            window: Duration::from_secs(a.rate_window_secs.get()),
             penalty: Duration::from_secs(a.rate_penalty_secs),
         }));
         let tls = tls_config(a).await?;
@@ -169,8 +169,8 @@ impl Assist {
             udp,
             ice.clone(),
             stun::Limits {
-                per_ip_per_second: a.stun_per_ip_per_second,
-                answers_per_second: a.stun_answers_per_second,
+                per_ip_per_second: a.stun_per_ip_per_second.get(),
+                answers_per_second: a.stun_answers_per_second.get(),
             },
             stun_metrics,
             shutdown.clone(),
@@ -184,7 +184,7 @@ impl Assist {
                     data: data.clone(),
                     cfg: a.gateway.clone(),
                     turn: a.turn.clone(),
-                    ice_ttl_secs: a.ice_ttl_secs,
+                    ice_ttl_secs: a.ice_ttl_secs.get(),
                     stun: stun::advertised(a.public_ip, stun_addr),
                     shutdown: shutdown.clone(),
                 },
@@ -200,7 +200,7 @@ impl Assist {
             ice,
             limiter,
             probe_budget: rate_limit::RateLimiter::new(rate_limit::Limits {
-                burst: a.probes_per_token_per_minute,
+                burst: a.probes_per_token_per_minute.get(),
                 window: Duration::from_secs(60),
                 penalty: Duration::ZERO,
             }),

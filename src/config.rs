@@ -151,12 +151,11 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: bootstrap addresses name a peer, limits are non-zero, values that
-    /// depend on each other agree. Errors name the key.
+    /// Checks what serde cannot: bootstrap addresses name a peer, values that depend on each other
+    /// agree. (Limits that must not be 0 have `NonZero` types: serde refuses a 0 with the key and
+    /// its source.) Errors name the key.
     pub fn validate(&self) -> Result<(), Error> {
         self.check_node()?;
-        nonzero(&self.node_limits())?;
-        nonzero(&self.assist_limits())?;
         self.check_data()?;
         check_assist(&self.assist)
     }
@@ -228,155 +227,6 @@ impl Config {
         Ok(())
     }
 
-    /// Node-level values that must not be 0.
-    fn node_limits(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            (
-                "network.max_connections",
-                self.network.max_connections.into(),
-            ),
-            (
-                "network.max_connections_per_peer",
-                self.network.max_connections_per_peer.into(),
-            ),
-            (
-                "network.ping_interval_secs",
-                self.network.ping_interval_secs,
-            ),
-            (
-                "network.max_pending_incoming",
-                self.network.max_pending_incoming.into(),
-            ),
-            (
-                "network.max_pending_incoming_per_ip",
-                self.network.max_pending_incoming_per_ip.into(),
-            ),
-            (
-                "network.max_connections_per_ip",
-                self.network.max_connections_per_ip.into(),
-            ),
-            (
-                "network.inbound_handshake_timeout_secs",
-                self.network.inbound_handshake_timeout_secs,
-            ),
-            ("kad.query_timeout_secs", self.kad.query_timeout_secs),
-            (
-                "bootstrap.check_interval_secs",
-                self.bootstrap.check_interval_secs,
-            ),
-            (
-                "autonat.probe_interval_secs",
-                self.autonat.probe_interval_secs,
-            ),
-            ("autonat.recheck_secs", self.autonat.recheck_secs),
-            (
-                "relay.reservation_duration_secs",
-                self.relay.reservation_duration_secs,
-            ),
-            (
-                "relay.max_circuit_duration_secs",
-                self.relay.max_circuit_duration_secs,
-            ),
-            (
-                "relay.reservations_per_peer_per_minute",
-                self.relay.reservations_per_peer_per_minute.into(),
-            ),
-            (
-                "relay.reservations_per_ip_per_minute",
-                self.relay.reservations_per_ip_per_minute.into(),
-            ),
-            (
-                "relay.circuits_per_peer_per_minute",
-                self.relay.circuits_per_peer_per_minute.into(),
-            ),
-            (
-                "relay.circuits_per_ip_per_minute",
-                self.relay.circuits_per_ip_per_minute.into(),
-            ),
-        ]
-    }
-
-    /// Assist values that must not be 0.
-    fn assist_limits(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("assist.ice_ttl_secs", self.assist.ice_ttl_secs),
-            (
-                "assist.max_ice_credentials",
-                self.assist.max_ice_credentials as u64,
-            ),
-            ("assist.max_paths", self.assist.max_paths as u64),
-            ("assist.probe_timeout_ms", self.assist.probe_timeout_ms),
-            (
-                "assist.probes_per_token_per_minute",
-                self.assist.probes_per_token_per_minute.into(),
-            ),
-            ("assist.max_body_bytes", self.assist.max_body_bytes as u64),
-            ("assist.rate_burst", self.assist.rate_burst.into()),
-            ("assist.rate_window_secs", self.assist.rate_window_secs),
-            (
-                "assist.stun_per_ip_per_second",
-                self.assist.stun_per_ip_per_second.into(),
-            ),
-            (
-                "assist.stun_answers_per_second",
-                self.assist.stun_answers_per_second.into(),
-            ),
-            (
-                "assist.signaling.max_message_bytes",
-                self.assist.signaling.max_message_bytes as u64,
-            ),
-            (
-                "assist.signaling.send_queue_messages",
-                self.assist.signaling.send_queue_messages as u64,
-            ),
-            (
-                "assist.signaling.send_queue_bytes",
-                self.assist.signaling.send_queue_bytes as u64,
-            ),
-            (
-                "assist.signaling.messages_per_second",
-                self.assist.signaling.messages_per_second.into(),
-            ),
-            ("assist.signaling.burst", self.assist.signaling.burst.into()),
-            (
-                "assist.signaling.max_rooms_per_session",
-                self.assist.signaling.max_rooms_per_session as u64,
-            ),
-            (
-                "assist.signaling.max_room_members",
-                self.assist.signaling.max_room_members as u64,
-            ),
-            (
-                "assist.signaling.max_rooms",
-                self.assist.signaling.max_rooms as u64,
-            ),
-            (
-                "assist.signaling.max_sessions",
-                self.assist.signaling.max_sessions as u64,
-            ),
-            (
-                "assist.signaling.max_sessions_per_token",
-                self.assist.signaling.max_sessions_per_token as u64,
-            ),
-            (
-                "assist.signaling.ping_interval_secs",
-                self.assist.signaling.ping_interval_secs,
-            ),
-            (
-                "assist.signaling.idle_timeout_secs",
-                self.assist.signaling.idle_timeout_secs,
-            ),
-            (
-                "assist.gateway.max_connections",
-                self.assist.gateway.max_connections as u64,
-            ),
-            (
-                "assist.gateway.connect_timeout_secs",
-                self.assist.gateway.connect_timeout_secs,
-            ),
-        ]
-    }
-
     /// The node-level sections: what the swarm runs with.
     pub fn node(&self) -> crate::node::Config {
         crate::node::Config {
@@ -413,7 +263,7 @@ fn check_assist(assist: &Assist) -> Result<(), Error> {
             });
         }
     }
-    if assist.max_paths > 64 {
+    if assist.max_paths.get() > 64 {
         return Err(Error::Value {
             key: "assist.max_paths",
             reason: "at most 64".into(),
@@ -445,17 +295,6 @@ fn check_assist(assist: &Assist) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// An error for the first of `limits` that is 0.
-fn nonzero(limits: &[(&'static str, u64)]) -> Result<(), Error> {
-    match limits.iter().find(|(_, value)| *value == 0) {
-        Some(&(key, _)) => Err(Error::Value {
-            key,
-            reason: "must be greater than 0".into(),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// A config error in the user's terms: the dotted key, what is wrong with it, and where it came from
@@ -557,6 +396,28 @@ mod tests {
             desktop,
             Config::default(),
             "desktop.toml spells out the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_by_key_and_source() {
+        let err = Config::parse_toml("[assist.signaling]\nmax_rooms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`assist.signaling.max_rooms`") && err.contains("nonzero"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "[network]\nping_interval_secs = 0\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`network.ping_interval_secs`")
+                && err.contains(&file.display().to_string()),
+            "{err}"
         );
     }
 

@@ -6,7 +6,10 @@
 
 pub mod record;
 
-use std::{num::NonZeroUsize, time::Duration};
+use std::{
+    num::{NonZero, NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use libp2p::{
     PeerId, StreamProtocol,
@@ -52,7 +55,7 @@ pub struct Config {
     /// `auto` (default), `client` or `server`. The bootstrap role always runs as server.
     pub mode: Mode,
     /// Seconds before a DHT query gives up. Default: 30.
-    pub query_timeout_secs: u64,
+    pub query_timeout_secs: NonZeroU64,
     /// Seconds between periodic bootstrap (routing-table refresh) queries. Default: 300.
     pub periodic_bootstrap_secs: u64,
 }
@@ -61,7 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mode: Mode::Auto,
-            query_timeout_secs: 30,
+            query_timeout_secs: NonZero::new(30).unwrap(),
             periodic_bootstrap_secs: 300,
         }
     }
@@ -71,7 +74,7 @@ impl Default for Config {
 /// "server"`), otherwise the node starts as a client.
 pub fn behaviour(local: PeerId, cfg: &Config, server: bool) -> Behaviour {
     let mut kc = kad::Config::new(PROTOCOL);
-    kc.set_query_timeout(Duration::from_secs(cfg.query_timeout_secs))
+    kc.set_query_timeout(Duration::from_secs(cfg.query_timeout_secs.get()))
         .set_replication_factor(K_VALUE)
         .set_kbucket_size(K_VALUE)
         .set_max_packet_size(MAX_KAD_PACKET)

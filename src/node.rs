@@ -105,7 +105,7 @@ impl Node {
             transport,
             Some(relay_transport),
             &keypair,
-            Duration::from_secs(cfg.network.inbound_handshake_timeout_secs),
+            Duration::from_secs(cfg.network.inbound_handshake_timeout_secs.get()),
             &mut registry,
         )?;
         let (data_behaviour, data_streams, data_control) =

@@ -1,7 +1,11 @@
 //! The `[assist]` section and its `[assist.signaling]`, `[assist.gateway]` and `[[assist.turn]]`
 //! tables. Checked by `crate::config`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    num::{NonZero, NonZeroU32, NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,36 +38,36 @@ pub struct Config {
     /// (`commucat token hash TOKEN`). Default: none.
     pub token_hashes: Vec<String>,
     /// Lifetime of the ICE credentials (and TURN REST credentials) handed out. Default: 600.
-    pub ice_ttl_secs: u64,
+    pub ice_ttl_secs: NonZeroU64,
     /// STUN/TURN keepalive interval advised to clients. Default: 30.
     pub keepalive_interval_secs: u64,
     /// ICE credentials remembered at once for STUN checks; the oldest are forgotten. Default: 65536.
-    pub max_ice_credentials: usize,
+    pub max_ice_credentials: NonZeroUsize,
     /// Paths a request may name. Default: 8.
-    pub max_paths: usize,
+    pub max_paths: NonZeroUsize,
     /// Milliseconds each path probe may take (probes run in parallel). Default: 2000.
-    pub probe_timeout_ms: u64,
+    pub probe_timeout_ms: NonZeroU64,
     /// Paths one token may name for probing per minute (each costs a TCP and a QUIC dial); more
     /// get 429. Default: 32.
-    pub probes_per_token_per_minute: u32,
+    pub probes_per_token_per_minute: NonZeroU32,
     /// Probe paths whose addresses are not public (loopback, private, link-local, carrier-grade
     /// NAT, …; for a host name, any address it resolves to). Off, such paths get 400 without
     /// being probed: otherwise any token holder could map the node's own network. Default: false.
     pub probe_private_targets: bool,
     /// Largest request body, bytes; larger ones get 413. Default: 16384.
-    pub max_body_bytes: usize,
+    pub max_body_bytes: NonZeroUsize,
     /// Requests one IP address may make per `rate_window_secs` (IPv6: per /64). Default: 30.
-    pub rate_burst: u32,
+    pub rate_burst: NonZeroU32,
     /// Window of the per-IP request limit. Default: 60.
-    pub rate_window_secs: u64,
+    pub rate_window_secs: NonZeroU64,
     /// Seconds an IP address that went over the limit is refused (429). Default: 60.
     pub rate_penalty_secs: u64,
     /// STUN requests one IP address may send per second; more are dropped. Default: 50.
-    pub stun_per_ip_per_second: u32,
+    pub stun_per_ip_per_second: NonZeroU32,
     /// STUN answers the responder sends per second to all addresses together; requests beyond it
     /// are dropped (a flood from many spoofed addresses cannot turn the node into a reflector).
     /// Default: 2000.
-    pub stun_answers_per_second: u32,
+    pub stun_answers_per_second: NonZeroU32,
     /// TURN servers handed to clients.
     pub turn: Vec<TurnServer>,
     /// WebSocket signaling at `/api/v1/ws` (`protocols/signaling-v1.md`).
@@ -78,47 +82,47 @@ pub struct Config {
 pub struct Signaling {
     /// Largest message, bytes; a larger one gets `error` (`too-large`) and the session closes
     /// (1009). Default: 65536.
-    pub max_message_bytes: usize,
+    pub max_message_bytes: NonZeroUsize,
     /// Messages queued for one session; when it overflows the session is closed (4000).
     /// Default: 1024.
-    pub send_queue_messages: usize,
+    pub send_queue_messages: NonZeroUsize,
     /// Bytes queued for one session, likewise. Default: 1048576.
-    pub send_queue_bytes: usize,
+    pub send_queue_bytes: NonZeroUsize,
     /// Messages a session may send per second, on average. Default: 20.
-    pub messages_per_second: u32,
+    pub messages_per_second: NonZeroU32,
     /// Messages a session may send at once before the rate applies. Default: 100.
-    pub burst: u32,
+    pub burst: NonZeroU32,
     /// Rooms one session may be in. Default: 16.
-    pub max_rooms_per_session: usize,
+    pub max_rooms_per_session: NonZeroUsize,
     /// Clients one room may hold. Default: 10000.
-    pub max_room_members: usize,
+    pub max_room_members: NonZeroUsize,
     /// Rooms at once on this node. Default: 10000.
-    pub max_rooms: usize,
+    pub max_rooms: NonZeroUsize,
     /// Sessions open at once on this node. Default: 16384.
-    pub max_sessions: usize,
+    pub max_sessions: NonZeroUsize,
     /// Sessions one token may have open at once. Default: 8.
-    pub max_sessions_per_token: usize,
+    pub max_sessions_per_token: NonZeroUsize,
     /// Seconds between the server's WebSocket pings. Default: 15.
-    pub ping_interval_secs: u64,
+    pub ping_interval_secs: NonZeroU64,
     /// A session that sends nothing (not even a pong) for this long is closed (4001). Default: 60.
-    pub idle_timeout_secs: u64,
+    pub idle_timeout_secs: NonZeroU64,
 }
 
 impl Default for Signaling {
     fn default() -> Self {
         Self {
-            max_message_bytes: 65536,
-            send_queue_messages: 1024,
-            send_queue_bytes: 1 << 20,
-            messages_per_second: 20,
-            burst: 100,
-            max_rooms_per_session: 16,
-            max_room_members: 10_000,
-            max_rooms: 10_000,
-            max_sessions: 16_384,
-            max_sessions_per_token: 8,
-            ping_interval_secs: 15,
-            idle_timeout_secs: 60,
+            max_message_bytes: NonZero::new(65536).unwrap(),
+            send_queue_messages: NonZero::new(1024).unwrap(),
+            send_queue_bytes: NonZero::new(1 << 20).unwrap(),
+            messages_per_second: NonZero::new(20).unwrap(),
+            burst: NonZero::new(100).unwrap(),
+            max_rooms_per_session: NonZero::new(16).unwrap(),
+            max_room_members: NonZero::new(10_000).unwrap(),
+            max_rooms: NonZero::new(10_000).unwrap(),
+            max_sessions: NonZero::new(16_384).unwrap(),
+            max_sessions_per_token: NonZero::new(8).unwrap(),
+            ping_interval_secs: NonZero::new(15).unwrap(),
+            idle_timeout_secs: NonZero::new(60).unwrap(),
         }
     }
 }
@@ -133,9 +137,9 @@ pub struct Gateway {
     /// port. Default: ["0.0.0.0:0"].
     pub udp_listen: Vec<SocketAddr>,
     /// Peer connections with light clients at once. Default: 256.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Seconds a peer connection may take to open its DataChannel. Default: 30.
-    pub connect_timeout_secs: u64,
+    pub connect_timeout_secs: NonZeroU64,
 }
 
 impl Default for Gateway {
@@ -143,8 +147,8 @@ impl Default for Gateway {
         Self {
             enabled: true,
             udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
-            max_connections: 256,
-            connect_timeout_secs: 30,
+            max_connections: NonZero::new(256).unwrap(),
+            connect_timeout_secs: NonZero::new(30).unwrap(),
         }
     }
 }
@@ -179,19 +183,19 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             token_hashes: Vec::new(),
-            ice_ttl_secs: 600,
+            ice_ttl_secs: NonZero::new(600).unwrap(),
             keepalive_interval_secs: 30,
-            max_ice_credentials: 65536,
-            max_paths: 8,
-            probe_timeout_ms: 2000,
-            probes_per_token_per_minute: 32,
+            max_ice_credentials: NonZero::new(65536).unwrap(),
+            max_paths: NonZero::new(8).unwrap(),
+            probe_timeout_ms: NonZero::new(2000).unwrap(),
+            probes_per_token_per_minute: NonZero::new(32).unwrap(),
             probe_private_targets: false,
-            max_body_bytes: 16384,
-            rate_burst: 30,
-            rate_window_secs: 60,
+            max_body_bytes: NonZero::new(16384).unwrap(),
+            rate_burst: NonZero::new(30).unwrap(),
+            rate_window_secs: NonZero::new(60).unwrap(),
             rate_penalty_secs: 60,
-            stun_per_ip_per_second: 50,
-            stun_answers_per_second: 2000,
+            stun_per_ip_per_second: NonZero::new(50).unwrap(),
+            stun_answers_per_second: NonZero::new(2000).unwrap(),
             turn: Vec::new(),
             signaling: Signaling::default(),
             gateway: Gateway::default(),

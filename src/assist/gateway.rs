@@ -246,7 +246,7 @@ impl Gateway {
         if let Some(old) = self.conns.remove(client) {
             let _ = old.pc.close().await;
         }
-        if self.conns.len() >= self.setup.cfg.max_connections {
+        if self.conns.len() >= self.setup.cfg.max_connections.get() {
             return Err(format!(
                 "the gateway holds {} connections, the most it may",
                 self.setup.cfg.max_connections
@@ -381,7 +381,7 @@ impl Gateway {
 
     /// Closes connections whose DataChannel did not open in time.
     async fn sweep(&mut self) {
-        let limit = Duration::from_secs(self.setup.cfg.connect_timeout_secs);
+        let limit = Duration::from_secs(self.setup.cfg.connect_timeout_secs.get());
         let stale: Vec<String> = self
             .conns
             .iter()

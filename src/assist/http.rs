@@ -41,7 +41,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(ctx.clone(), count))
-        .layer(DefaultBodyLimit::max(ctx.cfg.assist.max_body_bytes))
+        .layer(DefaultBodyLimit::max(ctx.cfg.assist.max_body_bytes.get()))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))

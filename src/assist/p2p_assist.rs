@@ -270,7 +270,7 @@ fn throughput_tier(rtt: Duration) -> &'static str {
 
 /// Probes every path's transports in parallel; `Err` lists why each failed.
 async fn probe_all(ctx: &Context, paths: &[Path]) -> Vec<Result<Vec<Transport>, String>> {
-    let timeout = Duration::from_millis(ctx.cfg.assist.probe_timeout_ms);
+    let timeout = Duration::from_millis(ctx.cfg.assist.probe_timeout_ms.get());
     // Relay servers among the peers identify told us about, and ourselves if we are one.
     let me = ctx.node.peer_id();
     let mut relays: Vec<libp2p::PeerId> = ctx
@@ -369,7 +369,7 @@ pub(super) async fn post(
 pub struct TokenId(pub String);
 
 async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Problem> {
-    let (mut paths, min_paths, mtu, overhead) = validate(&req, ctx.cfg.assist.max_paths)?;
+    let (mut paths, min_paths, mtu, overhead) = validate(&req, ctx.cfg.assist.max_paths.get())?;
     if !paths.is_empty() {
         charge_probes(ctx, token, paths.len())?;
         check_targets(&mut paths, ctx.cfg.assist.probe_private_targets).await?;

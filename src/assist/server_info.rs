@@ -108,7 +108,7 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
         supported_versions: vec![crate::wire::VERSION],
         session: SessionParams {
             ttl_seconds: cfg.node.network.idle_connection_timeout_secs,
-            keepalive_interval: cfg.node.network.ping_interval_secs,
+            keepalive_interval: cfg.node.network.ping_interval_secs.get(),
         },
         presence: PresenceParams {
             ttl_seconds: cfg.node.presence.ttl_secs,

@@ -80,8 +80,8 @@ impl Behaviour {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
         let limits = connection_limits::ConnectionLimits::default()
-            .with_max_established(Some(n.max_connections))
-            .with_max_established_per_peer(Some(n.max_connections_per_peer))
+            .with_max_established(Some(n.max_connections.get()))
+            .with_max_established_per_peer(Some(n.max_connections_per_peer.get()))
             .with_max_pending_outgoing(Some(n.max_pending_outgoing));
         let identify = identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
@@ -96,7 +96,7 @@ impl Behaviour {
         let autonat_client = autonat::v2::client::Behaviour::new(
             rand::make_rng::<rand::rngs::StdRng>(),
             autonat::v2::client::Config::default()
-                .with_probe_interval(Duration::from_secs(cfg.autonat.probe_interval_secs))
+                .with_probe_interval(Duration::from_secs(cfg.autonat.probe_interval_secs.get()))
                 .with_max_candidates(cfg.autonat.max_candidates),
         );
         let autonat_server = cfg
@@ -104,14 +104,14 @@ impl Behaviour {
             .then(|| autonat::v2::server::Behaviour::new(rand::make_rng::<rand::rngs::StdRng>()));
         Ok(Self {
             ip_limits: super::ip_limits::Behaviour::new(super::ip_limits::Limits {
-                pending_per_ip: n.max_pending_incoming_per_ip,
-                established_per_ip: n.max_connections_per_ip,
-                pending_per_transport: n.max_pending_incoming,
+                pending_per_ip: n.max_pending_incoming_per_ip.get(),
+                established_per_ip: n.max_connections_per_ip.get(),
+                pending_per_transport: n.max_pending_incoming.get(),
             }),
             limits: connection_limits::Behaviour::new(limits),
             identify,
             ping: ping::Behaviour::new(
-                ping::Config::new().with_interval(Duration::from_secs(n.ping_interval_secs)),
+                ping::Config::new().with_interval(Duration::from_secs(n.ping_interval_secs.get())),
             ),
             kad: dht::behaviour(local, &cfg.kad, cfg.kad_forced_server()),
             mdns: mdns.into(),
@@ -134,10 +134,10 @@ impl Behaviour {
 /// once it is sure, sooner while it is not, and a single contrary answer is enough to change its
 /// mind (`confidence_max = 1`). It serves probes only where the AutoNAT server is on.
 fn autonat_v1_config(cfg: &Config) -> autonat::v1::Config {
-    let recheck = Duration::from_secs(cfg.autonat.recheck_secs);
+    let recheck = Duration::from_secs(cfg.autonat.recheck_secs.get());
     let serve = cfg.autonat_server();
     autonat::v1::Config {
-        boot_delay: Duration::from_secs(cfg.autonat.probe_interval_secs),
+        boot_delay: Duration::from_secs(cfg.autonat.probe_interval_secs.get()),
         refresh_interval: recheck,
         retry_interval: recheck.min(RECHECK_RETRY),
         confidence_max: 1,
@@ -163,20 +163,20 @@ fn relay_server_config(cfg: &Config) -> relay::Config {
     let mut c = relay::Config {
         max_reservations: r.max_reservations,
         max_reservations_per_peer: r.max_reservations_per_peer,
-        reservation_duration: Duration::from_secs(r.reservation_duration_secs),
+        reservation_duration: Duration::from_secs(r.reservation_duration_secs.get()),
         reservation_rate_limiters: Vec::new(),
         max_circuits: r.max_circuits,
         max_circuits_per_peer: r.max_circuits_per_peer,
-        max_circuit_duration: Duration::from_secs(r.max_circuit_duration_secs),
+        max_circuit_duration: Duration::from_secs(r.max_circuit_duration_secs.get()),
         max_circuit_bytes: r.max_circuit_bytes,
         circuit_src_rate_limiters: Vec::new(),
     };
-    let (n, every) = per_minute(r.reservations_per_peer_per_minute);
+    let (n, every) = per_minute(r.reservations_per_peer_per_minute.get());
     c = c.reservation_rate_per_peer(n, every);
-    let (n, every) = per_minute(r.reservations_per_ip_per_minute);
+    let (n, every) = per_minute(r.reservations_per_ip_per_minute.get());
     c = c.reservation_rate_per_ip(n, every);
-    let (n, every) = per_minute(r.circuits_per_peer_per_minute);
+    let (n, every) = per_minute(r.circuits_per_peer_per_minute.get());
     c = c.circuit_src_per_peer(n, every);
-    let (n, every) = per_minute(r.circuits_per_ip_per_minute);
+    let (n, every) = per_minute(r.circuits_per_ip_per_minute.get());
     c.circuit_src_per_ip(n, every)
 }

@@ -3,7 +3,11 @@
 //! and its event loop run with. The loader and the checks of values are `crate::config`'s; the
 //! shipped files (`config/*.toml`) document every key.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    num::{NonZero, NonZeroU32, NonZeroU64},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
@@ -79,23 +83,23 @@ pub struct Network {
     /// Seconds a connection with no active protocol stays open. Default: 120.
     pub idle_connection_timeout_secs: u64,
     /// Seconds between pings on each connection (liveness and the RTT shown by `peers`). Default: 15.
-    pub ping_interval_secs: u64,
+    pub ping_interval_secs: NonZeroU64,
     /// Established connections, in total. Default: 256.
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// Established connections to one peer: TCP and QUIC, a relayed one, AutoNAT dial-backs
     /// (which count too) and hole-punch attempts. Default: 8.
-    pub max_connections_per_peer: u32,
+    pub max_connections_per_peer: NonZeroU32,
     /// Incoming connections still handshaking, per transport: TCP and QUIC each have this many,
     /// so a flood on one leaves the other alone. Default: 64.
-    pub max_pending_incoming: u32,
+    pub max_pending_incoming: NonZeroU32,
     /// Incoming connections still handshaking from one IP address (IPv6: one /64). Default: 8.
-    pub max_pending_incoming_per_ip: u32,
+    pub max_pending_incoming_per_ip: NonZeroU32,
     /// Incoming connections established from one IP address (IPv6: one /64); outgoing ones are
     /// not counted. Default: 32.
-    pub max_connections_per_ip: u32,
+    pub max_connections_per_ip: NonZeroU32,
     /// Seconds an incoming TCP connection has to finish its security and multiplexer handshake
     /// (a few round trips); outgoing dials get 20. QUIC's handshake has its own 5 s. Default: 5.
-    pub inbound_handshake_timeout_secs: u64,
+    pub inbound_handshake_timeout_secs: NonZeroU64,
     /// Outgoing dials in progress. Default: 64.
     pub max_pending_outgoing: u32,
 }
@@ -110,7 +114,7 @@ pub struct Bootstrap {
     /// Default: 4.
     pub min_peers: usize,
     /// Seconds between those checks. Default: 30.
-    pub check_interval_secs: u64,
+    pub check_interval_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,14 +130,14 @@ pub struct Autonat {
     /// Run the AutoNAT v2 server (always on for the bootstrap role). Default: false.
     pub server: bool,
     /// Seconds between AutoNAT v2 probes of candidate external addresses. Default: 5.
-    pub probe_interval_secs: u64,
+    pub probe_interval_secs: NonZeroU64,
     /// Candidate external addresses tested at most per probe round; 0 turns AutoNAT v2 probing
     /// off. Default: 10.
     pub max_candidates: usize,
     /// Seconds between re-checks of reachability that has been settled (AutoNAT v1 probes);
     /// confirmed addresses that stopped working are dropped, working ones that failed before are
     /// confirmed. AutoNAT v2 alone never tests an address twice (rust-libp2p #6203). Default: 300.
-    pub recheck_secs: u64,
+    pub recheck_secs: NonZeroU64,
     /// Ask and answer AutoNAT probes only for globally routable IP addresses. Turn off on private
     /// test networks. Default: true.
     pub only_global_ips: bool,
@@ -153,25 +157,25 @@ pub struct Relay {
     /// Server: reservations one peer holds at once. Default: 4.
     pub max_reservations_per_peer: usize,
     /// Server: lifetime of a reservation; clients renew before it ends. Default: 3600.
-    pub reservation_duration_secs: u64,
+    pub reservation_duration_secs: NonZeroU64,
     /// Server: relayed connections open at once. Default: 128.
     pub max_circuits: usize,
     /// Server: relayed connections one peer has open at once. Default: 8.
     pub max_circuits_per_peer: usize,
     /// Server: lifetime of one relayed connection, after which the peers reconnect. libp2p's
     /// 2 minutes cut file transfers short. Default: 3600.
-    pub max_circuit_duration_secs: u64,
+    pub max_circuit_duration_secs: NonZeroU64,
     /// Server: bytes one relayed connection carries (both directions) before it is closed; 0 means
     /// no limit. libp2p's 128 KiB does not fit one photo. Default: 1073741824 (1 GiB).
     pub max_circuit_bytes: u64,
     /// Server: reservation requests per minute from one peer (also the burst). Default: 10.
-    pub reservations_per_peer_per_minute: u32,
+    pub reservations_per_peer_per_minute: NonZeroU32,
     /// Server: reservation requests per minute from one IP address. Default: 30.
-    pub reservations_per_ip_per_minute: u32,
+    pub reservations_per_ip_per_minute: NonZeroU32,
     /// Server: circuit requests per minute from one source peer. Default: 30.
-    pub circuits_per_peer_per_minute: u32,
+    pub circuits_per_peer_per_minute: NonZeroU32,
     /// Server: circuit requests per minute from one source IP address. Default: 60.
-    pub circuits_per_ip_per_minute: u32,
+    pub circuits_per_ip_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,13 +202,13 @@ impl Default for Network {
             listen,
             external_addresses: Vec::new(),
             idle_connection_timeout_secs: 120,
-            ping_interval_secs: 15,
-            max_connections: 256,
-            max_connections_per_peer: 8,
-            max_pending_incoming: 64,
-            max_pending_incoming_per_ip: 8,
-            max_connections_per_ip: 32,
-            inbound_handshake_timeout_secs: 5,
+            ping_interval_secs: NonZero::new(15).unwrap(),
+            max_connections: NonZero::new(256).unwrap(),
+            max_connections_per_peer: NonZero::new(8).unwrap(),
+            max_pending_incoming: NonZero::new(64).unwrap(),
+            max_pending_incoming_per_ip: NonZero::new(8).unwrap(),
+            max_connections_per_ip: NonZero::new(32).unwrap(),
+            inbound_handshake_timeout_secs: NonZero::new(5).unwrap(),
             max_pending_outgoing: 64,
         }
     }
@@ -236,7 +240,7 @@ impl Default for Bootstrap {
         Self {
             peers: BUILTIN_PEERS.clone(),
             min_peers: 4,
-            check_interval_secs: 30,
+            check_interval_secs: NonZero::new(30).unwrap(),
         }
     }
 }
@@ -251,9 +255,9 @@ impl Default for Autonat {
     fn default() -> Self {
         Self {
             server: false,
-            probe_interval_secs: 5,
+            probe_interval_secs: NonZero::new(5).unwrap(),
             max_candidates: 10,
-            recheck_secs: 300,
+            recheck_secs: NonZero::new(300).unwrap(),
             only_global_ips: true,
         }
     }
@@ -266,15 +270,15 @@ impl Default for Relay {
             reservations: 2,
             max_reservations: 512,
             max_reservations_per_peer: 4,
-            reservation_duration_secs: 3600,
+            reservation_duration_secs: NonZero::new(3600).unwrap(),
             max_circuits: 128,
             max_circuits_per_peer: 8,
-            max_circuit_duration_secs: 3600,
+            max_circuit_duration_secs: NonZero::new(3600).unwrap(),
             max_circuit_bytes: 1 << 30,
-            reservations_per_peer_per_minute: 10,
-            reservations_per_ip_per_minute: 30,
-            circuits_per_peer_per_minute: 30,
-            circuits_per_ip_per_minute: 60,
+            reservations_per_peer_per_minute: NonZero::new(10).unwrap(),
+            reservations_per_ip_per_minute: NonZero::new(30).unwrap(),
+            circuits_per_peer_per_minute: NonZero::new(30).unwrap(),
+            circuits_per_ip_per_minute: NonZero::new(60).unwrap(),
         }
     }
 }

@@ -140,15 +140,17 @@ impl Hub {
 
     pub fn register(&self, client: &str) -> Result<Registration, Refusal> {
         let mut st = self.lock();
-        if st.sessions.len() >= self.limits.max_sessions {
+        if st.sessions.len() >= self.limits.max_sessions.get() {
             return Err(Refusal::TooManySessions);
         }
-        if st.clients.get(client).map_or(0, HashSet::len) >= self.limits.max_sessions_per_token {
+        if st.clients.get(client).map_or(0, HashSet::len)
+            >= self.limits.max_sessions_per_token.get()
+        {
             return Err(Refusal::TooManyForToken);
         }
         st.next_id += 1;
         let id = st.next_id;
-        let (tx, rx) = mpsc::channel(self.limits.send_queue_messages);
+        let (tx, rx) = mpsc::channel(self.limits.send_queue_messages.get());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let kill = CancellationToken::new();
         let kill_reason = Arc::new(Mutex::new(None));
@@ -202,7 +204,7 @@ impl Hub {
         };
         let len = msg.len();
         let queued = s.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        let overflow = queued > self.limits.send_queue_bytes
+        let overflow = queued > self.limits.send_queue_bytes.get()
             || s.tx.try_send(Message::Text(msg.clone())).is_err();
         if overflow {
             s.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -243,7 +245,7 @@ impl Hub {
         };
         let client = session.client.clone();
         let already = session.rooms.contains(room);
-        if !already && session.rooms.len() >= self.limits.max_rooms_per_session {
+        if !already && session.rooms.len() >= self.limits.max_rooms_per_session.get() {
             return Err((
                 ErrorCode::TooManyRooms,
                 format!(
@@ -255,10 +257,10 @@ impl Hub {
         let members = st.rooms.get(room);
         let is_member = members.is_some_and(|m| m.contains_key(&client));
         if !is_member {
-            if members.is_none() && st.rooms.len() >= self.limits.max_rooms {
+            if members.is_none() && st.rooms.len() >= self.limits.max_rooms.get() {
                 return Err((ErrorCode::RoomFull, "too many rooms on this node".into()));
             }
-            if members.is_some_and(|m| m.len() >= self.limits.max_room_members) {
+            if members.is_some_and(|m| m.len() >= self.limits.max_room_members.get()) {
                 return Err((
                     ErrorCode::RoomFull,
                     format!(
@@ -450,6 +452,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use serde_json::Value;
 
     use super::*;
@@ -507,9 +511,9 @@ mod tests {
     #[test]
     fn limits_refuse_sessions_rooms_and_members() {
         let limits = Signaling {
-            max_sessions_per_token: 1,
-            max_rooms_per_session: 1,
-            max_room_members: 1,
+            max_sessions_per_token: NonZeroUsize::MIN,
+            max_rooms_per_session: NonZeroUsize::MIN,
+            max_room_members: NonZeroUsize::MIN,
             ..Default::default()
         };
         let h = Hub::new(limits, Metrics::default());
@@ -525,7 +529,7 @@ mod tests {
     #[test]
     fn a_full_queue_ends_the_session() {
         let limits = Signaling {
-            send_queue_messages: 2,
+            send_queue_messages: NonZeroUsize::new(2).unwrap(),
             ..Default::default()
         };
         let h = Hub::new(limits, Metrics::default());

@@ -132,7 +132,7 @@ pub async fn upgrade(
             .into_response();
         }
     };
-    let hard = hub.limits().max_message_bytes * HARD_LIMIT_FACTOR;
+    let hard = hub.limits().max_message_bytes.get() * HARD_LIMIT_FACTOR;
     let shutdown = ctx.shutdown.clone();
     tracing::debug!(%peer, client = %client, "signaling session");
     // Forgets the session however the upgrade ends: failed, or never attempted.
@@ -181,7 +181,7 @@ async fn run_session(
     let (sink, mut stream) = socket.split();
     let limits = hub.limits().clone();
     hub.reply(id, &hub.welcome(id));
-    let ping = Duration::from_secs(limits.ping_interval_secs);
+    let ping = Duration::from_secs(limits.ping_interval_secs.get());
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
@@ -230,8 +230,8 @@ async fn read_loop(
     kill: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> Option<Reason> {
-    let idle = Duration::from_secs(limits.idle_timeout_secs);
-    let mut bucket = Bucket::new(limits.messages_per_second, limits.burst);
+    let idle = Duration::from_secs(limits.idle_timeout_secs.get());
+    let mut bucket = Bucket::new(limits.messages_per_second.get(), limits.burst.get());
     loop {
         let frame = tokio::select! {
             _ = kill.cancelled() => return None,
@@ -247,7 +247,7 @@ async fn read_loop(
             }
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(Message::Binary(b)))) => {
-                if b.len() > limits.max_message_bytes {
+                if b.len() > limits.max_message_bytes.get() {
                     hub.reply(id, &too_large(limits));
                     return Some(Reason::TooLarge);
                 }
@@ -260,7 +260,7 @@ async fn read_loop(
             // Pings are answered by the library; pongs and pings count as activity.
             Ok(Some(Ok(_))) => continue,
         };
-        if text.len() > limits.max_message_bytes {
+        if text.len() > limits.max_message_bytes.get() {
             hub.reply(id, &too_large(limits));
             return Some(Reason::TooLarge);
         }

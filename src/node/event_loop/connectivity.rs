@@ -109,7 +109,7 @@ impl Connectivity {
             redial_on_start: cfg.peerbook.redial_on_start,
             redial: Redial::new(
                 cfg.bootstrap.min_peers,
-                Duration::from_secs(cfg.bootstrap.check_interval_secs),
+                Duration::from_secs(cfg.bootstrap.check_interval_secs.get()),
                 now,
             ),
         }
