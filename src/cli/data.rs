@@ -143,13 +143,13 @@ pub async fn send_file(
         } else {
             println!(
                 "Queued {} ({} bytes) for {} as transfer {}",
-                t.name, t.layout.size, t.to, t.id
+                t.file.name, t.file.layout.size, t.to, t.id
             );
             Ok(())
         };
     }
     let bar = (!as_json).then(|| {
-        let bar = indicatif::ProgressBar::new(t.layout.size);
+        let bar = indicatif::ProgressBar::new(t.file.layout.size);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
@@ -157,7 +157,7 @@ pub async fn send_file(
             .expect("valid template")
             .progress_chars("=> "),
         );
-        bar.set_message(t.name.clone());
+        bar.set_message(t.file.name.clone());
         bar
     });
     let mut last: Option<(transfers::State, u32)> = None;
@@ -168,11 +168,12 @@ pub async fn send_file(
         else {
             bail!("transfer {} is not an outgoing transfer", t.id);
         };
-        let key = (now.state, now.blocks_done);
+        let key = (now.file.state, now.file.blocks_done);
         if last != Some(key) {
             last = Some(key);
-            let confirmed = (u64::from(now.blocks_done) * u64::from(now.layout.block_size))
-                .min(now.layout.size);
+            let confirmed = (u64::from(now.file.blocks_done)
+                * u64::from(now.file.layout.block_size))
+            .min(now.file.layout.size);
             match &bar {
                 Some(b) => b.set_position(confirmed),
                 None => println!(
@@ -180,9 +181,9 @@ pub async fn send_file(
                     serde_json::json!({
                         "type": "progress",
                         "id": now.id,
-                        "state": now.state,
-                        "blocks_done": now.blocks_done,
-                        "blocks_total": now.blocks_total,
+                        "state": now.file.state,
+                        "blocks_done": now.file.blocks_done,
+                        "blocks_total": now.file.blocks_total,
                         "bytes_confirmed": confirmed,
                         "bytes_sent": now.bytes_sent,
                         "sessions": now.sessions,
@@ -190,11 +191,11 @@ pub async fn send_file(
                 ),
             }
         }
-        match now.state {
+        match now.file.state {
             transfers::State::Complete => {
                 if let Some(b) = &bar {
                     b.finish();
-                    println!("Delivered {} to {}", now.name, now.to);
+                    println!("Delivered {} to {}", now.file.name, now.to);
                 }
                 return Ok(());
             }
@@ -202,7 +203,7 @@ pub async fn send_file(
                 if let Some(b) = &bar {
                     b.abandon();
                 }
-                bail!("transfer failed: {}", now.error.unwrap_or_default());
+                bail!("transfer failed: {}", now.file.error.unwrap_or_default());
             }
             _ => tokio::time::sleep(PROGRESS_POLL).await,
         }
@@ -222,23 +223,23 @@ pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let out = list.outgoing.iter().map(|t| {
         vec![
             "out".into(),
-            state(t.state),
-            format!("{}/{}", t.blocks_done, t.blocks_total),
-            t.layout.size.to_string(),
+            state(t.file.state),
+            format!("{}/{}", t.file.blocks_done, t.file.blocks_total),
+            t.file.layout.size.to_string(),
             t.to.to_string(),
-            t.name.clone(),
+            t.file.name.clone(),
         ]
     });
     let inc = list.incoming.iter().map(|t| {
         vec![
             "in".into(),
-            state(t.state),
-            format!("{}/{}", t.blocks_done, t.blocks_total),
-            t.layout.size.to_string(),
+            state(t.file.state),
+            format!("{}/{}", t.file.blocks_done, t.file.blocks_total),
+            t.file.layout.size.to_string(),
             t.from.to_string(),
             t.final_path
                 .as_ref()
-                .map_or_else(|| t.name.clone(), |p| p.display().to_string()),
+                .map_or_else(|| t.file.name.clone(), |p| p.display().to_string()),
         ]
     });
     let header = ["DIR", "STATE", "BLOCKS", "SIZE", "PEER", "NAME"];

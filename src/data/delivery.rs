@@ -349,34 +349,34 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
     fn apply(&self, t: &mut Outgoing, s: &FileStatus) -> Result<bool, Attempt> {
         match s.state {
             file_state::COMPLETE => {
-                t.state = State::Complete;
-                t.blocks_done = t.blocks_total;
+                t.file.state = State::Complete;
+                t.file.blocks_done = t.file.blocks_total;
             }
             file_state::FAILED => {
-                t.state = State::Failed;
-                t.error = Some(format!("receiver reported {}", ErrorCode(s.error)));
+                t.file.state = State::Failed;
+                t.file.error = Some(format!("receiver reported {}", ErrorCode(s.error)));
             }
             _ => {
-                t.blocks_done = (0..s.blocks)
+                t.file.blocks_done = (0..s.blocks)
                     .filter(|&i| transfer::bit(&s.bitmap, i))
                     .count() as u32;
                 self.shared.emit(Event::TransferProgress {
                     id: t.id.clone(),
                     direction: "out",
-                    blocks_done: t.blocks_done,
-                    blocks_total: t.blocks_total,
+                    blocks_done: t.file.blocks_done,
+                    blocks_total: t.file.blocks_total,
                 });
                 self.record(t)?;
                 return Ok(false);
             }
         }
-        t.completed_at_ms = Some(crate::time::unix_ms());
+        t.file.completed_at_ms = Some(crate::time::unix_ms());
         self.record(t)?;
         self.shared.emit(Event::TransferFinished {
             id: t.id.clone(),
             direction: "out",
-            state: t.state,
-            error: t.error.clone(),
+            state: t.file.state,
+            error: t.file.error.clone(),
         });
         Ok(true)
     }
@@ -385,32 +385,32 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
         let mut id = [0u8; 16];
         hex::decode_to_slice(&t.id, &mut id).map_err(|_| store::Error::Corrupt("transfer id"))?;
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(&t.sha256, &mut hash)
+        hex::decode_to_slice(&t.file.sha256, &mut hash)
             .map_err(|_| store::Error::Corrupt("transfer hash"))?;
         t.sessions += 1;
-        t.state = State::Active;
+        t.file.state = State::Active;
         self.record(&t)?;
         self.writer
             .send(&Inner::FileMeta(FileMeta {
                 transfer_id: id,
-                size: t.layout.size,
+                size: t.file.layout.size,
                 hash_alg: transfer::HASH_SHA256,
                 hash,
-                block_size: t.layout.block_size,
-                symbol_size: t.layout.symbol_size,
-                repair_per_mille: t.layout.repair_per_mille,
-                name: t.name.clone(),
+                block_size: t.file.layout.block_size,
+                symbol_size: t.file.layout.symbol_size,
+                repair_per_mille: t.file.layout.repair_per_mille,
+                name: t.file.name.clone(),
             }))
             .await?;
         let mut status = self.status(&id, PROGRESS_TIMEOUT).await?;
         if self.apply(&mut t, &status)? {
             return Ok(());
         }
-        let per_frame = (CHUNK_PAYLOAD / fec::packet_len(t.layout.symbol_size))
-            * fec::packet_len(t.layout.symbol_size);
+        let per_frame = (CHUNK_PAYLOAD / fec::packet_len(t.file.layout.symbol_size))
+            * fec::packet_len(t.file.layout.symbol_size);
         let mut sent: Vec<u32> = Vec::new();
         let mut pace = Pace::new(self.shared.cfg.max_send_rate_kib);
-        for block in 0..t.blocks_total {
+        for block in 0..t.file.blocks_total {
             if transfer::bit(&status.bitmap, block) {
                 continue;
             }
@@ -426,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                     return Ok(());
                 }
             }
-            let (path, layout) = (t.path.clone(), t.layout);
+            let (path, layout) = (t.path.clone(), t.file.layout);
             let packets =
                 tokio::task::spawn_blocking(move || transfer::encode_block(&path, &layout, block))
                     .await

@@ -271,8 +271,8 @@ impl<S: AsyncWrite> Receiver<'_, S> {
             Ok(c) => c,
             Err(f) if f.code == ErrorCode::MALFORMED => return Err(protocol(f.code, f.message)),
             Err(f) => {
-                r.record.state = crate::store::transfers::State::Failed;
-                r.record.error = Some(format!("{}: {}", f.code.0, f.message));
+                r.record.file.state = crate::store::transfers::State::Failed;
+                r.record.file.error = Some(format!("{}: {}", f.code.0, f.message));
                 let _ = self.shared.transfers.incoming().put(&r.record);
                 return self.send_status(failed(id, f.code)).await;
             }
@@ -281,8 +281,8 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         let all_done = r.all_blocks_done();
         let status = r.status();
         let (done, total, rid) = (
-            r.record.blocks_done,
-            r.record.blocks_total,
+            r.record.file.blocks_done,
+            r.record.file.blocks_total,
             r.record.id.clone(),
         );
         self.files.insert(
@@ -325,8 +325,8 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         self.shared.emit(Event::TransferFinished {
             id: r.record.id.clone(),
             direction: "in",
-            state: r.record.state,
-            error: r.record.error.clone(),
+            state: r.record.file.state,
+            error: r.record.file.error.clone(),
         });
         self.send_status(r.status()).await
     }

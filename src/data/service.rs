@@ -263,7 +263,7 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
     if let Ok(all) = shared.transfers.outgoing().all() {
         start.extend(
             all.into_iter()
-                .filter(|t| !t.state.is_finished())
+                .filter(|t| !t.file.state.is_finished())
                 .map(|t| t.to),
         );
     }

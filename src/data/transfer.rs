@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::wire::{ErrorCode, FileMeta, FileStatus, file_state};
 use crate::{
     fec,
-    store::transfers::{Incoming, Layout, Outgoing, State, Transfers},
+    store::transfers::{Incoming, Layout, Outgoing, State, TransferFile, Transfers},
 };
 
 /// Directory inside the downloads directory for partial files.
@@ -156,35 +156,32 @@ impl Receiving {
         let partial_path = partial_dir.join(format!("{}.part", hex::encode(meta.transfer_id)));
         let blocks = layout.blocks();
         let record = match existing {
-            Some(r) if r.layout == layout && r.sha256 == hex::encode(meta.hash) => r,
+            Some(r) if r.file.layout == layout && r.file.sha256 == hex::encode(meta.hash) => r,
             _ => Incoming {
                 id: key,
                 from,
-                name: sanitize_name(&meta.name, &hex::encode(meta.transfer_id)),
-                sha256: hex::encode(meta.hash),
-                layout,
-                state: State::Active,
-                error: None,
-                blocks_total: blocks,
-                blocks_done: 0,
+                file: TransferFile::new(
+                    sanitize_name(&meta.name, &hex::encode(meta.transfer_id)),
+                    meta.hash,
+                    layout,
+                    State::Active,
+                ),
                 bitmap: hex::encode(vec![0u8; usize::try_from(blocks.div_ceil(8)).unwrap_or(0)]),
                 partial_path: partial_path.clone(),
                 final_path: None,
-                created_at_ms: crate::time::unix_ms(),
-                completed_at_ms: None,
             },
         };
         let mut bitmap =
             hex::decode(&record.bitmap).map_err(|_| Failure::storage("corrupt bitmap"))?;
         let mut record = record;
-        let file = if record.state.is_finished() {
+        let file = if record.file.state.is_finished() {
             None
         } else {
             fs::create_dir_all(&partial_dir).map_err(Failure::storage)?;
-            if !partial_path.exists() && record.blocks_done > 0 {
+            if !partial_path.exists() && record.file.blocks_done > 0 {
                 // The partial file is gone: start over.
                 bitmap.iter_mut().for_each(|b| *b = 0);
-                record.blocks_done = 0;
+                record.file.blocks_done = 0;
             }
             let f = fs::OpenOptions::new()
                 .read(true)
@@ -194,7 +191,7 @@ impl Receiving {
                 .open(&partial_path)
                 .map_err(Failure::storage)?;
             f.set_len(meta.size).map_err(Failure::storage)?;
-            record.state = State::Active;
+            record.file.state = State::Active;
             Some(f)
         };
         record.bitmap = hex::encode(&bitmap);
@@ -217,11 +214,12 @@ impl Receiving {
     }
 
     pub fn status(&self) -> FileStatus {
-        let (state, error) = match self.record.state {
+        let (state, error) = match self.record.file.state {
             State::Complete => (file_state::COMPLETE, 0),
             State::Failed => (
                 file_state::FAILED,
                 self.record
+                    .file
                     .error
                     .as_deref()
                     .and_then(|e| e.split(':').next()?.trim().parse().ok())
@@ -233,17 +231,17 @@ impl Receiving {
             transfer_id: self.transfer_id,
             state,
             error,
-            blocks: self.record.blocks_total,
+            blocks: self.record.file.blocks_total,
             bitmap: Bytes::copy_from_slice(&self.bitmap),
         }
     }
 
     pub fn is_finished(&self) -> bool {
-        self.record.state.is_finished()
+        self.record.file.state.is_finished()
     }
 
     pub fn all_blocks_done(&self) -> bool {
-        self.record.blocks_done == self.record.blocks_total
+        self.record.file.blocks_done == self.record.file.blocks_total
     }
 
     /// Adds packets of `block`; when that completes the block, writes it, syncs it and marks it
@@ -257,7 +255,7 @@ impl Receiving {
         if self.is_finished() {
             return Ok(false);
         }
-        if block >= self.record.blocks_total {
+        if block >= self.record.file.blocks_total {
             return Err(Failure::new(
                 ErrorCode::MALFORMED,
                 format!("block {block} beyond the file"),
@@ -272,7 +270,7 @@ impl Receiving {
                 "too many blocks in progress",
             ));
         }
-        let layout = self.record.layout;
+        let layout = self.record.file.layout;
         let len = layout.block_len(block);
         let decoder = match self.decoders.entry(block) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -296,7 +294,7 @@ impl Receiving {
         file.sync_data().map_err(Failure::storage)?;
         self.decoders.remove(&block);
         set_bit(&mut self.bitmap, block);
-        self.record.blocks_done += 1;
+        self.record.file.blocks_done += 1;
         self.record.bitmap = hex::encode(&self.bitmap);
         transfers
             .incoming()
@@ -310,7 +308,7 @@ impl Receiving {
     pub fn finish(&mut self, transfers: &Transfers) -> Result<PathBuf, Failure> {
         let result = (|| {
             let got = sha256_file(&self.record.partial_path).map_err(Failure::storage)?;
-            if hex::encode(got) != self.record.sha256 {
+            if hex::encode(got) != self.record.file.sha256 {
                 let _ = fs::remove_file(&self.record.partial_path);
                 return Err(Failure::new(
                     ErrorCode::HASH_MISMATCH,
@@ -320,20 +318,20 @@ impl Receiving {
                     ),
                 ));
             }
-            let target = unique_path(&self.downloads, &self.record.name);
+            let target = unique_path(&self.downloads, &self.record.file.name);
             fs::rename(&self.record.partial_path, &target).map_err(Failure::storage)?;
             Ok(target)
         })();
         self.file = None;
-        self.record.completed_at_ms = Some(crate::time::unix_ms());
+        self.record.file.completed_at_ms = Some(crate::time::unix_ms());
         match &result {
             Ok(path) => {
-                self.record.state = State::Complete;
+                self.record.file.state = State::Complete;
                 self.record.final_path = Some(path.clone());
             }
             Err(f) => {
-                self.record.state = State::Failed;
-                self.record.error = Some(format!("{}: {}", f.code.0, f.message));
+                self.record.file.state = State::Failed;
+                self.record.file.error = Some(format!("{}: {}", f.code.0, f.message));
             }
         }
         transfers
@@ -406,17 +404,9 @@ pub fn prepare(path: &Path, to: PeerId, cfg: &super::Config) -> io::Result<Outgo
         id: hex::encode(rand::random::<[u8; 16]>()),
         to,
         path: path.to_owned(),
-        name,
-        sha256: hex::encode(sha256_file(path)?),
-        layout,
-        state: State::Queued,
-        error: None,
+        file: TransferFile::new(name, sha256_file(path)?, layout, State::Queued),
         bytes_sent: 0,
-        blocks_total: layout.blocks(),
-        blocks_done: 0,
         sessions: 0,
-        created_at_ms: crate::time::unix_ms(),
-        completed_at_ms: None,
     })
 }
 

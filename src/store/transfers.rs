@@ -53,53 +53,69 @@ impl Layout {
     }
 }
 
+/// What both directions record of a transfer: the file, and how far it got. (Flattened into
+/// [`Outgoing`] and [`Incoming`]: their JSON has these keys at the top level.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferFile {
+    /// The file name (the receiver's is sanitised).
+    pub name: String,
+    /// SHA-256 of the whole file, hex.
+    pub sha256: String,
+    #[serde(flatten)]
+    pub layout: Layout,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub blocks_total: u32,
+    /// Blocks durably written at the receiver (as the receiver reported them, for the sender).
+    pub blocks_done: u32,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at_ms: Option<u64>,
+}
+
+impl TransferFile {
+    /// A transfer of `name` starting now in `state`, with no block done.
+    pub fn new(name: String, sha256: [u8; 32], layout: Layout, state: State) -> Self {
+        Self {
+            name,
+            sha256: hex::encode(sha256),
+            layout,
+            state,
+            error: None,
+            blocks_total: layout.blocks(),
+            blocks_done: 0,
+            created_at_ms: crate::time::unix_ms(),
+            completed_at_ms: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
     /// 16 random bytes, hex.
     pub id: String,
     pub to: PeerId,
     pub path: PathBuf,
-    pub name: String,
-    pub sha256: String,
     #[serde(flatten)]
-    pub layout: Layout,
-    pub state: State,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub file: TransferFile,
     /// FILE_CHUNK payload bytes sent for this transfer, over all sessions.
     pub bytes_sent: u64,
-    pub blocks_total: u32,
-    /// Blocks the receiver reported written.
-    pub blocks_done: u32,
     /// Sessions that carried this transfer (more than 1: it was resumed).
     pub sessions: u32,
-    pub created_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incoming {
     pub id: String,
     pub from: PeerId,
-    /// The sanitised file name.
-    pub name: String,
-    pub sha256: String,
     #[serde(flatten)]
-    pub layout: Layout,
-    pub state: State,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub blocks_total: u32,
-    pub blocks_done: u32,
+    pub file: TransferFile,
     /// Bit i set: block i is durably written (FILE_STATUS bitmap), hex.
     pub bitmap: String,
     pub partial_path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_path: Option<PathBuf>,
-    pub created_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completed_at_ms: Option<u64>,
 }
 
 pub struct Transfers {
@@ -131,7 +147,7 @@ impl Transfers {
             .out
             .all()?
             .into_iter()
-            .filter(|t| t.to == *to && !t.state.is_finished())
+            .filter(|t| t.to == *to && !t.file.state.is_finished())
             .collect())
     }
 }
@@ -147,7 +163,7 @@ impl Record for Outgoing {
         &self.id
     }
     fn created_at_ms(&self) -> u64 {
-        self.created_at_ms
+        self.file.created_at_ms
     }
 }
 
@@ -156,7 +172,7 @@ impl Record for Incoming {
         &self.id
     }
     fn created_at_ms(&self) -> u64 {
-        self.created_at_ms
+        self.file.created_at_ms
     }
 }
 
