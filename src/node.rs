@@ -138,7 +138,7 @@ impl Node {
             },
             event_loop::Parts {
                 peer_book,
-                meta: store.meta()?,
+                presence_seq: store.presence_seq()?,
                 keys,
                 metrics,
                 presence_metrics,

@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod inbox;
+pub mod node_state;
 pub mod outbox;
 pub mod peerbook;
 pub mod transfers;
@@ -20,6 +21,7 @@ use std::{
 pub use commit::{Committer, Loss};
 pub use inbox::Inbox;
 use libp2p::PeerId;
+pub use node_state::{Bundles, PresenceSeq};
 pub use outbox::Outbox;
 pub use peerbook::PeerBook;
 pub use transfers::Transfers;
@@ -362,15 +364,20 @@ impl Store {
         Transfers::open(&self.db)
     }
 
-    pub fn bundles(&self) -> Result<sled::Tree, Error> {
-        Ok(self.db.open_tree(BUNDLES_TREE)?)
+    pub fn bundles(&self) -> Result<Bundles, Error> {
+        Bundles::open(self)
+    }
+
+    pub fn presence_seq(&self) -> Result<PresenceSeq, Error> {
+        PresenceSeq::open(self)
     }
 
     pub fn assist_tokens(&self) -> Result<sled::Tree, Error> {
         Ok(self.db.open_tree(ASSIST_TOKENS_TREE)?)
     }
 
-    pub fn meta(&self) -> Result<sled::Tree, Error> {
+    #[cfg(test)]
+    pub(crate) fn meta(&self) -> Result<sled::Tree, Error> {
         Ok(self.db.open_tree(META_TREE)?)
     }
 

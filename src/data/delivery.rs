@@ -126,7 +126,8 @@ async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> 
 }
 
 fn cached_bundle(shared: &Shared, peer: &PeerId) -> Option<Bundle> {
-    let bytes = shared.bundles.get(peer.to_bytes()).ok()??;
+    // A bundle the store cannot give back is fetched again.
+    let bytes = shared.bundles.get(peer).ok()??;
     Bundle::verify(&bytes, peer).ok()
 }
 
@@ -138,13 +139,17 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
     {
         Ok(s) => s,
         Err(e) if had_bundle && e.code() == Some(ErrorCode::STALE_BUNDLE) => {
-            let _ = shared.bundles.remove(peer.to_bytes());
+            if let Err(e) = shared.bundles.remove(&peer) {
+                tracing::warn!(%peer, error = %e, "cannot drop a stale bundle");
+            }
             return Err(Attempt::StaleBundle);
         }
         Err(e) => return Err(e.into()),
     };
     if let Some(b) = &session.remote_bundle {
-        let _ = shared.bundles.insert(peer.to_bytes(), b.as_bytes());
+        if let Err(e) = shared.bundles.put(&peer, b.as_bytes()) {
+            tracing::warn!(%peer, error = %e, "cannot keep the peer's bundle for the next session");
+        }
     }
     let mut reader = session.reader;
     let (tx, rx) = mpsc::channel(READ_BUFFER);

@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
     pub(crate) inbox: Inbox,
     pub(crate) transfers: Transfers,
-    pub(crate) bundles: sled::Tree,
+    pub(crate) bundles: crate::store::Bundles,
     pub(crate) counters: HandshakeCounters,
     pub(crate) cfg: super::Config,
     pub(crate) downloads: PathBuf,

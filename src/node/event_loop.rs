@@ -146,11 +146,11 @@ pub(crate) struct Channels {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// What the event loop keeps beside the swarm: the peer book, the `meta` tree, the keys, and the
+/// What the event loop keeps beside the swarm: the peer book, the presence sequence number, the keys, and the
 /// metrics it records into.
 pub(crate) struct Parts {
     pub(crate) peer_book: PeerBook,
-    pub(crate) meta: sled::Tree,
+    pub(crate) presence_seq: crate::store::PresenceSeq,
     pub(crate) keys: Arc<LocalKeys>,
     pub(crate) metrics: Metrics,
     pub(crate) presence_metrics: presence::Metrics,
@@ -181,7 +181,7 @@ impl EventLoop {
             presence: presence::State::new(
                 &cfg.presence,
                 parts.keys,
-                parts.meta,
+                parts.presence_seq,
                 parts.presence_metrics,
                 now,
             ),

@@ -21,6 +21,7 @@ use crate::{
     dht::record::{self, Presence, Reject},
     nat::{self, Scope},
     node::Error,
+    store::PresenceSeq,
 };
 
 /// Signature checks of inbound records in flight at once; more are dropped (`overload`).
@@ -31,8 +32,6 @@ pub const MAX_LOOKUP_RECORDS: usize = 20;
 pub const MIN_REPUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 /// First publication after start (bootstrap gets a moment).
 pub const FIRST_PUBLISH_DELAY: Duration = Duration::from_secs(2);
-/// Key of the last presence sequence number in the `meta` tree.
-pub const SEQ_KEY: &[u8] = b"presence_seq";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
@@ -73,8 +72,8 @@ pub(super) struct Lookup {
 /// flight, and the pending lookups.
 pub(super) struct State {
     pub(super) keys: Arc<LocalKeys>,
-    /// The `meta` tree: the last sequence number published.
-    meta: sled::Tree,
+    /// The last sequence number published.
+    seq: PresenceSeq,
     pub(super) ttl: Duration,
     republish_interval: Duration,
     pub(super) next_publish: tokio::time::Instant,
@@ -91,14 +90,14 @@ impl State {
     pub(super) fn new(
         cfg: &crate::node::config::Presence,
         keys: Arc<LocalKeys>,
-        meta: sled::Tree,
+        seq: PresenceSeq,
         metrics: Metrics,
         now: tokio::time::Instant,
     ) -> Self {
         Self {
             next_rotation: rotation_deadline(&keys),
             keys,
-            meta,
+            seq,
             ttl: Duration::from_secs(cfg.ttl_secs),
             republish_interval: Duration::from_secs(cfg.republish_secs),
             next_publish: now + FIRST_PUBLISH_DELAY,
@@ -127,15 +126,10 @@ impl State {
             self.next_publish = now + MIN_REPUBLISH_INTERVAL;
             return None;
         }
-        let last = self
-            .meta
-            .get(SEQ_KEY)
-            .ok()
-            .flatten()
-            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
-            .unwrap_or(0);
+        // A damaged number counts as 0: the clock still makes the next one newer.
+        let last = self.seq.last().unwrap_or(0);
         let seq = (last + 1).max(crate::time::unix_ms());
-        if let Err(e) = self.meta.insert(SEQ_KEY, &seq.to_be_bytes()) {
+        if let Err(e) = self.seq.set(seq) {
             tracing::warn!(error = %e, "cannot store the presence sequence number");
             self.next_publish = now + MIN_REPUBLISH_INTERVAL;
             return None;
@@ -375,7 +369,7 @@ mod tests {
         let s = State::new(
             &crate::node::config::Presence::default(),
             Arc::new(LocalKeys::generate()),
-            store.meta().unwrap(),
+            store.presence_seq().unwrap(),
             Metrics::default(),
             tokio::time::Instant::now(),
         );
@@ -394,11 +388,7 @@ mod tests {
         s.publishing = false;
         let second = s.begin_publish(now, 3).unwrap();
         assert!(second > first, "{second} after {first}");
-        assert_eq!(
-            s.meta.get(SEQ_KEY).unwrap().unwrap().as_ref(),
-            second.to_be_bytes(),
-            "stored before signing"
-        );
+        assert_eq!(s.seq.last().unwrap(), second, "stored before signing");
     }
 
     #[test]
