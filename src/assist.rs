@@ -58,8 +58,8 @@ pub enum Error {
     },
     #[error("TLS certificate or key ({0})")]
     Tls(#[source] std::io::Error),
-    #[error("cannot start the path prober: {0}")]
-    Prober(String),
+    #[error("cannot start the path prober")]
+    Prober(#[source] probe::Error),
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -152,10 +152,10 @@ impl Identity {
                 found: file.version,
             });
         }
-        let ed = hex_array::<32>(&file.ed25519_secret)
-            .map_err(|r| malformed(format!("ed25519_secret {r}")))?;
-        let seed = hex_array::<32>(&file.ml_dsa_65_seed)
-            .map_err(|r| malformed(format!("ml_dsa_65_seed {r}")))?;
+        let ed = hex_array::<32>("ed25519_secret", &file.ed25519_secret)
+            .map_err(|e| malformed(e.to_string()))?;
+        let seed = hex_array::<32>("ml_dsa_65_seed", &file.ml_dsa_65_seed)
+            .map_err(|e| malformed(e.to_string()))?;
         let identity = Self::from_secrets(ed, seed);
         if identity.peer_id().to_string() != file.peer_id {
             return Err(malformed(format!(
@@ -269,12 +269,33 @@ pub fn public_key_of(peer_id: &PeerId) -> Option<libp2p::identity::PublicKey> {
     libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()
 }
 
-/// Exactly `N` bytes from hex (key files); the error says what is wrong.
-pub(crate) fn hex_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
-    let bytes = hex::decode(text).map_err(|e| format!("is not hex: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("must be {N} bytes, found {}", b.len()))
+/// A hex field of a key file that does not hold the bytes it should.
+#[derive(Debug, thiserror::Error)]
+pub enum BadHex {
+    #[error("{field} is not hex: {source}")]
+    NotHex {
+        field: &'static str,
+        source: hex::FromHexError,
+    },
+    #[error("{field} must be {expected} bytes, found {found}")]
+    Length {
+        field: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// Exactly `N` bytes from the hex of key-file field `field`.
+pub(crate) fn hex_array<const N: usize>(
+    field: &'static str,
+    text: &str,
+) -> Result<[u8; N], BadHex> {
+    let bytes = hex::decode(text).map_err(|source| BadHex::NotHex { field, source })?;
+    bytes.try_into().map_err(|b: Vec<u8>| BadHex::Length {
+        field,
+        expected: N,
+        found: b.len(),
+    })
 }
 
 #[cfg(test)]
@@ -300,8 +321,8 @@ mod tests {
     fn spec_vector_reproduces_byte_for_byte() {
         let v = vector();
         let id = Identity::from_secrets(
-            hex_array::<32>(&v.ed25519_secret).unwrap(),
-            hex_array::<32>(&v.ml_dsa_65_seed).unwrap(),
+            hex_array::<32>("ed25519_secret", &v.ed25519_secret).unwrap(),
+            hex_array::<32>("ml_dsa_65_seed", &v.ml_dsa_65_seed).unwrap(),
         );
         let b = id.binding();
         assert_eq!(b.peer_id.to_string(), v.peer_id);

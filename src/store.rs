@@ -131,7 +131,7 @@ impl Via {
     pub fn ids(&self) -> Option<(Option<ClientId>, Option<ClientId>)> {
         let parse = |id: &Option<String>| match id {
             None => Some(None),
-            Some(h) => crate::identity::hex_array::<8>(h).ok().map(Some),
+            Some(h) => crate::identity::hex_array::<8>("client id", h).ok().map(Some),
         };
         Some((parse(&self.from_client)?, parse(&self.to_client)?))
     }

@@ -24,7 +24,23 @@ pub const MAX_PENDING_PROBES: usize = 64;
 /// A TCP probe dial ends after this, answered or not.
 pub const MAX_DIAL_TIME: Duration = Duration::from_secs(10);
 
-type Reply = oneshot::Sender<Result<Probed, String>>;
+type Reply = oneshot::Sender<Result<Probed, Error>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the probing swarm")]
+    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the prober stopped")]
+    Stopped,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Dial(#[from] libp2p::swarm::DialError),
+}
+
+fn start_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Start(Box::new(e))
+}
 
 /// Who answered a probe, and the dial-to-established time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +59,7 @@ pub struct Prober {
 
 impl Prober {
     /// Starts the probing swarm; it stops when `shutdown` is cancelled.
-    pub fn start(shutdown: CancellationToken) -> Result<Self, String> {
+    pub fn start(shutdown: CancellationToken) -> Result<Self, Error> {
         let swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_quic()
@@ -58,11 +74,11 @@ impl Prober {
                         .timeout(MAX_DIAL_TIME),
                 )
             })
-            .map_err(|e| e.to_string())?
+            .map_err(start_error)?
             .with_dns()
-            .map_err(|e| e.to_string())?
+            .map_err(start_error)?
             .with_behaviour(|_| dummy::Behaviour)
-            .map_err(|e| e.to_string())?
+            .map_err(start_error)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(1)))
             .build();
         let (requests, rx) = mpsc::channel(MAX_PENDING_PROBES);
@@ -74,18 +90,18 @@ impl Prober {
     }
 
     /// Dials `addr` (no peer id expected) and waits up to `timeout` for the connection.
-    pub async fn probe(&self, addr: Multiaddr, timeout: Duration) -> Result<Probed, String> {
+    pub async fn probe(&self, addr: Multiaddr, timeout: Duration) -> Result<Probed, Error> {
         let (tx, rx) = oneshot::channel();
         let work = async {
             self.requests
                 .send((addr, tx))
                 .await
-                .map_err(|_| "the prober stopped".to_string())?;
-            rx.await.map_err(|_| "the prober stopped".to_string())?
+                .map_err(|_| Error::Stopped)?;
+            rx.await.map_err(|_| Error::Stopped)?
         };
         tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+            .unwrap_or(Err(Error::Timeout(timeout)))
     }
 }
 
@@ -107,7 +123,7 @@ async fn run(
                         pending.insert(id, (Instant::now(), reply));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e.into()));
                     }
                 }
             }
@@ -120,7 +136,7 @@ async fn run(
                 }
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                     if let Some((_, reply)) = pending.remove(&connection_id) {
-                        let _ = reply.send(Err(error.to_string()));
+                        let _ = reply.send(Err(error.into()));
                     }
                 }
                 _ => {}

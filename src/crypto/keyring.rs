@@ -17,7 +17,7 @@ use super::{
     BundleId, Error,
     bundle::{FILE_NAME, Keys, VERSION},
 };
-use crate::identity::{Identity, hex_array};
+use crate::identity::{BadHex, Identity, hex_array};
 
 /// Replaced bundles kept at most (older ones are forgotten even if not expired yet).
 pub const MAX_RETIRED: usize = 8;
@@ -133,7 +133,7 @@ impl KeyRing {
                     &file.x25519_secret,
                     &file.ml_kem_seed,
                 )
-                .map_err(bad)?;
+                .map_err(|e| bad(e.to_string()))?;
                 let mut retired = Vec::new();
                 for r in &file.retired {
                     let keys = decode(identity, r.created_at, &r.x25519_secret, &r.ml_kem_seed)
@@ -279,9 +279,9 @@ fn entry(keys: Keys, generation: u32, schedule: &Schedule) -> Entry {
     }
 }
 
-fn decode(identity: &Identity, created_at: u64, x25519: &str, kem: &str) -> Result<Keys, String> {
-    let x = hex_array::<32>(x25519).map_err(|r| format!("x25519_secret {r}"))?;
-    let k = hex_array::<64>(kem).map_err(|r| format!("ml_kem_seed {r}"))?;
+fn decode(identity: &Identity, created_at: u64, x25519: &str, kem: &str) -> Result<Keys, BadHex> {
+    let x = hex_array::<32>("x25519_secret", x25519)?;
+    let k = hex_array::<64>("ml_kem_seed", kem)?;
     Ok(Keys::from_secrets(identity, created_at, x, k))
 }
 
