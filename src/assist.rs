@@ -110,7 +110,7 @@ pub struct Context {
     pub ice: Arc<ice::Credentials>,
     pub limiter: Arc<rate_limit::RateLimiter>,
     /// Paths probed per token (`assist.probes_per_token_per_minute`), by token id.
-    pub probe_budget: rate_limit::RateLimiter<String>,
+    pub probe_budget: rate_limit::RateLimiter<crate::wire::ClientId>,
     pub prober: probe::Prober,
     /// The STUN responder's bound address.
     pub stun_addr: SocketAddr,

@@ -78,7 +78,7 @@ enum Command {
         /// Deliver to this light client of PEER_ID (the client id a received message's
         /// `from_client` shows), through PEER_ID's WebRTC gateway.
         #[arg(long)]
-        client: Option<String>,
+        client: Option<crate::wire::ClientId>,
         #[command(flatten)]
         output: Output,
     },

@@ -114,35 +114,7 @@ impl Options {
     }
 }
 
-pub use crate::wire::ClientId;
-
-/// The light clients a message names (`protocols/data-v1.md`, DATA_VIA): the sender's client that
-/// wrote it, the receiver's client it is for. Client ids are 16 hex digits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Via {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_client: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_client: Option<String>,
-}
-
-impl Via {
-    /// The ids as DATA_VIA carries them; `None` for an id that is not 16 hex digits.
-    pub fn ids(&self) -> Option<(Option<ClientId>, Option<ClientId>)> {
-        let parse = |id: &Option<String>| match id {
-            None => Some(None),
-            Some(h) => crate::identity::hex_array::<8>("client id", h).ok().map(Some),
-        };
-        Some((parse(&self.from_client)?, parse(&self.to_client)?))
-    }
-
-    pub fn from_ids(from_client: Option<ClientId>, to_client: Option<ClientId>) -> Self {
-        Self {
-            from_client: from_client.map(hex::encode),
-            to_client: to_client.map(hex::encode),
-        }
-    }
-}
+pub use crate::wire::{ClientId, Via};
 
 /// A PeerId as a key prefix: length byte, then the bytes (no PeerId is a prefix of another).
 pub fn peer_key(peer: &PeerId) -> Vec<u8> {

@@ -392,10 +392,10 @@ impl Decoder for FrameCodec {
     }
 }
 
+mod client;
 mod inner;
 #[cfg(test)]
 mod tests;
 
-pub use inner::{
-    BindingParts, ClientId, Data, FileChunk, FileMeta, FileStatus, Inner, file_state, via,
-};
+pub use client::{BadClientId, ClientId, Via};
+pub use inner::{BindingParts, Data, FileChunk, FileMeta, FileStatus, Inner, file_state, via};

@@ -41,8 +41,7 @@ fn data_frame(seq: u64) -> Inner {
         seq,
         msg_id: [seq as u8; 16],
         sent_at_ms: 0,
-        from_client: None,
-        to_client: None,
+        via: Default::default(),
         body: format!("attacker {seq}"),
     })
 }
@@ -301,8 +300,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
             seq: 1,
             msg_id: [9; 16],
             sent_at_ms: 0,
-            from_client: None,
-            to_client: None,
+            via: Default::default(),
             body: "sorry".into(),
         }))
         .await

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let _node = hub.attach_node();
     let sessions: Vec<_> = ["aaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]
         .iter()
-        .filter_map(|client| hub.register(client).ok())
+        .filter_map(|client| hub.register(client.parse().ok()?).ok())
         .collect();
     for line in data.split(|b| *b == b'\n') {
         let Some((&who, text)) = line.split_first() else {

@@ -31,6 +31,7 @@ use super::{
 use crate::{
     data::{self, service::Event},
     store::{Via, inbox},
+    wire::ClientId,
 };
 
 /// Events from webrtc handlers buffered for the gateway task.
@@ -51,14 +52,14 @@ pub const CHANNEL_BURST: u32 = 200;
 pub const LABEL: &str = "commucat";
 
 enum GwEvent {
-    Candidate(String, u64, RTCIceCandidateInit),
-    State(String, u64, RTCPeerConnectionState),
-    Channel(String, u64, Arc<dyn DataChannel>),
-    ChannelClosed(String, u64),
+    Candidate(ClientId, u64, RTCIceCandidateInit),
+    State(ClientId, u64, RTCPeerConnectionState),
+    Channel(ClientId, u64, Arc<dyn DataChannel>),
+    ChannelClosed(ClientId, u64),
 }
 
 struct Handler {
-    client: String,
+    client: ClientId,
     generation: u64,
     events: mpsc::Sender<GwEvent>,
 }
@@ -67,22 +68,22 @@ struct Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(c) = event.candidate.to_json() {
-            let _ =
-                self.events
-                    .try_send(GwEvent::Candidate(self.client.clone(), self.generation, c));
+            let _ = self
+                .events
+                .try_send(GwEvent::Candidate(self.client, self.generation, c));
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self
             .events
-            .try_send(GwEvent::State(self.client.clone(), self.generation, state));
+            .try_send(GwEvent::State(self.client, self.generation, state));
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
         let _ = self
             .events
-            .try_send(GwEvent::Channel(self.client.clone(), self.generation, dc));
+            .try_send(GwEvent::Channel(self.client, self.generation, dc));
     }
 }
 
@@ -155,8 +156,8 @@ struct Push {
 
 struct Gateway {
     setup: Setup,
-    conns: HashMap<String, Conn>,
-    pushes: Arc<std::sync::Mutex<HashMap<String, Push>>>,
+    conns: HashMap<ClientId, Conn>,
+    pushes: Arc<std::sync::Mutex<HashMap<ClientId, Push>>>,
     next_generation: u64,
     events: mpsc::Sender<GwEvent>,
     /// One task per open DataChannel; they end with the gateway.
@@ -192,7 +193,7 @@ impl Gateway {
         let client = msg.from;
         match msg.kind.as_str() {
             "offer" => {
-                if let Err(e) = self.offer(&client, msg.payload).await {
+                if let Err(e) = self.offer(client, msg.payload).await {
                     self.setup
                         .hub
                         .from_node(&client, "error", error("bad-offer", e));
@@ -239,11 +240,11 @@ impl Gateway {
         }
     }
 
-    async fn offer(&mut self, client: &str, payload: Value) -> Result<(), String> {
+    async fn offer(&mut self, client: ClientId, payload: Value) -> Result<(), String> {
         let offer: RTCSessionDescription = serde_json::from_value(payload)
             .map_err(|e| format!("not a session description: {e}"))?;
         // A new offer replaces the client's connection (a reload, a reconnect).
-        if let Some(old) = self.conns.remove(client) {
+        if let Some(old) = self.conns.remove(&client) {
             let _ = old.pc.close().await;
         }
         if self.conns.len() >= self.setup.cfg.max_connections.get() {
@@ -261,7 +262,7 @@ impl Gateway {
                     .build(),
             )
             .with_handler(Arc::new(Handler {
-                client: client.to_owned(),
+                client,
                 generation,
                 events: self.events.clone(),
             }))
@@ -289,9 +290,9 @@ impl Gateway {
             }
         };
         let payload = serde_json::to_value(&answer).map_err(|e| e.to_string())?;
-        self.setup.hub.from_node(client, "answer", payload);
+        self.setup.hub.from_node(&client, "answer", payload);
         self.conns.insert(
-            client.to_owned(),
+            client,
             Conn {
                 generation,
                 pc,
@@ -299,11 +300,11 @@ impl Gateway {
                 opened_at: tokio::time::Instant::now(),
             },
         );
-        tracing::debug!(client, "gateway answered an offer");
+        tracing::debug!(%client, "gateway answered an offer");
         Ok(())
     }
 
-    fn current(&self, client: &str, generation: u64) -> bool {
+    fn current(&self, client: &ClientId, generation: u64) -> bool {
         self.conns
             .get(client)
             .is_some_and(|c| c.generation == generation)
@@ -318,7 +319,7 @@ impl Gateway {
                 }
             }
             GwEvent::State(client, generation, state) => {
-                tracing::debug!(client, %state, "gateway peer connection");
+                tracing::debug!(%client, %state, "gateway peer connection");
                 if matches!(
                     state,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
@@ -338,7 +339,7 @@ impl Gateway {
                 }
                 let (tx, rx) = mpsc::channel(PUSH_QUEUE);
                 self.lock_pushes().insert(
-                    client.clone(),
+                    client,
                     Push {
                         generation,
                         tx,
@@ -375,22 +376,22 @@ impl Gateway {
         }
     }
 
-    fn lock_pushes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Push>> {
+    fn lock_pushes(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Push>> {
         self.pushes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Closes connections whose DataChannel did not open in time.
     async fn sweep(&mut self) {
         let limit = Duration::from_secs(self.setup.cfg.connect_timeout_secs.get());
-        let stale: Vec<String> = self
+        let stale: Vec<ClientId> = self
             .conns
             .iter()
             .filter(|(_, c)| !c.channel_open && c.opened_at.elapsed() > limit)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for client in stale {
             if let Some(c) = self.conns.remove(&client) {
-                tracing::debug!(client, "gateway connection did not open in time");
+                tracing::debug!(%client, "gateway connection did not open in time");
                 let _ = c.pc.close().await;
             }
         }

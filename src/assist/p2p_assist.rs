@@ -352,7 +352,7 @@ pub(super) async fn get(
     State(ctx): State<Arc<Context>>,
     Extension(token): Extension<TokenId>,
 ) -> Result<Json<Response>, Problem> {
-    answer(&ctx, &token.0, Request::default()).await.map(Json)
+    answer(&ctx, token.0, Request::default()).await.map(Json)
 }
 
 pub(super) async fn post(
@@ -361,14 +361,18 @@ pub(super) async fn post(
     body: Result<Json<Request>, JsonRejection>,
 ) -> Result<Json<Response>, Problem> {
     let Json(req) = body?;
-    answer(&ctx, &token.0, req).await.map(Json)
+    answer(&ctx, token.0, req).await.map(Json)
 }
 
 /// The id of the bearer token a request was authenticated with (set by the router).
 #[derive(Debug, Clone)]
-pub struct TokenId(pub String);
+pub struct TokenId(pub crate::wire::ClientId);
 
-async fn answer(ctx: &Context, token: &str, req: Request) -> Result<Response, Problem> {
+async fn answer(
+    ctx: &Context,
+    token: crate::wire::ClientId,
+    req: Request,
+) -> Result<Response, Problem> {
     let (mut paths, min_paths, mtu, overhead) = validate(&req, ctx.cfg.assist.max_paths.get())?;
     if !paths.is_empty() {
         charge_probes(ctx, token, paths.len())?;
@@ -427,10 +431,10 @@ fn internal(e: impl std::fmt::Display) -> Problem {
 }
 
 /// Each client-named path costs probes: `n` of the token's per-minute budget, or 429.
-fn charge_probes(ctx: &Context, token: &str, n: usize) -> Result<(), Problem> {
+fn charge_probes(ctx: &Context, token: crate::wire::ClientId, n: usize) -> Result<(), Problem> {
     let n = u32::try_from(n).unwrap_or(u32::MAX);
     ctx.probe_budget
-        .check_n(token.to_owned(), n, Instant::now())
+        .check_n(token, n, Instant::now())
         .map_err(|wait| {
             let mut p = Problem::rate_limited(wait.as_secs_f64().ceil() as u64);
             p.detail = Some(format!(

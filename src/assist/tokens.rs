@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::wire::ClientId;
+
 /// Issued tokens kept at most; expired ones are removed first.
 pub const MAX_ISSUED_TOKENS: usize = 100_000;
 /// Longest lifetime of an issued token: a year.
@@ -29,7 +31,7 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenInfo {
     /// The client id the token authenticates as.
-    pub id: String,
+    pub id: ClientId,
     pub created_at: u64,
     pub expires_at: u64,
 }
@@ -54,8 +56,10 @@ pub fn hash_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn client_id(hash: &[u8]) -> String {
-    hex::encode(&hash[..8])
+fn client_id(hash: &[u8]) -> ClientId {
+    let mut id = [0; 8];
+    id.copy_from_slice(&hash[..8]);
+    ClientId(id)
 }
 
 impl Tokens {
@@ -107,10 +111,11 @@ impl Tokens {
     pub fn revoke(&self, token_or_id: &str) -> Result<bool, Error> {
         let by_hash = Sha256::digest(token_or_id.as_bytes());
         let mut found = self.tree.remove(by_hash.as_slice())?.is_some();
-        if !found {
+        let id = token_or_id.parse::<ClientId>().ok();
+        if !found && id.is_some() {
             for entry in self.tree.iter() {
                 let (key, value) = entry?;
-                if serde_json::from_slice::<TokenInfo>(&value).is_ok_and(|i| i.id == token_or_id) {
+                if serde_json::from_slice::<TokenInfo>(&value).is_ok_and(|i| Some(i.id) == id) {
                     self.tree.remove(key)?;
                     found = true;
                 }
@@ -137,7 +142,7 @@ impl Tokens {
     }
 
     /// The client id `token` authenticates as, if it is valid now.
-    pub fn check(&self, token: &str) -> Option<String> {
+    pub fn check(&self, token: &str) -> Option<ClientId> {
         let hash = Sha256::digest(token.as_bytes());
         // Configured digests are compared in constant time; issued ones are looked up by digest,
         // which leaks nothing about the token.
@@ -190,8 +195,8 @@ mod tests {
             &[hash_hex(configured)],
         );
         assert_eq!(
-            tokens.check(configured).as_deref(),
-            Some(&hash_hex(configured)[..16])
+            tokens.check(configured).map(|id| id.to_string()),
+            Some(hash_hex(configured)[..16].to_owned())
         );
         assert_eq!(tokens.check("something else"), None);
 
@@ -199,10 +204,10 @@ mod tests {
         let b = tokens.issue(60).unwrap();
         assert_eq!(a.token.len(), 64);
         assert_ne!(a.token, b.token);
-        assert_eq!(tokens.check(&a.token), Some(a.info.id.clone()));
+        assert_eq!(tokens.check(&a.token), Some(a.info.id));
         assert_eq!(tokens.list().unwrap().len(), 2);
 
-        assert!(tokens.revoke(&a.info.id).unwrap(), "by id");
+        assert!(tokens.revoke(&a.info.id.to_string()).unwrap(), "by id");
         assert_eq!(tokens.check(&a.token), None);
         assert!(tokens.revoke(&b.token).unwrap(), "by token");
         assert_eq!(tokens.check(&b.token), None);
@@ -211,7 +216,7 @@ mod tests {
         assert!(matches!(tokens.issue(0), Err(Error::BadTtl)));
         // An expired entry is refused.
         let expired = TokenInfo {
-            id: "0011223344556677".into(),
+            id: "0011223344556677".parse().unwrap(),
             created_at: 1,
             expires_at: 2,
         };

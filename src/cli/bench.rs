@@ -340,8 +340,7 @@ async fn e2e_messages(
             seq: i as u64 + 1,
             msg_id: [0; 16],
             sent_at_ms: 0,
-            from_client: None,
-            to_client: None,
+            via: Default::default(),
             body: body.clone(),
         }))?;
         if i % 64 == 63 {

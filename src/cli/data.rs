@@ -23,7 +23,7 @@ pub async fn send(
     dir: &Path,
     to: PeerId,
     body: String,
-    light_client: Option<String>,
+    light_client: Option<crate::wire::ClientId>,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let client = control::Client::for_data_dir(dir)?;

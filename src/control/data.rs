@@ -37,7 +37,7 @@ pub struct SendMessage {
         deserialize_with = "crate::json::present",
         skip_serializing_if = "Option::is_none"
     )]
-    pub client: Option<String>,
+    pub client: Option<crate::wire::ClientId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -300,15 +300,12 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                     let mut msg_id = [0u8; 16];
                     hex::decode_to_slice(&m.id, &mut msg_id)
                         .map_err(|_| store::Error::Corrupt("message id"))?;
-                    let (from_client, to_client) =
-                        m.via.ids().ok_or(store::Error::Corrupt("client id"))?;
                     self.writer.queue(&Inner::Data(Data {
                         epoch,
                         seq: m.seq,
                         msg_id,
                         sent_at_ms: m.created_at_ms,
-                        from_client,
-                        to_client,
+                        via: m.via,
                         body: m.body.clone(),
                     }))?;
                     self.sent_up_to = m.seq;

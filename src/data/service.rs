@@ -55,8 +55,6 @@ pub enum Error {
     },
     #[error("cannot send to ourselves")]
     SelfSend,
-    #[error("a light client id is 16 hex digits")]
-    BadClientId,
     #[error("the data protocol is already registered on this node")]
     AlreadyRunning,
 }
@@ -125,9 +123,6 @@ impl Service {
         if body.len() > crate::wire::MAX_MESSAGE_BYTES {
             return Err(Error::MessageTooLarge(body.len()));
         }
-        // Stored in canonical form (lower-case hex), as gateways compare client ids.
-        let (from_client, to_client) = via.ids().ok_or(Error::BadClientId)?;
-        let via = Via::from_ids(from_client, to_client);
         let msg = self.shared.outbox.enqueue(to, body, via)?;
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);

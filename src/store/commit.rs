@@ -489,8 +489,7 @@ mod tests {
                             seq,
                             msg_id: [0; 16],
                             sent_at_ms: 0,
-                            from_client: None,
-                            to_client: None,
+                            via: Default::default(),
                             body: "hi".into(),
                         },
                     )

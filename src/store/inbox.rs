@@ -98,7 +98,7 @@ impl Inbox {
     pub fn accept(&self, from: &PeerId, d: &Data) -> Result<Accepted, Error> {
         let (epoch, seq, msg_id, sent_at_ms, body) =
             (d.epoch, d.seq, &d.msg_id, d.sent_at_ms, d.body.as_str());
-        let via = &Via::from_ids(d.from_client, d.to_client);
+        let via = &d.via;
         let key = hwm_key(from, epoch);
         let local = self.db.generate_id()? + 1; // from 1: `after = 0` lists everything
         let received_at_ms = crate::time::unix_ms();
@@ -202,8 +202,7 @@ mod tests {
             seq,
             msg_id: *msg_id,
             sent_at_ms: 0,
-            from_client: None,
-            to_client: None,
+            via: Default::default(),
             body: body.into(),
         }
     }

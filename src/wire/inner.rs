@@ -4,8 +4,8 @@
 use bytes::{BufMut, Bytes};
 
 use super::{
-    Cursor, DecodeError, ErrorCode, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_MESSAGE_BYTES,
-    decode_error_payload, kind, put_text,
+    ClientId, Cursor, DecodeError, ErrorCode, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_MESSAGE_BYTES,
+    Via, decode_error_payload, kind, put_text,
 };
 use crate::identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN};
 
@@ -23,15 +23,10 @@ pub struct Data {
     pub seq: u64,
     pub msg_id: [u8; 16],
     pub sent_at_ms: u64,
-    /// The sender's light client that wrote the message (sent as DATA_VIA).
-    pub from_client: Option<ClientId>,
-    /// The receiver's light client the message is for (sent as DATA_VIA).
-    pub to_client: Option<ClientId>,
+    /// The light clients it names, if any (then sent as DATA_VIA).
+    pub via: Via,
     pub body: String,
 }
-
-/// A light client's id: the first 8 bytes of the SHA-256 of its assist token (`assist.md` §2).
-pub type ClientId = [u8; 8];
 
 /// DATA_VIA flag bits.
 pub mod via {
@@ -123,8 +118,8 @@ impl Inner {
                 out.extend_from_slice(signature);
             }
             Inner::Data(d) => {
-                let flags = d.from_client.map_or(0, |_| via::FROM_CLIENT)
-                    | d.to_client.map_or(0, |_| via::TO_CLIENT);
+                let flags = d.via.from_client.map_or(0, |_| via::FROM_CLIENT)
+                    | d.via.to_client.map_or(0, |_| via::TO_CLIENT);
                 out.push(if flags == 0 {
                     kind::DATA
                 } else {
@@ -136,8 +131,8 @@ impl Inner {
                 out.put_u64(d.sent_at_ms);
                 if flags != 0 {
                     out.push(flags);
-                    for id in [d.from_client, d.to_client].into_iter().flatten() {
-                        out.extend_from_slice(&id);
+                    for id in [d.via.from_client, d.via.to_client].into_iter().flatten() {
+                        out.extend_from_slice(&id.0);
                     }
                 }
                 out.extend_from_slice(d.body.as_bytes());
@@ -300,17 +295,17 @@ fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
     let seq = c.u64()?;
     let msg_id = c.array()?;
     let sent_at_ms = c.u64()?;
-    let (mut from_client, mut to_client) = (None, None);
+    let mut via = Via::default();
     if ty == kind::DATA_VIA {
         let flags = c.u8()?;
         if flags == 0 || flags & !(via::FROM_CLIENT | via::TO_CLIENT) != 0 {
             return Err(DecodeError::Malformed("DATA_VIA flags"));
         }
         if flags & via::FROM_CLIENT != 0 {
-            from_client = Some(c.array()?);
+            via.from_client = Some(ClientId(c.array()?));
         }
         if flags & via::TO_CLIENT != 0 {
-            to_client = Some(c.array()?);
+            via.to_client = Some(ClientId(c.array()?));
         }
     }
     let body = c.rest();
@@ -324,8 +319,7 @@ fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
         seq,
         msg_id,
         sent_at_ms,
-        from_client,
-        to_client,
+        via,
         body,
     })
 }

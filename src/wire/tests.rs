@@ -79,8 +79,7 @@ fn expected_inner(name: &str) -> Inner {
             seq: 2,
             msg_id: id16(),
             sent_at_ms: 0x0102_0304_0506_0708,
-            from_client: None,
-            to_client: None,
+            via: Via::default(),
             body: "hi".into(),
         }),
         "data_via" => Inner::Data(Data {
@@ -88,8 +87,10 @@ fn expected_inner(name: &str) -> Inner {
             seq: 2,
             msg_id: id16(),
             sent_at_ms: 0x0102_0304_0506_0708,
-            from_client: None,
-            to_client: Some([0xc1; 8]),
+            via: Via {
+                from_client: None,
+                to_client: Some(ClientId([0xc1; 8])),
+            },
             body: "hi".into(),
         }),
         "resync" => Inner::Resync {
@@ -243,8 +244,10 @@ fn arb_inner() -> impl Strategy<Value = Inner> {
                         seq,
                         msg_id,
                         sent_at_ms,
-                        from_client,
-                        to_client,
+                        via: Via {
+                            from_client: from_client.map(ClientId),
+                            to_client: to_client.map(ClientId),
+                        },
                         body,
                     })
                 }

@@ -37,7 +37,7 @@ struct SendBody {
     to: String,
     body: String,
     #[serde(default)]
-    client: Option<String>,
+    client: Option<ClientId>,
     #[serde(default, rename = "ref")]
     reference: Option<Value>,
 }
@@ -63,12 +63,12 @@ struct Queued<'a> {
 }
 
 pub(super) struct ChannelTask {
-    pub(super) client: String,
+    pub(super) client: ClientId,
     pub(super) generation: u64,
     pub(super) dc: Arc<dyn DataChannel>,
     pub(super) rx: mpsc::Receiver<String>,
     pub(super) data: Arc<data::Service>,
-    pub(super) pushes: Arc<std::sync::Mutex<HashMap<String, Push>>>,
+    pub(super) pushes: Arc<std::sync::Mutex<HashMap<ClientId, Push>>>,
     pub(super) events: mpsc::Sender<GwEvent>,
     pub(super) shutdown: CancellationToken,
 }
@@ -115,7 +115,7 @@ pub(super) async fn serve_channel(mut t: ChannelTask) {
     let _ = t.dc.close().await;
     let _ = t
         .events
-        .send(GwEvent::ChannelClosed(t.client.clone(), t.generation))
+        .send(GwEvent::ChannelClosed(t.client, t.generation))
         .await;
 }
 
@@ -140,7 +140,7 @@ async fn handle_client(t: &ChannelTask, text: &str) -> Vec<String> {
                 Err(e) => return err(format!("`to` is not a peer id: {e}")),
             };
             let via = Via {
-                from_client: Some(t.client.clone()),
+                from_client: Some(t.client),
                 to_client: client,
             };
             match t.data.send_message(to, body, via).await {
@@ -181,7 +181,7 @@ async fn handle_client(t: &ChannelTask, text: &str) -> Vec<String> {
                 scanned += batch.len();
                 for m in &batch {
                     cursor = m.seq;
-                    if m.via.to_client.as_deref() == Some(t.client.as_str()) {
+                    if m.via.to_client == Some(t.client) {
                         out.push(pushed(m));
                         if out.len() == MAX_SYNC {
                             break;

@@ -24,7 +24,7 @@ use super::{
     MAX_ROOM_NAME, NODE_ID, NODE_QUEUE,
     wire::{ErrorCode, Outgoing, Reason, ToNode},
 };
-use crate::assist::config::Signaling;
+use crate::{assist::config::Signaling, wire::ClientId};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -70,7 +70,7 @@ pub enum Refusal {
 }
 
 struct Session {
-    client: String,
+    client: ClientId,
     tx: mpsc::Sender<Message>,
     queued_bytes: Arc<AtomicUsize>,
     rooms: HashSet<String>,
@@ -84,9 +84,9 @@ struct HubState {
     next_id: u64,
     sessions: HashMap<u64, Session>,
     /// Client id → its sessions.
-    clients: HashMap<String, HashSet<u64>>,
+    clients: HashMap<ClientId, HashSet<u64>>,
     /// Room → client id → that client's sessions in the room.
-    rooms: HashMap<String, HashMap<String, HashSet<u64>>>,
+    rooms: HashMap<String, HashMap<ClientId, HashSet<u64>>>,
     node: Option<mpsc::Sender<ToNode>>,
 }
 
@@ -138,12 +138,12 @@ impl Hub {
         rx
     }
 
-    pub fn register(&self, client: &str) -> Result<Registration, Refusal> {
+    pub fn register(&self, client: ClientId) -> Result<Registration, Refusal> {
         let mut st = self.lock();
         if st.sessions.len() >= self.limits.max_sessions.get() {
             return Err(Refusal::TooManySessions);
         }
-        if st.clients.get(client).map_or(0, HashSet::len)
+        if st.clients.get(&client).map_or(0, HashSet::len)
             >= self.limits.max_sessions_per_token.get()
         {
             return Err(Refusal::TooManyForToken);
@@ -157,7 +157,7 @@ impl Hub {
         st.sessions.insert(
             id,
             Session {
-                client: client.to_owned(),
+                client,
                 tx,
                 queued_bytes: queued_bytes.clone(),
                 rooms: HashSet::new(),
@@ -165,7 +165,7 @@ impl Hub {
                 kill_reason: kill_reason.clone(),
             },
         );
-        st.clients.entry(client.to_owned()).or_default().insert(id);
+        st.clients.entry(client).or_default().insert(id);
         self.metrics.sessions.set(st.sessions.len() as i64);
         Ok(Registration {
             id,
@@ -215,7 +215,7 @@ impl Hub {
         }
     }
 
-    fn deliver_client_locked(&self, st: &HubState, client: &str, msg: &Utf8Bytes) -> bool {
+    fn deliver_client_locked(&self, st: &HubState, client: &ClientId, msg: &Utf8Bytes) -> bool {
         let Some(ids) = st.clients.get(client) else {
             return false;
         };
@@ -232,7 +232,7 @@ impl Hub {
     }
 
     /// Joins `room`; returns the other clients in it. Joining a room twice is harmless.
-    pub fn join(&self, id: u64, room: &str) -> Result<Vec<String>, (ErrorCode, String)> {
+    pub fn join(&self, id: u64, room: &str) -> Result<Vec<ClientId>, (ErrorCode, String)> {
         if !valid_room(room) {
             return Err((
                 ErrorCode::BadRoom,
@@ -243,7 +243,7 @@ impl Hub {
         let Some(session) = st.sessions.get(&id) else {
             return Err((ErrorCode::BadMessage, "session ended".into()));
         };
-        let client = session.client.clone();
+        let client = session.client;
         let already = session.rooms.contains(room);
         if !already && session.rooms.len() >= self.limits.max_rooms_per_session.get() {
             return Err((
@@ -274,12 +274,12 @@ impl Hub {
             s.rooms.insert(room.to_owned());
         }
         let members = st.rooms.entry(room.to_owned()).or_default();
-        members.entry(client.clone()).or_default().insert(id);
-        let peers: Vec<String> = members.keys().filter(|c| **c != client).cloned().collect();
+        members.entry(client).or_default().insert(id);
+        let peers: Vec<ClientId> = members.keys().filter(|c| **c != client).copied().collect();
         if !is_member {
             let msg = Outgoing {
                 kind: "peer-joined".into(),
-                from: Some(client.clone()),
+                from: Some(client.to_string()),
                 to: None,
                 room: Some(room.to_owned()),
                 payload: Value::Null,
@@ -306,7 +306,7 @@ impl Hub {
             return;
         };
         session.rooms.remove(room);
-        let client = session.client.clone();
+        let client = session.client;
         let Some(members) = st.rooms.get_mut(room) else {
             return;
         };
@@ -325,13 +325,13 @@ impl Hub {
         if gone {
             let msg = Outgoing {
                 kind: "peer-left".into(),
-                from: Some(client),
+                from: Some(client.to_string()),
                 to: None,
                 room: Some(room.to_owned()),
                 payload: Value::Null,
             }
             .text();
-            let others: Vec<String> = members.keys().cloned().collect();
+            let others: Vec<ClientId> = members.keys().copied().collect();
             for other in &others {
                 self.deliver_client_locked(st, other, &msg);
             }
@@ -360,7 +360,7 @@ impl Hub {
                 ));
             };
             let msg = ToNode {
-                from: session.client.clone(),
+                from: session.client,
                 kind: kind.to_owned(),
                 payload,
             };
@@ -372,8 +372,11 @@ impl Hub {
                 Err(_) => Err((ErrorCode::RateLimited, "the gateway is busy".into())),
             };
         }
+        // An id that does not parse is in no room.
+        let client = to.parse::<ClientId>().ok();
         let shares = |r: &str| {
-            session.rooms.contains(r) && st.rooms.get(r).is_some_and(|m| m.contains_key(to))
+            session.rooms.contains(r)
+                && client.is_some_and(|c| st.rooms.get(r).is_some_and(|m| m.contains_key(&c)))
         };
         let room = match room {
             Some(r) if shares(r) => Some(r.to_owned()),
@@ -392,23 +395,25 @@ impl Hub {
         };
         let msg = Outgoing {
             kind: kind.to_owned(),
-            from: Some(session.client.clone()),
+            from: Some(session.client.to_string()),
             to: Some(to.to_owned()),
             room,
             payload,
         }
         .text();
-        self.deliver_client_locked(&st, to, &msg);
+        if let Some(c) = &client {
+            self.deliver_client_locked(&st, c, &msg);
+        }
         self.metrics.messages.inc();
         Ok(())
     }
 
     /// A message from the gateway to a client (every session of it). False if it has none.
-    pub fn from_node(&self, to: &str, kind: &str, payload: Value) -> bool {
+    pub fn from_node(&self, to: &ClientId, kind: &str, payload: Value) -> bool {
         let msg = Outgoing {
             kind: kind.to_owned(),
             from: Some(NODE_ID.into()),
-            to: Some(to.to_owned()),
+            to: Some(to.to_string()),
             room: None,
             payload,
         }
@@ -424,11 +429,11 @@ impl Hub {
     /// The first message of every session: who the client is, the timers, whether `node` answers.
     pub(super) fn welcome(&self, id: u64) -> Outgoing {
         let st = self.lock();
-        let client = st.sessions.get(&id).map(|s| s.client.clone());
+        let client = st.sessions.get(&id).map(|s| s.client);
         Outgoing {
             kind: "welcome".into(),
             from: None,
-            to: client.clone(),
+            to: client.map(|c| c.to_string()),
             room: None,
             payload: serde_json::json!({
                 "id": client,
@@ -458,6 +463,9 @@ mod tests {
 
     use super::*;
 
+    const A: ClientId = ClientId([0xa; 8]);
+    const B: ClientId = ClientId([0xb; 8]);
+
     fn hub() -> Hub {
         Hub::new(Signaling::default(), Metrics::default())
     }
@@ -473,16 +481,16 @@ mod tests {
     #[test]
     fn rooms_announce_joins_and_leaves_once_per_client() {
         let h = hub();
-        let mut a = h.register("a").unwrap();
-        let mut b1 = h.register("b").unwrap();
-        let mut b2 = h.register("b").unwrap();
-        assert_eq!(h.join(a.id, "r").unwrap(), Vec::<String>::new());
-        assert_eq!(h.join(b1.id, "r").unwrap(), vec!["a".to_string()]);
-        assert_eq!(h.join(b2.id, "r").unwrap(), vec!["a".to_string()]);
+        let mut a = h.register(A).unwrap();
+        let mut b1 = h.register(B).unwrap();
+        let mut b2 = h.register(B).unwrap();
+        assert_eq!(h.join(a.id, "r").unwrap(), Vec::<ClientId>::new());
+        assert_eq!(h.join(b1.id, "r").unwrap(), vec![A]);
+        assert_eq!(h.join(b2.id, "r").unwrap(), vec![A]);
         let got = drain(&mut a);
         assert_eq!(got.len(), 1, "one peer-joined for client b: {got:?}");
         assert_eq!(got[0].kind, "peer-joined");
-        assert_eq!(got[0].from.as_deref(), Some("b"));
+        assert_eq!(got[0].from, Some(B.to_string()));
         h.unregister(b1.id);
         assert!(drain(&mut a).is_empty(), "b still has a session in r");
         h.leave(b2.id, "r").unwrap();
@@ -494,16 +502,23 @@ mod tests {
     #[test]
     fn relay_needs_a_shared_room_and_sets_from() {
         let h = hub();
-        let a = h.register("a").unwrap();
-        let mut b = h.register("b").unwrap();
-        let err = h.relay(a.id, "offer", "b", None, Value::Null).unwrap_err();
+        let a = h.register(A).unwrap();
+        let mut b = h.register(B).unwrap();
+        let b_id = B.to_string();
+        let err = h
+            .relay(a.id, "offer", &b_id, None, Value::Null)
+            .unwrap_err();
+        assert_eq!(err.0, ErrorCode::UnknownPeer);
+        let err = h
+            .relay(a.id, "offer", "not an id", None, Value::Null)
+            .unwrap_err();
         assert_eq!(err.0, ErrorCode::UnknownPeer);
         h.join(a.id, "r").unwrap();
         h.join(b.id, "r").unwrap();
-        h.relay(a.id, "offer", "b", None, serde_json::json!({"sdp": "x"}))
+        h.relay(a.id, "offer", &b_id, None, serde_json::json!({"sdp": "x"}))
             .unwrap();
         let got = drain(&mut b);
-        assert_eq!(got[0].from.as_deref(), Some("a"));
+        assert_eq!(got[0].from, Some(A.to_string()));
         assert_eq!(got[0].room.as_deref(), Some("r"));
         assert_eq!(got[0].payload["sdp"], "x");
     }
@@ -517,9 +532,9 @@ mod tests {
             ..Default::default()
         };
         let h = Hub::new(limits, Metrics::default());
-        let a = h.register("a").unwrap();
-        assert_eq!(h.register("a").err(), Some(Refusal::TooManyForToken));
-        let b = h.register("b").unwrap();
+        let a = h.register(A).unwrap();
+        assert_eq!(h.register(A).err(), Some(Refusal::TooManyForToken));
+        let b = h.register(B).unwrap();
         h.join(a.id, "r").unwrap();
         assert_eq!(h.join(a.id, "s").unwrap_err().0, ErrorCode::TooManyRooms);
         assert_eq!(h.join(b.id, "r").unwrap_err().0, ErrorCode::RoomFull);
@@ -533,7 +548,7 @@ mod tests {
             ..Default::default()
         };
         let h = Hub::new(limits, Metrics::default());
-        let a = h.register("a").unwrap();
+        let a = h.register(A).unwrap();
         for _ in 0..3 {
             h.reply(a.id, &Outgoing::error(ErrorCode::BadMessage, "x"));
         }

@@ -109,7 +109,7 @@ pub async fn upgrade(
         }
     };
     let hub = ctx.signaling.clone();
-    let registration = match hub.register(&client) {
+    let registration = match hub.register(client) {
         Ok(r) => r,
         Err(Refusal::TooManySessions) => {
             return Problem::new(

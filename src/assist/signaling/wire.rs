@@ -6,6 +6,8 @@ use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::wire::ClientId;
+
 /// WebSocket close codes the server uses (RFC 6455 §7.4 and the private range).
 pub mod close {
     /// A message above `max_message_bytes`.
@@ -130,7 +132,7 @@ impl Outgoing {
 /// A message for the node's gateway.
 #[derive(Debug)]
 pub struct ToNode {
-    pub from: String,
+    pub from: ClientId,
     pub kind: String,
     pub payload: Value,
 }

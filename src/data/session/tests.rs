@@ -43,8 +43,7 @@ fn data(seq: u64, body: &str) -> Inner {
         seq,
         msg_id: [seq as u8; 16],
         sent_at_ms: 1,
-        from_client: None,
-        to_client: None,
+        via: Default::default(),
         body: body.into(),
     })
 }
