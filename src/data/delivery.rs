@@ -58,7 +58,7 @@ pub(crate) enum Attempt {
     Resync(usize),
 }
 
-pub(crate) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
+pub(super) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
     shared
         .outbox
         .pending(peer, 0, 1)
@@ -70,7 +70,7 @@ pub(crate) fn has_pending(shared: &Shared, peer: &PeerId) -> bool {
 }
 
 /// Delivers to `peer` until nothing is pending (or the service stops).
-pub(crate) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) {
+pub(super) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) {
     let mut backoff = Duration::from_secs(1);
     let max = Duration::from_secs(shared.cfg.max_retry_secs);
     while !shared.shutdown.is_cancelled() && has_pending(shared, &peer) {

@@ -42,7 +42,7 @@ struct Receiver<'a, S> {
 }
 
 /// Serves one inbound session until it ends.
-pub(crate) async fn serve<S>(shared: &Arc<Shared>, peer: PeerId, stream: S)
+pub(super) async fn serve<S>(shared: &Arc<Shared>, peer: PeerId, stream: S)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {

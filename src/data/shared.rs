@@ -58,33 +58,39 @@ pub enum Event {
     },
 }
 
-pub(crate) struct Shared {
-    pub(crate) keys: Arc<LocalKeys>,
-    pub(crate) node: node::Client,
-    pub(crate) control: crate::node::streams::Control,
-    pub(crate) outbox: Outbox,
-    pub(crate) inbox: Inbox,
-    pub(crate) transfers: Transfers,
-    pub(crate) bundles: crate::store::Bundles,
-    pub(crate) counters: HandshakeCounters,
-    pub(crate) cfg: super::Config,
-    pub(crate) downloads: PathBuf,
-    pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) wake: mpsc::Sender<PeerId>,
-    pub(crate) shutdown: CancellationToken,
+/// Seen only inside `data`: the service builds it, its tasks read it.
+pub(super) struct Shared {
+    // Who this node is, and what sessions need to start.
+    pub(super) keys: Arc<LocalKeys>,
+    pub(super) counters: HandshakeCounters,
+    pub(super) bundles: crate::store::Bundles,
+    // The node: its client, and its /commucat/data streams.
+    pub(super) node: node::Client,
+    pub(super) control: crate::node::streams::Control,
+    // What is stored.
+    pub(super) outbox: Outbox,
+    pub(super) inbox: Inbox,
+    pub(super) transfers: Transfers,
+    pub(super) cfg: super::Config,
+    pub(super) downloads: PathBuf,
+    // Signals: events out, wake-ups of delivery workers, the end.
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) wake: mpsc::Sender<PeerId>,
+    pub(super) shutdown: CancellationToken,
+    // Bounds on inbound sessions, in all and per peer.
     pub(super) inbound_slots: Arc<Semaphore>,
     pub(super) per_peer: Mutex<HashMap<PeerId, usize>>,
 }
 
 impl Shared {
-    pub(crate) fn emit(&self, e: Event) {
+    pub(super) fn emit(&self, e: Event) {
         let _ = self.events.send(e);
     }
 }
 
 /// The two ways to wake a delivery worker: something new to send, or the peer just connected.
 #[derive(Default)]
-pub(crate) struct Wake {
-    pub(crate) work: Notify,
-    pub(crate) seen: Notify,
+pub(super) struct Wake {
+    pub(super) work: Notify,
+    pub(super) seen: Notify,
 }
