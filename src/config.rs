@@ -5,7 +5,10 @@
 //! underscores) for keys in a section, e.g. `COMMUCAT_ROLE=bootstrap`,
 //! `COMMUCAT_KAD__MODE=server`, `COMMUCAT_NETWORK__LISTEN='["/ip4/0.0.0.0/tcp/4001"]'`.
 //! Unknown keys, in any layer, are an error that names the key and where it came from.
-//! `config/desktop.toml` documents every key.
+//!
+//! Each default is stated once, in code: the `Default` impl of its section, beside the section's
+//! owner. `config/desktop.toml` documents every key with its default for people, and a test keeps
+//! it equal to the built-in defaults.
 
 use std::{
     net::SocketAddr,

@@ -74,7 +74,7 @@ pub const MAX_EVENT_STREAMS: usize = 32;
 /// The `[control]` section.
 pub struct Config {
     /// Address of the local control API (HTTP + JSON, bearer token). Port 0 picks a free port; the
-    /// actual address is written to `DATA_DIR/control.addr`. Default: 127.0.0.1:5731.
+    /// actual address is written to `DATA_DIR/control.addr`.
     pub listen: SocketAddr,
 }
 

@@ -54,9 +54,9 @@ pub enum Mode {
 pub struct Config {
     /// `auto` (default), `client` or `server`. The bootstrap role always runs as server.
     pub mode: Mode,
-    /// Seconds before a DHT query gives up. Default: 30.
+    /// Seconds before a DHT query gives up.
     pub query_timeout_secs: NonZeroU64,
-    /// Seconds between periodic bootstrap (routing-table refresh) queries. Default: 300.
+    /// Seconds between periodic bootstrap (routing-table refresh) queries.
     pub periodic_bootstrap_secs: u64,
 }
 

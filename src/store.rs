@@ -85,7 +85,7 @@ impl Error {
 #[serde(default, deny_unknown_fields)]
 /// The `[storage]` section.
 pub struct Config {
-    /// sled page-cache size in MiB. Default: 64.
+    /// sled page-cache size in MiB.
     pub cache_mib: u64,
 }
 

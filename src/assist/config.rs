@@ -14,59 +14,58 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Serve assist mode (also `commucat run --assist`). Default: false.
+    /// Serve assist mode (also `commucat run --assist`).
     pub enabled: bool,
-    /// HTTP(S) address of the assist API. Port 0 picks a free port. Default: 0.0.0.0:8443.
+    /// HTTP(S) address of the assist API. Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// UDP address of the ICE-lite STUN responder. Port 0 picks a free port. Default: 0.0.0.0:3478.
+    /// UDP address of the ICE-lite STUN responder. Port 0 picks a free port.
     pub stun_listen: SocketAddr,
-    /// Domain name `/api/server-info` reports. Default: none (the field is left out).
+    /// Domain name `/api/server-info` reports; without one the field is left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// Public IP address of the STUN responder's host candidate. Default: none = the
-    /// `stun_listen` address when it is a specific one, else the node's first confirmed external
-    /// address; no candidate is offered when there is neither.
+    /// Public IP address of the STUN responder's host candidate. Without one: the `stun_listen`
+    /// address when it is a specific one, else the node's first confirmed external address; no
+    /// candidate is offered when there is neither.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<std::net::IpAddr>,
-    /// PEM certificate chain for HTTPS; with `tls_key`. Default: none (plain HTTP).
+    /// PEM certificate chain for HTTPS; with `tls_key`. Without both: plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for HTTPS. Default: none.
+    /// PEM private key for HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// Bearer tokens accepted besides the ones issued with `commucat token issue`, as SHA-256 hex
-    /// (`commucat token hash TOKEN`). Default: none.
+    /// (`commucat token hash TOKEN`).
     pub token_hashes: Vec<String>,
-    /// Lifetime of the ICE credentials (and TURN REST credentials) handed out. Default: 600.
+    /// Lifetime of the ICE credentials (and TURN REST credentials) handed out.
     pub ice_ttl_secs: NonZeroU64,
-    /// STUN/TURN keepalive interval advised to clients. Default: 30.
+    /// STUN/TURN keepalive interval advised to clients.
     pub keepalive_interval_secs: u64,
-    /// ICE credentials remembered at once for STUN checks; the oldest are forgotten. Default: 65536.
+    /// ICE credentials remembered at once for STUN checks; the oldest are forgotten.
     pub max_ice_credentials: NonZeroUsize,
-    /// Paths a request may name. Default: 8.
+    /// Paths a request may name.
     pub max_paths: NonZeroUsize,
-    /// Milliseconds each path probe may take (probes run in parallel). Default: 2000.
+    /// Milliseconds each path probe may take (probes run in parallel).
     pub probe_timeout_ms: NonZeroU64,
     /// Paths one token may name for probing per minute (each costs a TCP and a QUIC dial); more
-    /// get 429. Default: 32.
+    /// get 429.
     pub probes_per_token_per_minute: NonZeroU32,
     /// Probe paths whose addresses are not public (loopback, private, link-local, carrier-grade
     /// NAT, …; for a host name, any address it resolves to). Off, such paths get 400 without
-    /// being probed: otherwise any token holder could map the node's own network. Default: false.
+    /// being probed: otherwise any token holder could map the node's own network.
     pub probe_private_targets: bool,
-    /// Largest request body, bytes; larger ones get 413. Default: 16384.
+    /// Largest request body, bytes; larger ones get 413.
     pub max_body_bytes: NonZeroUsize,
-    /// Requests one IP address may make per `rate_window_secs` (IPv6: per /64). Default: 30.
+    /// Requests one IP address may make per `rate_window_secs` (IPv6: per /64).
     pub rate_burst: NonZeroU32,
-    /// Window of the per-IP request limit. Default: 60.
+    /// Window of the per-IP request limit.
     pub rate_window_secs: NonZeroU64,
-    /// Seconds an IP address that went over the limit is refused (429). Default: 60.
+    /// Seconds an IP address that went over the limit is refused (429).
     pub rate_penalty_secs: u64,
-    /// STUN requests one IP address may send per second; more are dropped. Default: 50.
+    /// STUN requests one IP address may send per second; more are dropped.
     pub stun_per_ip_per_second: NonZeroU32,
     /// STUN answers the responder sends per second to all addresses together; requests beyond it
     /// are dropped (a flood from many spoofed addresses cannot turn the node into a reflector).
-    /// Default: 2000.
     pub stun_answers_per_second: NonZeroU32,
     /// TURN servers handed to clients.
     pub turn: Vec<TurnServer>,
@@ -81,30 +80,29 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Signaling {
     /// Largest message, bytes; a larger one gets `error` (`too-large`) and the session closes
-    /// (1009). Default: 65536.
+    /// (1009).
     pub max_message_bytes: NonZeroUsize,
     /// Messages queued for one session; when it overflows the session is closed (4000).
-    /// Default: 1024.
     pub send_queue_messages: NonZeroUsize,
-    /// Bytes queued for one session, likewise. Default: 1048576.
+    /// Bytes queued for one session, likewise.
     pub send_queue_bytes: NonZeroUsize,
-    /// Messages a session may send per second, on average. Default: 20.
+    /// Messages a session may send per second, on average.
     pub messages_per_second: NonZeroU32,
-    /// Messages a session may send at once before the rate applies. Default: 100.
+    /// Messages a session may send at once before the rate applies.
     pub burst: NonZeroU32,
-    /// Rooms one session may be in. Default: 16.
+    /// Rooms one session may be in.
     pub max_rooms_per_session: NonZeroUsize,
-    /// Clients one room may hold. Default: 10000.
+    /// Clients one room may hold.
     pub max_room_members: NonZeroUsize,
-    /// Rooms at once on this node. Default: 10000.
+    /// Rooms at once on this node.
     pub max_rooms: NonZeroUsize,
-    /// Sessions open at once on this node. Default: 16384.
+    /// Sessions open at once on this node.
     pub max_sessions: NonZeroUsize,
-    /// Sessions one token may have open at once. Default: 8.
+    /// Sessions one token may have open at once.
     pub max_sessions_per_token: NonZeroUsize,
-    /// Seconds between the server's WebSocket pings. Default: 15.
+    /// Seconds between the server's WebSocket pings.
     pub ping_interval_secs: NonZeroU64,
-    /// A session that sends nothing (not even a pong) for this long is closed (4001). Default: 60.
+    /// A session that sends nothing (not even a pong) for this long is closed (4001).
     pub idle_timeout_secs: NonZeroU64,
 }
 
@@ -131,14 +129,14 @@ impl Default for Signaling {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Gateway {
-    /// Answer light clients' offers as `node`. Default: true.
+    /// Answer light clients' offers as `node`.
     pub enabled: bool,
     /// Local UDP addresses for WebRTC; `0.0.0.0:0` binds every non-loopback interface on a free
-    /// port. Default: ["0.0.0.0:0"].
+    /// port.
     pub udp_listen: Vec<SocketAddr>,
-    /// Peer connections with light clients at once. Default: 256.
+    /// Peer connections with light clients at once.
     pub max_connections: NonZeroUsize,
-    /// Seconds a peer connection may take to open its DataChannel. Default: 30.
+    /// Seconds a peer connection may take to open its DataChannel.
     pub connect_timeout_secs: NonZeroU64,
 }
 

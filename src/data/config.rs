@@ -9,25 +9,25 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 /// The `[data]` section.
 pub struct Config {
-    /// Where received files land. Default: empty = `DATA_DIR/downloads`.
+    /// Where received files land; without one, `DATA_DIR/downloads`.
     pub downloads_dir: Option<std::path::PathBuf>,
-    /// Largest file this node accepts. Default: 4 GiB.
+    /// Largest file this node accepts.
     pub max_file_bytes: u64,
-    /// RaptorQ symbol size of files this node sends (64 … 8192, multiple of 8). Default: 1024.
+    /// RaptorQ symbol size of files this node sends (64 … 8192, multiple of 8).
     pub symbol_size: u16,
     /// Bytes per RaptorQ source block of files this node sends (a multiple of the symbol size,
-    /// 4 KiB … 4 MiB). Default: 1048576.
+    /// 4 KiB … 4 MiB).
     pub block_size: u32,
-    /// Repair packets per block in ‰ of its source packets; 0 on a reliable stream. Default: 0.
+    /// Repair packets per block in ‰ of its source packets; 0 on a reliable stream.
     pub repair_per_mille: u16,
-    /// Longest wait between delivery attempts to an unreachable peer (backoff from 1 s). Default: 60.
+    /// Longest wait between delivery attempts to an unreachable peer (backoff from 1 s).
     pub max_retry_secs: u64,
-    /// Upper bound on the rate this node sends file data at, KiB/s; 0 = unlimited. Default: 0.
+    /// Upper bound on the rate this node sends file data at, KiB/s; 0 = unlimited.
     pub max_send_rate_kib: u64,
     /// Age at which the key bundle (Noise static key and ML-KEM-768 key) is replaced by a new one;
-    /// 0 = never. Default: 604800 (a week).
+    /// 0 = never.
     pub key_rotation_secs: u64,
-    /// How long a replaced bundle still answers handshakes that name it. Default: 604800.
+    /// How long a replaced bundle still answers handshakes that name it.
     pub key_grace_secs: u64,
 }
 

@@ -75,115 +75,113 @@ impl std::fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
-    /// Addresses to listen on. Default: TCP and QUIC on all IPv4 and IPv6 interfaces, port 4001.
+    /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
     /// Addresses this node is known to be reachable at (e.g. a server's public address); they are
-    /// announced and count as confirmed. Default: none.
+    /// announced and count as confirmed.
     pub external_addresses: Vec<Multiaddr>,
-    /// Seconds a connection with no active protocol stays open. Default: 120.
+    /// Seconds a connection with no active protocol stays open.
     pub idle_connection_timeout_secs: u64,
-    /// Seconds between pings on each connection (liveness and the RTT shown by `peers`). Default: 15.
+    /// Seconds between pings on each connection (liveness and the RTT shown by `peers`).
     pub ping_interval_secs: NonZeroU64,
-    /// Established connections, in total. Default: 256.
+    /// Established connections, in total.
     pub max_connections: NonZeroU32,
     /// Established connections to one peer: TCP and QUIC, a relayed one, AutoNAT dial-backs
-    /// (which count too) and hole-punch attempts. Default: 8.
+    /// (which count too) and hole-punch attempts.
     pub max_connections_per_peer: NonZeroU32,
     /// Incoming connections still handshaking, per transport: TCP and QUIC each have this many,
-    /// so a flood on one leaves the other alone. Default: 64.
+    /// so a flood on one leaves the other alone.
     pub max_pending_incoming: NonZeroU32,
-    /// Incoming connections still handshaking from one IP address (IPv6: one /64). Default: 8.
+    /// Incoming connections still handshaking from one IP address (IPv6: one /64).
     pub max_pending_incoming_per_ip: NonZeroU32,
     /// Incoming connections established from one IP address (IPv6: one /64); outgoing ones are
-    /// not counted. Default: 32.
+    /// not counted.
     pub max_connections_per_ip: NonZeroU32,
     /// Seconds an incoming TCP connection has to finish its security and multiplexer handshake
-    /// (a few round trips); outgoing dials get 20. QUIC's handshake has its own 5 s. Default: 5.
+    /// (a few round trips); outgoing dials get 20. QUIC's handshake has its own 5 s.
     pub inbound_handshake_timeout_secs: NonZeroU64,
-    /// Outgoing dials in progress. Default: 64.
+    /// Outgoing dials in progress.
     pub max_pending_outgoing: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Bootstrap {
-    /// Peers to join the network through, as multiaddrs ending in `/p2p/<peer-id>`.
-    /// Default: the list in `bootstrap/peers.toml`, compiled in.
+    /// Peers to join the network through, as multiaddrs ending in `/p2p/<peer-id>`. The built-in
+    /// list is `bootstrap/peers.toml`, compiled in.
     pub peers: Vec<Multiaddr>,
     /// When fewer peers than this are connected, bootstrap and remembered peers are dialled again.
-    /// Default: 4.
     pub min_peers: usize,
-    /// Seconds between those checks. Default: 30.
+    /// Seconds between those checks.
     pub check_interval_secs: NonZeroU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Mdns {
-    /// Discover peers on the local network with mDNS and dial them. Default: true.
+    /// Discover peers on the local network with mDNS and dial them.
     pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Autonat {
-    /// Run the AutoNAT v2 server (always on for the bootstrap role). Default: false.
+    /// Run the AutoNAT v2 server (always on for the bootstrap role).
     pub server: bool,
-    /// Seconds between AutoNAT v2 probes of candidate external addresses. Default: 5.
+    /// Seconds between AutoNAT v2 probes of candidate external addresses.
     pub probe_interval_secs: NonZeroU64,
     /// Candidate external addresses tested at most per probe round; 0 turns AutoNAT v2 probing
-    /// off. Default: 10.
+    /// off.
     pub max_candidates: usize,
     /// Seconds between re-checks of reachability that has been settled (AutoNAT v1 probes);
     /// confirmed addresses that stopped working are dropped, working ones that failed before are
-    /// confirmed. AutoNAT v2 alone never tests an address twice (rust-libp2p #6203). Default: 300.
+    /// confirmed. AutoNAT v2 alone never tests an address twice (rust-libp2p #6203).
     pub recheck_secs: NonZeroU64,
     /// Ask and answer AutoNAT probes only for globally routable IP addresses. Turn off on private
-    /// test networks. Default: true.
+    /// test networks.
     pub only_global_ips: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Relay {
-    /// Run the circuit relay v2 server (always on for the bootstrap role). Default: false.
+    /// Run the circuit relay v2 server (always on for the bootstrap role).
     pub server: bool,
     /// Relays a node that is not publicly reachable keeps reservations on (taken from the
     /// bootstrap list, then from relays met through the DHT). 0 turns the relay client off.
-    /// Default: 2.
     pub reservations: usize,
-    /// Server: reservations held at once. Default: 512.
+    /// Server: reservations held at once.
     pub max_reservations: usize,
-    /// Server: reservations one peer holds at once. Default: 4.
+    /// Server: reservations one peer holds at once.
     pub max_reservations_per_peer: usize,
-    /// Server: lifetime of a reservation; clients renew before it ends. Default: 3600.
+    /// Server: lifetime of a reservation; clients renew before it ends.
     pub reservation_duration_secs: NonZeroU64,
-    /// Server: relayed connections open at once. Default: 128.
+    /// Server: relayed connections open at once.
     pub max_circuits: usize,
-    /// Server: relayed connections one peer has open at once. Default: 8.
+    /// Server: relayed connections one peer has open at once.
     pub max_circuits_per_peer: usize,
     /// Server: lifetime of one relayed connection, after which the peers reconnect. libp2p's
-    /// 2 minutes cut file transfers short. Default: 3600.
+    /// 2 minutes cut file transfers short.
     pub max_circuit_duration_secs: NonZeroU64,
     /// Server: bytes one relayed connection carries (both directions) before it is closed; 0 means
-    /// no limit. libp2p's 128 KiB does not fit one photo. Default: 1073741824 (1 GiB).
+    /// no limit. libp2p's 128 KiB does not fit one photo.
     pub max_circuit_bytes: u64,
-    /// Server: reservation requests per minute from one peer (also the burst). Default: 10.
+    /// Server: reservation requests per minute from one peer (also the burst).
     pub reservations_per_peer_per_minute: NonZeroU32,
-    /// Server: reservation requests per minute from one IP address. Default: 30.
+    /// Server: reservation requests per minute from one IP address.
     pub reservations_per_ip_per_minute: NonZeroU32,
-    /// Server: circuit requests per minute from one source peer. Default: 30.
+    /// Server: circuit requests per minute from one source peer.
     pub circuits_per_peer_per_minute: NonZeroU32,
-    /// Server: circuit requests per minute from one source IP address. Default: 60.
+    /// Server: circuit requests per minute from one source IP address.
     pub circuits_per_ip_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Presence {
-    /// Lifetime of the signed presence record this node publishes in the DHT. Default: 3600.
+    /// Lifetime of the signed presence record this node publishes in the DHT.
     pub ttl_secs: u64,
-    /// Seconds between republications (addresses that change trigger one sooner). Default: 1200.
+    /// Seconds between republications (addresses that change trigger one sooner).
     pub republish_secs: u64,
 }
 

@@ -27,12 +27,11 @@ pub struct Limits {
 #[serde(default, deny_unknown_fields)]
 /// The `[peerbook]` section.
 pub struct Config {
-    /// Peers remembered across restarts; the least recently seen are forgotten first. Default: 1000.
+    /// Peers remembered across restarts; the least recently seen are forgotten first.
     pub max_peers: usize,
-    /// Addresses remembered per peer. Default: 8.
+    /// Addresses remembered per peer.
     pub max_addrs_per_peer: usize,
     /// Most recently seen peers dialled again when the node starts, and while it has too few peers.
-    /// Default: 16.
     pub redial_on_start: usize,
 }
 
