@@ -214,33 +214,30 @@ pub async fn transfers(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let list: TransferList = control::Client::for_data_dir(dir)?
         .get(routes::TRANSFERS)
         .await?;
-    let state = |s: transfers::State| {
-        serde_json::to_value(s)
+    let row = |dir: &str, f: &transfers::TransferFile, peer: &PeerId, name: String| {
+        let state = serde_json::to_value(f.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        vec![
+            dir.to_owned(),
+            state,
+            format!("{}/{}", f.blocks_done, f.blocks_total),
+            f.layout.size.to_string(),
+            peer.to_string(),
+            name,
+        ]
     };
-    let out = list.outgoing.iter().map(|t| {
-        vec![
-            "out".into(),
-            state(t.file.state),
-            format!("{}/{}", t.file.blocks_done, t.file.blocks_total),
-            t.file.layout.size.to_string(),
-            t.to.to_string(),
-            t.file.name.clone(),
-        ]
-    });
+    let out = list
+        .outgoing
+        .iter()
+        .map(|t| row("out", &t.file, &t.to, t.file.name.clone()));
     let inc = list.incoming.iter().map(|t| {
-        vec![
-            "in".into(),
-            state(t.file.state),
-            format!("{}/{}", t.file.blocks_done, t.file.blocks_total),
-            t.file.layout.size.to_string(),
-            t.from.to_string(),
-            t.final_path
-                .as_ref()
-                .map_or_else(|| t.file.name.clone(), |p| p.display().to_string()),
-        ]
+        let name = t
+            .final_path
+            .as_ref()
+            .map_or_else(|| t.file.name.clone(), |p| p.display().to_string());
+        row("in", &t.file, &t.from, name)
     });
     let header = ["DIR", "STATE", "BLOCKS", "SIZE", "PEER", "NAME"];
     listing(&list, as_json, &header, out.chain(inc), "No transfers.")
