@@ -1,4 +1,4 @@
-//! A CommuCat node: an event loop that owns the libp2p [`Swarm`](libp2p::Swarm) in one task, and a
+//! A CommuCat node: an event loop that owns the libp2p [`libp2p::Swarm`] in one task, and a
 //! [`Client`] through which everything else (control API, CLI, tests, simnet) talks to it.
 //!
 //! The same node runs on real sockets ([`Transport::Network`]) or many in one process on the

@@ -3,8 +3,9 @@
 //!
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
-//! handshakes) and `meta` (small counters: the outbox epoch, the presence record sequence number,
-//! the commit generation).
+//! handshakes, [`Bundles`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
+//! counters: the outbox epoch, the presence record sequence number ([`PresenceSeq`]), the commit
+//! generation).
 
 pub mod commit;
 pub mod inbox;

@@ -1,7 +1,7 @@
 //! The wire format of `/commucat/data/1.0.0` (`protocols/data-v1.md` §1–§2): the outer frames, the
 //! inner frames carried by SEALED, and a `tokio_util` decoder that checks a frame's length before it
 //! allocates for it and tells "need more bytes" from "malformed". Below the node and the store: both
-//! use its types ([`PROTOCOL`], [`ClientId`], the ERROR frame of [`refuse`]).
+//! use its types ([`PROTOCOL`], [`ClientId`] and [`Via`], the ERROR frame of [`refuse`]).
 
 use std::time::Duration;
 

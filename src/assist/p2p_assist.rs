@@ -94,7 +94,7 @@ fn bad(detail: String) -> Problem {
 }
 
 /// The checks a `POST /api/p2p/assist` body gets before anything touches the network: JSON that
-/// fits [`Request`], then [`validate`]. `Err` with the problem's detail. (The entry point of
+/// fits [`Request`], then `validate`. `Err` with the problem's detail. (The entry point of
 /// `fuzz/fuzz_targets/assist_request.rs`.)
 pub fn check_request(body: &[u8], max_paths: usize) -> Result<(), String> {
     let req: Request = serde_json::from_slice(body).map_err(|e| e.to_string())?;

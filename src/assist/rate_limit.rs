@@ -3,7 +3,7 @@
 //! Keys are source addresses — IPv6 counted per /64 (one subscriber), IPv4 per address — or, for
 //! path probes, bearer tokens. The table of keys is bounded.
 //!
-//! [`Bucket`] is a per-session token bucket over messages (signaling sessions, gateway
+//! `Bucket` is a per-session token bucket over messages (signaling sessions, gateway
 //! DataChannels).
 //!
 //! Hand-written rather than `governor`: the penalty box and a hard bound on tracked addresses

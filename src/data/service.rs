@@ -1,6 +1,6 @@
 //! The data service: accepts `/commucat/data/1.0.0` streams (one task per session, bounded) and runs
 //! delivery workers that carry the outbox and outgoing files to their peers. It talks to the node
-//! only through [`node::Client`] and the data streams' control ([`super::streams`]), never from
+//! only through [`node::Client`] and the data streams' control ([`crate::node::streams`]), never from
 //! inside the event loop.
 
 use std::{

@@ -189,7 +189,7 @@ pub struct Behaviour {
 }
 
 /// The behaviour, its inbound queue, and a handle to open streams. The protocol is offered to
-/// peers once [`Incoming::offer`] is called.
+/// peers once `Incoming::offer` is called.
 pub fn new(metrics: Metrics) -> (Behaviour, Incoming, Control) {
     let (tx, rx) = mpsc::channel(MAX_QUEUED_STREAMS);
     let (opens_tx, opens) = mpsc::channel(OPEN_QUEUE);

@@ -175,7 +175,7 @@ impl Committer {
     }
 
     /// Makes everything written so far durable and records that it was. Commits may run
-    /// concurrently: the stored generation only grows (see [`Committer::bump`]), and a record is
+    /// concurrently: the stored generation only grows (see `Committer::bump`), and a record is
     /// written only after a flush that covered its generation, so the file never names a
     /// generation the database does not durably hold.
     pub async fn commit(&self) -> Result<(), Error> {

@@ -1,6 +1,6 @@
 //! The signaling hub: every session, client and room, under one lock that is never held across an
 //! await. Messages are queued per session (bounded in messages and bytes); a full queue ends the
-//! session ([`Reason::SlowReader`]) instead of growing.
+//! session (`Reason::SlowReader`) instead of growing.
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},

@@ -1,6 +1,6 @@
 //! Signaling messages (`protocols/signaling-v1.md` §3–§4): what clients send ([`Request`], typed by
 //! its `type`), what the server sends ([`Outgoing`]), error and close codes, and why a session
-//! ended ([`Reason`]).
+//! ended (`Reason`).
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
