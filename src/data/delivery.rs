@@ -146,10 +146,10 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(b) = &session.remote_bundle {
-        if let Err(e) = shared.bundles.put(&peer, b.as_bytes()) {
-            tracing::warn!(%peer, error = %e, "cannot keep the peer's bundle for the next session");
-        }
+    if let Some(b) = &session.remote_bundle
+        && let Err(e) = shared.bundles.put(&peer, b.as_bytes())
+    {
+        tracing::warn!(%peer, error = %e, "cannot keep the peer's bundle for the next session");
     }
     let mut reader = session.reader;
     let (tx, rx) = mpsc::channel(READ_BUFFER);

@@ -136,7 +136,7 @@ impl Inbox {
                     body: body.to_owned(),
                     sent_at_ms,
                     received_at_ms,
-                    via: via.clone(),
+                    via: *via,
                 };
                 messages.insert(
                     &local.to_be_bytes(),

@@ -115,7 +115,7 @@ impl Outbox {
                 seq,
                 body: body.clone(),
                 created_at_ms,
-                via: via.clone(),
+                via,
             };
             let value = serde_json::to_vec(&msg).expect("messages serialise");
             queue.insert(queue_key(&to, seq), value)?;
