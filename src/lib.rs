@@ -9,7 +9,8 @@
 //! - [`identity`]: Ed25519 (PeerId) + ML-DSA-65 keys and their binding (`protocols/identity-v1.md`).
 //! - [`crypto`]: key bundle and key ring, the hybrid post-quantum handshake, AEAD
 //!   (`protocols/data-v1.md`).
-//! - [`wire`]: the frames of `/commucat/data/1.0.0`, checked before anything is allocated.
+//! - [`wire`]: the frames of `/commucat/data/1.0.0`, checked before anything is allocated, and the
+//!   light-client ids DATA_VIA carries ([`wire::ClientId`], [`wire::Via`]).
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0` and its signed presence records.
 //! - [`nat`]: reachability and relay state machines.
 //! - [`store`]: the only code that touches sled: peer book, outbox, inbox, transfers, tokens, and
