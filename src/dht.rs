@@ -4,6 +4,7 @@
 //! bootstrap nodes always serve. Peers learned through identify that speak [`PROTOCOL`] go into
 //! the routing table; a periodic bootstrap query keeps it fresh.
 
+pub mod name;
 pub mod record;
 
 use std::{
@@ -26,7 +27,7 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/commucat/kad/1.0.0");
 /// Largest Kademlia message: a presence record with its key bundle is about 13.5 KB, plus closer
 /// peers in the same response.
 pub const MAX_KAD_PACKET: usize = 64 * 1024;
-/// Records (other nodes' presence) a node keeps for the DHT.
+/// Records (other nodes' presence and name records) a node keeps for the DHT.
 pub const MAX_STORED_RECORDS: usize = 4096;
 /// k: bucket size and number of closest peers a lookup converges on.
 pub const K_VALUE: NonZeroUsize = NonZeroUsize::new(20).expect("20 > 0");
@@ -35,6 +36,27 @@ pub const K_VALUE: NonZeroUsize = NonZeroUsize::new(20).expect("20 > 0");
 pub const FIND_PEER_RESULTS: NonZeroUsize = NonZeroUsize::MIN;
 
 pub type Behaviour = kad::Behaviour<MemoryStore>;
+
+/// What a node does with a record it is asked to store under `key`, holding `current` (the value it
+/// stores there now, if any) at `now`: the validation rules of the record's kind
+/// (`dht-records-v1.md` for presence, `names-v1.md` for names, with its conflict rule).
+/// `Ok(Some(expires_at))`: store it; `Ok(None)`: the same record again, nothing to do.
+pub fn admit(
+    key: &[u8],
+    value: &[u8],
+    current: Option<&[u8]>,
+    now: u64,
+) -> Result<Option<u64>, record::Reject> {
+    if name::is_name_key(key) {
+        let new = name::verify(key, value, now)?;
+        // A held record that no longer verifies (it expired) holds nothing.
+        let held = current.and_then(|c| Some((name::verify(key, c, now).ok()?, c)));
+        let held = held.as_ref().map(|(n, c)| (n, *c));
+        return Ok(name::admits(held, &new, value, now)?.then_some(new.expires_at));
+    }
+    let new = record::verify(key, value, now)?;
+    Ok(record::replaces(current, value, new.seq)?.then_some(new.expires_at))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

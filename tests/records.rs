@@ -1,7 +1,7 @@
-//! Signed presence records under attack: a plain Kademlia peer PUTs a record with a broken
-//! signature, one signed by its own keys under the victim's key, an older genuine record (replay)
-//! and garbage to every node. Every node rejects each (counted per reason) and every node's lookup
-//! still returns the victim's newest genuine record.
+//! Signed DHT records under attack: a plain Kademlia peer PUTs to every node presence records with
+//! a broken signature, signed by its own keys under the victim's key, replayed or garbage; and name
+//! records claiming a look-alike of a held name, replayed, broken or garbage. Every node rejects
+//! each (counted per reason) and still answers with the genuine record.
 
 mod common;
 
@@ -205,6 +205,125 @@ async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
             "the victim's own key bundle"
         );
         assert_eq!(p.addrs, genuine.addrs);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Name records (`protocols/names-v1.md`) PUT by a plain Kademlia peer: the owner's genuine record
+/// is stored; a look-alike claimed by another key while it lives (`taken`), the owner's older
+/// record (`stale`), a broken signature and garbage are rejected by every node, and every node
+/// still answers with the owner's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_forged_and_stale_name_records_are_rejected_everywhere() {
+    use commucat::{dht::name, identity::Identity, names::Handle};
+
+    let cfg = config(&[]);
+    let first = Peer::start(
+        &cfg,
+        Arc::new(LocalKeys::generate()),
+        Store::temporary().unwrap(),
+    )
+    .await;
+    let mut cfg = cfg;
+    cfg.bootstrap.peers = vec![first.addr().await];
+    let mut nodes = vec![first];
+    for _ in 1..3 {
+        nodes.push(
+            Peer::start(
+                &cfg,
+                Arc::new(LocalKeys::generate()),
+                Store::temporary().unwrap(),
+            )
+            .await,
+        );
+    }
+    let mut m = attacker();
+    m.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
+        .unwrap();
+    let mut targets = Vec::new();
+    for n in &nodes {
+        let addr = n.addr().await;
+        m.behaviour_mut().add_address(&n.peer_id(), addr.clone());
+        m.dial(addr).unwrap();
+        targets.push(n.peer_id());
+    }
+    let put = async |m: &mut Swarm<kad::Behaviour<MemoryStore>>, value: Vec<u8>| {
+        let alice = Handle::parse("alice").unwrap();
+        let rec = Record::new(name::key(&alice), value);
+        m.behaviour_mut()
+            .put_record_to(rec, targets.iter().copied(), Quorum::One);
+        drive(m, |e| match e {
+            SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::PutRecord(_),
+                ..
+            }) => Some(()),
+            _ => None,
+        })
+        .await;
+    };
+
+    let owner = Identity::generate();
+    let mallory = Identity::generate();
+    let now = commucat::time::unix_secs();
+    let alice = Handle::parse("alice").unwrap();
+    let older = name::sign(&owner, &alice, 1, now + 600, false);
+    let genuine = name::sign(&owner, &alice, 2, now + 600, false);
+    put(&mut m, genuine.clone()).await;
+    let mut bad_sig = genuine.clone();
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 0x01;
+    let look_alike = name::sign(
+        &mallory,
+        &Handle::parse("A1ICE").unwrap(),
+        9,
+        now + 600,
+        false,
+    );
+    let attacks = [
+        ("taken", look_alike),
+        ("stale", older),
+        ("bad_signature", bad_sig),
+        ("malformed", b"not a name record".to_vec()),
+    ];
+    for (_, value) in &attacks {
+        put(&mut m, value.clone()).await;
+    }
+    for n in &nodes {
+        until(
+            "each node to count each rejected name record",
+            WAIT,
+            || async {
+                let r = rejected(n).await;
+                attacks
+                    .iter()
+                    .all(|(reason, _)| r.get(*reason).copied().unwrap_or(0.0) >= 1.0)
+            },
+        )
+        .await;
+    }
+    // Every record the DHT returns for the name is the owner's.
+    m.behaviour_mut().get_record(name::key(&alice));
+    let mut found = Vec::new();
+    drive(&mut m, |e| match e {
+        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed { result, step, .. }) => {
+            if let kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(r))) = result {
+                found.push(r.record.value);
+            }
+            step.last.then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    assert!(!found.is_empty(), "the owner's record is in the DHT");
+    for value in found {
+        let n = name::verify(name::key(&alice).as_ref(), &value, now).unwrap();
+        assert_eq!(
+            (n.peer, n.seq),
+            (owner.peer_id(), 2),
+            "the owner's newest record"
+        );
     }
     for n in nodes {
         n.stop().await;

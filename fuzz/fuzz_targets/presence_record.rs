@@ -1,8 +1,10 @@
-//! Signed presence records (`protocols/dht-records-v1.md`) as a DHT node receives them in a PUT:
-//! a key and a value, verified against each other and the clock.
+//! Signed DHT records as a node receives them in a PUT: presence records
+//! (`protocols/dht-records-v1.md`) and name records (`protocols/names-v1.md`), a key and a value
+//! judged by `dht::admit` against the clock, with nothing stored under the key and with the value
+//! itself stored there.
 #![no_main]
 
-use commucat::dht::record;
+use commucat::dht;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let split = usize::from(key_len).min(rest.len());
     let (key, value) = rest.split_at(split);
-    // Within the validity of the record in protocols/vectors/dht-records-v1.json, the seed.
-    let _ = record::verify(key, value, 1_700_000_100);
+    // Within the validity of the records in protocols/vectors/dht-records-v1.json and
+    // names-v1.json, the seeds.
+    let now = 1_700_000_100;
+    let _ = dht::admit(key, value, None, now);
+    let _ = dht::admit(key, value, Some(value), now);
 });

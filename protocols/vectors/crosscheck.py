@@ -10,6 +10,8 @@ handshake hash (noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hash
 SEALED frame (AES-256-GCM from pyca/cryptography).
 identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
 Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
+names-v1.json: normalises the typed handle with Python's unicodedata (NFKC) and str.casefold, and
+verifies the name record's binding and signatures likewise.
 Exits non-zero on any mismatch.
 """
 import hashlib
@@ -17,6 +19,7 @@ import hmac
 import json
 import pathlib
 import sys
+import unicodedata
 import warnings
 
 from cryptography.hazmat.primitives import serialization
@@ -127,4 +130,28 @@ check("record: Ed25519 signature", ed_ok(ed_sig, b"commucat/presence/v1" + key +
 check("record: ML-DSA-65 signature", ML_DSA_65.verify(bundle_ml_pk, key + body, ml_sig, ctx=b"commucat/presence/v1"))
 check("bundle: Ed25519 signature", ed_ok(bundle_ed, b"commucat/bundle/v1" + peer + bundle_body))
 check("bundle: ML-DSA-65 signature", ML_DSA_65.verify(bundle_ml_pk, peer + bundle_body, bundle_ml, ctx=b"commucat/bundle/v1"))
+
+# names-v1: a name record (handle, PeerId, identity binding) and its signatures.
+name = json.loads((here / "names-v1.json").read_text())
+typed = name["handle_typed"]
+check("name: handle normalised (NFKC, case folding, NFKC)",
+      unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", typed).casefold()) == name["handle"])
+key, value = b(name["key"]), b(name["value"])
+check("name: key is the prefix and the skeleton", key == b"/commucat/name/" + name["skeleton"].encode())
+body, ed_sig, ml_sig = value[:-3373], value[-3373:-3309], value[-3309:]
+hlen = body[18]
+handle = body[19:19 + hlen]
+plen = body[19 + hlen]
+peer = body[20 + hlen:20 + hlen + plen]
+rest = body[20 + hlen + plen:]
+ml_pk, bind_ed, bind_ml = rest[:1952], rest[1952:2016], rest[2016:]
+check("name: layout", body[0] == 1 and body[1] == 0 and len(bind_ml) == 3309 and handle == name["handle"].encode())
+check("name: seq and expiry", int.from_bytes(body[2:10], "big") == name["seq"]
+      and int.from_bytes(body[10:18], "big") == name["expires_at"])
+ed_pub = Ed25519PublicKey.from_public_bytes(peer[6:])
+check("name: binding Ed25519 signature", ed_ok(bind_ed, b"commucat/identity/v1/ml-dsa-65-key" + ml_pk))
+check("name: binding ML-DSA-65 signature",
+      ML_DSA_65.verify(ml_pk, peer, bind_ml, ctx=b"commucat/identity/v1/peer-id"))
+check("name: Ed25519 signature", ed_ok(ed_sig, b"commucat/name/v1" + key + body))
+check("name: ML-DSA-65 signature", ML_DSA_65.verify(ml_pk, key + body, ml_sig, ctx=b"commucat/name/v1"))
 sys.exit(1 if failures else 0)

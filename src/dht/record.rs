@@ -1,4 +1,4 @@
-//! Signed presence records (`protocols/dht-records-v1.md`): a node's addresses and key bundle under
+//! Signed presence records (`protocols/dht-records-v1.md`; name records are [`super::name`]): a node's addresses and key bundle under
 //! `/commucat/presence/<peer-id>`, signed with its Ed25519 and ML-DSA-65 keys; and the validation
 //! every node applies before it stores or believes one.
 
@@ -37,6 +37,12 @@ pub enum Reject {
     Equivocation,
     #[error("overload")]
     Overload,
+    /// A name record for a handle another key holds (`names-v1.md` rule 6).
+    #[error("taken")]
+    Taken,
+    /// A name record whose handle is not in normal form.
+    #[error("unnormalised")]
+    Unnormalised,
 }
 
 impl Reject {
@@ -49,6 +55,8 @@ impl Reject {
             Reject::Stale => "stale",
             Reject::Equivocation => "equivocation",
             Reject::Overload => "overload",
+            Reject::Taken => "taken",
+            Reject::Unnormalised => "unnormalised",
         }
     }
 }
@@ -191,10 +199,11 @@ pub fn replaces(current: Option<&[u8]>, new_value: &[u8], new_seq: u64) -> Resul
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads a record's fields in order; running short is [`Reject::Malformed`].
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Reject> {
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], Reject> {
         if self.0.len() < n {
             return Err(Reject::Malformed);
         }
@@ -202,13 +211,13 @@ impl<'a> Reader<'a> {
         self.0 = t;
         Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, Reject> {
+    pub(super) fn u8(&mut self) -> Result<u8, Reject> {
         Ok(self.bytes(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, Reject> {
+    pub(super) fn u16(&mut self) -> Result<u16, Reject> {
         Ok(u16::from_be_bytes(self.bytes(2)?.try_into().expect("2")))
     }
-    fn u64(&mut self) -> Result<u64, Reject> {
+    pub(super) fn u64(&mut self) -> Result<u64, Reject> {
         Ok(u64::from_be_bytes(self.bytes(8)?.try_into().expect("8")))
     }
 }

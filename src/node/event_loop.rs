@@ -101,10 +101,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) enum Internal {
     /// Our presence record, signed.
     Signed { record: kad::Record, seq: u64 },
-    /// An inbound record checked: `(seq, expires_at)` or why not.
+    /// An inbound record checked against `held` (what was stored under its key): store it until
+    /// `Some(expires_at)`, leave it (`None`), or why not.
     Validated {
         record: kad::Record,
-        result: Result<(u64, u64), Reject>,
+        held: Option<Vec<u8>>,
+        result: Result<Option<u64>, Reject>,
     },
     /// A presence lookup's records checked.
     LookupDone {
@@ -279,7 +281,11 @@ impl EventLoop {
     fn on_internal(&mut self, internal: Internal) {
         match internal {
             Internal::Signed { record, seq } => self.on_signed(record, seq),
-            Internal::Validated { record, result } => self.on_validated(record, result),
+            Internal::Validated {
+                record,
+                held,
+                result,
+            } => self.on_validated(record, held, result),
             Internal::LookupDone {
                 reply,
                 best,

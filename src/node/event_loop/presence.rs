@@ -55,7 +55,7 @@ impl Metrics {
         );
         registry.register(
             "dht_records_stored",
-            "Other nodes' presence records accepted into this node's DHT store",
+            "Other nodes' records (presence, names) accepted into this node's DHT store",
             m.stored.clone(),
         );
         m
@@ -248,41 +248,54 @@ impl EventLoop {
         }
     }
 
-    /// An inbound PUT_VALUE: check it off the loop, store it when it comes back valid.
+    /// An inbound PUT_VALUE: check it off the loop against the record stored under its key now,
+    /// store it when it comes back admitted ([`crate::dht::admit`]).
     pub(super) fn validate_inbound(&mut self, record: Record) {
         if !self.presence.take_validation_slot() {
             self.reject(Reject::Overload, record.key.as_ref());
             return;
         }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let held = kad.store_mut().get(&record.key).map(|r| r.value.clone());
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
             let now = crate::time::unix_secs();
-            let result = record::verify(record.key.as_ref(), &record.value, now)
-                .map(|p| (p.seq, p.expires_at));
-            let _ = tx.blocking_send(Internal::Validated { record, result });
+            let result =
+                crate::dht::admit(record.key.as_ref(), &record.value, held.as_deref(), now);
+            let _ = tx.blocking_send(Internal::Validated {
+                record,
+                held,
+                result,
+            });
         });
     }
 
-    pub(super) fn on_validated(&mut self, mut record: Record, result: Result<(u64, u64), Reject>) {
+    pub(super) fn on_validated(
+        &mut self,
+        mut record: Record,
+        held: Option<Vec<u8>>,
+        result: Result<Option<u64>, Reject>,
+    ) {
         self.presence.validation_done();
-        let (seq, expires_at) = match result {
-            Ok(v) => v,
+        let expires_at = match result {
+            Ok(Some(expires_at)) => expires_at,
+            Ok(None) => return,
             Err(reason) => return self.reject(reason, record.key.as_ref()),
         };
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let current = kad.store_mut().get(&record.key).map(|r| r.value.clone());
-        match record::replaces(current.as_deref(), &record.value, seq) {
-            Ok(true) => {
-                let left = expires_at.saturating_sub(crate::time::unix_secs());
-                record.expires = Some(std::time::Instant::now() + Duration::from_secs(left));
-                if let Err(e) = kad.store_mut().put(record) {
-                    tracing::debug!(error = ?e, "DHT store refused a valid record");
-                } else {
-                    self.presence.metrics.stored.inc();
-                }
-            }
-            Ok(false) => {}
-            Err(reason) => self.reject(reason, record.key.as_ref()),
+        let held_now = kad.store_mut().get(&record.key).map(|r| r.value.clone());
+        if held_now != held {
+            // Another record was stored under the key meanwhile: this one was judged against a
+            // stale view. Dropped; its publisher puts it again.
+            tracing::debug!(key = %String::from_utf8_lossy(record.key.as_ref()), "DHT record raced another");
+            return;
+        }
+        let left = expires_at.saturating_sub(crate::time::unix_secs());
+        record.expires = Some(std::time::Instant::now() + Duration::from_secs(left));
+        if let Err(e) = kad.store_mut().put(record) {
+            tracing::debug!(error = ?e, "DHT store refused a valid record");
+        } else {
+            self.presence.metrics.stored.inc();
         }
     }
 
