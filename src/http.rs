@@ -75,6 +75,9 @@ impl From<node::Error> for Problem {
             node::Error::NotFound(_) => StatusCode::NOT_FOUND,
             node::Error::Busy(..) | node::Error::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             node::Error::Dial(_) => StatusCode::BAD_GATEWAY,
+            node::Error::NameTaken { .. } | node::Error::NameConflict { .. } => {
+                StatusCode::CONFLICT
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Problem::new(status, e.to_string())

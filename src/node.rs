@@ -40,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use behaviour::{PROTOCOL_VERSION, agent_version, protocols};
 pub use client::Client;
-pub use command::{Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, Status};
+pub use command::{
+    Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, ResolvedName, Status,
+};
 pub use config::{Config, Role};
 pub use event::{EVENT_BUFFER, Event};
 pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS, MAX_PENDING_VALIDATIONS};
@@ -73,6 +75,16 @@ pub enum Error {
     Mdns(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    #[error("the name {handle} is held by {owner}")]
+    NameTaken {
+        handle: crate::names::Handle,
+        owner: PeerId,
+    },
+    #[error("the DHT returned records of several owners for {handle}: {}", owners.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    NameConflict {
+        handle: crate::names::Handle,
+        owners: Vec<PeerId>,
+    },
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] aborts the event loop.
@@ -139,6 +151,7 @@ impl Node {
             event_loop::Parts {
                 peer_book,
                 presence_seq: store.presence_seq()?,
+                name_claim: store.name_claim()?,
                 keys,
                 metrics,
                 presence_metrics,

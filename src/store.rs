@@ -22,7 +22,7 @@ use std::{
 pub use commit::{Committer, Loss};
 pub use inbox::Inbox;
 use libp2p::PeerId;
-pub use node_state::{Bundles, PresenceSeq};
+pub use node_state::{Bundles, NameClaim, PresenceSeq};
 pub use outbox::Outbox;
 pub use peerbook::PeerBook;
 pub use transfers::Transfers;
@@ -343,6 +343,10 @@ impl Store {
 
     pub fn presence_seq(&self) -> Result<PresenceSeq, Error> {
         PresenceSeq::open(self)
+    }
+
+    pub fn name_claim(&self) -> Result<NameClaim, Error> {
+        NameClaim::open(self)
     }
 
     pub fn assist_tokens(&self) -> Result<sled::Tree, Error> {

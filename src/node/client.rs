@@ -6,8 +6,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     Error, Event,
-    command::{Command, Connected, FoundPeer, PeerInfo, Status},
+    command::{Command, Connected, FoundPeer, PeerInfo, ResolvedName, Status},
 };
+use crate::names::Handle;
 
 #[derive(Clone)]
 pub struct Client {
@@ -69,6 +70,63 @@ impl Client {
     ) -> Result<Option<crate::dht::record::Presence>, Error> {
         self.request(|reply| Command::GetPresence { peer, reply })
             .await?
+    }
+
+    /// Who holds `handle` (`protocols/names-v1.md` §6): the holder's record, `None` for a free
+    /// name (or one whose look-alike is held: a message for `a1ice` must not reach `alice`),
+    /// [`Error::NameConflict`] when the DHT shows several holders. Cached until the answer's record
+    /// expires.
+    pub async fn resolve_name(&self, handle: Handle) -> Result<Option<ResolvedName>, Error> {
+        let held = self
+            .request(|reply| Command::ResolveName {
+                handle: handle.clone(),
+                fresh: false,
+                reply,
+            })
+            .await??;
+        Ok(held.filter(|r| r.handle == handle))
+    }
+
+    /// Claims `handle` for this node unless another holds it ([`Error::NameTaken`], asked of the
+    /// DHT, not the cache); the node publishes the record and republishes it while it runs, across
+    /// restarts too.
+    pub async fn claim_name(&self, handle: Handle) -> Result<(), Error> {
+        let fresh = self
+            .request(|reply| Command::ResolveName {
+                handle: handle.clone(),
+                fresh: true,
+                reply,
+            })
+            .await?;
+        match fresh {
+            Ok(Some(r)) if r.peer_id != self.peer_id => {
+                return Err(Error::NameTaken {
+                    handle,
+                    owner: r.peer_id,
+                });
+            }
+            Ok(_) => {}
+            Err(Error::NameConflict { owners, .. }) => {
+                let owner = *owners
+                    .iter()
+                    .find(|o| **o != self.peer_id)
+                    .expect("two owners");
+                return Err(Error::NameTaken { handle, owner });
+            }
+            Err(e) => return Err(e),
+        }
+        let handle = Some(handle);
+        self.request(|reply| Command::PutName { handle, reply })
+            .await?
+    }
+
+    /// Gives the claimed name up: a released record replaces the claim in the DHT.
+    pub async fn release_name(&self) -> Result<(), Error> {
+        self.request(|reply| Command::PutName {
+            handle: None,
+            reply,
+        })
+        .await?
     }
 
     /// Connects to `peer`, at `addrs` if given, else at the addresses a DHT lookup finds.

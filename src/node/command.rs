@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::Error;
-use crate::{nat::Reachability, node::Role};
+use crate::{names::Handle, nat::Reachability, node::Role};
 
 pub(crate) enum Command {
     Status {
@@ -31,6 +31,27 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Result<Option<crate::dht::record::Presence>, Error>>,
     },
+    /// Claim `handle` (publish and keep republishing its record), or release the claimed one.
+    PutName {
+        handle: Option<Handle>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    ResolveName {
+        handle: Handle,
+        /// Ask the DHT even when the cache has an answer.
+        fresh: bool,
+        reply: oneshot::Sender<Result<Option<ResolvedName>, Error>>,
+    },
+}
+
+/// `GET /v1/names/{handle}`: who holds a name (`protocols/names-v1.md` §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedName {
+    pub handle: Handle,
+    pub peer_id: PeerId,
+    pub seq: u64,
+    /// Unix seconds; the answer is good until then.
+    pub expires_at: u64,
 }
 
 /// `GET /v1/status`.

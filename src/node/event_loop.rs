@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 mod commands;
 mod connectivity;
+mod names;
 mod presence;
 mod queries;
 mod traversal;
@@ -108,6 +109,16 @@ pub(crate) enum Internal {
         held: Option<Vec<u8>>,
         result: Result<Option<u64>, Reject>,
     },
+    /// A name record signed (claim, republication or release); `reply` waits for the put.
+    NameSigned {
+        record: kad::Record,
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// A name lookup's records judged.
+    NameResolved {
+        reply: names::Reply,
+        result: Result<Option<super::ResolvedName>, Error>,
+    },
     /// A presence lookup's records checked.
     LookupDone {
         reply: oneshot::Sender<Result<Option<dht::record::Presence>, Error>>,
@@ -136,6 +147,7 @@ pub(crate) struct EventLoop {
     conn: Connectivity,
     queries: Queries,
     presence: presence::State,
+    names: names::State,
     traversal: traversal::State,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
@@ -153,6 +165,7 @@ pub(crate) struct Channels {
 pub(crate) struct Parts {
     pub(crate) peer_book: PeerBook,
     pub(crate) presence_seq: crate::store::PresenceSeq,
+    pub(crate) name_claim: crate::store::NameClaim,
     pub(crate) keys: Arc<LocalKeys>,
     pub(crate) metrics: Metrics,
     pub(crate) presence_metrics: presence::Metrics,
@@ -187,6 +200,7 @@ impl EventLoop {
                 parts.presence_metrics,
                 now,
             ),
+            names: names::State::new(&cfg.presence, parts.name_claim, now),
             traversal: traversal::State::new(cfg, parts.traversal_metrics, now),
             internal_tx,
             internal_rx,
@@ -266,6 +280,7 @@ impl EventLoop {
                 () = tokio::time::sleep_until(self.conn.redial.next()) => self.maintain_connectivity(),
                 () = tokio::time::sleep_until(self.presence.next_publish) => self.publish_presence(),
                 () = tokio::time::sleep_until(self.presence.next_rotation) => self.rotate_keys(),
+                () = tokio::time::sleep_until(self.names.next_publish) => self.republish_name(),
                 () = tokio::time::sleep_until(self.traversal.next_check) => self.maintain_relays(),
             }
         }
@@ -286,6 +301,8 @@ impl EventLoop {
                 held,
                 result,
             } => self.on_validated(record, held, result),
+            Internal::NameSigned { record, reply } => self.on_name_signed(record, reply),
+            Internal::NameResolved { reply, result } => self.on_name_resolved(reply, result),
             Internal::LookupDone {
                 reply,
                 best,
@@ -537,6 +554,9 @@ impl EventLoop {
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => match result {
+                kad::QueryResult::GetRecord(result) if self.names.owns(&id) => {
+                    self.on_name_record(id, result, step.last)
+                }
                 kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
                 kad::QueryResult::PutRecord(result) => match result {
                     Ok(_) => tracing::debug!("presence record stored in the DHT"),

@@ -1,9 +1,11 @@
 //! Small pieces of node state in their own trees, each behind a typed handle: peers' key bundles
-//! (`bundles`) and the sequence number of this node's presence record (`meta/presence_seq`).
+//! (`bundles`), the sequence number of this node's presence record (`meta/presence_seq`) and the
+//! name it claimed (`meta/name_claim`, `meta/name_seq`).
 
 use libp2p::PeerId;
 
 use super::{Error, Store};
+use crate::names::Handle;
 
 /// Key of the last presence sequence number in the `meta` tree.
 pub const PRESENCE_SEQ_KEY: &[u8] = b"presence_seq";
@@ -59,5 +61,53 @@ impl PresenceSeq {
     pub fn set(&self, seq: u64) -> Result<(), Error> {
         self.0.insert(PRESENCE_SEQ_KEY, &seq.to_be_bytes())?;
         Ok(())
+    }
+}
+
+/// Key of the handle this node claimed, in the `meta` tree.
+pub const NAME_CLAIM_KEY: &[u8] = b"name_claim";
+/// Key of the sequence number of the last name record this node signed.
+pub const NAME_SEQ_KEY: &[u8] = b"name_seq";
+
+/// The name this node claimed (`protocols/names-v1.md`), kept across restarts so that it goes on
+/// republishing it, and the sequence number of its records.
+pub struct NameClaim(sled::Tree);
+
+impl NameClaim {
+    pub(super) fn open(store: &Store) -> Result<Self, Error> {
+        Ok(Self(store.db.open_tree(super::META_TREE)?))
+    }
+
+    /// The handle claimed, if any.
+    pub fn handle(&self) -> Result<Option<Handle>, Error> {
+        match self.0.get(NAME_CLAIM_KEY)? {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| Handle::parse(t).ok())
+                .map(Some)
+                .ok_or(Error::Corrupt("meta/name_claim")),
+        }
+    }
+
+    pub fn set(&self, handle: Option<&Handle>) -> Result<(), Error> {
+        match handle {
+            Some(h) => self.0.insert(NAME_CLAIM_KEY, h.as_str().as_bytes())?,
+            None => self.0.remove(NAME_CLAIM_KEY)?,
+        };
+        Ok(())
+    }
+
+    /// The sequence number of the next record: above the last one (stored before it is used)
+    /// and at least the clock in milliseconds.
+    pub fn next_seq(&self) -> Result<u64, Error> {
+        let last = self
+            .0
+            .get(NAME_SEQ_KEY)?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
+            .unwrap_or(0);
+        let seq = (last + 1).max(crate::time::unix_ms());
+        self.0.insert(NAME_SEQ_KEY, &seq.to_be_bytes())?;
+        Ok(seq)
     }
 }

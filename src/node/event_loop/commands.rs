@@ -43,6 +43,12 @@ impl EventLoop {
             Command::FindPeer { peer, reply } => self.find_peer(peer, reply),
             Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
             Command::GetPresence { peer, reply } => self.lookup_presence(peer, reply),
+            Command::PutName { handle, reply } => self.put_name(handle, reply),
+            Command::ResolveName {
+                handle,
+                fresh,
+                reply,
+            } => self.resolve_name(handle, fresh, reply),
         }
     }
 
