@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod names;
 mod output;
 mod run;
 
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 
 use crate::{
     config::{self, Config, Role},
@@ -63,20 +64,23 @@ enum Command {
     Status(Output),
     /// List connected peers, one line per connection.
     Peers(Output),
-    /// Connect to a peer: a multiaddr ending in /p2p/<id>, or a peer id looked up in the DHT.
+    /// Connect to a peer: a multiaddr ending in /p2p/<id>, or a peer id or @handle looked up in the
+    /// DHT.
     Connect {
-        /// Peer id or multiaddr.
+        /// Peer id, @handle or multiaddr.
         target: String,
         #[command(flatten)]
         output: Output,
     },
     /// Queue a text message for a peer; it is delivered when the peer is reachable.
     Send {
-        peer_id: PeerId,
+        /// Peer id or @handle.
+        #[arg(value_name = "PEER")]
+        peer: names::Target,
         /// The message (UTF-8, at most 64 KiB).
         text: String,
-        /// Deliver to this light client of PEER_ID (the client id a received message's
-        /// `from_client` shows), through PEER_ID's WebRTC gateway.
+        /// Deliver to this light client of PEER (the client id a received message's
+        /// `from_client` shows), through PEER's WebRTC gateway.
         #[arg(long)]
         client: Option<crate::wire::ClientId>,
         #[command(flatten)]
@@ -97,7 +101,9 @@ enum Command {
     },
     /// Send a file to a peer (RaptorQ blocks, resumed after interruptions), showing progress.
     SendFile {
-        peer_id: PeerId,
+        /// Peer id or @handle.
+        #[arg(value_name = "PEER")]
+        peer: names::Target,
         path: PathBuf,
         /// Return once the file is queued instead of waiting for delivery.
         #[arg(long)]
@@ -115,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         command: DhtCommand,
     },
+    /// Names people can type (@handle): claim one for this node, release it, look one up.
+    Name {
+        #[command(subcommand)]
+        command: NameCommand,
+    },
     /// Bearer tokens of the assist API (for light clients).
     Token {
         #[command(subcommand)]
@@ -131,7 +142,27 @@ enum Command {
 enum DhtCommand {
     /// Find a peer's addresses through the DHT.
     Find {
-        peer_id: PeerId,
+        /// Peer id or @handle.
+        #[arg(value_name = "PEER")]
+        peer: names::Target,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NameCommand {
+    /// Claim a handle for this node (refused while another node holds it or a look-alike).
+    Claim {
+        handle: crate::names::Handle,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Give up this node's handle.
+    Release,
+    /// Who holds a handle.
+    Resolve {
+        handle: crate::names::Handle,
         #[command(flatten)]
         output: Output,
     },
@@ -318,11 +349,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output: out,
         } => connect(&dir, &target, out.json).await,
         Command::Send {
-            peer_id,
+            peer,
             text,
             client,
             output: out,
-        } => data::send(&dir, peer_id, text, client, out.json).await,
+        } => {
+            let peer_id = peer.peer_id(&dir).await?;
+            data::send(&dir, peer_id, text, client, out.json).await
+        }
         Command::Outbox(out) => data::outbox(&dir, out.json).await,
         Command::Inbox {
             after,
@@ -330,26 +364,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output: out,
         } => data::inbox(&dir, after, follow, out.json).await,
         Command::SendFile {
-            peer_id,
+            peer,
             path,
             no_wait,
             output: out,
-        } => data::send_file(&dir, peer_id, &path, !no_wait, out.json).await,
+        } => {
+            let peer_id = peer.peer_id(&dir).await?;
+            data::send_file(&dir, peer_id, &path, !no_wait, out.json).await
+        }
         Command::Transfers(out) => data::transfers(&dir, out.json).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Dht {
-            command:
-                DhtCommand::Find {
-                    peer_id,
-                    output: out,
-                },
+            command: DhtCommand::Find { peer, output: out },
         } => {
+            let peer_id = peer.peer_id(&dir).await?;
             let client = control::Client::for_data_dir(&dir)?;
             let found: node::FoundPeer = client
                 .post(control::routes::FIND_PEER, &FindPeerRequest { peer_id })
                 .await?;
             output::found(&found, out.json)
         }
+        Command::Name { command } => match command {
+            NameCommand::Claim { handle, output } => names::claim(&dir, handle, output.json).await,
+            NameCommand::Release => names::release(&dir).await,
+            NameCommand::Resolve { handle, output } => {
+                names::resolve(&dir, handle, output.json).await
+            }
+        },
         Command::Token { command } => token(&dir, command).await,
         Command::Config {
             command: ConfigCommand::Show(args),
@@ -375,9 +416,11 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `commucat connect TARGET`: a peer id (addresses from the DHT) or a multiaddr ending in its id.
+/// `commucat connect TARGET`: a peer id or @handle (addresses from the DHT) or a multiaddr ending in
+/// its id.
 async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Result<()> {
-    let request = if let Ok(peer_id) = target.parse::<PeerId>() {
+    let request = if let Ok(peer) = target.parse::<names::Target>() {
+        let peer_id = peer.peer_id(dir).await?;
         ConnectRequest {
             peer_id: Some(peer_id),
             addrs: Vec::new(),
@@ -391,7 +434,7 @@ async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Res
             addrs: vec![addr],
         }
     } else {
-        bail!("`{target}` is neither a peer id nor a multiaddr");
+        bail!("`{target}` is neither a peer id, an @handle nor a multiaddr");
     };
     let client = control::Client::for_data_dir(dir)?;
     let connected: node::Connected = client.post(control::routes::CONNECT, &request).await?;

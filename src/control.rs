@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod data;
+pub mod names;
 
 use std::{
     convert::Infallible,
@@ -56,6 +57,8 @@ pub mod routes {
     pub const METRICS: &str = "/v1/metrics";
     pub const TOKENS: &str = "/v1/assist/tokens";
     pub const TOKEN: &str = "/v1/assist/tokens/{id}";
+    pub const NAMES: &str = "/v1/names";
+    pub const NAME: &str = "/v1/names/{handle}";
 }
 
 /// File in the data directory holding the address the control API listens on.
@@ -222,6 +225,8 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         .route(routes::METRICS, get(metrics_text))
         .route(routes::TOKENS, get(list_tokens).post(issue_token))
         .route(routes::TOKEN, axum::routing::delete(revoke_token))
+        .route(routes::NAMES, post(names::claim).delete(names::release))
+        .route(routes::NAME, get(names::resolve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -321,3 +321,44 @@ fn messages_and_files_through_the_cli() {
         .collect();
     assert_eq!(states, ["delivered", "delivered"]);
 }
+
+/// Names through the command line, on three processes: A claims `alice`; C writes to `@alice` and
+/// A's inbox has the message; B's claim of `ALICE` is refused with the holder's id.
+#[test]
+fn a_name_claimed_with_the_cli_reaches_its_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let boot = b.tcp_addr();
+    let a = NodeProc::start(&tmp.path().join("a"), &args(&["--bootstrap", &boot]));
+    let c = NodeProc::start(&tmp.path().join("c"), &args(&["--bootstrap", &boot]));
+    let a_id = a.peer_id();
+
+    let claimed = cli_json(&a.dir, &["name", "claim", "alice"]);
+    assert_eq!(claimed["handle"], "alice");
+    let sent = wait_for("C to send to @alice", WAIT, || {
+        let out = cli(&c.dir, &["send", "@alice", "hi alice", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    });
+    assert_eq!(sent["to"], a_id.as_str());
+    wait_for("A's inbox to hold it", WAIT, || {
+        let inbox = cli_json(&a.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "hi alice")
+            .then_some(())
+    });
+    let resolved = cli_json(&c.dir, &["name", "resolve", "@Alice"]);
+    assert_eq!(resolved["peer_id"], a_id.as_str());
+
+    let refused = cli(&b.dir, &["name", "claim", "ALICE"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "B claimed a held name");
+    assert!(
+        stderr.contains("held by") && stderr.contains(&a_id),
+        "the refusal names the holder: {stderr}"
+    );
+}
