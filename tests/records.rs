@@ -172,7 +172,7 @@ async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
     for (_, value) in &forgeries {
         let rec = Record::new(key.clone(), value.clone());
         m.behaviour_mut()
-            .put_record_to(rec, targets.iter().copied(), Quorum::One);
+            .put_record_to(rec, targets.iter().copied(), Quorum::All);
         drive(&mut m, |e| match e {
             SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::PutRecord(_),
@@ -253,7 +253,7 @@ async fn conflicting_forged_and_stale_name_records_are_rejected_everywhere() {
         let alice = Handle::parse("alice").unwrap();
         let rec = Record::new(name::key(&alice), value);
         m.behaviour_mut()
-            .put_record_to(rec, targets.iter().copied(), Quorum::One);
+            .put_record_to(rec, targets.iter().copied(), Quorum::All);
         drive(m, |e| match e {
             SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::PutRecord(_),

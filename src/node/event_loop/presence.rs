@@ -3,7 +3,11 @@
 //! valid records. Signing and signature checks run on the blocking pool; their results come back
 //! as [`Internal`] messages.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque, hash_map::Entry},
+    sync::Arc,
+    time::Duration,
+};
 
 use libp2p::{
     Multiaddr, PeerId,
@@ -82,6 +86,9 @@ pub(super) struct State {
     /// A record is being signed.
     pub(super) publishing: bool,
     validations: usize,
+    /// Keys with a record being checked, and the records that arrived for them meanwhile: checked
+    /// one after the other in arrival order, so that "first come" (names) means first to arrive.
+    waiting: HashMap<Vec<u8>, VecDeque<Record>>,
     pub(super) lookups: HashMap<kad::QueryId, Lookup>,
     pub(super) metrics: Metrics,
 }
@@ -103,6 +110,7 @@ impl State {
             next_publish: now + FIRST_PUBLISH_DELAY,
             publishing: false,
             validations: 0,
+            waiting: HashMap::new(),
             lookups: HashMap::new(),
             metrics,
         }
@@ -137,6 +145,34 @@ impl State {
         self.publishing = true;
         self.next_publish = now + self.republish_interval;
         Some(seq)
+    }
+
+    /// An inbound record arrived: `Ok(Some)` to check now, `Ok(None)` when it waits behind an
+    /// earlier one under its key, `Err` when [`MAX_PENDING_VALIDATIONS`] are in flight or waiting.
+    pub(super) fn arrived(&mut self, record: Record) -> Result<Option<Record>, Record> {
+        if !self.take_validation_slot() {
+            return Err(record);
+        }
+        match self.waiting.entry(record.key.to_vec()) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().push_back(record);
+                Ok(None)
+            }
+            Entry::Vacant(e) => {
+                e.insert(VecDeque::new());
+                Ok(Some(record))
+            }
+        }
+    }
+
+    /// The check of a record under `key` ended: the next one that waits for that key, if any.
+    pub(super) fn checked(&mut self, key: &[u8]) -> Option<Record> {
+        self.validation_done();
+        let next = self.waiting.get_mut(key)?.pop_front();
+        if next.is_none() {
+            self.waiting.remove(key);
+        }
+        next
     }
 
     /// Takes a place for a signature check of an inbound record; false when
@@ -248,13 +284,18 @@ impl EventLoop {
         }
     }
 
-    /// An inbound PUT_VALUE: check it off the loop against the record stored under its key now,
-    /// store it when it comes back admitted ([`crate::dht::admit`]).
+    /// An inbound PUT_VALUE: checked off the loop against the record stored under its key, after
+    /// the records that arrived earlier for the same key ([`State::arrived`]).
     pub(super) fn validate_inbound(&mut self, record: Record) {
-        if !self.presence.take_validation_slot() {
-            self.reject(Reject::Overload, record.key.as_ref());
-            return;
+        match self.presence.arrived(record) {
+            Ok(Some(record)) => self.check_inbound(record),
+            Ok(None) => {}
+            Err(record) => self.reject(Reject::Overload, record.key.as_ref()),
         }
+    }
+
+    /// Judges `record` against what is stored under its key now ([`crate::dht::admit`]).
+    fn check_inbound(&mut self, record: Record) {
         let kad = &mut self.swarm.behaviour_mut().kad;
         let held = kad.store_mut().get(&record.key).map(|r| r.value.clone());
         let tx = self.internal_tx.clone();
@@ -276,26 +317,29 @@ impl EventLoop {
         held: Option<Vec<u8>>,
         result: Result<Option<u64>, Reject>,
     ) {
-        self.presence.validation_done();
-        let expires_at = match result {
-            Ok(Some(expires_at)) => expires_at,
-            Ok(None) => return,
-            Err(reason) => return self.reject(reason, record.key.as_ref()),
-        };
+        let key = record.key.to_vec();
         let kad = &mut self.swarm.behaviour_mut().kad;
         let held_now = kad.store_mut().get(&record.key).map(|r| r.value.clone());
         if held_now != held {
-            // Another record was stored under the key meanwhile: this one was judged against a
-            // stale view. Dropped; its publisher puts it again.
-            tracing::debug!(key = %String::from_utf8_lossy(record.key.as_ref()), "DHT record raced another");
-            return;
+            // This node stored a record of its own under the key meanwhile: judged again against
+            // what is there now (it keeps its place).
+            return self.check_inbound(record);
         }
-        let left = expires_at.saturating_sub(crate::time::unix_secs());
-        record.expires = Some(std::time::Instant::now() + Duration::from_secs(left));
-        if let Err(e) = kad.store_mut().put(record) {
-            tracing::debug!(error = ?e, "DHT store refused a valid record");
-        } else {
-            self.presence.metrics.stored.inc();
+        match result {
+            Ok(Some(expires_at)) => {
+                let left = expires_at.saturating_sub(crate::time::unix_secs());
+                record.expires = Some(std::time::Instant::now() + Duration::from_secs(left));
+                if let Err(e) = kad.store_mut().put(record) {
+                    tracing::debug!(error = ?e, "DHT store refused a valid record");
+                } else {
+                    self.presence.metrics.stored.inc();
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => self.reject(reason, &key),
+        }
+        if let Some(next) = self.presence.checked(&key) {
+            self.check_inbound(next);
         }
     }
 
@@ -402,6 +446,29 @@ mod tests {
         let second = s.begin_publish(now, 3).unwrap();
         assert!(second > first, "{second} after {first}");
         assert_eq!(s.seq.last().unwrap(), second, "stored before signing");
+    }
+
+    #[test]
+    fn records_for_one_key_are_checked_in_arrival_order_and_bounded() {
+        let (mut s, _store) = state();
+        let rec = |key: &[u8], n: u8| Record::new(key.to_vec(), vec![n]);
+        assert_eq!(s.arrived(rec(b"k", 1)).unwrap().unwrap().value, [1]);
+        assert!(s.arrived(rec(b"k", 2)).unwrap().is_none(), "waits behind 1");
+        assert!(s.arrived(rec(b"k", 3)).unwrap().is_none(), "waits behind 2");
+        assert_eq!(
+            s.arrived(rec(b"j", 9)).unwrap().unwrap().value,
+            [9],
+            "another key"
+        );
+        assert_eq!(s.checked(b"k").unwrap().value, [2]);
+        assert_eq!(s.checked(b"k").unwrap().value, [3]);
+        assert!(s.checked(b"k").is_none());
+        assert!(s.checked(b"j").is_none());
+        assert_eq!(s.validations, 0, "every place given back");
+        for i in 0..MAX_PENDING_VALIDATIONS {
+            assert!(s.arrived(rec(b"k", i as u8)).is_ok());
+        }
+        assert!(s.arrived(rec(b"x", 0)).is_err(), "over the bound");
     }
 
     #[test]
