@@ -66,6 +66,14 @@ impl Metrics {
     }
 }
 
+/// What becomes of an inbound record ([`State::arrived`]).
+pub(super) enum Arrival {
+    Check(Record),
+    Waits,
+    /// Dropped: the key it was for.
+    Full(kad::RecordKey),
+}
+
 pub(super) struct Lookup {
     pub(super) reply: oneshot::Sender<Result<Option<Presence>, Error>>,
     pub(super) records: Vec<Record>,
@@ -147,20 +155,20 @@ impl State {
         Some(seq)
     }
 
-    /// An inbound record arrived: `Ok(Some)` to check now, `Ok(None)` when it waits behind an
-    /// earlier one under its key, `Err` when [`MAX_PENDING_VALIDATIONS`] are in flight or waiting.
-    pub(super) fn arrived(&mut self, record: Record) -> Result<Option<Record>, Record> {
+    /// An inbound record arrived: to check now, to wait behind an earlier one under its key, or
+    /// too many ([`MAX_PENDING_VALIDATIONS`] in flight or waiting).
+    pub(super) fn arrived(&mut self, record: Record) -> Arrival {
         if !self.take_validation_slot() {
-            return Err(record);
+            return Arrival::Full(record.key);
         }
         match self.waiting.entry(record.key.to_vec()) {
             Entry::Occupied(mut e) => {
                 e.get_mut().push_back(record);
-                Ok(None)
+                Arrival::Waits
             }
             Entry::Vacant(e) => {
                 e.insert(VecDeque::new());
-                Ok(Some(record))
+                Arrival::Check(record)
             }
         }
     }
@@ -288,9 +296,9 @@ impl EventLoop {
     /// the records that arrived earlier for the same key ([`State::arrived`]).
     pub(super) fn validate_inbound(&mut self, record: Record) {
         match self.presence.arrived(record) {
-            Ok(Some(record)) => self.check_inbound(record),
-            Ok(None) => {}
-            Err(record) => self.reject(Reject::Overload, record.key.as_ref()),
+            Arrival::Check(record) => self.check_inbound(record),
+            Arrival::Waits => {}
+            Arrival::Full(key) => self.reject(Reject::Overload, key.as_ref()),
         }
     }
 
@@ -452,23 +460,32 @@ mod tests {
     fn records_for_one_key_are_checked_in_arrival_order_and_bounded() {
         let (mut s, _store) = state();
         let rec = |key: &[u8], n: u8| Record::new(key.to_vec(), vec![n]);
-        assert_eq!(s.arrived(rec(b"k", 1)).unwrap().unwrap().value, [1]);
-        assert!(s.arrived(rec(b"k", 2)).unwrap().is_none(), "waits behind 1");
-        assert!(s.arrived(rec(b"k", 3)).unwrap().is_none(), "waits behind 2");
-        assert_eq!(
-            s.arrived(rec(b"j", 9)).unwrap().unwrap().value,
-            [9],
-            "another key"
+        let checked_now = |a: Arrival| match a {
+            Arrival::Check(r) => r.value,
+            _ => panic!("not checked at once"),
+        };
+        assert_eq!(checked_now(s.arrived(rec(b"k", 1))), [1]);
+        assert!(
+            matches!(s.arrived(rec(b"k", 2)), Arrival::Waits),
+            "waits behind 1"
         );
+        assert!(
+            matches!(s.arrived(rec(b"k", 3)), Arrival::Waits),
+            "waits behind 2"
+        );
+        assert_eq!(checked_now(s.arrived(rec(b"j", 9))), [9], "another key");
         assert_eq!(s.checked(b"k").unwrap().value, [2]);
         assert_eq!(s.checked(b"k").unwrap().value, [3]);
         assert!(s.checked(b"k").is_none());
         assert!(s.checked(b"j").is_none());
         assert_eq!(s.validations, 0, "every place given back");
         for i in 0..MAX_PENDING_VALIDATIONS {
-            assert!(s.arrived(rec(b"k", i as u8)).is_ok());
+            assert!(!matches!(s.arrived(rec(b"k", i as u8)), Arrival::Full(_)));
         }
-        assert!(s.arrived(rec(b"x", 0)).is_err(), "over the bound");
+        assert!(
+            matches!(s.arrived(rec(b"x", 0)), Arrival::Full(_)),
+            "over the bound"
+        );
     }
 
     #[test]
