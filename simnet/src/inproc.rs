@@ -392,6 +392,18 @@ impl Workload<'_> {
                         drop(permit);
                     });
                 }
+                // Made before the phase (`track::claim_all`).
+                Op::Claim { .. } => {}
+                Op::Resolve { from, to } => {
+                    fleet.ready(from).await?;
+                    let permit = self.gate.clone().acquire_owned().await?;
+                    let client = fleet.live(from, "resolve")?.node().client().clone();
+                    let (target, t) = (fleet.ids[to], self.tracker.clone());
+                    self.tasks.spawn(async move {
+                        t.resolve(client, to, target, LOOKUP_TIMEOUT).await;
+                        drop(permit);
+                    });
+                }
                 Op::Message { from, to, size } => {
                     fleet.ready(from).await?;
                     let permit = self.gate.clone().acquire_owned().await?;
@@ -484,6 +496,8 @@ pub async fn run(
     for slot in &fleet.slots {
         watchers.push(tracker.watch_inbox(slot.store.inbox()?.subscribe()));
     }
+    let client = |i: usize| Ok(fleet.live(i, "claim")?.node().client().clone());
+    track::claim_all(&tracker, plan, client, LOOKUP_TIMEOUT, progress).await?;
     let phase = Instant::now();
     let drain_until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
     let mut workload = Workload {

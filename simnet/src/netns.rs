@@ -305,6 +305,13 @@ async fn workload(
                 tasks
                     .spawn(async move { t.lookup(client, from, to, target, LOOKUP_TIMEOUT).await });
             }
+            // Made before the phase (`track::claim_all`).
+            Op::Claim { .. } => {}
+            Op::Resolve { from, to } => {
+                let client = nodes[from].app.node().client().clone();
+                let (target, t) = (ids[to], tracker.clone());
+                tasks.spawn(async move { t.resolve(client, to, target, LOOKUP_TIMEOUT).await });
+            }
             Op::File { .. } | Op::Leave { .. } | Op::Return { .. } => {
                 unreachable!("refused above")
             }
@@ -490,6 +497,8 @@ pub async fn run(
     for n in &run.nodes {
         watchers.push(tracker.watch_inbox(n.app.data().inbox().subscribe()));
     }
+    let client = |i: usize| Ok(run.nodes[i].app.node().client().clone());
+    track::claim_all(&tracker, plan, client, LOOKUP_TIMEOUT, progress).await?;
     let phase = Instant::now();
     workload(&run, plan, &tracker, phase, progress).await?;
     tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;

@@ -46,10 +46,25 @@ impl PlannedNode {
     }
 }
 
+/// The handle node `i` claims in a names workload.
+pub fn handle_of(i: usize) -> String {
+    format!("node-{i}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Op {
     Lookup {
+        from: usize,
+        to: usize,
+    },
+    /// Node `node` claims [`handle_of`]`(node)`: before the workload phase, awaited (at `at_ms` 0
+    /// in the plan).
+    Claim {
+        node: usize,
+    },
+    /// Node `from` resolves the handle of node `to`.
+    Resolve {
         from: usize,
         to: usize,
     },
@@ -127,12 +142,16 @@ impl Plan {
                     let pair = (0..1000).find_map(|_| {
                         let a = from[rng.random_range(0..from.len())];
                         let b = to[rng.random_range(0..to.len())];
-                        let ok = a != b && live(a, at_ms) && (kind == 1 || live(b, at_ms));
+                        let ok = a != b
+                            && live(a, at_ms)
+                            && (kind == 1 || live(b, at_ms))
+                            && (kind != 3 || live(b, 0));
                         ok.then_some((a, b))
                     });
                     let Some((a, b)) = pair else { continue };
                     let op = match kind {
                         0 => Op::Lookup { from: a, to: b },
+                        3 => Op::Resolve { from: a, to: b },
                         1 => Op::Message {
                             from: a,
                             to: b,
@@ -151,6 +170,22 @@ impl Plan {
         flows(&s.workload.lookups, 0, &mut rng);
         flows(&s.workload.messages, 1, &mut rng);
         flows(&s.workload.files, 2, &mut rng);
+        flows(&s.workload.names, 3, &mut rng);
+        let mut claimers: Vec<usize> = ops
+            .iter()
+            .filter_map(|o| match o.op {
+                Op::Resolve { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        claimers.sort_unstable();
+        claimers.dedup();
+        for node in claimers {
+            ops.push(Scheduled {
+                at_ms: 0,
+                op: Op::Claim { node },
+            });
+        }
         ops.sort_by_key(|o| o.at_ms);
         Plan { seed, nodes, ops }
     }

@@ -58,6 +58,21 @@ pub struct Lookups {
     pub hops: Option<Dist>,
 }
 
+/// Names claimed and resolved (`[[workload.names]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Names {
+    pub claimed: usize,
+    /// Claims the node refused or could not publish.
+    pub claim_failures: usize,
+    pub resolutions: usize,
+    /// Resolved to the node that claimed the name.
+    pub resolved: usize,
+    /// Resolved to another node (none expected).
+    pub wrong_owner: usize,
+    pub success_rate: f64,
+    pub latency_ms: Dist,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Messages {
     pub sent: usize,
@@ -171,6 +186,8 @@ pub struct Report {
     pub messages: Messages,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Files>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Names>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnStats>,
     /// `netns`: per NAT-type pair, hole punching and delivery.
@@ -253,6 +270,18 @@ impl Report {
         }
         if let Some(c) = &self.churn {
             out += &format!("\n  churn:     {} left, {} returned", c.leaves, c.returns);
+        }
+        if let Some(n) = &self.names {
+            out += &format!(
+                "\n  names:     {} claimed ({} failed), {}/{} resolved to their holder ({:.1}%), {} to another, median {:.0} ms",
+                n.claimed,
+                n.claim_failures,
+                n.resolved,
+                n.resolutions,
+                n.success_rate * 100.0,
+                n.wrong_owner,
+                n.latency_ms.median.unwrap_or(0.0)
+            );
         }
         if let Some(f) = &self.files {
             out += &format!(

@@ -105,6 +105,11 @@ pub struct Workload {
     /// File transfers (`size_bytes` default: 1 MiB).
     #[serde(default)]
     pub files: Vec<Flow>,
+    /// Name resolutions (`protocols/names-v1.md`): every `to` node picked claims the handle
+    /// `node-<index>` before the workload phase (the claims are waited for), then `from` nodes
+    /// resolve them during it.
+    #[serde(default)]
+    pub names: Vec<Flow>,
 }
 
 /// Largest simulated file.

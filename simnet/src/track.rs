@@ -16,7 +16,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{
     plan::Plan,
-    report::{Dist, Files, Lookups, Messages, Report, Second, Share, ToOffline, rate},
+    report::{Dist, Files, Lookups, Messages, Names, Report, Second, Share, ToOffline, rate},
     scenario::Scenario,
 };
 
@@ -37,6 +37,12 @@ pub struct Lookup {
     pub ms: f64,
 }
 
+pub struct Resolution {
+    /// `Some(true)`: the claimer; `Some(false)`: another node; `None`: not found.
+    pub owner_ok: Option<bool>,
+    pub ms: f64,
+}
+
 pub struct File {
     pub size: usize,
     /// Milliseconds from the send call to completion, if it completed.
@@ -51,6 +57,8 @@ pub struct Log {
     pub arrived: HashMap<String, Vec<Instant>>,
     pub lookups: Vec<Lookup>,
     pub files: Vec<File>,
+    pub claims: Vec<bool>,
+    pub resolutions: Vec<Resolution>,
     /// Per node: when it came back from each of its downtimes.
     pub returned: HashMap<usize, Vec<Instant>>,
     pub leaves: usize,
@@ -141,6 +149,71 @@ impl Tracker {
     }
 }
 
+/// Claims made before the workload phase at once, at most this many at a time.
+pub const MAX_CLAIMS_IN_FLIGHT: usize = 64;
+
+/// The plan's claims ([`Op::Claim`](crate::plan::Op::Claim)), made before the workload phase and
+/// waited for, so that the phase's resolutions look up names that exist. `clients`: the claiming
+/// nodes' clients, by node index.
+pub async fn claim_all(
+    tracker: &Tracker,
+    plan: &Plan,
+    client: impl Fn(usize) -> anyhow::Result<Client>,
+    limit: Duration,
+    progress: &crate::Progress,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let nodes: Vec<usize> = (plan.ops.iter())
+        .filter_map(|o| match o.op {
+            crate::plan::Op::Claim { node } => Some(node),
+            _ => None,
+        })
+        .collect();
+    let claims = (nodes.iter())
+        .map(|&n| Ok((n, client(n)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let total = claims.len() as u64;
+    let mut done = 0;
+    let mut running = futures::stream::iter(claims)
+        .map(|(n, c)| tracker.claim(c, n, limit))
+        .buffer_unordered(MAX_CLAIMS_IN_FLIGHT);
+    while running.next().await.is_some() {
+        done += 1;
+        progress("claiming names", done, total);
+    }
+    Ok(())
+}
+
+impl Tracker {
+    /// Node `node` claims its handle through `client`.
+    pub async fn claim(&self, client: Client, node: usize, limit: Duration) {
+        let handle = commucat::names::Handle::parse(&crate::plan::handle_of(node))
+            .expect("node-<i> is a handle");
+        let ok = matches!(
+            tokio::time::timeout(limit, client.claim_name(handle)).await,
+            Ok(Ok(()))
+        );
+        if !ok {
+            eprintln!("simnet: node {node} could not claim its name");
+        }
+        self.lock().claims.push(ok);
+    }
+
+    /// Resolves node `to`'s handle from `client` within `limit`; right when it is `target`.
+    pub async fn resolve(&self, client: Client, to: usize, target: PeerId, limit: Duration) {
+        let handle = commucat::names::Handle::parse(&crate::plan::handle_of(to))
+            .expect("node-<i> is a handle");
+        let started = Instant::now();
+        let r = tokio::time::timeout(limit, client.resolve_name(handle)).await;
+        let owner_ok = match r {
+            Ok(Ok(Some(r))) => Some(r.peer_id == target),
+            _ => None,
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.lock().resolutions.push(Resolution { owner_ok, ms });
+    }
+}
+
 /// Per node: time from its start to its first connection.
 #[derive(Clone)]
 pub struct FirstConnects(Arc<Mutex<Vec<Option<Duration>>>>);
@@ -215,6 +288,7 @@ pub fn outcome(
         lookups,
         messages,
         files: files(log),
+        names: names(log),
         churn: None,
         nat_pairs: None,
         direct_share: None,
@@ -242,6 +316,27 @@ fn lookups(log: &Log, hops: Option<Vec<f64>>) -> (Lookups, Vec<f64>) {
         },
         ms,
     )
+}
+
+fn names(log: &Log) -> Option<Names> {
+    if log.claims.is_empty() && log.resolutions.is_empty() {
+        return None;
+    }
+    let ok: Vec<f64> = (log.resolutions.iter())
+        .filter(|r| r.owner_ok == Some(true))
+        .map(|r| r.ms)
+        .collect();
+    Some(Names {
+        claimed: log.claims.iter().filter(|c| **c).count(),
+        claim_failures: log.claims.iter().filter(|c| !**c).count(),
+        resolutions: log.resolutions.len(),
+        resolved: ok.len(),
+        wrong_owner: (log.resolutions.iter())
+            .filter(|r| r.owner_ok == Some(false))
+            .count(),
+        success_rate: rate(ok.len(), log.resolutions.len()),
+        latency_ms: Dist::of(&ok),
+    })
 }
 
 fn files(log: &Log) -> Option<Files> {

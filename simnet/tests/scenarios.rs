@@ -1,6 +1,6 @@
 //! simnet as a researcher uses it: a shipped scenario of 50 real nodes in this process (over the
-//! link model, with an outage, files), checked on its report and its files; and the same seed
-//! giving the same plan.
+//! link model, with an outage, files, names), checked on its report and its files; and the same
+//! seed giving the same plan.
 
 use simnet::{Plan, Scenario, scenario::shipped_dir};
 
@@ -59,6 +59,14 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
         "{:?}",
         r.bytes_sent
     );
+    let names = r.names.as_ref().expect("names");
+    assert_eq!(
+        (names.claim_failures, names.wrong_owner),
+        (0, 0),
+        "{names:?}"
+    );
+    assert_eq!(names.resolutions, 60);
+    assert_eq!(names.success_rate, 1.0, "{names:?}");
     let delivered: usize = r.timeline.iter().map(|s| s.messages_delivered).sum();
     assert_eq!(delivered, sent);
 
@@ -95,9 +103,18 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
     let c = Plan::new(&s, 43);
     assert_ne!(a.ops, c.ops, "another seed, another workload");
     assert_eq!(a.nodes.len(), 50);
-    // 150 lookups, 190 messages, 3 files, 5 leaves and 5 returns (a few draws may find no
-    // online sender and are dropped, the same ones for the same seed).
-    assert!(a.ops.len() > 330 && a.ops.len() <= 353, "{}", a.ops.len());
+    // 150 lookups, 190 messages, 3 files, 5 leaves and 5 returns, 60 name resolutions and a claim
+    // by each node resolved (a few draws may find no online sender and are dropped, the same ones
+    // for the same seed).
+    let count = |f: fn(&simnet::plan::Op) -> bool| a.ops.iter().filter(|o| f(&o.op)).count();
+    let claims = count(|o| matches!(o, simnet::plan::Op::Claim { .. }));
+    assert!((20..=42).contains(&claims), "{claims} claims");
+    assert_eq!(count(|o| matches!(o, simnet::plan::Op::Resolve { .. })), 60);
+    assert!(
+        a.ops.len() - claims - 60 > 330 && a.ops.len() - claims - 60 <= 353,
+        "{}",
+        a.ops.len()
+    );
     let away: Vec<_> = a.nodes.iter().filter(|n| n.group == "away").collect();
     assert!(away.iter().all(|n| n.downtime.len() == 1));
     // Desktops bootstrap from bootstrap nodes only; operations stay within the phase and never
@@ -113,12 +130,15 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
         assert!(o.at_ms < s.duration_secs * 1000);
         match o.op {
             simnet::plan::Op::Lookup { from, to }
+            | simnet::plan::Op::Resolve { from, to }
             | simnet::plan::Op::Message { from, to, .. }
             | simnet::plan::Op::File { from, to, .. } => {
                 assert_ne!(from, to);
                 assert!(a.nodes[from].live_at(o.at_ms), "senders are online");
             }
-            simnet::plan::Op::Leave { .. } | simnet::plan::Op::Return { .. } => {}
+            simnet::plan::Op::Leave { .. }
+            | simnet::plan::Op::Return { .. }
+            | simnet::plan::Op::Claim { .. } => {}
         }
     }
 }

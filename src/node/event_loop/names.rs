@@ -21,6 +21,9 @@ pub const RELEASED_TTL_SECS: u64 = 3600;
 pub const MAX_CACHED_NAMES: usize = 1024;
 /// Records collected per name lookup.
 pub const MAX_LOOKUP_RECORDS: usize = 20;
+/// Records after which a lookup stops asking (nodes that went away would otherwise hold it until
+/// their requests time out): enough to see a conflict between holders in most cases.
+pub const LOOKUP_QUORUM: usize = 3;
 
 pub(super) type Reply = oneshot::Sender<Result<Option<ResolvedName>, Error>>;
 
@@ -256,6 +259,11 @@ impl EventLoop {
             && lookup.records.len() < MAX_LOOKUP_RECORDS
         {
             lookup.records.push(found.record);
+            if lookup.records.len() == LOOKUP_QUORUM
+                && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id)
+            {
+                q.finish();
+            }
         }
         if !last {
             return;
