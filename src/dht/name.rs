@@ -4,9 +4,8 @@
 //! refused to any other key until that record expires or is released).
 
 use libp2p::{PeerId, kad::RecordKey};
-use ml_dsa::{MlDsa65, Signature};
 
-use super::record::{Reader, Reject};
+use super::record::{Reader, Reject, check_lifetime, check_signed};
 use crate::{
     identity::{self, Binding, Identity},
     names::Handle,
@@ -147,19 +146,9 @@ pub fn verify(key: &[u8], value: &[u8], now: u64) -> Result<Name, Reject> {
         return Err(Reject::Malformed);
     }
     binding.verify().map_err(|_| Reject::BadSignature)?;
-    let (ed_sig, ml_sig) = sigs.split_at(64);
-    let ed_public = identity::public_key_of(&peer).ok_or(Reject::Malformed)?;
-    if !ed_public.verify(&[SIGNATURE_CONTEXT, key, body].concat(), ed_sig) {
-        return Err(Reject::BadSignature);
-    }
     let vk = binding.ml_dsa_verifying_key().ok_or(Reject::BadSignature)?;
-    let sig = Signature::<MlDsa65>::try_from(ml_sig).map_err(|_| Reject::BadSignature)?;
-    if !vk.verify_with_context(&[key, body].concat(), SIGNATURE_CONTEXT, &sig) {
-        return Err(Reject::BadSignature);
-    }
-    if expires_at <= now || expires_at > now.saturating_add(MAX_TTL_SECS) {
-        return Err(Reject::Expired);
-    }
+    check_signed(SIGNATURE_CONTEXT, key, body, sigs, &peer, &vk)?;
+    check_lifetime(expires_at, now, MAX_TTL_SECS)?;
     Ok(Name {
         handle,
         peer,

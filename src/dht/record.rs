@@ -154,22 +154,12 @@ pub fn verify(key: &[u8], value: &[u8], now: u64) -> Result<Presence, Reject> {
         return Err(Reject::Malformed);
     }
     let bundle = Bundle::verify(bundle_bytes, &peer).map_err(|_| Reject::BadBundle)?;
-    let (ed_sig, ml_sig) = sigs.split_at(64);
-    let ed_public = identity::public_key_of(&peer).ok_or(Reject::Malformed)?;
-    if !ed_public.verify(&[SIGNATURE_CONTEXT, key, body].concat(), ed_sig) {
-        return Err(Reject::BadSignature);
-    }
     let vk = bundle
         .binding()
         .ml_dsa_verifying_key()
         .ok_or(Reject::BadBundle)?;
-    let sig = Signature::<MlDsa65>::try_from(ml_sig).map_err(|_| Reject::BadSignature)?;
-    if !vk.verify_with_context(&[key, body].concat(), SIGNATURE_CONTEXT, &sig) {
-        return Err(Reject::BadSignature);
-    }
-    if expires_at <= now || expires_at > now.saturating_add(MAX_TTL_SECS) {
-        return Err(Reject::Expired);
-    }
+    check_signed(SIGNATURE_CONTEXT, key, body, sigs, &peer, &vk)?;
+    check_lifetime(expires_at, now, MAX_TTL_SECS)?;
     Ok(Presence {
         peer,
         seq,
@@ -177,6 +167,36 @@ pub fn verify(key: &[u8], value: &[u8], now: u64) -> Result<Presence, Reject> {
         addrs,
         bundle,
     })
+}
+
+/// Both signatures of a record (presence or name): `sigs`, Ed25519 then ML-DSA-65, over `key ‖
+/// body` in `context`, under `peer`'s Ed25519 key and its bound ML-DSA-65 key `vk`.
+pub(super) fn check_signed(
+    context: &[u8],
+    key: &[u8],
+    body: &[u8],
+    sigs: &[u8],
+    peer: &PeerId,
+    vk: &ml_dsa::VerifyingKey<MlDsa65>,
+) -> Result<(), Reject> {
+    let (ed_sig, ml_sig) = sigs.split_at(64);
+    let ed_public = identity::public_key_of(peer).ok_or(Reject::Malformed)?;
+    if !ed_public.verify(&[context, key, body].concat(), ed_sig) {
+        return Err(Reject::BadSignature);
+    }
+    let sig = Signature::<MlDsa65>::try_from(ml_sig).map_err(|_| Reject::BadSignature)?;
+    if !vk.verify_with_context(&[key, body].concat(), context, &sig) {
+        return Err(Reject::BadSignature);
+    }
+    Ok(())
+}
+
+/// A record's lifetime at `now`: not over, and not further ahead than `max_ttl`.
+pub(super) fn check_lifetime(expires_at: u64, now: u64, max_ttl: u64) -> Result<(), Reject> {
+    if expires_at <= now || expires_at > now.saturating_add(max_ttl) {
+        return Err(Reject::Expired);
+    }
+    Ok(())
 }
 
 /// The sequence number of a value (without verifying it: for values already verified and stored).
