@@ -84,30 +84,41 @@ async fn newest(p: &Peer, victim: PeerId) -> Option<Presence> {
     p.node().client().presence(victim).await.unwrap()
 }
 
+/// `count` nodes with `cfg`, all bootstrapping from the first.
+async fn network(mut cfg: commucat::config::Config, count: usize) -> Vec<Peer> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let keys = Arc::new(LocalKeys::generate());
+        nodes.push(Peer::start(&cfg, keys, Store::temporary().unwrap()).await);
+        if nodes.len() == 1 {
+            cfg.bootstrap.peers = vec![nodes[0].addr().await];
+        }
+    }
+    nodes
+}
+
+/// The attacker, dialling every node; with their ids.
+async fn attacker_at(nodes: &[Peer]) -> (Swarm<kad::Behaviour<MemoryStore>>, Vec<PeerId>) {
+    let mut m = attacker();
+    m.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
+        .unwrap();
+    let mut targets = Vec::new();
+    for n in nodes {
+        let addr = n.addr().await;
+        m.behaviour_mut().add_address(&n.peer_id(), addr.clone());
+        m.dial(addr).unwrap();
+        targets.push(n.peer_id());
+    }
+    (m, targets)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
     // Republish quickly so that the victim's record gets newer while we watch.
     let mut cfg = config(&[]);
     cfg.presence.republish_secs = 2;
     cfg.presence.ttl_secs = 120;
-    let first = Peer::start(
-        &cfg,
-        Arc::new(LocalKeys::generate()),
-        Store::temporary().unwrap(),
-    )
-    .await;
-    cfg.bootstrap.peers = vec![first.addr().await];
-    let mut nodes = vec![first];
-    for _ in 1..NODES {
-        nodes.push(
-            Peer::start(
-                &cfg,
-                Arc::new(LocalKeys::generate()),
-                Store::temporary().unwrap(),
-            )
-            .await,
-        );
-    }
+    let nodes = network(cfg, NODES).await;
     let victim = nodes[NODES - 1].peer_id();
     for n in &nodes {
         until("every node to find the victim's record", WAIT, || async {
@@ -117,17 +128,7 @@ async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
     }
 
     // The attacker connects to every node.
-    let mut m = attacker();
-    m.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
-        .unwrap();
-    let mut targets = Vec::new();
-    for n in &nodes {
-        let addr = n.addr().await;
-        let id = n.peer_id();
-        m.behaviour_mut().add_address(&id, addr.clone());
-        m.dial(addr).unwrap();
-        targets.push(id);
-    }
+    let (mut m, targets) = attacker_at(&nodes).await;
 
     // An older genuine record of the victim, taken from the DHT…
     let key = record::key(&victim);
@@ -219,36 +220,8 @@ async fn forged_and_replayed_presence_records_are_rejected_everywhere() {
 async fn conflicting_forged_and_stale_name_records_are_rejected_everywhere() {
     use commucat::{dht::name, identity::Identity, names::Handle};
 
-    let cfg = config(&[]);
-    let first = Peer::start(
-        &cfg,
-        Arc::new(LocalKeys::generate()),
-        Store::temporary().unwrap(),
-    )
-    .await;
-    let mut cfg = cfg;
-    cfg.bootstrap.peers = vec![first.addr().await];
-    let mut nodes = vec![first];
-    for _ in 1..3 {
-        nodes.push(
-            Peer::start(
-                &cfg,
-                Arc::new(LocalKeys::generate()),
-                Store::temporary().unwrap(),
-            )
-            .await,
-        );
-    }
-    let mut m = attacker();
-    m.listen_on(Multiaddr::empty().with(Protocol::Memory(0)))
-        .unwrap();
-    let mut targets = Vec::new();
-    for n in &nodes {
-        let addr = n.addr().await;
-        m.behaviour_mut().add_address(&n.peer_id(), addr.clone());
-        m.dial(addr).unwrap();
-        targets.push(n.peer_id());
-    }
+    let nodes = network(config(&[]), 3).await;
+    let (mut m, targets) = attacker_at(&nodes).await;
     let put = async |m: &mut Swarm<kad::Behaviour<MemoryStore>>, value: Vec<u8>| {
         let alice = Handle::parse("alice").unwrap();
         let rec = Record::new(name::key(&alice), value);
