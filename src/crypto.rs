@@ -5,6 +5,7 @@ pub mod aead;
 pub mod bundle;
 pub mod handshake;
 pub mod keyring;
+pub mod safety;
 
 use std::path::{Path, PathBuf};
 

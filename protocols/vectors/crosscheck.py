@@ -10,6 +10,7 @@ handshake hash (noiseprotocol), the session keys (HKDF-SHA3-512 from hmac + hash
 SEALED frame (AES-256-GCM from pyca/cryptography).
 identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
 Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
+contacts-v1.json: recomputes the safety number with hashlib's SHA-512.
 names-v1.json: normalises the typed handle with Python's unicodedata (NFKC) and str.casefold, and
 verifies the name record's binding and signatures likewise.
 Exits non-zero on any mismatch.
@@ -154,4 +155,21 @@ check("name: binding ML-DSA-65 signature",
       ML_DSA_65.verify(ml_pk, peer, bind_ml, ctx=b"commucat/identity/v1/peer-id"))
 check("name: Ed25519 signature", ed_ok(ed_sig, b"commucat/name/v1" + key + body))
 check("name: ML-DSA-65 signature", ML_DSA_65.verify(ml_pk, key + body, ml_sig, ctx=b"commucat/name/v1"))
+
+# contacts-v1: the safety number of two identities.
+sn = json.loads((here / "contacts-v1.json").read_text())
+
+
+def half(peer, ml_pk):
+    keys = peer[6:] + ml_pk  # identity multihash: 00 24 08 01 12 20 ‖ Ed25519 key
+    h = hashlib.sha512((1).to_bytes(2, "big") + keys + peer).digest()
+    for _ in range(5200):
+        h = hashlib.sha512(h + keys).digest()
+    return "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05}" for i in range(0, 30, 5))
+
+
+halves = sorted([half(b(sn["a_peer_id_bytes"]), b(sn["a_ml_dsa_public"])),
+                 half(b(sn["b_peer_id_bytes"]), b(sn["b_ml_dsa_public"]))])
+digits = halves[0] + halves[1]
+check("safety number", " ".join(digits[i:i + 5] for i in range(0, 60, 5)) == sn["safety_number"])
 sys.exit(1 if failures else 0)
