@@ -28,6 +28,11 @@ async fn a_claimed_name_resolves_receives_messages_and_is_refused_to_others() {
     .await;
 
     a.node().client().claim_name(handle("Alice")).await.unwrap();
+    assert_eq!(
+        a.node().client().status().await.unwrap().name,
+        Some(handle("alice")),
+        "status shows the claim"
+    );
     until("C to resolve alice to A", WAIT, || async {
         let r = c.node().client().resolve_name(handle("alice")).await;
         matches!(r, Ok(Some(r)) if r.peer_id == a.peer_id())
@@ -75,6 +80,7 @@ async fn a_claimed_name_resolves_receives_messages_and_is_refused_to_others() {
 
     // Released, the name is free for B.
     a.node().client().release_name().await.unwrap();
+    assert_eq!(a.node().client().status().await.unwrap().name, None);
     until("B to claim alice once A released it", WAIT, || async {
         b.node().client().claim_name(handle("alice")).await.is_ok()
     })

@@ -58,6 +58,9 @@ pub fn status(full: &crate::control::Status, as_json: bool) -> anyhow::Result<()
     let d = &full.data;
     println!("Peer ID:          {}", s.peer_id);
     println!("Role:             {}", s.role);
+    if let Some(name) = &s.name {
+        println!("Name:             @{name}");
+    }
     println!("Agent:            {}", s.agent_version);
     println!("Reachability:     {}", s.reachability);
     println!("Kademlia mode:    {}", s.kad_mode);

@@ -76,6 +76,9 @@ pub struct Status {
     pub routing_table_size: usize,
     pub peer_book_size: usize,
     pub uptime_secs: u64,
+    /// The handle this node claimed (`protocols/names-v1.md`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Handle>,
 }
 
 /// One connected peer in `GET /v1/peers`.

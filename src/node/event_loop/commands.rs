@@ -72,6 +72,7 @@ impl EventLoop {
             routing_table_size,
             peer_book_size: self.conn.peer_book.len(),
             uptime_secs: self.started.elapsed().as_secs(),
+            name: self.names.claimed().cloned(),
         }
     }
 

@@ -63,6 +63,11 @@ impl State {
         }
     }
 
+    /// The handle this node claimed.
+    pub(super) fn claimed(&self) -> Option<&Handle> {
+        self.claimed.as_ref()
+    }
+
     pub(super) fn owns(&self, id: &kad::QueryId) -> bool {
         self.lookups.contains_key(id)
     }
