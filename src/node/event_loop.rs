@@ -558,6 +558,9 @@ impl EventLoop {
                     self.on_name_record(id, result, step.last)
                 }
                 kad::QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
+                kad::QueryResult::PutRecord(result) if self.names.owns_put(&id) => {
+                    self.on_name_put(id, result)
+                }
                 kad::QueryResult::PutRecord(result) => match result {
                     Ok(_) => tracing::debug!("presence record stored in the DHT"),
                     Err(e) => {

@@ -42,6 +42,8 @@ pub(super) struct State {
     /// Far in the future while nothing is claimed.
     pub(super) next_publish: Instant,
     lookups: HashMap<kad::QueryId, Lookup>,
+    /// Claims and releases waiting for their record to be stored (`Quorum::One`).
+    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), Error>>>,
     cache: HashMap<Handle, ResolvedName>,
 }
 
@@ -59,6 +61,7 @@ impl State {
             ttl: Duration::from_secs(cfg.ttl_secs.min(name::MAX_TTL_SECS)),
             republish_interval: Duration::from_secs(cfg.republish_secs),
             lookups: HashMap::new(),
+            puts: HashMap::new(),
             cache: HashMap::new(),
         }
     }
@@ -66,6 +69,10 @@ impl State {
     /// The handle this node claimed.
     pub(super) fn claimed(&self) -> Option<&Handle> {
         self.claimed.as_ref()
+    }
+
+    pub(super) fn owns_put(&self, id: &kad::QueryId) -> bool {
+        self.puts.contains_key(id)
     }
 
     pub(super) fn owns(&self, id: &kad::QueryId) -> bool {
@@ -210,18 +217,37 @@ impl EventLoop {
         record: Record,
         reply: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        let result = self
+        match self
             .swarm
             .behaviour_mut()
             .kad
             .put_record(record, Quorum::One)
-            .map(|_| ())
-            .map_err(|e| Error::Dial(format!("cannot store the name record: {e:?}")));
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "cannot publish the name record");
+        {
+            // The claim answers once a peer stored the record (or none could).
+            Ok(id) => {
+                if let Some(r) = reply {
+                    self.names.puts.insert(id, r);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot publish the name record");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Dial(format!(
+                        "cannot store the name record: {e:?}"
+                    ))));
+                }
+            }
         }
-        if let Some(r) = reply {
-            let _ = r.send(result);
+    }
+
+    /// The put of a claim or release ended. A claim no peer stored yet stands (it is kept and
+    /// republished when there are peers): logged, not an error.
+    pub(super) fn on_name_put(&mut self, id: kad::QueryId, result: kad::PutRecordResult) {
+        if let Err(e) = &result {
+            tracing::warn!(error = ?e, "no peer stored the name record yet; it is republished");
+        }
+        if let Some(reply) = self.names.puts.remove(&id) {
+            let _ = reply.send(Ok(()));
         }
     }
 
