@@ -22,7 +22,7 @@ use std::{
 pub use commit::{Committer, Loss};
 pub use inbox::Inbox;
 use libp2p::PeerId;
-pub use node_state::{Bundles, NameClaim, PresenceSeq};
+pub use node_state::{Bundles, NameClaim, PresenceSeq, Sequence};
 pub use outbox::Outbox;
 pub use peerbook::PeerBook;
 pub use transfers::Transfers;
@@ -342,7 +342,7 @@ impl Store {
     }
 
     pub fn presence_seq(&self) -> Result<PresenceSeq, Error> {
-        PresenceSeq::open(self)
+        PresenceSeq::presence(self)
     }
 
     pub fn name_claim(&self) -> Result<NameClaim, Error> {

@@ -106,12 +106,11 @@ impl Client {
                 });
             }
             Ok(_) => {}
-            Err(Error::NameConflict { owners, .. }) => {
-                let owner = *owners
-                    .iter()
-                    .find(|o| **o != self.peer_id)
-                    .expect("two owners");
-                return Err(Error::NameTaken { handle, owner });
+            Err(Error::NameConflict { owners, handle }) => {
+                return Err(match owners.iter().find(|o| **o != self.peer_id) {
+                    Some(&owner) => Error::NameTaken { handle, owner },
+                    None => Error::NameConflict { owners, handle },
+                });
             }
             Err(e) => return Err(e),
         }

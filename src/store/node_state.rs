@@ -37,32 +37,49 @@ impl Bundles {
     }
 }
 
-/// The sequence number of the last presence record this node signed: the next one is higher,
-/// across restarts, so other nodes take it as newer.
-pub struct PresenceSeq(sled::Tree);
+/// The sequence number of the records this node signs under one key (its presence record, its
+/// name record): each above the last, across restarts and clock steps.
+pub struct Sequence {
+    tree: sled::Tree,
+    key: &'static [u8],
+}
 
-impl PresenceSeq {
-    pub(super) fn open(store: &Store) -> Result<Self, Error> {
-        Ok(Self(store.db.open_tree(super::META_TREE)?))
+impl Sequence {
+    /// The sequence of this node's presence records.
+    pub(super) fn presence(store: &Store) -> Result<Self, Error> {
+        Self::open(store, PRESENCE_SEQ_KEY)
+    }
+
+    fn open(store: &Store, key: &'static [u8]) -> Result<Self, Error> {
+        Ok(Self {
+            tree: store.db.open_tree(super::META_TREE)?,
+            key,
+        })
     }
 
     /// The last one stored (0 when none is).
     pub fn last(&self) -> Result<u64, Error> {
-        match self.0.get(PRESENCE_SEQ_KEY)? {
+        match self.tree.get(self.key)? {
             None => Ok(0),
             Some(v) => Ok(u64::from_be_bytes(
                 v.as_ref()
                     .try_into()
-                    .map_err(|_| Error::Corrupt("meta/presence_seq"))?,
+                    .map_err(|_| Error::Corrupt("meta/seq"))?,
             )),
         }
     }
 
-    pub fn set(&self, seq: u64) -> Result<(), Error> {
-        self.0.insert(PRESENCE_SEQ_KEY, &seq.to_be_bytes())?;
-        Ok(())
+    /// The next one, stored before it is used: above the last (a damaged one counts as 0) and at
+    /// least the clock in milliseconds.
+    pub fn next(&self) -> Result<u64, Error> {
+        let seq = (self.last().unwrap_or(0) + 1).max(crate::time::unix_ms());
+        self.tree.insert(self.key, &seq.to_be_bytes())?;
+        Ok(seq)
     }
 }
+
+/// The sequence of this node's presence records.
+pub type PresenceSeq = Sequence;
 
 /// Key of the handle this node claimed, in the `meta` tree.
 pub const NAME_CLAIM_KEY: &[u8] = b"name_claim";
@@ -70,17 +87,23 @@ pub const NAME_CLAIM_KEY: &[u8] = b"name_claim";
 pub const NAME_SEQ_KEY: &[u8] = b"name_seq";
 
 /// The name this node claimed (`protocols/names-v1.md`), kept across restarts so that it goes on
-/// republishing it, and the sequence number of its records.
-pub struct NameClaim(sled::Tree);
+/// republishing it, and the sequence of its records.
+pub struct NameClaim {
+    tree: sled::Tree,
+    pub seq: Sequence,
+}
 
 impl NameClaim {
     pub(super) fn open(store: &Store) -> Result<Self, Error> {
-        Ok(Self(store.db.open_tree(super::META_TREE)?))
+        Ok(Self {
+            tree: store.db.open_tree(super::META_TREE)?,
+            seq: Sequence::open(store, NAME_SEQ_KEY)?,
+        })
     }
 
     /// The handle claimed, if any.
     pub fn handle(&self) -> Result<Option<Handle>, Error> {
-        match self.0.get(NAME_CLAIM_KEY)? {
+        match self.tree.get(NAME_CLAIM_KEY)? {
             None => Ok(None),
             Some(v) => std::str::from_utf8(&v)
                 .ok()
@@ -92,22 +115,9 @@ impl NameClaim {
 
     pub fn set(&self, handle: Option<&Handle>) -> Result<(), Error> {
         match handle {
-            Some(h) => self.0.insert(NAME_CLAIM_KEY, h.as_str().as_bytes())?,
-            None => self.0.remove(NAME_CLAIM_KEY)?,
+            Some(h) => self.tree.insert(NAME_CLAIM_KEY, h.as_str().as_bytes())?,
+            None => self.tree.remove(NAME_CLAIM_KEY)?,
         };
         Ok(())
-    }
-
-    /// The sequence number of the next record: above the last one (stored before it is used)
-    /// and at least the clock in milliseconds.
-    pub fn next_seq(&self) -> Result<u64, Error> {
-        let last = self
-            .0
-            .get(NAME_SEQ_KEY)?
-            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
-            .unwrap_or(0);
-        let seq = (last + 1).max(crate::time::unix_ms());
-        self.0.insert(NAME_SEQ_KEY, &seq.to_be_bytes())?;
-        Ok(seq)
     }
 }

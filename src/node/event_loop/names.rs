@@ -186,7 +186,7 @@ impl EventLoop {
         released: bool,
         reply: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
-        let seq = match self.names.claim.next_seq() {
+        let seq = match self.names.claim.seq.next() {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store the name's sequence number");

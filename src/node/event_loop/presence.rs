@@ -142,14 +142,14 @@ impl State {
             self.next_publish = now + MIN_REPUBLISH_INTERVAL;
             return None;
         }
-        // A damaged number counts as 0: the clock still makes the next one newer.
-        let last = self.seq.last().unwrap_or(0);
-        let seq = (last + 1).max(crate::time::unix_ms());
-        if let Err(e) = self.seq.set(seq) {
-            tracing::warn!(error = %e, "cannot store the presence sequence number");
-            self.next_publish = now + MIN_REPUBLISH_INTERVAL;
-            return None;
-        }
+        let seq = match self.seq.next() {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the presence sequence number");
+                self.next_publish = now + MIN_REPUBLISH_INTERVAL;
+                return None;
+            }
+        };
         self.publishing = true;
         self.next_publish = now + self.republish_interval;
         Some(seq)
@@ -327,8 +327,11 @@ impl EventLoop {
     ) {
         let key = record.key.to_vec();
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let held_now = kad.store_mut().get(&record.key).map(|r| r.value.clone());
-        if held_now != held {
+        let changed = match (kad.store_mut().get(&record.key), &held) {
+            (Some(now), Some(then)) => now.value != *then,
+            (now, then) => now.is_some() != then.is_some(),
+        };
+        if changed {
             // This node stored a record of its own under the key meanwhile: judged again against
             // what is there now (it keeps its place).
             return self.check_inbound(record);
