@@ -4,7 +4,8 @@
 //!
 //! - [`connectivity`]: connected peers, identify, the peer book, bootstrap and redials;
 //! - [`queries`]: lookups and dials clients wait for (bounded);
-//! - [`presence`]: publishing our signed record, checking others', presence lookups;
+//! - [`presence`]: publishing our signed record, checking others' in arrival order, lookups;
+//! - [`names`]: our claimed name (republished), name lookups and their cache;
 //! - [`traversal`]: external addresses and reachability, relays, AutoNAT re-checks, hole punching.
 //!
 //! Nothing here blocks: per-stream work runs in other tasks, signatures on the blocking pool.
@@ -132,8 +133,8 @@ const INTERNAL_BUFFER: usize = MAX_PENDING_VALIDATIONS + MAX_PENDING_FINDS + 8;
 
 /// The swarm's one owner. It routes: commands to [`commands`], swarm events to the concern they
 /// belong to. Each concern owns its state: [`Connectivity`] (peers, peer book, redials),
-/// [`Queries`] (lookups and dials clients wait for), [`presence::State`] (publishing and record
-/// checks), [`traversal::State`] (reachability, relays, hole punches).
+/// [`Queries`] (lookups and dials clients wait for), [`presence::State`] (publishing, record
+/// checks), [`names::State`] (claim, lookups), [`traversal::State`] (reachability, relays, punches).
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
