@@ -2,6 +2,7 @@
 //! `config show`, which work without a running node.
 
 mod bench;
+mod contacts;
 mod data;
 mod names;
 mod output;
@@ -74,9 +75,9 @@ enum Command {
     },
     /// Queue a text message for a peer; it is delivered when the peer is reachable.
     Send {
-        /// Peer id or @handle.
+        /// Peer id, @handle or contact label.
         #[arg(value_name = "PEER")]
-        peer: names::Target,
+        peer: control::contacts::Recipient,
         /// The message (UTF-8, at most 64 KiB).
         text: String,
         /// Deliver to this light client of PEER (the client id a received message's
@@ -101,9 +102,9 @@ enum Command {
     },
     /// Send a file to a peer (RaptorQ blocks, resumed after interruptions), showing progress.
     SendFile {
-        /// Peer id or @handle.
+        /// Peer id, @handle or contact label.
         #[arg(value_name = "PEER")]
-        peer: names::Target,
+        peer: control::contacts::Recipient,
         path: PathBuf,
         /// Return once the file is queued instead of waiting for delivery.
         #[arg(long)]
@@ -126,6 +127,11 @@ enum Command {
         #[command(subcommand)]
         command: NameCommand,
     },
+    /// The address book: contacts with pinned keys, and their safety numbers.
+    Contact {
+        #[command(subcommand)]
+        command: ContactCommand,
+    },
     /// Bearer tokens of the assist API (for light clients).
     Token {
         #[command(subcommand)]
@@ -142,9 +148,9 @@ enum Command {
 enum DhtCommand {
     /// Find a peer's addresses through the DHT.
     Find {
-        /// Peer id or @handle.
+        /// Peer id, @handle or contact label.
         #[arg(value_name = "PEER")]
-        peer: names::Target,
+        peer: control::contacts::Recipient,
         #[command(flatten)]
         output: Output,
     },
@@ -163,6 +169,35 @@ enum NameCommand {
     /// Who holds a handle.
     Resolve {
         handle: crate::names::Handle,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactCommand {
+    /// Add a contact: its keys are looked up now and pinned.
+    Add {
+        /// Your name for it (not an @handle, not a peer id).
+        label: crate::store::contacts::Label,
+        /// Peer id or @handle.
+        #[arg(value_name = "PEER")]
+        peer: control::contacts::Recipient,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Contacts, with whether their keys are verified, unverified or changed.
+    List(Output),
+    /// Remove a contact.
+    Remove {
+        label: crate::store::contacts::Label,
+    },
+    /// Show the safety number to compare with the contact (digits and a QR code).
+    Verify {
+        label: crate::store::contacts::Label,
+        /// The numbers match: mark the contact verified (and accept its new keys if they changed).
+        #[arg(long)]
+        confirm: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -353,10 +388,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             text,
             client,
             output: out,
-        } => {
-            let peer_id = peer.peer_id(&dir).await?;
-            data::send(&dir, peer_id, text, client, out.json).await
-        }
+        } => data::send(&dir, peer, text, client, out.json).await,
         Command::Outbox(out) => data::outbox(&dir, out.json).await,
         Command::Inbox {
             after,
@@ -368,16 +400,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             path,
             no_wait,
             output: out,
-        } => {
-            let peer_id = peer.peer_id(&dir).await?;
-            data::send_file(&dir, peer_id, &path, !no_wait, out.json).await
-        }
+        } => data::send_file(&dir, peer, &path, !no_wait, out.json).await,
         Command::Transfers(out) => data::transfers(&dir, out.json).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Dht {
             command: DhtCommand::Find { peer, output: out },
         } => {
-            let peer_id = peer.peer_id(&dir).await?;
+            let peer_id = names::peer_id(&dir, &peer).await?;
             let client = control::Client::for_data_dir(&dir)?;
             let found: node::FoundPeer = client
                 .post(control::routes::FIND_PEER, &FindPeerRequest { peer_id })
@@ -390,6 +419,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             NameCommand::Resolve { handle, output } => {
                 names::resolve(&dir, handle, output.json).await
             }
+        },
+        Command::Contact { command } => match command {
+            ContactCommand::Add {
+                label,
+                peer,
+                output,
+            } => contacts::add(&dir, label, peer, output.json).await,
+            ContactCommand::List(out) => contacts::list(&dir, out.json).await,
+            ContactCommand::Remove { label } => contacts::remove(&dir, label).await,
+            ContactCommand::Verify {
+                label,
+                confirm,
+                output,
+            } => contacts::verify(&dir, label, confirm, output.json).await,
         },
         Command::Token { command } => token(&dir, command).await,
         Command::Config {
@@ -419,13 +462,10 @@ fn init(dir: &std::path::Path) -> anyhow::Result<()> {
 /// `commucat connect TARGET`: a peer id or @handle (addresses from the DHT) or a multiaddr ending in
 /// its id.
 async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Result<()> {
-    let request = if let Ok(peer) = target.parse::<names::Target>() {
-        let peer_id = peer.peer_id(dir).await?;
-        ConnectRequest {
-            peer_id: Some(peer_id),
-            addrs: Vec::new(),
-        }
-    } else if let Ok(addr) = target.parse::<Multiaddr>() {
+    let request = if target.starts_with('/') {
+        let addr: Multiaddr = target
+            .parse()
+            .with_context(|| format!("`{target}` is not a multiaddr"))?;
         if crate::net::peer_id_of(&addr).is_none() {
             bail!("{addr} does not end in /p2p/<peer-id>");
         }
@@ -434,7 +474,13 @@ async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Res
             addrs: vec![addr],
         }
     } else {
-        bail!("`{target}` is neither a peer id, an @handle nor a multiaddr");
+        let to: control::contacts::Recipient = target
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{e}, nor a multiaddr"))?;
+        ConnectRequest {
+            peer_id: Some(names::peer_id(dir, &to).await?),
+            addrs: Vec::new(),
+        }
     };
     let client = control::Client::for_data_dir(dir)?;
     let connected: node::Connected = client.post(control::routes::CONNECT, &request).await?;

@@ -6,6 +6,7 @@
 //! Spec: `protocols/control-api.md`.
 
 pub mod client;
+pub mod contacts;
 pub mod data;
 pub mod names;
 
@@ -59,6 +60,10 @@ pub mod routes {
     pub const TOKEN: &str = "/v1/assist/tokens/{id}";
     pub const NAMES: &str = "/v1/names";
     pub const NAME: &str = "/v1/names/{handle}";
+    pub const CONTACTS: &str = "/v1/contacts";
+    pub const CONTACT: &str = "/v1/contacts/{label}";
+    pub const SAFETY_NUMBER: &str = "/v1/contacts/{label}/safety-number";
+    pub const CONFIRM: &str = "/v1/contacts/{label}/confirm";
 }
 
 /// File in the data directory holding the address the control API listens on.
@@ -227,6 +232,10 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         .route(routes::TOKEN, axum::routing::delete(revoke_token))
         .route(routes::NAMES, post(names::claim).delete(names::release))
         .route(routes::NAME, get(names::resolve))
+        .route(routes::CONTACTS, get(contacts::list).post(contacts::add))
+        .route(routes::CONTACT, get(contacts::get).delete(contacts::remove))
+        .route(routes::SAFETY_NUMBER, get(contacts::safety_number))
+        .route(routes::CONFIRM, post(contacts::confirm))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

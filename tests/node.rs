@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{LOOPBACK, NodeProc, WAIT, cli, cli_json, wait_for};
-use serde_json::Value;
+use common::{LOOPBACK, NodeProc, WAIT, cli, cli_json, cli_ok, wait_for};
+use serde_json::{Value, json};
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = LOOPBACK.to_vec();
@@ -325,13 +325,13 @@ fn messages_and_files_through_the_cli() {
 /// Names through the command line, on three processes: A claims `alice`; C writes to `@alice` and
 /// A's inbox has the message; B's claim of `ALICE` is refused with the holder's id.
 #[test]
-fn a_name_claimed_with_the_cli_reaches_its_holder() {
+fn a_name_claimed_with_the_cli_reaches_its_holder_and_a_contact_pins_its_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
     let boot = b.tcp_addr();
     let a = NodeProc::start(&tmp.path().join("a"), &args(&["--bootstrap", &boot]));
     let c = NodeProc::start(&tmp.path().join("c"), &args(&["--bootstrap", &boot]));
-    let a_id = a.peer_id();
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
 
     let claimed = cli_json(&a.dir, &["name", "claim", "alice"]);
     assert_eq!(claimed["handle"], "alice");
@@ -360,5 +360,82 @@ fn a_name_claimed_with_the_cli_reaches_its_holder() {
     assert!(
         stderr.contains("held by") && stderr.contains(&a_id),
         "the refusal names the holder: {stderr}"
+    );
+
+    // C keeps A as a contact by the name: its keys are pinned, and `send <label>` reaches A.
+    let added = cli_json(&c.dir, &["contact", "add", "Friend", "@alice"]);
+    assert_eq!(
+        (&added["peer_id"], &added["trust"]),
+        (&json!(a_id), &json!("unverified"))
+    );
+    cli_json(&c.dir, &["send", "Friend", "hi friend"]);
+    wait_for("A's inbox to hold the message to the contact", WAIT, || {
+        let inbox = cli_json(&a.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "hi friend")
+            .then_some(())
+    });
+
+    // The name changes hands: A gives it up and B claims it with its own keys.
+    cli_ok(&a.dir, &["name", "release"]);
+    wait_for("B to claim alice once A released it", WAIT, || {
+        cli(&b.dir, &["name", "claim", "alice"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let refused = cli(&c.dir, &["send", "Friend", "are you still you?"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "C sent to a contact whose keys changed"
+    );
+    assert!(
+        stderr.contains("not sending to contact Friend")
+            && stderr.contains(&format!("@alice now belongs to another peer ({b_id})"))
+            && stderr.contains("commucat contact verify Friend --confirm"),
+        "the refusal says what changed and what to do: {stderr}"
+    );
+    let listed = cli_json(&c.dir, &["contact", "list"]);
+    assert_eq!(listed[0]["trust"], "key_changed", "{listed}");
+    let table = cli_ok(&c.dir, &["contact", "list"]);
+    assert!(table.contains("KEY CHANGED"), "{table}");
+    // The same message sent by peer id is refused too: the contact's peer is held, however named.
+    assert!(!cli(&c.dir, &["send", &a_id, "by id"]).status.success());
+
+    // Both sides see the same safety number: C for its contact's new keys, B for C.
+    let at_c = cli_json(&c.dir, &["contact", "verify", "Friend"]);
+    assert_eq!(at_c["safety_number"]["peer_id"], b_id.as_str());
+    cli_json(&b.dir, &["contact", "add", "carol", &c.peer_id()]);
+    let at_b = cli_json(&b.dir, &["contact", "verify", "carol"]);
+    let number = at_c["safety_number"]["safety_number"].as_str().unwrap();
+    assert_eq!(number, at_b["safety_number"]["safety_number"]);
+    assert_eq!(number.len(), 71, "12 groups of 5 digits: {number}");
+    let shown = cli_ok(&c.dir, &["contact", "verify", "Friend"]);
+    assert!(
+        shown.contains("CHANGED") && shown.contains(&number[..23]) && shown.contains('█'),
+        "digits and a QR code: {shown}"
+    );
+
+    // Confirmed, the contact is B now, verified, and messages go through.
+    let confirmed = cli_json(&c.dir, &["contact", "verify", "Friend", "--confirm"]);
+    assert_eq!(confirmed["confirmed"]["trust"], "verified");
+    assert_eq!(confirmed["confirmed"]["peer_id"], b_id.as_str());
+    cli_json(&c.dir, &["send", "Friend", "hi new alice"]);
+    wait_for(
+        "B's inbox to hold the message after confirming",
+        WAIT,
+        || {
+            let inbox = cli_json(&b.dir, &["inbox"]);
+            inbox
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["body"] == "hi new alice")
+                .then_some(())
+        },
     );
 }

@@ -10,6 +10,7 @@ use super::output::{json, listing, time_ms};
 use crate::{
     control::{
         self,
+        contacts::Recipient,
         data::{SendFile, SendMessage, Transfer, TransferList},
         routes,
     },
@@ -21,7 +22,7 @@ const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
 pub async fn send(
     dir: &Path,
-    to: PeerId,
+    to: Recipient,
     body: String,
     light_client: Option<crate::wire::ClientId>,
     as_json: bool,
@@ -127,7 +128,7 @@ pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyho
 
 pub async fn send_file(
     dir: &Path,
-    to: PeerId,
+    to: Recipient,
     path: &Path,
     wait: bool,
     as_json: bool,

@@ -1,7 +1,8 @@
-//! `commucat name claim | release | resolve`, and `@handle` wherever a peer is named: resolved
-//! through the running node (`GET /v1/names/{handle}`, `protocols/names-v1.md`).
+//! `commucat name claim | release | resolve`, and `@handle` or a contact's label wherever a peer is
+//! named: resolved through the running node (`GET /v1/names/{handle}`, `protocols/names-v1.md`;
+//! `GET /v1/contacts/{label}`).
 
-use std::{path::Path, str::FromStr};
+use std::path::Path;
 
 use libp2p::PeerId;
 
@@ -9,6 +10,7 @@ use super::output::json;
 use crate::{
     control::{
         self,
+        contacts::{ContactInfo, Recipient},
         names::{ClaimName, Claimed},
         routes,
     },
@@ -16,34 +18,20 @@ use crate::{
     node::ResolvedName,
 };
 
-/// A peer as a person names it on the command line: a PeerId, or `@handle`.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Peer(PeerId),
-    Name(Handle),
-}
-
-impl FromStr for Target {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.starts_with('@') {
-            return Handle::parse(s)
-                .map(Target::Name)
-                .map_err(|e| e.to_string());
-        }
-        s.parse()
-            .map(Target::Peer)
-            .map_err(|_| format!("`{s}` is neither a peer id nor an @handle"))
-    }
-}
-
-impl Target {
-    /// The PeerId, looking a name up through the node at `dir`.
-    pub async fn peer_id(&self, dir: &Path) -> anyhow::Result<PeerId> {
-        match self {
-            Target::Peer(p) => Ok(*p),
-            Target::Name(h) => Ok(lookup(dir, h).await?.peer_id),
+/// The PeerId of a peer as a person names it: a name is looked up through the node at `dir`, a
+/// contact in its address book.
+pub async fn peer_id(dir: &Path, to: &Recipient) -> anyhow::Result<PeerId> {
+    match to {
+        Recipient::Peer(p) => Ok(*p),
+        Recipient::Name(h) => Ok(lookup(dir, h).await?.peer_id),
+        Recipient::Contact(l) => {
+            let path = format!(
+                "{}/{}",
+                routes::CONTACTS,
+                super::output::path_segment(l.as_str())
+            );
+            let c: ContactInfo = control::Client::for_data_dir(dir)?.get(&path).await?;
+            Ok(c.peer_id)
         }
     }
 }

@@ -284,3 +284,19 @@ pub fn doctor_loss(loss: &crate::store::Loss, as_json: bool) -> anyhow::Result<(
     println!("{loss}");
     Ok(())
 }
+
+/// `s` as one path segment of a control API URL.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `text` as a QR code drawn with Unicode half blocks, for a terminal (dark on light, with the
+/// quiet zone the standard asks for).
+pub fn qr(text: &str) -> anyhow::Result<String> {
+    let code = qrcode::QrCode::new(text.as_bytes())?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build())
+}

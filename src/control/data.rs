@@ -12,7 +12,6 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Sse, sse},
 };
-use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -28,7 +27,7 @@ pub const MAX_LIST: usize = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
-    pub to: PeerId,
+    pub to: super::contacts::Recipient,
     pub body: String,
     /// A light client of `to` (its client id) the message is for: `to` pushes it to that client
     /// through its WebRTC gateway (`protocols/signaling-v1.md` §6).
@@ -43,7 +42,7 @@ pub struct SendMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendFile {
-    pub to: PeerId,
+    pub to: super::contacts::Recipient,
     /// Absolute path of a file the node can read.
     pub path: PathBuf,
 }
@@ -92,6 +91,9 @@ impl From<data::service::Error> for Problem {
     fn from(e: data::service::Error) -> Self {
         match e {
             data::service::Error::Store(e) => internal(e),
+            e @ data::service::Error::KeyChanged(_) => {
+                Problem::new(StatusCode::CONFLICT, e.to_string())
+            }
             other => bad(other),
         }
     }
@@ -115,7 +117,8 @@ pub(super) async fn send_message(
         from_client: None,
         to_client: req.client,
     };
-    Ok(Json(state.data.send_message(req.to, req.body, via).await?))
+    let to = super::contacts::peer_of(&state, &req.to).await?;
+    Ok(Json(state.data.send_message(to, req.body, via).await?))
 }
 
 pub(super) async fn outbox(
@@ -203,7 +206,8 @@ pub(super) async fn send_file(
             "`path` must be absolute (the node resolves no working directory)",
         ));
     }
-    Ok(Json(state.data.send_file(req.to, req.path).await?))
+    let to = super::contacts::peer_of(&state, &req.to).await?;
+    Ok(Json(state.data.send_file(to, req.path).await?))
 }
 
 pub(super) async fn transfers(

@@ -52,6 +52,8 @@ pub(crate) enum Attempt {
     File(#[from] std::io::Error),
     #[error("the peer holds a newer key bundle; fetching it")]
     StaleBundle,
+    #[error("{0}")]
+    KeyChanged(String),
     #[error("no progress for {0:?}")]
     Stalled(Duration),
     #[error("the peer lost messages it had acknowledged; sending {0} of them again")]
@@ -135,6 +137,7 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
     let stream = open(shared, peer).await?.compat();
     let known = cached_bundle(shared, &peer);
     let had_bundle = known.is_some();
+    let known_keys = known.as_ref().map(|b| b.binding().clone());
     let session = match session::initiate(stream, &shared.keys, peer, known, &shared.counters).await
     {
         Ok(s) => s,
@@ -150,6 +153,20 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
         && let Err(e) = shared.bundles.put(&peer, b.as_bytes())
     {
         tracing::warn!(%peer, error = %e, "cannot keep the peer's bundle for the next session");
+    }
+    // The keys this session runs under, against the ones pinned for the peer's contacts.
+    let keys = session
+        .remote_bundle
+        .as_ref()
+        .map(|b| b.binding())
+        .or(known_keys.as_ref());
+    if let Some(k) = keys
+        && let Some(c) = shared.contacts.observe_peer(&peer, k)?.first()
+    {
+        return Err(Attempt::KeyChanged(format!(
+            "contact {} shows another key; waiting for the person to confirm it",
+            c.label
+        )));
     }
     let mut reader = session.reader;
     let (tx, rx) = mpsc::channel(READ_BUFFER);

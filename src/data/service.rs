@@ -55,8 +55,35 @@ pub enum Error {
     },
     #[error("cannot send to ourselves")]
     SelfSend,
+    #[error("{}", key_changed(.0))]
+    KeyChanged(Box<crate::store::contacts::Contact>),
     #[error("the data protocol is already registered on this node")]
     AlreadyRunning,
+}
+
+/// What a person is told when a contact's keys changed: what changed and what to do.
+fn key_changed(c: &crate::store::contacts::Contact) -> String {
+    let label = &c.label;
+    let what = match (&c.changed, &c.handle) {
+        (Some(k), Some(h)) if k.peer_id != c.pinned.peer_id => {
+            format!(
+                "@{h} now belongs to another peer ({}), not the one pinned ({})",
+                k.peer_id, c.pinned.peer_id
+            )
+        }
+        (Some(k), _) if k.peer_id != c.pinned.peer_id => {
+            format!("it now shows the keys of another peer ({})", k.peer_id)
+        }
+        _ => format!(
+            "its peer ({}) now shows another ML-DSA-65 key than the one pinned",
+            c.pinned.peer_id
+        ),
+    };
+    format!(
+        "not sending to contact {label}: {what}. Nothing goes to it until you compare the new \
+         safety number with them (`commucat contact verify {label}`) and accept it \
+         (`commucat contact verify {label} --confirm`)"
+    )
 }
 
 /// The running data service.
@@ -86,6 +113,7 @@ impl Service {
             inbox: store.inbox()?,
             transfers: store.transfers()?,
             bundles: store.bundles()?,
+            contacts: store.contacts()?,
             counters: HandshakeCounters::default(),
             cfg: cfg.clone(),
             downloads,
@@ -120,6 +148,7 @@ impl Service {
         if to == self.shared.keys.peer_id() {
             return Err(Error::SelfSend);
         }
+        self.refuse_changed(&to)?;
         if body.len() > crate::wire::MAX_MESSAGE_BYTES {
             return Err(Error::MessageTooLarge(body.len()));
         }
@@ -134,6 +163,7 @@ impl Service {
         if to == self.shared.keys.peer_id() {
             return Err(Error::SelfSend);
         }
+        self.refuse_changed(&to)?;
         let cfg = self.shared.cfg.clone();
         let p = path.clone();
         let t = tokio::task::spawn_blocking(move || transfer::prepare(&p, to, &cfg))
@@ -147,6 +177,33 @@ impl Service {
         self.shared.outbox.flush().await?;
         let _ = self.shared.wake.try_send(to);
         Ok(t)
+    }
+
+    /// Refuses `to` while a contact of its shows keys the person has not confirmed
+    /// (`protocols/contacts-v1.md` §1).
+    fn refuse_changed(&self, to: &PeerId) -> Result<(), Error> {
+        match self
+            .shared
+            .contacts
+            .of_peer(to)?
+            .into_iter()
+            .find(|c| c.changed.is_some())
+        {
+            Some(c) => Err(Error::KeyChanged(Box::new(c))),
+            None => Ok(()),
+        }
+    }
+
+    /// The keys of `peer` as its last session with this node showed them (its verified bundle).
+    pub fn known_keys(&self, peer: &PeerId) -> Option<crate::identity::Binding> {
+        let bytes = self.shared.bundles.get(peer).ok()??;
+        let b = crate::crypto::Bundle::verify(&bytes, peer).ok()?;
+        Some(b.binding().clone())
+    }
+
+    /// The address book.
+    pub fn contacts(&self) -> &crate::store::Contacts {
+        &self.shared.contacts
     }
 
     pub fn outbox(&self) -> &Outbox {

@@ -71,6 +71,8 @@ pub(super) struct Shared {
     pub(super) outbox: Outbox,
     pub(super) inbox: Inbox,
     pub(super) transfers: Transfers,
+    /// The address book: sending to a contact whose key changed waits for the person.
+    pub(super) contacts: crate::store::Contacts,
     pub(super) cfg: super::Config,
     pub(super) downloads: PathBuf,
     // Signals: events out, wake-ups of delivery workers, the end.

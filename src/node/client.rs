@@ -77,10 +77,24 @@ impl Client {
     /// [`Error::NameConflict`] when the DHT shows several holders. Cached until the answer's record
     /// expires.
     pub async fn resolve_name(&self, handle: Handle) -> Result<Option<ResolvedName>, Error> {
+        self.lookup_name(handle, false).await
+    }
+
+    /// [`Self::resolve_name`] asked of the DHT, not the cache: what a check of a pinned contact
+    /// needs, as a cached answer can predate a release and a new claim.
+    pub async fn resolve_name_fresh(&self, handle: Handle) -> Result<Option<ResolvedName>, Error> {
+        self.lookup_name(handle, true).await
+    }
+
+    async fn lookup_name(
+        &self,
+        handle: Handle,
+        fresh: bool,
+    ) -> Result<Option<ResolvedName>, Error> {
         let held = self
             .request(|reply| Command::ResolveName {
                 handle: handle.clone(),
-                fresh: false,
+                fresh,
                 reply,
             })
             .await??;

@@ -52,6 +52,8 @@ pub struct ResolvedName {
     pub seq: u64,
     /// Unix seconds; the answer is good until then.
     pub expires_at: u64,
+    /// The holder's keys as the record binds them (what a contact added by this handle pins).
+    pub binding: crate::identity::Binding,
 }
 
 /// `GET /v1/status`.

@@ -101,6 +101,17 @@ pub fn cli_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run commucat")
 }
 
+/// Runs a CLI verb, asserts success, returns what it printed on stdout.
+pub fn cli_ok(data_dir: &Path, args: &[&str]) -> String {
+    let out = cli(data_dir, args);
+    assert!(
+        out.status.success(),
+        "commucat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// Runs a CLI verb with `--json`, asserts success, parses stdout.
 pub fn cli_json(data_dir: &Path, args: &[&str]) -> Value {
     let mut full = args.to_vec();

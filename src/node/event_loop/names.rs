@@ -132,6 +132,7 @@ fn resolve(handle: &Handle, records: &[Record], now: u64) -> Result<Option<Resol
             peer_id: n.peer,
             seq: n.seq,
             expires_at: n.expires_at,
+            binding: n.binding,
         }))
 }
 
@@ -380,12 +381,13 @@ mod tests {
             store.name_claim().unwrap(),
             Instant::now(),
         );
-        let peer = libp2p::PeerId::random();
+        let holder = crate::identity::Identity::generate();
         let answer = |h: &str, expires_at| ResolvedName {
             handle: Handle::parse(h).unwrap(),
-            peer_id: peer,
+            peer_id: holder.peer_id(),
             seq: 1,
             expires_at,
+            binding: holder.binding().clone(),
         };
         s.remember(answer("alice", 100), 10);
         let alice = Handle::parse("alice").unwrap();

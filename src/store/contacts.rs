@@ -1,0 +1,307 @@
+//! The address book (`contacts` tree, `protocols/contacts-v1.md` §1): labels a person chose for
+//! peers, each with the keys seen first for it — pinned — and whether the person compared safety
+//! numbers. Another key seen later for a contact is kept beside the pinned one, and sending to the
+//! contact is refused until the person confirms it.
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Store};
+use crate::{identity::Binding, names::Handle};
+
+/// Name of the tree.
+pub const CONTACTS_TREE: &str = "contacts";
+/// Contacts one node keeps at most.
+pub const MAX_CONTACTS: usize = 10_000;
+/// Characters in a label at most.
+pub const MAX_LABEL_CHARS: usize = 64;
+
+/// A name for a contact, chosen by the person: 1–64 characters, no control characters, no
+/// surrounding spaces, neither an `@handle` nor a PeerId (so that `send <label>` is never
+/// ambiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Label(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLabel {
+    #[error("a contact label must have 1 to {MAX_LABEL_CHARS} characters")]
+    Length,
+    #[error("a contact label cannot contain control characters or begin or end with a space")]
+    Characters,
+    #[error("a contact label cannot begin with `@` (that names a handle)")]
+    Handle,
+    #[error("a contact label cannot be a peer id")]
+    PeerId,
+}
+
+impl Label {
+    pub fn parse(s: &str) -> Result<Self, BadLabel> {
+        let n = s.chars().count();
+        if n == 0 || n > MAX_LABEL_CHARS {
+            return Err(BadLabel::Length);
+        }
+        if s.trim() != s || s.chars().any(char::is_control) {
+            return Err(BadLabel::Characters);
+        }
+        if s.starts_with('@') {
+            return Err(BadLabel::Handle);
+        }
+        if s.parse::<PeerId>().is_ok() {
+            return Err(BadLabel::PeerId);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for Label {
+    type Err = BadLabel;
+    fn from_str(s: &str) -> Result<Self, BadLabel> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for Label {
+    type Error = BadLabel;
+    fn try_from(s: String) -> Result<Self, BadLabel> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Label> for String {
+    fn from(l: Label) -> String {
+        l.0
+    }
+}
+
+/// Whether a contact's pinned keys were compared, or another key showed up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// The person compared safety numbers and confirmed.
+    Verified,
+    /// Pinned on first sight, never compared.
+    Unverified,
+    /// Another key was seen for the contact: sending is refused until the person confirms.
+    KeyChanged,
+}
+
+/// One contact as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub label: Label,
+    /// The handle it was added by, checked again on every send to it.
+    pub handle: Option<Handle>,
+    /// The keys pinned: the first seen, or the last the person confirmed.
+    pub pinned: Binding,
+    pub verified: bool,
+    /// Keys seen for the contact since that differ from the pinned ones, not yet confirmed.
+    pub changed: Option<Binding>,
+    /// Unix seconds.
+    pub added_at: u64,
+}
+
+impl Contact {
+    pub fn new(label: Label, handle: Option<Handle>, pinned: Binding) -> Self {
+        Self {
+            label,
+            handle,
+            pinned,
+            verified: false,
+            changed: None,
+            added_at: crate::time::unix_secs(),
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.pinned.peer_id
+    }
+
+    pub fn trust(&self) -> Trust {
+        match (&self.changed, self.verified) {
+            (Some(_), _) => Trust::KeyChanged,
+            (None, true) => Trust::Verified,
+            (None, false) => Trust::Unverified,
+        }
+    }
+}
+
+/// Both identity keys are the same (the PeerId embeds the Ed25519 key).
+pub fn same_keys(a: &Binding, b: &Binding) -> bool {
+    a.peer_id == b.peer_id && a.ml_dsa_public == b.ml_dsa_public
+}
+
+/// Why a contact could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error("there is already a contact called {0}")]
+    Exists(Label),
+    #[error("the address book is full ({MAX_CONTACTS} contacts)")]
+    Full,
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// The `contacts` tree: JSON values by label.
+#[derive(Clone)]
+pub struct Contacts(sled::Tree);
+
+impl Contacts {
+    pub(super) fn open(store: &Store) -> Result<Self, Error> {
+        Ok(Self(store.db.open_tree(CONTACTS_TREE)?))
+    }
+
+    fn decode(v: &[u8]) -> Result<Contact, Error> {
+        serde_json::from_slice(v).map_err(|_| Error::Corrupt("contacts"))
+    }
+
+    fn put(&self, c: &Contact) -> Result<(), Error> {
+        let v = serde_json::to_vec(c).expect("contacts serialise");
+        self.0.insert(c.label.as_str(), v)?;
+        self.0.flush()?;
+        Ok(())
+    }
+
+    /// Adds `contact` under a label not yet used.
+    pub fn add(&self, contact: &Contact) -> Result<(), AddError> {
+        if self.0.len() >= MAX_CONTACTS {
+            return Err(AddError::Full);
+        }
+        let v = serde_json::to_vec(contact).expect("contacts serialise");
+        self.0
+            .compare_and_swap(contact.label.as_str(), None::<&[u8]>, Some(v))
+            .map_err(Error::from)?
+            .map_err(|_| AddError::Exists(contact.label.clone()))?;
+        self.0.flush().map_err(Error::from)?;
+        Ok(())
+    }
+
+    pub fn get(&self, label: &Label) -> Result<Option<Contact>, Error> {
+        self.0
+            .get(label.as_str())?
+            .map(|v| Self::decode(&v))
+            .transpose()
+    }
+
+    /// Every contact, by label.
+    pub fn all(&self) -> Result<Vec<Contact>, Error> {
+        self.0.iter().map(|kv| Self::decode(&kv?.1)).collect()
+    }
+
+    /// Whether a contact called `label` was there.
+    pub fn remove(&self, label: &Label) -> Result<bool, Error> {
+        let had = self.0.remove(label.as_str())?.is_some();
+        self.0.flush()?;
+        Ok(had)
+    }
+
+    /// The contacts whose pinned keys are `peer`'s.
+    pub fn of_peer(&self, peer: &PeerId) -> Result<Vec<Contact>, Error> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|c| c.peer_id() == *peer)
+            .collect())
+    }
+
+    /// The contact added by `handle`, if any.
+    pub fn of_handle(&self, handle: &Handle) -> Result<Option<Contact>, Error> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .find(|c| c.handle.as_ref() == Some(handle)))
+    }
+
+    /// Records that `seen` are the keys now shown for the contact called `label` (by its handle,
+    /// or by a session or presence record of its peer): when they differ from the pinned ones the
+    /// contact becomes [`Trust::KeyChanged`]. Returns the contact as it now is.
+    pub fn observe(&self, label: &Label, seen: &Binding) -> Result<Option<Contact>, Error> {
+        let Some(mut c) = self.get(label)? else {
+            return Ok(None);
+        };
+        if !same_keys(&c.pinned, seen) && c.changed.as_ref().is_none_or(|k| !same_keys(k, seen)) {
+            c.changed = Some(seen.clone());
+            self.put(&c)?;
+        }
+        Ok(Some(c))
+    }
+
+    /// [`Self::observe`] for every contact of `peer`; the contacts that now show a changed key.
+    pub fn observe_peer(&self, peer: &PeerId, seen: &Binding) -> Result<Vec<Contact>, Error> {
+        let mut changed = Vec::new();
+        for c in self.of_peer(peer)? {
+            if let Some(c) = self.observe(&c.label, seen)?
+                && c.changed.is_some()
+            {
+                changed.push(c);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The person confirmed: the changed keys (if any) become the pinned ones, and the contact is
+    /// verified.
+    pub fn confirm(&self, label: &Label) -> Result<Option<Contact>, Error> {
+        let Some(mut c) = self.get(label)? else {
+            return Ok(None);
+        };
+        if let Some(k) = c.changed.take() {
+            c.pinned = k;
+        }
+        c.verified = true;
+        self.put(&c)?;
+        Ok(Some(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    #[test]
+    fn labels_are_never_handles_or_peer_ids() {
+        assert!(Label::parse("Bob Smith").is_ok());
+        assert_eq!(Label::parse(""), Err(BadLabel::Length));
+        assert_eq!(Label::parse(&"x".repeat(65)), Err(BadLabel::Length));
+        assert_eq!(Label::parse(" bob"), Err(BadLabel::Characters));
+        assert_eq!(Label::parse("bo\nb"), Err(BadLabel::Characters));
+        assert_eq!(Label::parse("@bob"), Err(BadLabel::Handle));
+        let p = PeerId::random().to_string();
+        assert_eq!(Label::parse(&p), Err(BadLabel::PeerId));
+    }
+
+    #[test]
+    fn a_new_key_is_held_apart_until_confirmed() {
+        let store = Store::temporary().unwrap();
+        let book = store.contacts().unwrap();
+        let (old, new) = (Identity::generate(), Identity::generate());
+        let bob = Label::parse("bob").unwrap();
+        book.add(&Contact::new(bob.clone(), None, old.binding().clone()))
+            .unwrap();
+        assert!(matches!(
+            book.add(&Contact::new(bob.clone(), None, new.binding().clone())),
+            Err(AddError::Exists(_))
+        ));
+        assert_eq!(book.get(&bob).unwrap().unwrap().trust(), Trust::Unverified);
+        book.observe(&bob, old.binding()).unwrap();
+        assert_eq!(book.get(&bob).unwrap().unwrap().trust(), Trust::Unverified);
+        let c = book.observe(&bob, new.binding()).unwrap().unwrap();
+        assert_eq!(c.trust(), Trust::KeyChanged);
+        assert_eq!(c.peer_id(), old.peer_id(), "the pinned key stays");
+        let c = book.confirm(&bob).unwrap().unwrap();
+        assert_eq!((c.trust(), c.peer_id()), (Trust::Verified, new.peer_id()));
+        assert!(book.remove(&bob).unwrap());
+        assert!(book.all().unwrap().is_empty());
+    }
+}
