@@ -10,12 +10,15 @@
 //! - [`signaling`]: WebSocket signaling at `/api/v1/ws`; [`gateway`]: the node's WebRTC side, light
 //!   clients' DataChannels into `/commucat/data` (`protocols/signaling-v1.md`).
 //! - [`tokens`]: bearer tokens; [`rate_limit`]: the per-IP limiter and per-session token buckets.
+//! - [`pairing`]: codes that pair a light client (`POST /api/pairing`, `/api/pairing/claim`), the
+//!   device CA and the paired devices.
 
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ice;
 pub mod p2p_assist;
+pub mod pairing;
 pub mod probe;
 pub mod rate_limit;
 pub mod server_info;
@@ -107,6 +110,7 @@ pub struct Context {
     pub data: Arc<crate::data::Service>,
     pub keys: Arc<LocalKeys>,
     pub tokens: Arc<Tokens>,
+    pub pairing: Arc<pairing::Pairing>,
     pub ice: Arc<ice::Credentials>,
     pub limiter: Arc<rate_limit::RateLimiter>,
     /// Paths probed per token (`assist.probes_per_token_per_minute`), by token id.
@@ -140,6 +144,7 @@ impl Assist {
         data: Arc<crate::data::Service>,
         keys: Arc<LocalKeys>,
         tokens: Arc<Tokens>,
+        pairing: Arc<pairing::Pairing>,
     ) -> Result<Self, Error> {
         let a = &cfg.assist;
         let (listener, http_addr, udp, stun_addr) = bind(a).await?;
@@ -153,6 +158,13 @@ impl Assist {
             )
         };
         let hub = Arc::new(signaling::Hub::new(a.signaling.clone(), signaling_metrics));
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(end_revoked(
+            tokens.revocations(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
         let ice = Arc::new(ice::Credentials::new(
             Duration::from_secs(a.ice_ttl_secs.get()),
             a.max_ice_credentials.get(),
@@ -163,8 +175,7 @@ impl Assist {
             penalty: Duration::from_secs(a.rate_penalty_secs),
         }));
         let tls = tls_config(a).await?;
-        let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        pairing.serving_at(client_url(a, http_addr));
         tasks.spawn(stun::serve(
             udp,
             ice.clone(),
@@ -186,6 +197,7 @@ impl Assist {
                     turn: a.turn.clone(),
                     ice_ttl_secs: a.ice_ttl_secs.get(),
                     stun: stun::advertised(a.public_ip, stun_addr),
+                    revoked: tokens.revocations(),
                     shutdown: shutdown.clone(),
                 },
                 inbound,
@@ -197,6 +209,7 @@ impl Assist {
             data,
             keys,
             tokens,
+            pairing,
             ice,
             limiter,
             probe_budget: rate_limit::RateLimiter::new(rate_limit::Limits {
@@ -230,6 +243,56 @@ impl Assist {
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Ends the signaling sessions of revoked tokens, as they are revoked.
+async fn end_revoked(
+    mut revoked: tokio::sync::broadcast::Receiver<crate::wire::ClientId>,
+    hub: Arc<signaling::Hub>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = revoked.recv() => match r {
+                Ok(client) => {
+                    let n = hub.revoke(&client);
+                    tracing::info!(%client, sessions = n, "token revoked; its signaling sessions end");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "revocations came faster than sessions ended");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Where people open the light client: `assist.domain` when set (HTTPS with a certificate), else
+/// the address assist mode listens on (loopback when it listens on every interface and no
+/// `public_ip` is set).
+fn client_url(a: &Config, bound: SocketAddr) -> String {
+    let scheme = if a.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = match (&a.domain, a.public_ip) {
+        (Some(d), _) => d.clone(),
+        (None, Some(ip)) => ip.to_string(),
+        (None, None) if bound.ip().is_unspecified() => "127.0.0.1".to_owned(),
+        (None, None) => bound.ip().to_string(),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let default_port = if a.tls_cert.is_some() { 443 } else { 80 };
+    match bound.port() {
+        p if p == default_port => format!("{scheme}://{host}/client/"),
+        p => format!("{scheme}://{host}:{p}/client/"),
     }
 }
 

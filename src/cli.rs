@@ -6,6 +6,7 @@ mod contacts;
 mod data;
 mod names;
 mod output;
+mod pairing;
 mod run;
 
 use std::{
@@ -132,6 +133,16 @@ enum Command {
         #[command(subcommand)]
         command: ContactCommand,
     },
+    /// Pair a light client (a browser, a phone): print a one-time code, the light client's URL
+    /// with it, and that URL as a QR code.
+    Pair(Output),
+    /// Paired light clients; `devices revoke <id>` unpairs one and closes its sessions.
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Bearer tokens of the assist API (for light clients).
     Token {
         #[command(subcommand)]
@@ -201,6 +212,12 @@ enum ContactCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// Unpair a device: its token is revoked and its open sessions close at once.
+    Revoke { id: crate::wire::ClientId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,6 +450,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 confirm,
                 output,
             } => contacts::verify(&dir, label, confirm, output.json).await,
+        },
+        Command::Pair(out) => pairing::pair(&dir, out.json).await,
+        Command::Devices { command, output } => match command {
+            None => pairing::list(&dir, output.json).await,
+            Some(DevicesCommand::Revoke { id }) => pairing::revoke(&dir, id).await,
         },
         Command::Token { command } => token(&dir, command).await,
         Command::Config {

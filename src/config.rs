@@ -272,6 +272,21 @@ fn check_assist(assist: &Assist) -> Result<(), Error> {
             reason: "at most 64".into(),
         });
     }
+    if assist.device_ttl_secs.get() > crate::assist::tokens::MAX_TTL_SECS {
+        return Err(Error::Value {
+            key: "assist.device_ttl_secs",
+            reason: format!("at most {} (a year)", crate::assist::tokens::MAX_TTL_SECS),
+        });
+    }
+    if assist.pairing_code_ttl_secs.get() > crate::assist::pairing::MAX_CODE_TTL_SECS {
+        return Err(Error::Value {
+            key: "assist.pairing_code_ttl_secs",
+            reason: format!(
+                "at most {} (a day): a code is a secret to type, not to keep",
+                crate::assist::pairing::MAX_CODE_TTL_SECS
+            ),
+        });
+    }
     for turn in &assist.turn {
         if turn.urls.is_empty()
             || turn

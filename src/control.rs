@@ -9,6 +9,7 @@ pub mod client;
 pub mod contacts;
 pub mod data;
 pub mod names;
+pub mod pairing;
 
 use std::{
     convert::Infallible,
@@ -64,6 +65,9 @@ pub mod routes {
     pub const CONTACT: &str = "/v1/contacts/{label}";
     pub const SAFETY_NUMBER: &str = "/v1/contacts/{label}/safety-number";
     pub const CONFIRM: &str = "/v1/contacts/{label}/confirm";
+    pub const PAIRING: &str = "/v1/pairing";
+    pub const DEVICES: &str = "/v1/devices";
+    pub const DEVICE: &str = "/v1/devices/{id}";
 }
 
 /// File in the data directory holding the address the control API listens on.
@@ -178,6 +182,7 @@ struct AppState {
     data: Arc<crate::data::Service>,
     id: Arc<Id>,
     assist_tokens: Arc<crate::assist::Tokens>,
+    pairing: Arc<crate::assist::pairing::Pairing>,
     token: Token,
     metrics: SharedRegistry,
     event_streams: Arc<Semaphore>,
@@ -190,6 +195,7 @@ pub struct Parts {
     pub data: Arc<crate::data::Service>,
     pub binding: Binding,
     pub assist_tokens: Arc<crate::assist::Tokens>,
+    pub pairing: Arc<crate::assist::pairing::Pairing>,
     pub metrics: SharedRegistry,
 }
 
@@ -208,6 +214,7 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         data: parts.data,
         id: Arc::new(Id::new(parts.binding)),
         assist_tokens: parts.assist_tokens,
+        pairing: parts.pairing,
         token,
         metrics: parts.metrics,
         event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
@@ -236,6 +243,9 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         .route(routes::CONTACT, get(contacts::get).delete(contacts::remove))
         .route(routes::SAFETY_NUMBER, get(contacts::safety_number))
         .route(routes::CONFIRM, post(contacts::confirm))
+        .route(routes::PAIRING, post(pairing::pair))
+        .route(routes::DEVICES, get(pairing::devices))
+        .route(routes::DEVICE, axum::routing::delete(pairing::unpair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

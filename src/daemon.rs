@@ -53,6 +53,8 @@ pub enum Error {
     Assist(#[from] assist::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("the device CA key: {0}")]
+    DeviceCa(#[from] assist::pairing::CaError),
     #[error("no downloads directory: set data.downloads_dir or give one to the builder")]
     NoDownloads,
     #[error("cannot create the downloads directory {path}")]
@@ -200,6 +202,13 @@ impl Daemon {
             self.store.committer(),
             &cfg.assist.token_hashes,
         ));
+        let pairing = Arc::new(assist::pairing::Pairing::new(
+            assist::pairing::DeviceCa::load_or_create(self.data_dir.as_deref())?,
+            keys.identity.peer_id(),
+            tokens.clone(),
+            self.store.devices()?,
+            &cfg.assist,
+        ));
         if cfg.assist.enabled {
             self.assist = Some(
                 assist::Assist::start(
@@ -211,6 +220,7 @@ impl Daemon {
                     self.data.clone(),
                     keys.clone(),
                     tokens.clone(),
+                    pairing.clone(),
                 )
                 .await?,
             );
@@ -225,6 +235,7 @@ impl Daemon {
                     data: self.data.clone(),
                     binding: keys.identity.binding().clone(),
                     assist_tokens: tokens,
+                    pairing,
                     metrics: self.node().metrics(),
                 },
                 token.clone(),

@@ -13,15 +13,17 @@
 //!   light-client ids DATA_VIA carries ([`wire::ClientId`], [`wire::Via`]).
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0` and its signed presence records.
 //! - [`nat`]: reachability and relay state machines.
-//! - [`store`]: the only code that touches sled: peer book, outbox, inbox, transfers, tokens, and
-//!   the commit record that tells a damaged database (`protocols/store-v1.md`).
+//! - [`store`]: the only code that touches sled: peer book, outbox, inbox, transfers, contacts,
+//!   paired devices, tokens, and the commit record that tells a damaged database
+//!   (`protocols/store-v1.md`).
 //! - [`node`]: the event loop owning the libp2p Swarm, its [`node::Client`], the composed
 //!   behaviours and the `/commucat/data` streams.
 //! - [`data`]: end-to-end sessions over those streams, and the service that delivers the outbox
 //!   and files and serves inbound sessions.
 //! - [`http`]: what both HTTP APIs share: problem documents, bearer parsing, the metrics response.
 //! - [`assist`]: assist mode for light clients: REST, STUN, TURN credentials, WebSocket
-//!   signaling, the WebRTC gateway (`protocols/assist.md`, `protocols/signaling-v1.md`).
+//!   signaling, the WebRTC gateway, pairing by code (`protocols/assist.md`,
+//!   `protocols/signaling-v1.md`, `protocols/pairing-v1.md`).
 //! - [`control`]: the local control API (HTTP + JSON, bearer token) the CLI and desktop apps use.
 //! - [`config`]: layered configuration (defaults < file < `COMMUCAT_*` env < flags) over the
 //!   sections each module above owns.

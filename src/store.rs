@@ -3,12 +3,14 @@
 //!
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
-//! handshakes, [`Bundles`]), `contacts` (the address book, [`contacts`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
+//! handshakes, [`Bundles`]), `contacts` (the address book, [`contacts`]), `devices` (paired light clients,
+//! [`devices`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
 //! counters: the outbox epoch, the presence record sequence number ([`PresenceSeq`]), the commit
 //! generation).
 
 pub mod commit;
 pub mod contacts;
+pub mod devices;
 pub mod inbox;
 pub mod node_state;
 pub mod outbox;
@@ -22,6 +24,7 @@ use std::{
 
 pub use commit::{Committer, Loss};
 pub use contacts::Contacts;
+pub use devices::Devices;
 pub use inbox::Inbox;
 use libp2p::PeerId;
 pub use node_state::{Bundles, NameClaim, PresenceSeq, Sequence};
@@ -353,6 +356,10 @@ impl Store {
 
     pub fn contacts(&self) -> Result<Contacts, Error> {
         Contacts::open(self)
+    }
+
+    pub fn devices(&self) -> Result<Devices, Error> {
+        Devices::open(self)
     }
 
     pub fn assist_tokens(&self) -> Result<sled::Tree, Error> {

@@ -805,3 +805,98 @@ fn https_with_a_configured_certificate() {
     assert!(!String::from_utf8_lossy(&buf).contains("peer_id"));
     node.stop();
 }
+
+/// Claims `code` from the local address `from`: status, `Retry-After`, body.
+async fn claim_from(base: &str, from: [u8; 4], code: &str) -> (u16, Option<u64>, Value) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("{base}/api/pairing/claim"))
+        .json(&json!({ "code": code, "name": "test phone" }))
+        .send()
+        .await
+        .unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (status, _, body) = split(resp).await;
+    (status, retry, body)
+}
+
+/// An attacker guessing pairing codes from one address gets 401 five times, then 429 for an hour —
+/// even for the right code; the code itself stays good for its owner, who pairs from another
+/// address, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_pairing_codes_locks_the_address_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("a"), &[], &[]);
+    let base = base_url(&node);
+    let invitation = common::cli_json(&node.dir, &["pair"]);
+    let code = invitation["code"].as_str().unwrap().to_owned();
+    let wrong = |i: usize| {
+        let mut c: Vec<char> = code.chars().collect();
+        c[0] = if c[0] == '0' { '1' } else { '0' };
+        c[1] = "23456"[i..].chars().next().unwrap();
+        c.into_iter().collect::<String>()
+    };
+    let attacker = [127, 0, 0, 1];
+    for i in 0..5 {
+        let (status, _, body) = claim_from(&base, attacker, &wrong(i)).await;
+        assert_eq!(status, 401, "guess {i}: {body}");
+        assert_eq!(
+            body["detail"],
+            "the pairing code is wrong, expired or already used"
+        );
+    }
+    let (status, retry, body) = claim_from(&base, attacker, &code).await;
+    assert_eq!(
+        status, 429,
+        "the locked-out address is refused even the right code: {body}"
+    );
+    assert!(
+        retry.is_some_and(|s| s > 3000),
+        "locked out for an hour: {retry:?}"
+    );
+
+    let (status, _, claimed) = claim_from(&base, [127, 0, 0, 2], &code.to_lowercase()).await;
+    assert_eq!(status, 200, "{claimed}");
+    assert_schema("Claimed", &claimed);
+    let token = claimed["token"].as_str().unwrap();
+    let (status, _, _) = get_json(&format!("{base}/api/p2p/assist"), Some(token)).await;
+    assert_eq!(status, 200, "the device's token works");
+    let (status, _, _) = claim_from(&base, [127, 0, 0, 3], &code).await;
+    assert_eq!(status, 401, "a code pairs one device");
+
+    // The paired device invites another (CCP-1): a new code, and the new device says who invited it.
+    let resp = http()
+        .post(format!("{base}/api/pairing"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, invitation) = split(resp).await;
+    assert_eq!(status, 200, "{invitation}");
+    assert_schema("Invitation", &invitation);
+    let second = invitation["code"].as_str().unwrap();
+    let (status, _, other) = claim_from(&base, [127, 0, 0, 4], second).await;
+    assert_eq!(status, 200, "{other}");
+    let devices = common::cli_json(&node.dir, &["devices"]);
+    let invited = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == other["device_id"])
+        .unwrap();
+    assert_eq!(invited["invited_by"], claimed["device_id"], "{devices}");
+    let resp = http()
+        .post(format!("{base}/api/pairing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "inviting takes a paired device's token");
+    node.stop();
+}

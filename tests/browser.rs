@@ -82,11 +82,19 @@ struct Script {
     stderr: std::thread::JoinHandle<String>,
 }
 
+/// Where the browser scripts save screenshots (`target/tmp/screenshots`).
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn run_script(args: &[&str]) -> Script {
     let mut child = Command::new("node")
         .arg("light-client.mjs")
         .args(args)
         .env("CHROMIUM", chromium())
+        .env("SCREENSHOTS", screenshots())
         .current_dir(js_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -346,4 +354,147 @@ fn the_page_reconnects_and_rejoins_after_the_node_restarts() {
     );
     script.go_ahead();
     script.finish();
+}
+
+/// POSTs a claim of `code` to the assist API; the status and body.
+fn claim(base: &str, code: &str) -> (u16, Value) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{base}/api/pairing/claim"))
+            .json(&serde_json::json!({ "code": code }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+#[test]
+fn a_browser_pairs_by_code_talks_through_the_node_and_is_cut_off_when_unpaired() {
+    if skip("browser pairing") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = start_assist(&tmp.path().join("gw"));
+    let gw_id = gw.peer_id();
+    let mut b_args: Vec<&str> = LOOPBACK.to_vec();
+    let gw_addr = gw.tcp_addr();
+    b_args.extend(["--bootstrap", &gw_addr]);
+    let b = NodeProc::start(&tmp.path().join("b"), &b_args);
+    let b_id = b.peer_id();
+    let base = base_url(&gw);
+
+    // The owner runs `commucat pair`: a code, the page's address with it, and a QR code.
+    let shown = common::cli_ok(&gw.dir, &["pair"]);
+    assert!(
+        shown.contains("Pairing code: ") && shown.contains("/client/#pair=") && shown.contains('█'),
+        "{shown}"
+    );
+    let invitation = cli_json(&gw.dir, &["pair"]);
+    let code = invitation["code"].as_str().unwrap();
+    assert_eq!(invitation["url"], format!("{base}/client/#pair={code}"));
+
+    let mut script = run_script(&[
+        "pair",
+        &base,
+        code,
+        &b_id,
+        "hello from a paired browser",
+        "hello back, paired browser",
+    ]);
+    let paired = script.expect("paired");
+    let device = paired["me"].as_str().unwrap().to_owned();
+    let stored = &paired["stored"];
+    assert_eq!(stored["device_id"], device.as_str(), "{paired}");
+    assert_eq!(stored["node"], gw_id.as_str());
+    assert!(
+        !paired["url"].as_str().unwrap().contains(code),
+        "the code leaves the address bar: {paired}"
+    );
+    // The certificate is the device CA's, which server-info publishes.
+    let info: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::get(format!("{base}/api/server-info"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(info["device_ca_public"], stored["device_ca_public"]);
+    let ca: [u8; 32] = hex::decode(info["device_ca_public"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let ca = libp2p::identity::ed25519::PublicKey::try_from_bytes(&ca).unwrap();
+    let cert: commucat::assist::pairing::Certificate =
+        serde_json::from_value(stored["device_certificate"].clone()).unwrap();
+    assert!(cert.verify(&ca), "the device CA signed the certificate");
+    assert_eq!(cert.device_id.to_string(), device);
+
+    // B gets the page's message from the gateway node, naming the device; B's answer shows up.
+    wait_for("B to receive the paired browser's message", WAIT, || {
+        let inbox = cli_json(&b.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["body"] == "hello from a paired browser")
+            .cloned()
+    });
+    let out = cli(
+        &b.dir,
+        &[
+            "send",
+            &gw_id,
+            "--client",
+            &device,
+            "hello back, paired browser",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    script.expect("reply");
+    let restored = script.expect("restored");
+    assert_eq!(
+        restored["me"],
+        device.as_str(),
+        "signed in again from storage"
+    );
+
+    // A code pairs one device: the second claim is refused.
+    let (status, problem) = claim(&base, code);
+    assert_eq!(status, 401, "{problem}");
+    let devices = cli_json(&gw.dir, &["devices"]);
+    assert_eq!(devices.as_array().unwrap().len(), 1, "{devices}");
+    assert_eq!(devices[0]["id"], device.as_str());
+
+    // Unpairing closes the page's signaling session and node channel within a second.
+    common::cli_ok(&gw.dir, &["devices", "revoke", &device]);
+    script.go_ahead();
+    let revoked = script.expect("revoked");
+    assert!(
+        revoked["stored"].is_null(),
+        "the page forgot the credentials: {revoked}"
+    );
+    assert!(
+        revoked["log"].as_str().unwrap().contains("unpaired"),
+        "the page says why: {revoked}"
+    );
+    script.finish();
+    assert_eq!(cli_json(&gw.dir, &["devices"]), serde_json::json!([]));
+    for shot in ["paired.png", "unpaired.png"] {
+        let path = screenshots().join(shot);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{} was saved",
+            path.display()
+        );
+    }
 }

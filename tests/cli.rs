@@ -307,3 +307,40 @@ fn run_refuses_ports_held_by_another_node() {
         "the first node is unaffected"
     );
 }
+
+/// The device CA key is made once, private, and kept; a damaged one stops the node, which says
+/// what to do, instead of silently making another (which would orphan every paired device).
+#[test]
+fn a_damaged_device_ca_key_stops_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let node = NodeProc::start(&dir, LOOPBACK);
+    let key = dir.join("device-ca.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = std::fs::read_to_string(&key).unwrap();
+    node.stop();
+    let node = NodeProc::start(&dir, LOOPBACK);
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        first,
+        "kept across restarts"
+    );
+    node.stop();
+
+    std::fs::write(&key, "not a key\n").unwrap();
+    let mut args = vec!["run"];
+    args.extend_from_slice(LOOPBACK);
+    let out = cli(&dir, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("device-ca.key is damaged") && err.contains("pair again"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        "not a key\n",
+        "left as found"
+    );
+}

@@ -462,3 +462,32 @@ async fn a_flood_is_rate_limited_and_a_sustained_one_disconnected() {
     );
     node.stop();
 }
+
+/// `commucat token revoke` ends the token's open sessions at once (close 4003), not at their next
+/// reconnect; another token's session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_token_closes_its_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("n"), &[]);
+    let (revoked, id) = token(&node).await;
+    let (kept, _) = token(&node).await;
+    let mut a = connect_bearer(&ws_url(&node), &revoked).await;
+    let mut a2 = connect_bearer(&ws_url(&node), &revoked).await;
+    let mut b = connect_bearer(&ws_url(&node), &kept).await;
+    for ws in [&mut a, &mut a2, &mut b] {
+        next_of(ws, "welcome").await;
+    }
+    let out = common::cli(&node.dir, &["token", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ws in [&mut a, &mut a2] {
+        let (_, code) = close_code(ws).await;
+        assert_eq!(code, Some(4003), "closed as revoked");
+    }
+    send(&mut b, json!({"type": "ping", "payload": "still here"})).await;
+    assert_eq!(next_of(&mut b, "pong").await["payload"], "still here");
+    node.stop();
+}

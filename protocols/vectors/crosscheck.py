@@ -11,6 +11,9 @@ SEALED frame (AES-256-GCM from pyca/cryptography).
 identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
 Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
 contacts-v1.json: recomputes the safety number with hashlib's SHA-512.
+pairing-v1.json: decodes the code as Crockford base 32, derives the device key with HKDF-SHA3-256
+(hmac + hashlib) and Ed25519 (pyca/cryptography), rebuilds the certificate's bytes and verifies
+its signature with the device CA's key.
 names-v1.json: normalises the typed handle with Python's unicodedata (NFKC) and str.casefold, and
 verifies the name record's binding and signatures likewise.
 Exits non-zero on any mismatch.
@@ -172,4 +175,37 @@ halves = sorted([half(b(sn["a_peer_id_bytes"]), b(sn["a_ml_dsa_public"])),
                  half(b(sn["b_peer_id_bytes"]), b(sn["b_ml_dsa_public"]))])
 digits = halves[0] + halves[1]
 check("safety number", " ".join(digits[i:i + 5] for i in range(0, 60, 5)) == sn["safety_number"])
+# pairing-v1: a code, a device key derived from a seed, a device certificate.
+pv = json.loads((here / "pairing-v1.json").read_text())
+crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def code_value(typed):
+    t = typed.upper().replace("-", "").replace(" ", "").translate(str.maketrans("ILO", "110"))
+    assert len(t) == 10
+    n = 0
+    for c in t:
+        n = n * 32 + crockford.index(c)
+    return n
+
+
+check("pairing: code", all(code_value(t) == pv["code_value"] for t in pv["typed"] + [pv["code"]]))
+device_id = b(pv["device_id"])
+prk = hmac.new(bytes(32), b(pv["device_seed"]), hashlib.sha3_256).digest()  # salt = none
+okm = hmac.new(prk, b"commucat device key v1" + device_id + b"\x01", hashlib.sha3_256).digest()
+check("pairing: device key (HKDF-SHA3-256)", okm.hex() == pv["device_private"])
+raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+device_public = Ed25519PrivateKey.from_private_bytes(okm).public_key().public_bytes(*raw)
+check("pairing: device public key", device_public.hex() == pv["device_public"])
+ca = Ed25519PrivateKey.from_private_bytes(b(pv["ca_secret"]))
+check("pairing: device CA public key", ca.public_key().public_bytes(*raw).hex() == pv["ca_public"])
+node = b(pv["node_bytes"])
+signed = (b"commucat device certificate v1" + device_id + device_public + bytes([len(node)]) + node
+          + pv["issued_at"].to_bytes(8, "big") + pv["expires_at"].to_bytes(8, "big"))
+check("pairing: certificate bytes", signed.hex() == pv["signed_bytes"])
+try:
+    Ed25519PublicKey.from_public_bytes(b(pv["ca_public"])).verify(b(pv["signature"]), signed)
+    check("pairing: certificate signature", True)
+except Exception:
+    check("pairing: certificate signature", False)
 sys.exit(1 if failures else 0)

@@ -67,6 +67,10 @@ pub struct Config {
     /// STUN answers the responder sends per second to all addresses together; requests beyond it
     /// are dropped (a flood from many spoofed addresses cannot turn the node into a reflector).
     pub stun_answers_per_second: NonZeroU32,
+    /// Lifetime of a pairing code (`commucat pair`, `POST /api/pairing`).
+    pub pairing_code_ttl_secs: NonZeroU64,
+    /// Lifetime of a paired device's certificate and assist token.
+    pub device_ttl_secs: NonZeroU64,
     /// TURN servers handed to clients.
     pub turn: Vec<TurnServer>,
     /// WebSocket signaling at `/api/v1/ws` (`protocols/signaling-v1.md`).
@@ -194,6 +198,8 @@ impl Default for Config {
             rate_penalty_secs: 60,
             stun_per_ip_per_second: NonZero::new(50).unwrap(),
             stun_answers_per_second: NonZero::new(2000).unwrap(),
+            pairing_code_ttl_secs: NonZero::new(600).unwrap(),
+            device_ttl_secs: NonZero::new(90 * 24 * 3600).unwrap(),
             turn: Vec::new(),
             signaling: Signaling::default(),
             gateway: Gateway::default(),

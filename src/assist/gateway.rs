@@ -103,6 +103,8 @@ pub struct Setup {
     pub ice_ttl_secs: u64,
     /// The STUN responder's advertised address, if it has one.
     pub stun: Option<SocketAddr>,
+    /// Client ids whose tokens were revoked: their connections close at once.
+    pub revoked: broadcast::Receiver<ClientId>,
     pub shutdown: CancellationToken,
 }
 
@@ -117,6 +119,7 @@ pub async fn run(setup: Setup, mut inbound: mpsc::Receiver<ToNode>) {
         events: events_tx,
         channels: tokio::task::JoinSet::new(),
     };
+    let mut revoked = gw.setup.revoked.resubscribe();
     let mut inbox = gw.setup.data.inbox().subscribe();
     let mut data_events = gw.setup.data.subscribe();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -135,6 +138,11 @@ pub async fn run(setup: Setup, mut inbound: mpsc::Receiver<ToNode>) {
             e = data_events.recv() => match e {
                 Ok(Event::MessagesDelivered { to, up_to_seq, .. }) => gw.delivered(to, up_to_seq),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            r = revoked.recv() => match r {
+                Ok(client) => gw.revoked(client).await,
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = sweep.tick() => gw.sweep().await,
@@ -378,6 +386,16 @@ impl Gateway {
 
     fn lock_pushes(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Push>> {
         self.pushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A client's token was revoked: its PeerConnection (and with it its DataChannels) closes,
+    /// and nothing more is pushed to it.
+    async fn revoked(&mut self, client: ClientId) {
+        self.lock_pushes().remove(&client);
+        if let Some(c) = self.conns.remove(&client) {
+            tracing::info!(%client, "token revoked; closing its gateway connection");
+            let _ = c.pc.close().await;
+        }
     }
 
     /// Closes connections whose DataChannel did not open in time.

@@ -10,10 +10,10 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{get, post},
 };
 
-use super::{Context, p2p_assist, server_info, signaling};
+use super::{Context, p2p_assist, pairing, server_info, signaling};
 use crate::http::Problem;
 
 /// Requests served at once; more wait.
@@ -25,10 +25,12 @@ pub fn router(ctx: Arc<Context>) -> Router {
             "/api/p2p/assist",
             get(p2p_assist::get).post(p2p_assist::post),
         )
+        .route("/api/pairing", post(pairing::api::invite))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     let api = Router::new()
         .route("/api/server-info", get(server_info::handler))
         .route("/api/v1/ws", get(signaling::upgrade))
+        .route("/api/pairing/claim", post(pairing::api::claim))
         .merge(assist)
         .layer(middleware::from_fn_with_state(ctx.clone(), rate_limit));
     Router::new()
@@ -57,6 +59,8 @@ async fn count(State(ctx): State<Arc<Context>>, request: Request, next: Next) ->
         Some("/api/server-info") => "server_info",
         Some("/api/p2p/assist") => "p2p_assist",
         Some("/api/v1/ws") => "signaling",
+        Some("/api/pairing") => "pairing",
+        Some("/api/pairing/claim") => "pairing_claim",
         Some("/metrics") => "metrics",
         Some("/healthz") => "healthz",
         Some("/client/" | "/client/client.js" | "/client") => "client",

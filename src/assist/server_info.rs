@@ -31,6 +31,23 @@ pub struct ServerInfo {
     pub session: SessionParams,
     pub presence: PresenceParams,
     pub post_quantum: PostQuantum,
+    /// The device CA's Ed25519 public key, hex: what signs paired devices' certificates
+    /// (`protocols/pairing-v1.md` §4).
+    pub device_ca_public: String,
+    pub pairing: PairingParams,
+}
+
+/// How light clients pair (`protocols/pairing-v1.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairingParams {
+    /// Always `false`: a device pairs only with a code.
+    pub auto_approve: bool,
+    /// Seconds a pairing code stays valid.
+    pub pairing_ttl: u64,
+    /// `POST`, bearer token of a paired device: a new code.
+    pub issue: String,
+    /// `POST`, no token: redeem a code.
+    pub claim: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +129,13 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
         },
         presence: PresenceParams {
             ttl_seconds: cfg.node.presence.ttl_secs,
+        },
+        device_ca_public: ctx.pairing.ca_public_hex(),
+        pairing: PairingParams {
+            auto_approve: false,
+            pairing_ttl: ctx.pairing.code_ttl_secs(),
+            issue: "/api/pairing".into(),
+            claim: "/api/pairing/claim".into(),
         },
         post_quantum: PostQuantum {
             enabled: true,

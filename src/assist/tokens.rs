@@ -44,11 +44,16 @@ pub struct Issued {
     pub info: TokenInfo,
 }
 
+/// Revocations buffered per listener (assist mode's signaling hub and gateway); one that falls
+/// further behind misses some, and a missed one still fails at the next token check.
+pub const REVOCATION_BUFFER: usize = 64;
+
 /// The tokens the assist API accepts.
 pub struct Tokens {
     tree: sled::Tree,
     committer: crate::store::Committer,
     configured: Vec<[u8; 32]>,
+    revoked: tokio::sync::broadcast::Sender<ClientId>,
 }
 
 /// SHA-256 of a token, hex (what `assist.token_hashes` holds).
@@ -77,7 +82,13 @@ impl Tokens {
             tree,
             committer,
             configured,
+            revoked: tokio::sync::broadcast::channel(REVOCATION_BUFFER).0,
         }
+    }
+
+    /// The client ids of tokens revoked from now on: what is open under them must close.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<ClientId> {
+        self.revoked.subscribe()
     }
 
     /// Makes a token valid for `ttl_secs`.
@@ -108,21 +119,27 @@ impl Tokens {
     }
 
     /// Revokes a token given as itself or by its client id; returns whether one was revoked.
+    /// Listeners of [`Self::revocations`] hear of it.
     pub fn revoke(&self, token_or_id: &str) -> Result<bool, Error> {
         let by_hash = Sha256::digest(token_or_id.as_bytes());
-        let mut found = self.tree.remove(by_hash.as_slice())?.is_some();
-        let id = token_or_id.parse::<ClientId>().ok();
-        if !found && id.is_some() {
+        let mut gone = Vec::new();
+        if self.tree.remove(by_hash.as_slice())?.is_some() {
+            gone.push(client_id(&by_hash));
+        }
+        if let (true, Ok(id)) = (gone.is_empty(), token_or_id.parse::<ClientId>()) {
             for entry in self.tree.iter() {
                 let (key, value) = entry?;
-                if serde_json::from_slice::<TokenInfo>(&value).is_ok_and(|i| Some(i.id) == id) {
+                if serde_json::from_slice::<TokenInfo>(&value).is_ok_and(|i| i.id == id) {
                     self.tree.remove(key)?;
-                    found = true;
+                    gone.push(id);
                 }
             }
         }
         self.committer.commit_blocking()?;
-        Ok(found)
+        for id in &gone {
+            let _ = self.revoked.send(*id);
+        }
+        Ok(!gone.is_empty())
     }
 
     /// Issued tokens that have not expired.

@@ -7,12 +7,19 @@
 //     {"event":"queued"}, then waits for <expected-reply> to show up among the received messages.
 //   node light-client.mjs p2p <base-url> <token-a> <token-b> <room> <text>
 //     two pages join <room>; page A connects to page B directly and sends <text>; page B shows it.
+//   node light-client.mjs pair <base-url> <code> <peer-id> <text> <expected-reply>
+//     opens the light client's URL with the pairing code in its fragment ("paired"), sends <text> to
+//     <peer-id> and waits for <expected-reply> ("reply"); reloads the page, which signs in again
+//     with the credentials it kept ("restored"); then, after a line on stdin (the device was
+//     revoked), requires signaling and the node channel to be closed within a second ("revoked").
 //   node light-client.mjs reconnect <base-url> <token> <room>
 //     the page joins <room> and opens the node channel ("ready"), sees signaling drop ("lost") and
 //     come back with a new node channel ("back").
 import { chromium } from 'playwright-core';
 
 const WAIT_MS = 60_000;
+// Where the pairing flow saves screenshots of the page, for a person to look at.
+const SHOTS = process.env.SCREENSHOTS;
 const [mode, base, ...rest] = process.argv.slice(2);
 
 const browser = await chromium.launch({
@@ -91,6 +98,66 @@ async function peerToPeer([tokenA, tokenB, room, text]) {
   emit('direct-message', { text: await got.first().textContent(), from: await got.first().getAttribute('data-from') });
 }
 
+function stdinLine() {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no go-ahead on stdin')), WAIT_MS);
+    process.stdin.once('data', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+// Evaluated in the page: signaling and the node channel are both open.
+const BOTH_OPEN = () =>
+  document.getElementById('signaling').textContent === 'open' &&
+  document.getElementById('node').textContent === 'open';
+
+async function pairAndRevoke([code, peer, text, reply]) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  pages.push({ page, consoleLines });
+  await page.goto(`${base}/client/#pair=${code}`);
+  await page.waitForFunction(BOTH_OPEN, null, { timeout: WAIT_MS });
+  const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('commucat.device')));
+  emit('paired', {
+    me: await page.textContent('#me'),
+    device: await page.textContent('#device'),
+    url: page.url(),
+    stored,
+  });
+  await page.fill('#to', peer);
+  await page.fill('#body', text);
+  await page.click('#send');
+  await page.waitForSelector('#messages li.sent[data-state="delivered"]', { timeout: WAIT_MS });
+  const received = page.locator('#messages li.received', { hasText: reply });
+  await received.first().waitFor({ timeout: WAIT_MS });
+  emit('reply', { text: await received.first().textContent() });
+  if (SHOTS) await page.screenshot({ path: `${SHOTS}/paired.png`, fullPage: true });
+
+  // The credentials outlive the page: a reload signs in again without a code.
+  await page.reload();
+  await page.waitForFunction(BOTH_OPEN, null, { timeout: WAIT_MS });
+  emit('restored', { me: await page.textContent('#me') });
+
+  await stdinLine();
+  await page.waitForFunction(
+    () =>
+      document.getElementById('signaling').textContent === 'revoked' &&
+      document.getElementById('node').textContent !== 'open',
+    null,
+    { timeout: 1000 },
+  );
+  if (SHOTS) await page.screenshot({ path: `${SHOTS}/unpaired.png`, fullPage: true });
+  emit('revoked', {
+    stored: await page.evaluate(() => localStorage.getItem('commucat.device')),
+    log: await page.innerText('#log'),
+  });
+}
+
 async function reconnect([token, room]) {
   const page = await open(token);
   await page.fill('#room', room);
@@ -126,6 +193,7 @@ try {
   if (mode === 'node') await nodeRoundTrip(rest);
   else if (mode === 'p2p') await peerToPeer(rest);
   else if (mode === 'reconnect') await reconnect(rest);
+  else if (mode === 'pair') await pairAndRevoke(rest);
   else throw new Error(`unknown mode ${mode}`);
 } catch (e) {
   code = 1;

@@ -10,6 +10,10 @@ const TOKEN_PREFIX = 'commucat-token.';
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 const STABLE_MS = 10000;
+const DEVICE_KEY = 'commucat.device';
+const CLOSE_REVOKED = 4003;
+// A pairing code: ten symbols of Crockford base 32, dashes and spaces ignored.
+const CODE_RE = /^[0-9A-HJKMNP-TV-Z]{10}$/;
 
 const state = {
   token: null,
@@ -75,9 +79,74 @@ function sig(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
 
+function normalisedCode(text) {
+  const c = text.toUpperCase().replace(/[\s-]/g, '').replace(/[IL]/g, '1').replace(/O/g, '0');
+  return CODE_RE.test(c) ? c : null;
+}
+
+function savedDevice() {
+  try {
+    const d = JSON.parse(localStorage.getItem(DEVICE_KEY) || 'null');
+    if (d && d.token && d.expires_at * 1000 > Date.now()) return d;
+  } catch {
+    // Unreadable: pair again.
+  }
+  localStorage.removeItem(DEVICE_KEY);
+  return null;
+}
+
+function showDevice(d) {
+  setState('device', d ? `paired as device ${d.device_id}` : 'not paired');
+}
+
+function forgetDevice(why) {
+  localStorage.removeItem(DEVICE_KEY);
+  showDevice(null);
+  log(why);
+}
+
+// Redeems a pairing code for this device's credentials (POST /api/pairing/claim).
+async function pair(code) {
+  setState('signaling', 'pairing');
+  const r = await fetch('/api/pairing/claim', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ code, name: `browser ${navigator.platform || ''}`.trim().slice(0, 64) }),
+  });
+  if (!r.ok) {
+    let detail = `HTTP ${r.status}`;
+    try {
+      detail = (await r.json()).detail || detail;
+    } catch {
+      // Keep the status.
+    }
+    setState('signaling', r.status === 401 ? 'code refused' : 'pairing failed');
+    log(`pairing: ${detail}`);
+    return null;
+  }
+  const d = await r.json();
+  localStorage.setItem(DEVICE_KEY, JSON.stringify(d));
+  showDevice(d);
+  log(`paired with node ${d.node} as device ${d.device_id}`);
+  return d;
+}
+
 async function start() {
-  state.token = $('token').value.trim();
-  if (!state.token) return;
+  const typed = $('token').value.trim();
+  if (!typed) return;
+  const code = normalisedCode(typed);
+  if (code) {
+    const d = await pair(code);
+    if (!d) return;
+    state.token = d.token;
+  } else {
+    state.token = typed;
+  }
+  $('token').value = '';
+  await connect();
+}
+
+async function connect() {
   state.stopped = false;
   clearTimeout(state.reconnectTimer);
   if (state.ws) state.ws.close();
@@ -91,7 +160,8 @@ async function attempt() {
     if (e instanceof AuthError) {
       state.stopped = true;
       setState('signaling', 'token refused');
-      log('the token was refused: get a new one (commucat token issue)');
+      if (savedDevice()) forgetDevice('the node no longer knows this device: pair it again (commucat pair)');
+      else log('the token was refused: get a new one (commucat token issue) or pair (commucat pair)');
       return;
     }
     log(`assist: ${e.message}`);
@@ -120,6 +190,13 @@ async function attempt() {
   };
   ws.onclose = (e) => {
     if (state.ws !== ws) return;
+    if (e.code === CLOSE_REVOKED) {
+      state.stopped = true;
+      setState('signaling', 'revoked');
+      // The node closes this device's gateway connection itself; the node channel shows it.
+      forgetDevice('this device was unpaired on the node (its token is revoked): pair it again to use it');
+      return;
+    }
     setState('signaling', 'closed');
     log(`signaling closed (${e.code}${e.reason ? ' ' + e.reason : ''})`);
     if (!state.stopped) scheduleReconnect();
@@ -382,9 +459,17 @@ $('join').onclick = join;
 $('direct-send').onclick = sendDirect;
 
 const params = new URLSearchParams(location.search);
-if (params.get('token')) {
-  $('token').value = params.get('token');
-  // Keep the token out of the address bar (and history) once read.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (params.get('token') || fragment.get('pair')) {
+  $('token').value = params.get('token') || fragment.get('pair');
+  // Keep the token or code out of the address bar (and history) once read.
   history.replaceState(null, '', location.pathname);
   start().catch((e) => log(`${e}`));
+} else {
+  const d = savedDevice();
+  showDevice(d);
+  if (d) {
+    state.token = d.token;
+    connect().catch((e) => log(`${e}`));
+  }
 }

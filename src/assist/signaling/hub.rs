@@ -197,6 +197,23 @@ impl Hub {
         self.metrics.sessions.set(st.sessions.len() as i64);
     }
 
+    /// Ends every session of `client` (its token was revoked); returns how many there were.
+    pub fn revoke(&self, client: &ClientId) -> usize {
+        let st = self.lock();
+        let Some(ids) = st.clients.get(client) else {
+            return 0;
+        };
+        for id in ids {
+            if let Some(s) = st.sessions.get(id)
+                && !s.kill.is_cancelled()
+            {
+                *s.kill_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(Reason::Revoked);
+                s.kill.cancel();
+            }
+        }
+        ids.len()
+    }
+
     /// Queues `msg` for session `id`; a full queue ends the session (slow reader).
     fn deliver_locked(&self, st: &HubState, id: u64, msg: &Utf8Bytes) {
         let Some(s) = st.sessions.get(&id) else {

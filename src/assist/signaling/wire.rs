@@ -20,6 +20,8 @@ pub mod close {
     pub const IDLE: u16 = 4001;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The session's token was revoked (`commucat token revoke`, `commucat devices revoke`).
+    pub const REVOKED: u16 = 4003;
 }
 
 /// Codes of `error` messages (payload `{code, message}`).
@@ -146,6 +148,7 @@ pub(super) enum Reason {
     Idle,
     RateLimited,
     Shutdown,
+    Revoked,
     Error,
 }
 
@@ -158,6 +161,7 @@ impl Reason {
             Self::Idle => "idle",
             Self::RateLimited => "rate_limited",
             Self::Shutdown => "shutdown",
+            Self::Revoked => "revoked",
             Self::Error => "error",
         }
     }
@@ -169,6 +173,7 @@ impl Reason {
             Self::Idle => Some((close::IDLE, "idle timeout")),
             Self::RateLimited => Some((close::POLICY, "rate limit")),
             Self::Shutdown => Some((close::GOING_AWAY, "server going away")),
+            Self::Revoked => Some((close::REVOKED, "token revoked")),
             Self::Closed | Self::Error => None,
         }
     }
