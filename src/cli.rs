@@ -202,6 +202,8 @@ enum ContactCommand {
     /// Remove a contact.
     Remove {
         label: crate::store::contacts::Label,
+        #[command(flatten)]
+        output: Output,
     },
     /// Show the safety number to compare with the contact (digits and a QR code).
     Verify {
@@ -217,7 +219,11 @@ enum ContactCommand {
 #[derive(Debug, Subcommand)]
 enum DevicesCommand {
     /// Unpair a device: its token is revoked and its open sessions close at once.
-    Revoke { id: crate::wire::ClientId },
+    Revoke {
+        id: crate::wire::ClientId,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -423,10 +429,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Dht {
             command: DhtCommand::Find { peer, output: out },
         } => {
-            let peer_id = names::peer_id(&dir, &peer).await?;
             let client = control::Client::for_data_dir(&dir)?;
             let found: node::FoundPeer = client
-                .post(control::routes::FIND_PEER, &FindPeerRequest { peer_id })
+                .post(
+                    control::routes::FIND_PEER,
+                    &FindPeerRequest { peer_id: peer },
+                )
                 .await?;
             output::found(&found, out.json)
         }
@@ -444,7 +452,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 output,
             } => contacts::add(&dir, label, peer, output.json).await,
             ContactCommand::List(out) => contacts::list(&dir, out.json).await,
-            ContactCommand::Remove { label } => contacts::remove(&dir, label).await,
+            ContactCommand::Remove { label, output } => {
+                contacts::remove(&dir, label, output.json).await
+            }
             ContactCommand::Verify {
                 label,
                 confirm,
@@ -454,7 +464,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pair(out) => pairing::pair(&dir, out.json).await,
         Command::Devices { command, output } => match command {
             None => pairing::list(&dir, output.json).await,
-            Some(DevicesCommand::Revoke { id }) => pairing::revoke(&dir, id).await,
+            Some(DevicesCommand::Revoke { id, output }) => {
+                pairing::revoke(&dir, id, output.json).await
+            }
         },
         Command::Token { command } => token(&dir, command).await,
         Command::Config {
@@ -500,7 +512,7 @@ async fn connect(dir: &std::path::Path, target: &str, json: bool) -> anyhow::Res
             .parse()
             .map_err(|e: String| anyhow::anyhow!("{e}, nor a multiaddr"))?;
         ConnectRequest {
-            peer_id: Some(names::peer_id(dir, &to).await?),
+            peer_id: Some(to),
             addrs: Vec::new(),
         }
     };

@@ -150,7 +150,8 @@ impl Id {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FindPeerRequest {
-    pub peer_id: PeerId,
+    /// A peer id, an `@handle` or a contact's label.
+    pub peer_id: contacts::Recipient,
 }
 
 /// `POST /v1/connect` body: a peer id (addresses looked up in the DHT unless given), or a
@@ -163,7 +164,7 @@ pub struct ConnectRequest {
         deserialize_with = "crate::json::present",
         skip_serializing_if = "Option::is_none"
     )]
-    pub peer_id: Option<PeerId>,
+    pub peer_id: Option<contacts::Recipient>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<Multiaddr>,
 }
@@ -316,7 +317,8 @@ async fn find_peer(
     body: Result<Json<FindPeerRequest>, JsonRejection>,
 ) -> Result<Json<node::FoundPeer>, Problem> {
     let Json(req) = body?;
-    Ok(Json(state.node.find_peer(req.peer_id).await?))
+    let peer = contacts::peer_of(&state, &req.peer_id).await?;
+    Ok(Json(state.node.find_peer(peer).await?))
 }
 
 async fn connect(
@@ -325,8 +327,11 @@ async fn connect(
 ) -> Result<Json<node::Connected>, Problem> {
     let Json(req) = body?;
     let from_addrs: Vec<PeerId> = req.addrs.iter().filter_map(peer_id_of).collect();
-    let peer = req
-        .peer_id
+    let named = match &req.peer_id {
+        Some(to) => Some(contacts::peer_of(&state, to).await?),
+        None => None,
+    };
+    let peer = named
         .or_else(|| from_addrs.first().copied())
         .ok_or_else(|| {
             Problem::new(

@@ -439,3 +439,90 @@ fn a_name_claimed_with_the_cli_reaches_its_holder_and_a_contact_pins_its_keys() 
         },
     );
 }
+
+/// What a forger of Ed25519 signatures (a quantum adversary, say) would show: A's PeerId with
+/// another ML-DSA-65 key. C pinned A's keys; after A comes back under the same PeerId with a new
+/// ML-DSA-65 key, its presence record (or the next session) gives it away, C refuses to send and
+/// says why, and nothing reaches the new keys until the person confirms.
+#[test]
+fn a_contact_whose_ml_dsa_key_changes_under_the_same_peer_id_is_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let boot = b.tcp_addr();
+    let a_dir = tmp.path().join("a");
+    let a = NodeProc::start(&a_dir, &args(&["--bootstrap", &boot]));
+    let c = NodeProc::start(&tmp.path().join("c"), &args(&["--bootstrap", &boot]));
+    let a_id = a.peer_id();
+
+    // Added by peer id: the keys come from A's presence record, found through B.
+    wait_for("C to add A from its presence record", WAIT, || {
+        cli(&c.dir, &["contact", "add", "Ann", &a_id])
+            .status
+            .success()
+            .then_some(())
+    });
+    cli_json(&c.dir, &["send", "Ann", "before"]);
+    wait_for("A to get the first message", WAIT, || {
+        let inbox = cli_json(&a.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "before")
+            .then_some(())
+    });
+
+    // A comes back with the same Ed25519 key (same PeerId) and another ML-DSA-65 key.
+    let ports = a.same_ports();
+    a.stop();
+    let key = a_dir.join("identity.key");
+    let text = std::fs::read_to_string(&key).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ml_dsa_65_seed"))
+        .unwrap();
+    let forged = format!("ml_dsa_65_seed = \"{}\"", hex::encode([7u8; 32]));
+    std::fs::write(&key, text.replace(line, &forged)).unwrap();
+    let mut again: Vec<&str> = ports.iter().map(String::as_str).collect();
+    again.extend(["--bootstrap", &boot]);
+    let a = NodeProc::start(&a_dir, &again);
+    assert_eq!(a.peer_id(), a_id, "the same PeerId");
+
+    let refusal = wait_for("C to refuse Ann", WAIT, || {
+        let out = cli(&c.dir, &["send", "Ann", "are you still you?"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success()).then_some(err)
+    });
+    assert!(
+        refusal.contains(&format!(
+            "its peer ({a_id}) now shows another ML-DSA-65 key"
+        )),
+        "{refusal}"
+    );
+    assert_eq!(
+        cli_json(&c.dir, &["contact", "list"])[0]["trust"],
+        "key_changed"
+    );
+    let inbox = cli_json(&a.dir, &["inbox"]);
+    assert!(
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["body"] != "are you still you?"),
+        "nothing reached the new keys: {inbox}"
+    );
+
+    // Confirmed, the new keys are pinned and messages flow again.
+    cli_json(&c.dir, &["contact", "verify", "Ann", "--confirm"]);
+    cli_json(&c.dir, &["send", "Ann", "after confirming"]);
+    wait_for("A to get the message sent after confirming", WAIT, || {
+        let inbox = cli_json(&a.dir, &["inbox"]);
+        inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["body"] == "after confirming")
+            .then_some(())
+    });
+}

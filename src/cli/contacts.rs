@@ -66,10 +66,13 @@ pub async fn list(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn remove(dir: &Path, label: Label) -> anyhow::Result<()> {
+pub async fn remove(dir: &Path, label: Label, as_json: bool) -> anyhow::Result<()> {
     control::Client::for_data_dir(dir)?
         .delete(&path(&label, ""))
         .await?;
+    if as_json {
+        return json(&serde_json::json!({ "removed": label }));
+    }
     eprintln!("Removed {label}");
     Ok(())
 }

@@ -1,40 +1,18 @@
-//! `commucat name claim | release | resolve`, and `@handle` or a contact's label wherever a peer is
-//! named: resolved through the running node (`GET /v1/names/{handle}`, `protocols/names-v1.md`;
-//! `GET /v1/contacts/{label}`).
+//! `commucat name claim | release | resolve` (`/v1/names`, `protocols/names-v1.md`). Wherever else a
+//! peer is named, an `@handle` or a contact's label goes to the node as typed, which resolves it.
 
 use std::path::Path;
-
-use libp2p::PeerId;
 
 use super::output::json;
 use crate::{
     control::{
         self,
-        contacts::{ContactInfo, Recipient},
         names::{ClaimName, Claimed},
         routes,
     },
     names::Handle,
     node::ResolvedName,
 };
-
-/// The PeerId of a peer as a person names it: a name is looked up through the node at `dir`, a
-/// contact in its address book.
-pub async fn peer_id(dir: &Path, to: &Recipient) -> anyhow::Result<PeerId> {
-    match to {
-        Recipient::Peer(p) => Ok(*p),
-        Recipient::Name(h) => Ok(lookup(dir, h).await?.peer_id),
-        Recipient::Contact(l) => {
-            let path = format!(
-                "{}/{}",
-                routes::CONTACTS,
-                super::output::path_segment(l.as_str())
-            );
-            let c: ContactInfo = control::Client::for_data_dir(dir)?.get(&path).await?;
-            Ok(c.peer_id)
-        }
-    }
-}
 
 async fn lookup(dir: &Path, handle: &Handle) -> anyhow::Result<ResolvedName> {
     let path = format!("{}/{handle}", routes::NAMES);

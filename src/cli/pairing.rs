@@ -63,10 +63,13 @@ pub async fn list(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn revoke(dir: &Path, id: ClientId) -> anyhow::Result<()> {
+pub async fn revoke(dir: &Path, id: ClientId, as_json: bool) -> anyhow::Result<()> {
     control::Client::for_data_dir(dir)?
         .delete(&format!("{}/{id}", routes::DEVICES))
         .await?;
+    if as_json {
+        return json(&serde_json::json!({ "revoked": id }));
+    }
     eprintln!("Unpaired {id}: its token is revoked and its sessions are closed");
     Ok(())
 }

@@ -14,12 +14,13 @@ use super::{AppState, Problem};
 use crate::{
     identity::Binding,
     names::Handle,
-    store::contacts::{AddError, Contact, Label, Trust},
+    store::contacts::{AddError, Contact, Label, Seen, Trust},
 };
 
-/// How long a send to a contact added by a handle waits for the DHT to say who holds the handle
-/// now; past it the send goes to the pinned peer (a check that cannot finish refuses nothing).
-pub const NAME_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a send to a contact waits for the DHT to say who holds its handle now and which keys
+/// its presence record carries; past it the send goes to the pinned peer (a check that cannot
+/// finish refuses nothing; the session's own check still stands).
+pub const CONTACT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A peer as a person names it: a PeerId, an `@handle`, or the label of a contact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,8 +177,9 @@ async fn holder(state: &AppState, handle: &Handle) -> Result<Binding, Problem> {
 }
 
 /// The PeerId to send to. A contact (by label, or by the handle it was added by) is sent to at its
-/// pinned peer, after its handle is resolved again: a handle that now names other keys marks the
-/// contact changed, and the data service then refuses it.
+/// pinned peer, after its handle is resolved again and its presence record looked up: a handle
+/// that now names other keys, or a presence record with another ML-DSA-65 key, marks the contact
+/// changed, and the data service then refuses it.
 pub(super) async fn peer_of(state: &AppState, to: &Recipient) -> Result<PeerId, Problem> {
     let book = state.data.contacts();
     let found = match to {
@@ -191,12 +193,21 @@ pub(super) async fn peer_of(state: &AppState, to: &Recipient) -> Result<PeerId, 
         };
         return Ok(holder(state, h).await?.peer_id);
     };
-    if let Some(h) = &c.handle
-        // A lapsed name, or a DHT that cannot answer in time, leaves the pinned keys as they are.
-        && let Ok(Ok(Some(r))) =
-            tokio::time::timeout(NAME_CHECK_TIMEOUT, state.node.resolve_name_fresh(h.clone())).await
-    {
-        book.observe(&c.label, &r.binding).map_err(internal)?;
+    // A lapsed name, a peer without a presence record, or a DHT that cannot answer in time
+    // leaves the pinned keys as they are.
+    let by_name = async {
+        let h = c.handle.clone()?;
+        let found = tokio::time::timeout(CONTACT_CHECK_TIMEOUT, state.node.resolve_name_fresh(h));
+        Some(found.await.ok()?.ok()??.binding)
+    };
+    let by_presence = async {
+        let found = tokio::time::timeout(CONTACT_CHECK_TIMEOUT, state.node.presence(c.peer_id()));
+        Some(found.await.ok()?.ok()??.bundle.binding().clone())
+    };
+    let (named, present) = tokio::join!(by_name, by_presence);
+    for seen in [named, present].into_iter().flatten() {
+        book.observe(&c.label, &seen, Seen::Lookup)
+            .map_err(internal)?;
     }
     Ok(c.peer_id())
 }

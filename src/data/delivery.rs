@@ -161,7 +161,10 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
         .map(|b| b.binding())
         .or(known_keys.as_ref());
     if let Some(k) = keys
-        && let Some(c) = shared.contacts.observe_peer(&peer, k)?.first()
+        && let Some(c) = shared
+            .contacts
+            .observe_peer(&peer, k, crate::store::contacts::Seen::Session)?
+            .first()
     {
         return Err(Attempt::KeyChanged(format!(
             "contact {} shows another key; waiting for the person to confirm it",

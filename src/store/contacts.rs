@@ -15,6 +15,8 @@ pub const CONTACTS_TREE: &str = "contacts";
 pub const MAX_CONTACTS: usize = 10_000;
 /// Characters in a label at most.
 pub const MAX_LABEL_CHARS: usize = 64;
+/// Keys a contact remembers as replaced (confirmed away from); the oldest are forgotten.
+pub const MAX_RETIRED_KEYS: usize = 16;
 
 /// A name for a contact, chosen by the person: 1–64 characters, no control characters, no
 /// surrounding spaces, neither an `@handle` nor a PeerId (so that `send <label>` is never
@@ -107,8 +109,33 @@ pub struct Contact {
     pub verified: bool,
     /// Keys seen for the contact since that differ from the pinned ones, not yet confirmed.
     pub changed: Option<Binding>,
+    /// Fingerprints ([`fingerprint`]) of keys once pinned and since replaced by the person: a
+    /// DHT lookup that still shows one is old news, not a change (records live until they expire).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
     /// Unix seconds.
     pub added_at: u64,
+}
+
+/// Where keys were seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// In a session: what messages would be sent under. Anything but the pinned keys is a change.
+    Session,
+    /// In a DHT record (a name record, a presence record), which may be older than what the person
+    /// already confirmed: a retired key is not a change.
+    Lookup,
+}
+
+/// SHA-256 of the PeerId bytes and the ML-DSA-65 key, hex: what identifies a pair of keys.
+pub fn fingerprint(b: &Binding) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(
+        Sha256::new()
+            .chain_update(b.peer_id.to_bytes())
+            .chain_update(&b.ml_dsa_public)
+            .finalize(),
+    )
 }
 
 impl Contact {
@@ -119,6 +146,7 @@ impl Contact {
             pinned,
             verified: false,
             changed: None,
+            retired: Vec::new(),
             added_at: crate::time::unix_secs(),
         }
     }
@@ -225,10 +253,18 @@ impl Contacts {
     /// Records that `seen` are the keys now shown for the contact called `label` (by its handle,
     /// or by a session or presence record of its peer): when they differ from the pinned ones the
     /// contact becomes [`Trust::KeyChanged`]. Returns the contact as it now is.
-    pub fn observe(&self, label: &Label, seen: &Binding) -> Result<Option<Contact>, Error> {
+    pub fn observe(
+        &self,
+        label: &Label,
+        seen: &Binding,
+        how: Seen,
+    ) -> Result<Option<Contact>, Error> {
         let Some(mut c) = self.get(label)? else {
             return Ok(None);
         };
+        if how == Seen::Lookup && c.retired.contains(&fingerprint(seen)) {
+            return Ok(Some(c));
+        }
         if !same_keys(&c.pinned, seen) && c.changed.as_ref().is_none_or(|k| !same_keys(k, seen)) {
             c.changed = Some(seen.clone());
             self.put(&c)?;
@@ -237,10 +273,15 @@ impl Contacts {
     }
 
     /// [`Self::observe`] for every contact of `peer`; the contacts that now show a changed key.
-    pub fn observe_peer(&self, peer: &PeerId, seen: &Binding) -> Result<Vec<Contact>, Error> {
+    pub fn observe_peer(
+        &self,
+        peer: &PeerId,
+        seen: &Binding,
+        how: Seen,
+    ) -> Result<Vec<Contact>, Error> {
         let mut changed = Vec::new();
         for c in self.of_peer(peer)? {
-            if let Some(c) = self.observe(&c.label, seen)?
+            if let Some(c) = self.observe(&c.label, seen, how)?
                 && c.changed.is_some()
             {
                 changed.push(c);
@@ -256,6 +297,10 @@ impl Contacts {
             return Ok(None);
         };
         if let Some(k) = c.changed.take() {
+            c.retired.push(fingerprint(&c.pinned));
+            if c.retired.len() > MAX_RETIRED_KEYS {
+                c.retired.remove(0);
+            }
             c.pinned = k;
         }
         c.verified = true;
@@ -294,13 +339,28 @@ mod tests {
             Err(AddError::Exists(_))
         ));
         assert_eq!(book.get(&bob).unwrap().unwrap().trust(), Trust::Unverified);
-        book.observe(&bob, old.binding()).unwrap();
+        book.observe(&bob, old.binding(), Seen::Session).unwrap();
         assert_eq!(book.get(&bob).unwrap().unwrap().trust(), Trust::Unverified);
-        let c = book.observe(&bob, new.binding()).unwrap().unwrap();
+        let c = book
+            .observe(&bob, new.binding(), Seen::Session)
+            .unwrap()
+            .unwrap();
         assert_eq!(c.trust(), Trust::KeyChanged);
         assert_eq!(c.peer_id(), old.peer_id(), "the pinned key stays");
         let c = book.confirm(&bob).unwrap().unwrap();
         assert_eq!((c.trust(), c.peer_id()), (Trust::Verified, new.peer_id()));
+        // A record in the DHT that still shows the replaced keys is old news; a session under
+        // them is not.
+        let c = book
+            .observe(&bob, old.binding(), Seen::Lookup)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.trust(), Trust::Verified);
+        let c = book
+            .observe(&bob, old.binding(), Seen::Session)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.trust(), Trust::KeyChanged);
         assert!(book.remove(&bob).unwrap());
         assert!(book.all().unwrap().is_empty());
     }

@@ -80,6 +80,9 @@ function sig(msg) {
 }
 
 function normalisedCode(text) {
+  // The whole link `commucat pair` printed works too.
+  const at = text.indexOf('#pair=');
+  if (at >= 0) text = text.slice(at + '#pair='.length);
   const c = text.toUpperCase().replace(/[\s-]/g, '').replace(/[IL]/g, '1').replace(/O/g, '0');
   return CODE_RE.test(c) ? c : null;
 }
