@@ -131,7 +131,7 @@ enum Command {
     /// The address book: contacts with pinned keys, and their safety numbers.
     Contact {
         #[command(subcommand)]
-        command: ContactCommand,
+        command: contacts::Command,
     },
     /// Pair a light client (a browser, a phone): print a one-time code, the light client's URL
     /// with it, and that URL as a QR code.
@@ -180,37 +180,6 @@ enum NameCommand {
     /// Who holds a handle.
     Resolve {
         handle: crate::names::Handle,
-        #[command(flatten)]
-        output: Output,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ContactCommand {
-    /// Add a contact: its keys are looked up now and pinned.
-    Add {
-        /// Your name for it (not an @handle, not a peer id).
-        label: crate::store::contacts::Label,
-        /// Peer id or @handle.
-        #[arg(value_name = "PEER")]
-        peer: control::contacts::Recipient,
-        #[command(flatten)]
-        output: Output,
-    },
-    /// Contacts, with whether their keys are verified, unverified or changed.
-    List(Output),
-    /// Remove a contact.
-    Remove {
-        label: crate::store::contacts::Label,
-        #[command(flatten)]
-        output: Output,
-    },
-    /// Show the safety number to compare with the contact (digits and a QR code).
-    Verify {
-        label: crate::store::contacts::Label,
-        /// The numbers match: mark the contact verified (and accept its new keys if they changed).
-        #[arg(long)]
-        confirm: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -445,22 +414,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 names::resolve(&dir, handle, output.json).await
             }
         },
-        Command::Contact { command } => match command {
-            ContactCommand::Add {
-                label,
-                peer,
-                output,
-            } => contacts::add(&dir, label, peer, output.json).await,
-            ContactCommand::List(out) => contacts::list(&dir, out.json).await,
-            ContactCommand::Remove { label, output } => {
-                contacts::remove(&dir, label, output.json).await
-            }
-            ContactCommand::Verify {
-                label,
-                confirm,
-                output,
-            } => contacts::verify(&dir, label, confirm, output.json).await,
-        },
+        Command::Contact { command } => contacts::run(&dir, command).await,
         Command::Pair(out) => pairing::pair(&dir, out.json).await,
         Command::Devices { command, output } => match command {
             None => pairing::list(&dir, output.json).await,

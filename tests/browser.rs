@@ -62,6 +62,16 @@ fn start_assist(dir: &Path) -> NodeProc {
     common::start_assist(dir, &[], &[])
 }
 
+/// A node in assist mode (the gateway), and a plain node B bootstrapped from it.
+fn gateway_and_peer(dir: &Path) -> (NodeProc, NodeProc) {
+    let gw = start_assist(&dir.join("gw"));
+    let mut b_args: Vec<&str> = LOOPBACK.to_vec();
+    let gw_addr = gw.tcp_addr();
+    b_args.extend(["--bootstrap", &gw_addr]);
+    let b = NodeProc::start(&dir.join("b"), &b_args);
+    (gw, b)
+}
+
 fn base_url(node: &NodeProc) -> String {
     common::assist_url(node)
 }
@@ -171,13 +181,8 @@ fn a_browser_messages_a_libp2p_peer_through_the_gateway_and_gets_the_reply() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let gw = start_assist(&tmp.path().join("gw"));
-    let gw_id = gw.peer_id();
-    let mut b_args: Vec<&str> = LOOPBACK.to_vec();
-    let gw_addr = gw.tcp_addr();
-    b_args.extend(["--bootstrap", &gw_addr]);
-    let b = NodeProc::start(&tmp.path().join("b"), &b_args);
-    let b_id = b.peer_id();
+    let (gw, b) = gateway_and_peer(tmp.path());
+    let (gw_id, b_id) = (gw.peer_id(), b.peer_id());
     let (token, client) = issue_token(&gw);
 
     let mut script = run_script(&[
@@ -379,13 +384,8 @@ fn a_browser_pairs_by_code_talks_through_the_node_and_is_cut_off_when_unpaired()
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let gw = start_assist(&tmp.path().join("gw"));
-    let gw_id = gw.peer_id();
-    let mut b_args: Vec<&str> = LOOPBACK.to_vec();
-    let gw_addr = gw.tcp_addr();
-    b_args.extend(["--bootstrap", &gw_addr]);
-    let b = NodeProc::start(&tmp.path().join("b"), &b_args);
-    let b_id = b.peer_id();
+    let (gw, b) = gateway_and_peer(tmp.path());
+    let (gw_id, b_id) = (gw.peer_id(), b.peer_id());
     let base = base_url(&gw);
 
     // The owner runs `commucat pair`: a code, the page's address with it, and a QR code.
@@ -436,15 +436,7 @@ fn a_browser_pairs_by_code_talks_through_the_node_and_is_cut_off_when_unpaired()
     assert_eq!(cert.device_id.to_string(), device);
 
     // B gets the page's message from the gateway node, naming the device; B's answer shows up.
-    wait_for("B to receive the paired browser's message", WAIT, || {
-        let inbox = cli_json(&b.dir, &["inbox"]);
-        inbox
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["body"] == "hello from a paired browser")
-            .cloned()
-    });
+    common::wait_inbox(&b.dir, "hello from a paired browser");
     let out = cli(
         &b.dir,
         &[

@@ -256,7 +256,7 @@ async fn control_api_refuses_requests_without_the_token() {
     let resp = http
         .post(format!("{base}/v1/dht/find-peer"))
         .bearer_auth(&token)
-        .json(&serde_json::json!({"peer_id": "not-a-peer-id"}))
+        .json(&serde_json::json!({"peer_id": "@a"}))
         .send()
         .await
         .unwrap();

@@ -342,15 +342,7 @@ fn a_name_claimed_with_the_cli_reaches_its_holder_and_a_contact_pins_its_keys() 
             .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
     });
     assert_eq!(sent["to"], a_id.as_str());
-    wait_for("A's inbox to hold it", WAIT, || {
-        let inbox = cli_json(&a.dir, &["inbox"]);
-        inbox
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["body"] == "hi alice")
-            .then_some(())
-    });
+    common::wait_inbox(&a.dir, "hi alice");
     let resolved = cli_json(&c.dir, &["name", "resolve", "@Alice"]);
     assert_eq!(resolved["peer_id"], a_id.as_str());
 
@@ -369,15 +361,7 @@ fn a_name_claimed_with_the_cli_reaches_its_holder_and_a_contact_pins_its_keys() 
         (&json!(a_id), &json!("unverified"))
     );
     cli_json(&c.dir, &["send", "Friend", "hi friend"]);
-    wait_for("A's inbox to hold the message to the contact", WAIT, || {
-        let inbox = cli_json(&a.dir, &["inbox"]);
-        inbox
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["body"] == "hi friend")
-            .then_some(())
-    });
+    common::wait_inbox(&a.dir, "hi friend");
 
     // The name changes hands: A gives it up and B claims it with its own keys.
     cli_ok(&a.dir, &["name", "release"]);
@@ -425,19 +409,7 @@ fn a_name_claimed_with_the_cli_reaches_its_holder_and_a_contact_pins_its_keys() 
     assert_eq!(confirmed["confirmed"]["trust"], "verified");
     assert_eq!(confirmed["confirmed"]["peer_id"], b_id.as_str());
     cli_json(&c.dir, &["send", "Friend", "hi new alice"]);
-    wait_for(
-        "B's inbox to hold the message after confirming",
-        WAIT,
-        || {
-            let inbox = cli_json(&b.dir, &["inbox"]);
-            inbox
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["body"] == "hi new alice")
-                .then_some(())
-        },
-    );
+    common::wait_inbox(&b.dir, "hi new alice");
 }
 
 /// What a forger of Ed25519 signatures (a quantum adversary, say) would show: A's PeerId with
@@ -462,15 +434,7 @@ fn a_contact_whose_ml_dsa_key_changes_under_the_same_peer_id_is_held() {
             .then_some(())
     });
     cli_json(&c.dir, &["send", "Ann", "before"]);
-    wait_for("A to get the first message", WAIT, || {
-        let inbox = cli_json(&a.dir, &["inbox"]);
-        inbox
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["body"] == "before")
-            .then_some(())
-    });
+    common::wait_inbox(&a.dir, "before");
 
     // A comes back with the same Ed25519 key (same PeerId) and another ML-DSA-65 key.
     let ports = a.same_ports();
@@ -516,13 +480,5 @@ fn a_contact_whose_ml_dsa_key_changes_under_the_same_peer_id_is_held() {
     // Confirmed, the new keys are pinned and messages flow again.
     cli_json(&c.dir, &["contact", "verify", "Ann", "--confirm"]);
     cli_json(&c.dir, &["send", "Ann", "after confirming"]);
-    wait_for("A to get the message sent after confirming", WAIT, || {
-        let inbox = cli_json(&a.dir, &["inbox"]);
-        inbox
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["body"] == "after confirming")
-            .then_some(())
-    });
+    common::wait_inbox(&a.dir, "after confirming");
 }

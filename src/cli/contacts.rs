@@ -3,7 +3,12 @@
 
 use std::path::Path;
 
-use super::output::{json, listing, path_segment, qr};
+use clap::Subcommand;
+
+use super::{
+    Output,
+    output::{json, listing, path_segment, qr},
+};
 use crate::{
     control::{
         self,
@@ -12,6 +17,54 @@ use crate::{
     },
     store::contacts::{Label, Trust},
 };
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Add a contact: its keys are looked up now and pinned.
+    Add {
+        /// Your name for it (not an @handle, not a peer id).
+        label: Label,
+        /// Peer id or @handle.
+        #[arg(value_name = "PEER")]
+        peer: Recipient,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Contacts, with whether their keys are verified, unverified or changed.
+    List(Output),
+    /// Remove a contact.
+    Remove {
+        label: Label,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show the safety number to compare with the contact (digits and a QR code).
+    Verify {
+        label: Label,
+        /// The numbers match: mark the contact verified (and accept its new keys if they changed).
+        #[arg(long)]
+        confirm: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+pub(super) async fn run(dir: &Path, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Add {
+            label,
+            peer,
+            output,
+        } => add(dir, label, peer, output.json).await,
+        Command::List(out) => list(dir, out.json).await,
+        Command::Remove { label, output } => remove(dir, label, output.json).await,
+        Command::Verify {
+            label,
+            confirm,
+            output,
+        } => verify(dir, label, confirm, output.json).await,
+    }
+}
 
 fn path(label: &Label, then: &str) -> String {
     format!(

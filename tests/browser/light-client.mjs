@@ -43,14 +43,20 @@ function emit(event, extra = {}) {
   console.log(JSON.stringify({ event, ...extra }));
 }
 
-async function open(token) {
+// A page in a context of its own at `path` of the node, its console kept for failure reports.
+async function load(path) {
   const context = await browser.newContext();
   const page = await context.newPage();
   const consoleLines = [];
   page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
   pages.push({ page, consoleLines });
-  await page.goto(`${base}/client/?token=${token}`);
+  await page.goto(`${base}${path}`);
+  return page;
+}
+
+async function open(token) {
+  const page = await load(`/client/?token=${token}`);
   await page.waitForFunction(() => document.getElementById('signaling').textContent === 'open', null, {
     timeout: WAIT_MS,
   });
@@ -114,13 +120,7 @@ const BOTH_OPEN = () =>
   document.getElementById('node').textContent === 'open';
 
 async function pairAndRevoke([code, peer, text, reply]) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const consoleLines = [];
-  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
-  pages.push({ page, consoleLines });
-  await page.goto(`${base}/client/#pair=${code}`);
+  const page = await load(`/client/#pair=${code}`);
   await page.waitForFunction(BOTH_OPEN, null, { timeout: WAIT_MS });
   const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('commucat.device')));
   emit('paired', {

@@ -125,6 +125,22 @@ pub fn cli_json(data_dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json prints JSON")
 }
 
+/// Waits until the inbox of the node at `dir` holds a message with `body`; that message.
+pub fn wait_inbox(dir: &Path, body: &str) -> Value {
+    wait_for(
+        &format!("{} to receive {body:?}", dir.display()),
+        WAIT,
+        || {
+            let inbox = cli_json(dir, &["inbox"]);
+            inbox
+                .as_array()?
+                .iter()
+                .find(|m| m["body"] == body)
+                .cloned()
+        },
+    )
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
