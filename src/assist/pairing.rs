@@ -299,10 +299,11 @@ impl Pairing {
     /// Redeems a code typed at `ip`: once, before it expires, within the claim limits.
     pub fn claim(&self, ip: IpAddr, req: &ClaimRequest) -> Result<Claimed, Error> {
         let now = Instant::now();
+        // Per address first: an address locked out spends nothing of everyone's budget.
+        self.per_ip.check(ip, now).map_err(Error::RateLimited)?;
         self.everyone
             .check_n((), 1, now)
             .map_err(Error::RateLimited)?;
-        self.per_ip.check(ip, now).map_err(Error::RateLimited)?;
         if req.name.as_ref().is_some_and(|n| {
             n.chars().count() > MAX_DEVICE_NAME_CHARS || n.chars().any(char::is_control)
         }) {

@@ -182,16 +182,13 @@ async fn holder(state: &AppState, handle: &Handle) -> Result<Binding, Problem> {
 /// changed, and the data service then refuses it.
 pub(super) async fn peer_of(state: &AppState, to: &Recipient) -> Result<PeerId, Problem> {
     let book = state.data.contacts();
-    let found = match to {
+    let c = match to {
         Recipient::Peer(p) => return Ok(*p),
-        Recipient::Contact(l) => Some(book.get(l).map_err(internal)?.ok_or_else(|| not_found(l))?),
-        Recipient::Name(h) => book.of_handle(h).map_err(internal)?,
-    };
-    let Some(c) = found else {
-        let Recipient::Name(h) = to else {
-            unreachable!("labels returned above")
-        };
-        return Ok(holder(state, h).await?.peer_id);
+        Recipient::Contact(l) => book.get(l).map_err(internal)?.ok_or_else(|| not_found(l))?,
+        Recipient::Name(h) => match book.of_handle(h).map_err(internal)? {
+            Some(c) => c,
+            None => return Ok(holder(state, h).await?.peer_id),
+        },
     };
     // A lapsed name, a peer without a presence record, or a DHT that cannot answer in time
     // leaves the pinned keys as they are.

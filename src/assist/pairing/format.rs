@@ -232,6 +232,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever is typed (at the claim endpoint, by anyone): no panic, and what is accepted
+        /// is a code that prints back as what was meant.
+        #[test]
+        fn any_text_is_a_code_or_not(typed in "\\PC{0,80}") {
+            if let Some(code) = Code::parse(&typed) {
+                proptest::prop_assert_eq!(Code::parse(&code.to_string()), Some(code));
+                proptest::prop_assert!(code.value() >> CODE_BITS == 0);
+            }
+        }
+    }
+
     #[test]
     fn device_keys_and_certificates_match_the_vector() {
         let v = vector();
