@@ -15,6 +15,31 @@ use ml_dsa::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Length of [`Identity::sign_record`]'s output: Ed25519 (64) then ML-DSA-65.
+pub const SIGNATURES_LEN: usize = 64 + ML_DSA_SIGNATURE_LEN;
+
+/// Whether `sigs` are `peer`'s (its Ed25519 key, and `ml_dsa`) over a record, as
+/// [`Identity::sign_record`] makes them.
+pub fn verify_record(
+    peer: &PeerId,
+    ml_dsa: &VerifyingKey<MlDsa65>,
+    context: &[u8],
+    key: &[u8],
+    body: &[u8],
+    sigs: &[u8],
+) -> bool {
+    if sigs.len() != SIGNATURES_LEN {
+        return false;
+    }
+    let (ed_sig, ml_sig) = sigs.split_at(64);
+    let Some(ed_public) = public_key_of(peer) else {
+        return false;
+    };
+    ed_public.verify(&[context, key, body].concat(), ed_sig)
+        && Signature::<MlDsa65>::try_from(ml_sig)
+            .is_ok_and(|sig| ml_dsa.verify_with_context(&[key, body].concat(), context, &sig))
+}
+
 /// Name of the secret identity file inside the data directory.
 pub const FILE_NAME: &str = "identity.key";
 /// Version of the on-disk format written by this code.
@@ -120,6 +145,18 @@ impl Identity {
             .expect("contexts used by this crate are shorter than 255 bytes")
             .encode()
             .to_vec()
+    }
+
+    /// Both signatures of a signed record (`dht-records-v1.md` §2, names, group log entries):
+    /// Ed25519 over `context ‖ key ‖ body`, then ML-DSA-65 over `key ‖ body` with `context`;
+    /// [`SIGNATURES_LEN`] bytes.
+    pub fn sign_record(&self, context: &[u8], key: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = self
+            .keypair
+            .sign(&[context, key, body].concat())
+            .expect("Ed25519 signing cannot fail");
+        out.extend_from_slice(&self.sign_ml_dsa(&[key, body].concat(), context));
+        out
     }
 
     fn secrets(&self) -> ([u8; 32], [u8; 32]) {

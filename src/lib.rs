@@ -3,9 +3,10 @@
 //! Crate map, lowest layer first: a module uses only modules above it in this list
 //! (`docs/architecture.md`, checked by `tests/layering.rs`).
 //!
-//! - [`time`], [`fsutil`], [`net`], [`json`], [`fec`], [`names`]: leaves: Unix time, private files
-//!   written atomically, address facts (per-subscriber keys, public or not, the peer a multiaddr
-//!   names), request values as the OpenAPI documents describe them, RaptorQ, handles people type.
+//! - [`time`], [`fsutil`], [`net`], [`json`], [`codec`], [`fec`], [`names`]: leaves: Unix time,
+//!   private files written atomically, address facts (per-subscriber keys, public or not, the peer
+//!   a multiaddr names), request values as the OpenAPI documents describe them, binary fields of
+//!   signed records, RaptorQ, handles people type.
 //! - [`identity`]: Ed25519 (PeerId) + ML-DSA-65 keys and their binding (`protocols/identity-v1.md`).
 //! - [`crypto`]: key bundle and key ring, the hybrid post-quantum handshake, AEAD
 //!   (`protocols/data-v1.md`).
@@ -32,6 +33,7 @@
 
 pub mod assist;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod crypto;

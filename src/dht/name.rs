@@ -95,13 +95,8 @@ fn sign_fields(identity: &Identity, key: &[u8], fields: &Fields) -> Vec<u8> {
     body.extend_from_slice(&b.ml_dsa_public);
     body.extend_from_slice(&b.ed25519_signature);
     body.extend_from_slice(&b.ml_dsa_signature);
-    let ed = identity
-        .keypair()
-        .sign(&[SIGNATURE_CONTEXT, key, &body].concat())
-        .expect("Ed25519 signing cannot fail");
-    let ml = identity.sign_ml_dsa(&[key, &body].concat(), SIGNATURE_CONTEXT);
-    body.extend_from_slice(&ed);
-    body.extend_from_slice(&ml);
+    let sigs = identity.sign_record(SIGNATURE_CONTEXT, key, &body);
+    body.extend_from_slice(&sigs);
     body
 }
 

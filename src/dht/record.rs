@@ -3,7 +3,7 @@
 //! every node applies before it stores or believes one.
 
 use libp2p::{Multiaddr, PeerId, kad::RecordKey};
-use ml_dsa::{MlDsa65, Signature};
+use ml_dsa::MlDsa65;
 
 use crate::{
     crypto::{Bundle, bundle},
@@ -113,13 +113,8 @@ pub fn sign(
             .to_be_bytes(),
     );
     body.extend_from_slice(b);
-    let ed = identity
-        .keypair()
-        .sign(&[SIGNATURE_CONTEXT, k.as_ref(), &body].concat())
-        .expect("Ed25519 signing cannot fail");
-    let ml = identity.sign_ml_dsa(&[k.as_ref(), &body].concat(), SIGNATURE_CONTEXT);
-    body.extend_from_slice(&ed);
-    body.extend_from_slice(&ml);
+    let sigs = identity.sign_record(SIGNATURE_CONTEXT, k.as_ref(), &body);
+    body.extend_from_slice(&sigs);
     body
 }
 
@@ -179,16 +174,10 @@ pub(super) fn check_signed(
     peer: &PeerId,
     vk: &ml_dsa::VerifyingKey<MlDsa65>,
 ) -> Result<(), Reject> {
-    let (ed_sig, ml_sig) = sigs.split_at(64);
-    let ed_public = identity::public_key_of(peer).ok_or(Reject::Malformed)?;
-    if !ed_public.verify(&[context, key, body].concat(), ed_sig) {
-        return Err(Reject::BadSignature);
+    match identity::verify_record(peer, vk, context, key, body, sigs) {
+        true => Ok(()),
+        false => Err(Reject::BadSignature),
     }
-    let sig = Signature::<MlDsa65>::try_from(ml_sig).map_err(|_| Reject::BadSignature)?;
-    if !vk.verify_with_context(&[key, body].concat(), context, &sig) {
-        return Err(Reject::BadSignature);
-    }
-    Ok(())
 }
 
 /// A record's lifetime at `now`: not over, and not further ahead than `max_ttl`.
@@ -220,25 +209,11 @@ pub fn replaces(current: Option<&[u8]>, new_value: &[u8], new_seq: u64) -> Resul
 }
 
 /// Reads a record's fields in order; running short is [`Reject::Malformed`].
-pub(super) struct Reader<'a>(pub(super) &'a [u8]);
+pub(super) use crate::codec::Reader;
 
-impl<'a> Reader<'a> {
-    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], Reject> {
-        if self.0.len() < n {
-            return Err(Reject::Malformed);
-        }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        Ok(h)
-    }
-    pub(super) fn u8(&mut self) -> Result<u8, Reject> {
-        Ok(self.bytes(1)?[0])
-    }
-    pub(super) fn u16(&mut self) -> Result<u16, Reject> {
-        Ok(u16::from_be_bytes(self.bytes(2)?.try_into().expect("2")))
-    }
-    pub(super) fn u64(&mut self) -> Result<u64, Reject> {
-        Ok(u64::from_be_bytes(self.bytes(8)?.try_into().expect("8")))
+impl From<crate::codec::Short> for Reject {
+    fn from(_: crate::codec::Short) -> Self {
+        Reject::Malformed
     }
 }
 
