@@ -14,6 +14,7 @@
 //!   light-client ids DATA_VIA carries ([`wire::ClientId`], [`wire::Via`]).
 //! - [`dht`]: Kademlia on `/commucat/kad/1.0.0` and its signed presence records.
 //! - [`nat`]: reachability and relay state machines.
+//! - [`groups`]: groups' signed membership logs and how they merge (`protocols/groups-v1.md`).
 //! - [`store`]: the only code that touches sled: peer book, outbox, inbox, transfers, contacts,
 //!   paired devices, tokens, and the commit record that tells a damaged database
 //!   (`protocols/store-v1.md`).
@@ -42,6 +43,7 @@ pub mod data;
 pub mod dht;
 pub mod fec;
 pub mod fsutil;
+pub mod groups;
 pub mod http;
 pub mod identity;
 pub mod json;

@@ -11,6 +11,8 @@ SEALED frame (AES-256-GCM from pyca/cryptography).
 identity-v1.json and dht-records-v1.json: verifies the identity binding, the record's and its bundle's
 Ed25519 (pyca/cryptography) and ML-DSA-65 (dilithium-py) signatures over the messages the specs give.
 contacts-v1.json: recomputes the safety number with hashlib's SHA-512.
+groups-v1.json: parses two log entries, verifies their signer's binding and both entry signatures
+(pyca/cryptography, dilithium-py), their SHA-256 hashes, the chain, and the log head's digest.
 pairing-v1.json: decodes the code as Crockford base 32, derives the device key with HKDF-SHA3-256
 (hmac + hashlib) and Ed25519 (pyca/cryptography), rebuilds the certificate's bytes and verifies
 its signature with the device CA's key.
@@ -208,4 +210,56 @@ try:
     check("pairing: certificate signature", True)
 except Exception:
     check("pairing: certificate signature", False)
+# groups-v1: a create and an add entry, chained; the head of the log they make.
+gv = json.loads((here / "groups-v1.json").read_text())
+
+
+def entry(raw):
+    body, sigs = raw[:-3373], raw[-3373:]
+    i = 0
+
+    def take(n):
+        nonlocal i
+        out = body[i:i + n]
+        i += n
+        return out
+
+    f = {"version": take(1)[0], "group": take(16), "seq": int.from_bytes(take(8), "big"), "prev": take(32),
+         "op": take(1)[0]}
+    f["subject"] = take(take(1)[0])
+    f["name"] = take(take(1)[0])
+    f["created_at_ms"] = int.from_bytes(take(8), "big")
+    f["signer"] = take(take(1)[0])
+    ml_pk, bind_ed, bind_ml = take(1952), take(64), take(3309)
+    f["complete"] = i == len(body)
+    pub = Ed25519PublicKey.from_public_bytes(f["signer"][6:])
+    ctx = b"commucat/group-entry/v1"
+
+    def ok(sig, msg):
+        try:
+            pub.verify(sig, msg)
+            return True
+        except Exception:
+            return False
+
+    f["binding"] = ok(bind_ed, b"commucat/identity/v1/ml-dsa-65-key" + ml_pk) and ML_DSA_65.verify(
+        ml_pk, f["signer"], bind_ml, ctx=b"commucat/identity/v1/peer-id")
+    f["signed"] = ok(sigs[:64], ctx + f["group"] + body) and ML_DSA_65.verify(
+        ml_pk, f["group"] + body, sigs[64:], ctx=ctx)
+    return f
+
+
+create_raw, add_raw = b(gv["create"]["bytes"]), b(gv["add"]["bytes"])
+c, a = entry(create_raw), entry(add_raw)
+check("groups: create entry fields", c["complete"] and c["version"] == 1 and c["op"] == 1 and c["seq"] == 1
+      and c["prev"] == bytes(32) and c["name"] == b"friends" and c["group"].hex() == gv["group"]
+      and c["signer"].hex() == gv["a_peer_id_bytes"])
+check("groups: add entry fields", a["complete"] and a["op"] == 2 and a["seq"] == 2
+      and a["subject"].hex() == gv["b_peer_id_bytes"] and a["name"] == b"")
+check("groups: signer bindings", c["binding"] and a["binding"])
+check("groups: entry signatures (Ed25519, ML-DSA-65)", c["signed"] and a["signed"])
+ch, ah = hashlib.sha256(create_raw).digest(), hashlib.sha256(add_raw).digest()
+check("groups: entry hashes and the chain", ch.hex() == gv["create"]["hash"] and ah.hex() == gv["add"]["hash"]
+      and a["prev"] == ch)
+check("groups: head digest", hashlib.sha256(ch + ah).hexdigest() == gv["head_digest"])
 sys.exit(1 if failures else 0)
