@@ -4,13 +4,14 @@
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
 //! handshakes, [`Bundles`]), `contacts` (the address book, [`contacts`]), `devices` (paired light clients,
-//! [`devices`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
+//! [`devices`]), `group_entries` / `group_seqs` ([`groups`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
 //! counters: the outbox epoch, the presence record sequence number ([`PresenceSeq`]), the commit
 //! generation).
 
 pub mod commit;
 pub mod contacts;
 pub mod devices;
+pub mod groups;
 pub mod inbox;
 pub mod node_state;
 pub mod outbox;
@@ -25,6 +26,7 @@ use std::{
 pub use commit::{Committer, Loss};
 pub use contacts::Contacts;
 pub use devices::Devices;
+pub use groups::GroupLogs;
 pub use inbox::Inbox;
 use libp2p::PeerId;
 pub use node_state::{Bundles, NameClaim, PresenceSeq, Sequence};
@@ -360,6 +362,10 @@ impl Store {
 
     pub fn devices(&self) -> Result<Devices, Error> {
         Devices::open(self)
+    }
+
+    pub fn group_logs(&self) -> Result<GroupLogs, Error> {
+        GroupLogs::open(self)
     }
 
     pub fn assist_tokens(&self) -> Result<sled::Tree, Error> {

@@ -60,6 +60,7 @@ pub mod kind {
     pub const CLOSE: u8 = 0x29;
     pub const DATA_VIA: u8 = 0x2a;
     pub const RESYNC: u8 = 0x2b;
+    pub const DATA_GROUP: u8 = 0x2c;
 }
 
 /// An ERROR code (§2). Unknown codes from peers are kept as they are.
@@ -398,4 +399,7 @@ mod inner;
 mod tests;
 
 pub use client::{BadClientId, ClientId, Via};
-pub use inner::{BindingParts, Data, FileChunk, FileMeta, FileStatus, Inner, file_state, via};
+pub use inner::{
+    BindingParts, Data, FileChunk, FileMeta, FileStatus, GroupTag, Inner, file_state, group_kind,
+    via,
+};

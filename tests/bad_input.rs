@@ -42,6 +42,7 @@ fn data_frame(seq: u64) -> Inner {
         msg_id: [seq as u8; 16],
         sent_at_ms: 0,
         via: Default::default(),
+        group: None,
         body: format!("attacker {seq}"),
     })
 }
@@ -301,6 +302,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
             msg_id: [9; 16],
             sent_at_ms: 0,
             via: Default::default(),
+            group: None,
             body: "sorry".into(),
         }))
         .await

@@ -341,6 +341,7 @@ async fn e2e_messages(
             msg_id: [0; 16],
             sent_at_ms: 0,
             via: Default::default(),
+            group: None,
             body: body.clone(),
         }))?;
         if i % 64 == 63 {

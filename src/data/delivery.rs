@@ -326,6 +326,7 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                         msg_id,
                         sent_at_ms: m.created_at_ms,
                         via: m.via,
+                        group: m.group,
                         body: m.body.clone(),
                     }))?;
                     self.sent_up_to = m.seq;

@@ -162,12 +162,32 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         {
             self.ack().await?;
         }
+        // Group traffic: a message is kept if its sender is a member; log traffic is counted as
+        // received here and handled once it is (`groups-v1.md` §6, §8).
+        let keep = match &d.group {
+            None => true,
+            Some(tag) if tag.kind == crate::wire::group_kind::MESSAGE => {
+                self.shared.groups.admits_message(&self.peer, tag)
+            }
+            Some(_) => false,
+        };
         let accepted = self
             .shared
             .inbox
-            .accept(&self.peer, &d)
+            .accept_as(&self.peer, &d, keep)
             .map_err(|e| protocol(ErrorCode::STORAGE, e.to_string()))?;
         match accepted {
+            Accepted::Taken => {
+                if let Some(tag) = d
+                    .group
+                    .as_ref()
+                    .filter(|t| t.kind != crate::wire::group_kind::MESSAGE)
+                {
+                    self.shared.groups.control(self.peer, tag, &d.body).await;
+                } else {
+                    tracing::info!(peer = %self.peer, "group message from a non-member refused");
+                }
+            }
             Accepted::Stored(m) => self.shared.emit(Event::MessageReceived {
                 id: m.id,
                 from: self.peer,

@@ -106,7 +106,7 @@ impl Service {
         let incoming = node.take_data_streams().ok_or(Error::AlreadyRunning)?;
         let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
         let shared = Arc::new(Shared {
-            keys,
+            keys: keys.clone(),
             node: node.client().clone(),
             control,
             outbox: store.outbox()?,
@@ -114,6 +114,12 @@ impl Service {
             transfers: store.transfers()?,
             bundles: store.bundles()?,
             contacts: store.contacts()?,
+            groups: super::groups::Groups::open(
+                keys.clone(),
+                store.group_logs()?,
+                store.outbox()?,
+                wake.clone(),
+            )?,
             counters: HandshakeCounters::default(),
             cfg: cfg.clone(),
             downloads,
@@ -204,6 +210,11 @@ impl Service {
     /// The address book.
     pub fn contacts(&self) -> &crate::store::Contacts {
         &self.shared.contacts
+    }
+
+    /// The groups this node is in.
+    pub fn groups(&self) -> &super::groups::Groups {
+        &self.shared.groups
     }
 
     pub fn outbox(&self) -> &Outbox {

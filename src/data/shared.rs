@@ -73,6 +73,8 @@ pub(super) struct Shared {
     pub(super) transfers: Transfers,
     /// The address book: sending to a contact whose key changed waits for the person.
     pub(super) contacts: crate::store::Contacts,
+    /// Groups this node is in (`groups-v1.md`).
+    pub(super) groups: super::groups::Groups,
     pub(super) cfg: super::Config,
     pub(super) downloads: PathBuf,
     // Signals: events out, wake-ups of delivery workers, the end.

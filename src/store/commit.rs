@@ -490,6 +490,7 @@ mod tests {
                             msg_id: [0; 16],
                             sent_at_ms: 0,
                             via: Default::default(),
+                            group: None,
                             body: "hi".into(),
                         },
                     )

@@ -36,12 +36,18 @@ pub struct Message {
     pub received_at_ms: u64,
     #[serde(flatten)]
     pub via: Via,
+    /// The group it was sent to, for a group message (`groups-v1.md` §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::wire::GroupTag>,
 }
 
 /// What became of a received DATA frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
-    Stored(Message),
+    Stored(Box<Message>),
+    /// New, counted as received, and not kept here (group log traffic, or a group message from
+    /// someone who is no member).
+    Taken,
     /// Already stored earlier (the sender missed our ACK).
     Duplicate,
     /// The sender skipped sequence numbers; `expected` is the next one we can take.
@@ -96,6 +102,12 @@ impl Inbox {
     /// Stores DATA (or DATA_VIA) frame `d` from `from` if its `seq` is the next one of
     /// `(from, d.epoch)`; not durable until [`Inbox::flush`].
     pub fn accept(&self, from: &PeerId, d: &Data) -> Result<Accepted, Error> {
+        self.accept_as(from, d, true)
+    }
+
+    /// [`Self::accept`], keeping the message in the inbox only if `keep`: either way it counts as
+    /// received, once.
+    pub fn accept_as(&self, from: &PeerId, d: &Data, keep: bool) -> Result<Accepted, Error> {
         let (epoch, seq, msg_id, sent_at_ms, body) =
             (d.epoch, d.seq, &d.msg_id, d.sent_at_ms, d.body.as_str());
         let via = &d.via;
@@ -129,6 +141,10 @@ impl Inbox {
                 if lost_data {
                     resync.remove(key.as_slice())?;
                 }
+                if !keep {
+                    hwm.insert(key.as_slice(), &seq.to_be_bytes())?;
+                    return Ok(Accepted::Taken);
+                }
                 let msg = Message {
                     seq: local,
                     id: hex::encode(msg_id),
@@ -137,17 +153,18 @@ impl Inbox {
                     sent_at_ms,
                     received_at_ms,
                     via: *via,
+                    group: d.group,
                 };
                 messages.insert(
                     &local.to_be_bytes(),
                     serde_json::to_vec(&msg).expect("messages serialise"),
                 )?;
                 hwm.insert(key.as_slice(), &seq.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(Accepted::Stored(msg))
+                Ok::<_, ConflictableTransactionError<()>>(Accepted::Stored(Box::new(msg)))
             });
         match result {
             Ok(Accepted::Stored(msg)) => {
-                let _ = self.notify.send(msg.clone());
+                let _ = self.notify.send((*msg).clone());
                 Ok(Accepted::Stored(msg))
             }
             Ok(other) => Ok(other),
@@ -203,6 +220,7 @@ mod tests {
             msg_id: *msg_id,
             sent_at_ms: 0,
             via: Default::default(),
+            group: None,
             body: body.into(),
         }
     }

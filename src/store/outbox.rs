@@ -32,6 +32,9 @@ pub struct Message {
     pub created_at_ms: u64,
     #[serde(flatten)]
     pub via: Via,
+    /// The group it belongs to (a group message, or group log traffic: `groups-v1.md` §6, §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::wire::GroupTag>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,17 @@ impl Outbox {
     /// Queues `body` for `to`, naming the light clients in `via` if any (then it is sent as
     /// DATA_VIA): the sequence number and the message are written in one transaction.
     pub fn enqueue(&self, to: PeerId, body: String, via: Via) -> Result<Message, Error> {
+        self.enqueue_tagged(to, body, via, None)
+    }
+
+    /// [`Self::enqueue`] with a group tag.
+    pub fn enqueue_tagged(
+        &self,
+        to: PeerId,
+        body: String,
+        via: Via,
+        group: Option<crate::wire::GroupTag>,
+    ) -> Result<Message, Error> {
         if self.pending_count(&to) >= MAX_QUEUED_PER_PEER {
             return Err(Error::Full("outbox for this peer", MAX_QUEUED_PER_PEER));
         }
@@ -116,6 +130,7 @@ impl Outbox {
                 body: body.clone(),
                 created_at_ms,
                 via,
+                group,
             };
             let value = serde_json::to_vec(&msg).expect("messages serialise");
             queue.insert(queue_key(&to, seq), value)?;

@@ -25,7 +25,37 @@ pub struct Data {
     pub sent_at_ms: u64,
     /// The light clients it names, if any (then sent as DATA_VIA).
     pub via: Via,
+    /// The group it belongs to, if any (then sent as DATA_GROUP; never with `via`).
+    pub group: Option<GroupTag>,
     pub body: String,
+}
+
+/// What DATA_GROUP adds to DATA (`protocols/data-v1.md` §DATA_GROUP, `groups-v1.md` §6, §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupTag {
+    #[serde(with = "hex::serde")]
+    pub group: [u8; 16],
+    /// [`group_kind`]: a message, log entries, a sync request, a head.
+    pub kind: u8,
+    /// The sender's number for its messages in this group (0 for the other kinds).
+    pub sender_seq: u64,
+    /// The sender's log head when it sent this: highest entry number and digest.
+    pub head_seq: u64,
+    #[serde(with = "hex::serde")]
+    pub head_digest: [u8; 32],
+}
+
+/// What a DATA_GROUP body is.
+pub mod group_kind {
+    /// Text for the group's members.
+    pub const MESSAGE: u8 = 1;
+    /// Log entries, hex, one per line.
+    pub const ENTRIES: u8 = 2;
+    /// "Send me what I lack": the hashes of the entries the sender holds, hex, one per line.
+    pub const SYNC: u8 = 3;
+    /// Only the head (empty body): "compare with yours".
+    pub const HEAD: u8 = 4;
+    pub const MAX: u8 = HEAD;
 }
 
 /// DATA_VIA flag bits.
@@ -120,16 +150,22 @@ impl Inner {
             Inner::Data(d) => {
                 let flags = d.via.from_client.map_or(0, |_| via::FROM_CLIENT)
                     | d.via.to_client.map_or(0, |_| via::TO_CLIENT);
-                out.push(if flags == 0 {
-                    kind::DATA
-                } else {
-                    kind::DATA_VIA
+                out.push(match (&d.group, flags) {
+                    (Some(_), _) => kind::DATA_GROUP,
+                    (None, 0) => kind::DATA,
+                    (None, _) => kind::DATA_VIA,
                 });
                 out.put_u64(d.epoch);
                 out.put_u64(d.seq);
                 out.extend_from_slice(&d.msg_id);
                 out.put_u64(d.sent_at_ms);
-                if flags != 0 {
+                if let Some(g) = &d.group {
+                    out.extend_from_slice(&g.group);
+                    out.push(g.kind);
+                    out.put_u64(g.sender_seq);
+                    out.put_u64(g.head_seq);
+                    out.extend_from_slice(&g.head_digest);
+                } else if flags != 0 {
                     out.push(flags);
                     for id in [d.via.from_client, d.via.to_client].into_iter().flatten() {
                         out.extend_from_slice(&id.0);
@@ -212,7 +248,7 @@ impl Inner {
         let ty = c.u8()?;
         let inner = match ty {
             kind::AUTH => decode_auth(&mut c, &share)?,
-            kind::DATA | kind::DATA_VIA => Inner::Data(decode_data(ty, &mut c)?),
+            kind::DATA | kind::DATA_VIA | kind::DATA_GROUP => Inner::Data(decode_data(ty, &mut c)?),
             kind::ACK => {
                 let epoch = c.u64()?;
                 let seq = c.u64()?;
@@ -289,7 +325,7 @@ fn decode_auth(c: &mut Cursor<'_>, share: &impl Fn(&[u8]) -> Bytes) -> Result<In
     Ok(Inner::Auth { binding, signature })
 }
 
-/// DATA, or DATA_VIA with its client ids (`ty` tells which).
+/// DATA, DATA_VIA with its client ids, or DATA_GROUP with its group tag (`ty` tells which).
 fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
     let epoch = c.u64()?;
     let seq = c.u64()?;
@@ -308,6 +344,22 @@ fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
             via.to_client = Some(ClientId(c.array()?));
         }
     }
+    let group = match ty {
+        kind::DATA_GROUP => {
+            let tag = GroupTag {
+                group: c.array()?,
+                kind: c.u8()?,
+                sender_seq: c.u64()?,
+                head_seq: c.u64()?,
+                head_digest: c.array()?,
+            };
+            if tag.kind == 0 || tag.kind > group_kind::MAX {
+                return Err(DecodeError::Malformed("DATA_GROUP kind"));
+            }
+            Some(tag)
+        }
+        _ => None,
+    };
     let body = c.rest();
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::MessageTooLarge(body.len()));
@@ -320,6 +372,7 @@ fn decode_data(ty: u8, c: &mut Cursor<'_>) -> Result<Data, DecodeError> {
         msg_id,
         sent_at_ms,
         via,
+        group,
         body,
     })
 }

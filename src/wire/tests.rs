@@ -80,6 +80,7 @@ fn expected_inner(name: &str) -> Inner {
             msg_id: id16(),
             sent_at_ms: 0x0102_0304_0506_0708,
             via: Via::default(),
+            group: None,
             body: "hi".into(),
         }),
         "data_via" => Inner::Data(Data {
@@ -91,6 +92,22 @@ fn expected_inner(name: &str) -> Inner {
                 from_client: None,
                 to_client: Some(ClientId([0xc1; 8])),
             },
+            group: None,
+            body: "hi".into(),
+        }),
+        "data_group" => Inner::Data(Data {
+            epoch: 1,
+            seq: 2,
+            msg_id: id16(),
+            sent_at_ms: 0x0102_0304_0506_0708,
+            via: Via::default(),
+            group: Some(GroupTag {
+                group: *b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\xcc\xdd\xee\xff",
+                kind: group_kind::MESSAGE,
+                sender_seq: 3,
+                head_seq: 4,
+                head_digest: [0xaa; 32],
+            }),
             body: "hi".into(),
         }),
         "resync" => Inner::Resync {
@@ -248,6 +265,7 @@ fn arb_inner() -> impl Strategy<Value = Inner> {
                             from_client: from_client.map(ClientId),
                             to_client: to_client.map(ClientId),
                         },
+                        group: None,
                         body,
                     })
                 }

@@ -44,6 +44,7 @@ fn data(seq: u64, body: &str) -> Inner {
         msg_id: [seq as u8; 16],
         sent_at_ms: 1,
         via: Default::default(),
+        group: None,
         body: body.into(),
     })
 }
