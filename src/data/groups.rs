@@ -24,6 +24,9 @@ use crate::{
 pub const MAX_GROUPS: usize = 256;
 /// Hex bytes of entries in one ENTRIES message at most (under `wire::MAX_MESSAGE_BYTES`).
 const MAX_ENTRIES_BODY: usize = 60_000;
+/// Sync requests remembered (to ask each peer once per pair of heads); forgotten all at once past
+/// this.
+const MAX_REMEMBERED_SYNCS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +66,10 @@ pub struct Groups {
     stored: GroupLogs,
     outbox: Outbox,
     wake: mpsc::Sender<PeerId>,
+    /// The heads (ours, theirs) we last asked a peer to sync from, per group: asking again
+    /// before either changes would bring nothing new, and two logs that cannot merge (a creator
+    /// who signed two `create`s) would otherwise ask each other forever.
+    asked: Mutex<HashMap<(GroupId, PeerId), ([u8; 32], [u8; 32])>>,
 }
 
 fn info(log: &Log) -> GroupInfo {
@@ -132,6 +139,7 @@ impl Groups {
             stored,
             outbox,
             wake,
+            asked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -305,7 +313,7 @@ impl Groups {
             None => (false, false),
         };
         if member && differs {
-            self.ask_sync(id, *from);
+            self.ask_sync(id, *from, tag.head_digest);
         }
         member
     }
@@ -315,14 +323,14 @@ impl Groups {
         let id = GroupId(tag.group);
         let result = match tag.kind {
             group_kind::ENTRIES => self.take_entries(id, from, tag, body).await,
-            group_kind::SYNC => self.answer_sync(id, from, body),
+            group_kind::SYNC => self.answer_sync(id, from, tag, body),
             group_kind::HEAD => {
                 if self
                     .lock()
                     .get(&id)
                     .is_some_and(|l| l.head().digest != tag.head_digest)
                 {
-                    self.ask_sync(id, from);
+                    self.ask_sync(id, from, tag.head_digest);
                 }
                 Ok(())
             }
@@ -374,7 +382,7 @@ impl Groups {
         }
         self.stored.flush().await?;
         if head.digest != tag.head_digest {
-            self.ask_sync(id, from);
+            self.ask_sync(id, from, tag.head_digest);
         }
         // Members someone else added may lack what we hold: show them our head.
         for added in after
@@ -391,14 +399,24 @@ impl Groups {
         Ok(())
     }
 
-    /// Sends `to` the hashes of our entries: it answers with what we lack.
-    fn ask_sync(&self, id: GroupId, to: PeerId) {
+    /// Sends `to` the hashes of our entries: it answers with what we lack. Once per pair of heads.
+    fn ask_sync(&self, id: GroupId, to: PeerId, theirs: [u8; 32]) {
         let Some((hashes, head)) = self.lock().get(&id).map(|log| {
             let hashes: String = log.entries().map(|e| hex::encode(e.hash)).collect();
             (hashes, log.head())
         }) else {
             return;
         };
+        {
+            let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+            if asked.get(&(id, to)) == Some(&(head.digest, theirs)) {
+                return;
+            }
+            if asked.len() >= MAX_REMEMBERED_SYNCS {
+                asked.clear();
+            }
+            asked.insert((id, to), (head.digest, theirs));
+        }
         if let Err(e) = self.enqueue(to, hashes, Self::tag(id, group_kind::SYNC, 0, head)) {
             tracing::warn!(group = %id, %to, error = %e, "cannot ask for a group sync");
         }
@@ -406,7 +424,13 @@ impl Groups {
 
     /// `from` holds the entries whose hashes `body` lists: send it the others, if it belongs to
     /// the log; and ask for what it holds that we lack.
-    fn answer_sync(&self, id: GroupId, from: PeerId, body: &str) -> Result<(), Error> {
+    fn answer_sync(
+        &self,
+        id: GroupId,
+        from: PeerId,
+        tag: &GroupTag,
+        body: &str,
+    ) -> Result<(), Error> {
         let known: HashSet<Hash> = body
             .as_bytes()
             .chunks(64)
@@ -434,7 +458,7 @@ impl Groups {
             self.send_entries(id, head, from, &missing)?;
         }
         if they_have_more {
-            self.ask_sync(id, from);
+            self.ask_sync(id, from, tag.head_digest);
         }
         Ok(())
     }
