@@ -47,6 +47,9 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+/// Our head's digest and a peer's, when we asked it to sync.
+type HeadPair = ([u8; 32], [u8; 32]);
+
 /// `GET /v1/groups` row, and `GET /v1/groups/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupInfo {
@@ -69,7 +72,7 @@ pub struct Groups {
     /// The heads (ours, theirs) we last asked a peer to sync from, per group: asking again
     /// before either changes would bring nothing new, and two logs that cannot merge (a creator
     /// who signed two `create`s) would otherwise ask each other forever.
-    asked: Mutex<HashMap<(GroupId, PeerId), ([u8; 32], [u8; 32])>>,
+    asked: Mutex<HashMap<(GroupId, PeerId), HeadPair>>,
 }
 
 fn info(log: &Log) -> GroupInfo {
