@@ -4,6 +4,7 @@
 mod bench;
 mod contacts;
 mod data;
+mod groups;
 mod names;
 mod output;
 mod pairing;
@@ -98,6 +99,9 @@ enum Command {
         /// Keep running and print new messages as they arrive.
         #[arg(long, short)]
         follow: bool,
+        /// Only the messages of this group (id or name).
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -132,6 +136,11 @@ enum Command {
     Contact {
         #[command(subcommand)]
         command: contacts::Command,
+    },
+    /// Groups of peers: a signed membership log, messages to every member exactly once.
+    Group {
+        #[command(subcommand)]
+        command: groups::Command,
     },
     /// Pair a light client (a browser, a phone): print a one-time code, the light client's URL
     /// with it, and that URL as a QR code.
@@ -385,8 +394,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Inbox {
             after,
             follow,
+            group,
             output: out,
-        } => data::inbox(&dir, after, follow, out.json).await,
+        } => data::inbox(&dir, after, follow, group, out.json).await,
         Command::SendFile {
             peer,
             path,
@@ -415,6 +425,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Contact { command } => contacts::run(&dir, command).await,
+        Command::Group { command } => groups::run(&dir, command).await,
         Command::Pair(out) => pairing::pair(&dir, out.json).await,
         Command::Devices { command, output } => match command {
             None => pairing::list(&dir, output.json).await,

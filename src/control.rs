@@ -8,6 +8,7 @@
 pub mod client;
 pub mod contacts;
 pub mod data;
+pub mod groups;
 pub mod names;
 pub mod pairing;
 
@@ -68,6 +69,13 @@ pub mod routes {
     pub const PAIRING: &str = "/v1/pairing";
     pub const DEVICES: &str = "/v1/devices";
     pub const DEVICE: &str = "/v1/devices/{id}";
+    pub const GROUPS: &str = "/v1/groups";
+    pub const GROUP: &str = "/v1/groups/{group}";
+    pub const GROUP_MEMBERS: &str = "/v1/groups/{group}/members";
+    pub const GROUP_MEMBER: &str = "/v1/groups/{group}/members/{peer}";
+    pub const GROUP_ADMINS: &str = "/v1/groups/{group}/admins";
+    pub const GROUP_LEAVE: &str = "/v1/groups/{group}/leave";
+    pub const GROUP_MESSAGES: &str = "/v1/groups/{group}/messages";
 }
 
 /// File in the data directory holding the address the control API listens on.
@@ -247,6 +255,13 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         .route(routes::PAIRING, post(pairing::pair))
         .route(routes::DEVICES, get(pairing::devices))
         .route(routes::DEVICE, axum::routing::delete(pairing::unpair))
+        .route(routes::GROUPS, get(groups::list).post(groups::create))
+        .route(routes::GROUP, get(groups::get))
+        .route(routes::GROUP_MEMBERS, post(groups::add))
+        .route(routes::GROUP_MEMBER, axum::routing::delete(groups::remove))
+        .route(routes::GROUP_ADMINS, post(groups::admin))
+        .route(routes::GROUP_LEAVE, post(groups::leave))
+        .route(routes::GROUP_MESSAGES, post(groups::send))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

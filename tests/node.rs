@@ -482,3 +482,52 @@ fn a_contact_whose_ml_dsa_key_changes_under_the_same_peer_id_is_held() {
     cli_json(&c.dir, &["send", "Ann", "after confirming"]);
     common::wait_inbox(&a.dir, "after confirming");
 }
+
+/// Groups from the command line: A makes one, adds B by peer id and C by name, sends to it; B and C
+/// see the message under the group, `group members` agrees everywhere, and B leaves.
+#[test]
+fn a_group_made_with_the_cli_reaches_its_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = NodeProc::start(&tmp.path().join("b"), &args(&["--role", "bootstrap"]));
+    let boot = b.tcp_addr();
+    let a = NodeProc::start(&tmp.path().join("a"), &args(&["--bootstrap", &boot]));
+    let c = NodeProc::start(&tmp.path().join("c"), &args(&["--bootstrap", &boot]));
+    let made = cli_json(&a.dir, &["group", "create", "book club"]);
+    let id = made["id"].as_str().unwrap().to_owned();
+    cli_json(&a.dir, &["group", "add", "book club", &b.peer_id()]);
+    cli_json(&c.dir, &["name", "claim", "carol"]);
+    wait_for("A to add C by its name", WAIT, || {
+        cli(&a.dir, &["group", "add", &id, "@carol", "--json"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let sent = cli_json(&a.dir, &["group", "send", "book club", "chapter 3 tonight"]);
+    assert_eq!(sent["copies"].as_array().unwrap().len(), 2, "{sent}");
+    for member in [&b, &c] {
+        let got = wait_for("the member to get the group message", WAIT, || {
+            let inbox = cli_json(&member.dir, &["inbox", "--group", &id]);
+            inbox.as_array().unwrap().first().cloned()
+        });
+        assert_eq!(got["body"], "chapter 3 tonight");
+        assert_eq!(got["group"]["group"], id.as_str());
+        let text = cli_ok(&member.dir, &["inbox"]);
+        assert!(
+            text.contains(&format!("in group {id} (#1): chapter 3 tonight")),
+            "{text}"
+        );
+        let info = cli_json(&member.dir, &["group", "members", &id]);
+        assert_eq!(info["members"].as_array().unwrap().len(), 3, "{info}");
+    }
+    let left = cli_json(&b.dir, &["group", "leave", "book club"]);
+    assert_eq!(left["members"].as_array().unwrap().len(), 2);
+    wait_for("A to see B leave", WAIT, || {
+        let info = cli_json(&a.dir, &["group", "members", &id]);
+        (info["members"].as_array().unwrap().len() == 2).then_some(())
+    });
+    let table = cli_ok(&a.dir, &["group", "list"]);
+    assert!(
+        table.contains("book club") && table.contains(&id),
+        "{table}"
+    );
+}

@@ -84,19 +84,38 @@ fn print_message(m: &inbox::Message) {
         Some(c) => format!("client {c} via {}", m.from),
         None => m.from.to_string(),
     };
-    let to = match &m.via.to_client {
-        Some(c) => format!(" -> client {c}"),
-        None => String::new(),
+    let to = match (&m.via.to_client, &m.group) {
+        (Some(c), _) => format!(" -> client {c}"),
+        (None, Some(g)) => format!(" in group {} (#{})", hex::encode(g.group), g.sender_seq),
+        (None, None) => String::new(),
     };
     println!("[{}] {from}{to}: {}", time_ms(m.received_at_ms), m.body);
 }
 
-pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyhow::Result<()> {
+pub async fn inbox(
+    dir: &Path,
+    after: u64,
+    follow: bool,
+    group: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let client = control::Client::for_data_dir(dir)?;
+    // A group named by name becomes its id; messages of other groups (and none) are left out.
+    let only = match group.map(|g| (g.parse::<crate::groups::GroupId>(), g)) {
+        None => None,
+        Some((Ok(id), _)) => Some(id.0),
+        Some((Err(_), name)) => {
+            let path = format!("{}/{}", routes::GROUPS, super::output::path_segment(&name));
+            let info: crate::data::groups::GroupInfo = client.get(&path).await?;
+            Some(info.id.0)
+        }
+    };
+    let shown = |m: &inbox::Message| only.is_none_or(|g| m.group.is_some_and(|t| t.group == g));
     if !follow {
-        let msgs: Vec<inbox::Message> = client
+        let mut msgs: Vec<inbox::Message> = client
             .get(&format!("{}?after={after}", routes::INBOX))
             .await?;
+        msgs.retain(|m| shown(m));
         if as_json {
             return json(&msgs);
         }
@@ -117,6 +136,9 @@ pub async fn inbox(dir: &Path, after: u64, follow: bool, as_json: bool) -> anyho
             continue;
         }
         let m: inbox::Message = serde_json::from_str(&data).context("malformed inbox event")?;
+        if !shown(&m) {
+            continue;
+        }
         if as_json {
             println!("{}", serde_json::to_string(&m)?);
         } else {

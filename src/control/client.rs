@@ -154,6 +154,12 @@ impl Client {
             .map(drop)
     }
 
+    /// DELETE that answers with a JSON body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, Error> {
         Ok(self.send_checked(req).await?.json().await?)
     }

@@ -43,6 +43,8 @@ pub enum Error {
     Refused(Reject),
     #[error("a group name has 1 to 64 bytes")]
     BadName,
+    #[error("message body of {0} bytes exceeds {max} bytes", max = crate::wire::MAX_MESSAGE_BYTES)]
+    TooLarge(usize),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -279,8 +281,16 @@ impl Groups {
         Ok(())
     }
 
-    /// A message to every other member, each copy through the outbox.
-    pub async fn send(&self, id: GroupId, body: String) -> Result<Vec<outbox::Message>, Error> {
+    /// A message to every other member, each copy through the outbox; this node's number for it
+    /// and the copies.
+    pub async fn send(
+        &self,
+        id: GroupId,
+        body: String,
+    ) -> Result<(u64, Vec<outbox::Message>), Error> {
+        if body.len() > crate::wire::MAX_MESSAGE_BYTES {
+            return Err(Error::TooLarge(body.len()));
+        }
         let (state, head) = {
             let logs = self.lock();
             let log = logs.get(&id).ok_or(Error::NoSuchGroup(id))?;
@@ -301,7 +311,7 @@ impl Groups {
         }
         self.stored.flush().await?;
         self.outbox.flush().await?;
-        Ok(sent)
+        Ok((seq, sent))
     }
 
     /// Whether a group message from `from` is kept: it must be a member of a group this node
