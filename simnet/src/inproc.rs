@@ -17,15 +17,15 @@ use commucat::{
     config::{Config, KadMode, Role as NodeRole},
     crypto::LocalKeys,
     daemon::{self, Daemon},
-    data,
-    node::{Event, Node},
-    store::{Store, transfers::State},
+    node::Event,
+    store::Store,
 };
 use futures::{StreamExt, stream};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 
 use crate::{
+    files, groups,
     hops::Tables,
     link::Link,
     meter,
@@ -35,6 +35,8 @@ use crate::{
     track::{self, Tracker},
 };
 
+/// How long a group may take to reach every member before the phase.
+pub const GROUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Nodes started at once.
 pub const START_CONCURRENCY: usize = 16;
 /// How long one lookup may take.
@@ -287,7 +289,7 @@ impl Fleet {
         self.stopping.insert(
             i,
             tokio::spawn(async move {
-                let bytes = outbound_bytes(n.node()).unwrap_or(0);
+                let bytes = files::outbound_bytes(n.node()).unwrap_or(0);
                 let _ = tokio::time::timeout(RESTART_TIMEOUT, n.shutdown()).await;
                 bytes
             }),
@@ -340,7 +342,7 @@ impl Fleet {
             .iter()
             .flatten()
             .try_fold(self.bytes_of_stopped, |acc, n| {
-                outbound_bytes(n.node()).map(|b| acc + b)
+                files::outbound_bytes(n.node()).map(|b| acc + b)
             });
         progress("stopping nodes", 0, total);
         let mut stops = stream::iter(self.live.into_iter().flatten().map(|n| async move {
@@ -359,6 +361,8 @@ impl Fleet {
 /// The workload: each operation at its time, bounded in flight.
 struct Workload<'a> {
     plan: &'a Plan,
+    /// The ids of the plan's groups.
+    groups: Vec<commucat::groups::GroupId>,
     tracker: Tracker,
     gate: Arc<tokio::sync::Semaphore>,
     tasks: tokio::task::JoinSet<()>,
@@ -426,6 +430,21 @@ impl Workload<'_> {
                     fleet.ready(from).await?;
                     self.file(fleet, k, from, to, size).await?;
                 }
+                // Made before the phase (`groups::create_all`).
+                Op::GroupCreate { .. } => {}
+                Op::GroupMessage { group, from, .. } => {
+                    fleet.ready(from).await?;
+                    let data = fleet.live(from, "group message")?.data().clone();
+                    let id = self.groups[group];
+                    groups::send(
+                        &mut self.tasks,
+                        &self.tracker,
+                        self.plan,
+                        (k, sched.op),
+                        id,
+                        data,
+                    );
+                }
             }
         }
         progress("workload", ops_total, ops_total);
@@ -444,13 +463,13 @@ impl Workload<'_> {
         let permit = self.gate.clone().acquire_owned().await?;
         let data = fleet.live(from, "file")?.data().clone();
         let path = fleet.slots[from].files.path().join(format!("file-{k}.bin"));
-        write_file(&path, size, k as u64)?;
+        files::write_file(&path, size, k as u64)?;
         let (target, t, drain_until) = (fleet.ids[to], self.tracker.clone(), self.drain_until);
         self.tasks.spawn(async move {
             let mut events = data.subscribe();
             let started = Instant::now();
             let done_ms = match data.send_file(target, path).await {
-                Ok(out) => wait_file(&mut events, &out.id, drain_until)
+                Ok(out) => files::wait_file(&mut events, &out.id, drain_until)
                     .await
                     .then(|| started.elapsed().as_secs_f64() * 1000.0),
                 Err(e) => {
@@ -493,15 +512,19 @@ pub async fn run(
     // Arrivals: every store's inbox notifications (they outlive node restarts).
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
-    for slot in &fleet.slots {
-        watchers.push(tracker.watch_inbox(slot.store.inbox()?.subscribe()));
+    for (i, slot) in fleet.slots.iter().enumerate() {
+        watchers.push(tracker.watch_inbox(i, slot.store.inbox()?.subscribe()));
     }
     let client = |i: usize| Ok(fleet.live(i, "claim")?.node().client().clone());
     track::claim_all(&tracker, plan, client, LOOKUP_TIMEOUT, progress).await?;
+    let data = |i: usize| Ok(fleet.live(i, "group")?.data().clone());
+    let groups = groups::create_all(&tracker, plan, data, &fleet.ids, GROUP_TIMEOUT, progress);
+    let groups = groups.await?;
     let phase = Instant::now();
     let drain_until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
     let mut workload = Workload {
         plan,
+        groups,
         tracker: tracker.clone(),
         gate: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         tasks: tokio::task::JoinSet::new(),
@@ -543,54 +566,4 @@ pub async fn run(
         returns: log.returned.values().map(Vec::len).sum(),
     });
     Ok(outcome)
-}
-
-/// Waits for the sender's `TransferFinished` of transfer `id`; true when it completed.
-pub async fn wait_file(
-    events: &mut tokio::sync::broadcast::Receiver<data::Event>,
-    id: &str,
-    until: Instant,
-) -> bool {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(data::Event::TransferFinished {
-                    id: done,
-                    direction: "out",
-                    state,
-                    ..
-                }) if done == id => return state == State::Complete,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return false,
-            }
-        }
-    };
-    tokio::time::timeout_at(until.into(), wait)
-        .await
-        .unwrap_or(false)
-}
-
-/// Writes `size` bytes of incompressible-looking content derived from `seed`.
-pub fn write_file(path: &std::path::Path, size: usize, seed: u64) -> std::io::Result<()> {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut content = vec![0u8; size];
-    rng.fill(&mut content[..]);
-    std::fs::write(path, content)
-}
-
-/// Bytes a node's transports sent, from its `…libp2p_bandwidth_bytes_total` counters (None if the
-/// node has no such counter).
-pub fn outbound_bytes(node: &Node) -> Option<u64> {
-    let mut found = false;
-    let mut sum = 0u64;
-    let encoded = meter::for_each_sample(&node.metrics(), |name, labels, value| {
-        if name.ends_with("libp2p_bandwidth_bytes_total")
-            && labels.contains("direction=\"Outbound\"")
-        {
-            found = true;
-            sum += value as u64;
-        }
-    });
-    (encoded && found).then_some(sum)
 }

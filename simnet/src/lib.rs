@@ -1,6 +1,8 @@
 //! simnet: runs scenarios of many CommuCat nodes (the real node library) and reports what the
 //! network did. See `simnet/README.md`.
 
+pub mod files;
+pub mod groups;
 pub mod hops;
 pub mod inproc;
 pub mod link;
@@ -27,6 +29,8 @@ pub struct Outcome {
     pub report: Report,
     pub lookup_ms: Vec<f64>,
     pub delivery_ms: Vec<f64>,
+    /// Group messages every member got: from the send to the last member's arrival.
+    pub group_ms: Vec<f64>,
 }
 
 /// Runs `scenario` with `seed` (the scenario's own when `None`); in inproc mode, prints summed
@@ -61,6 +65,7 @@ pub fn write(outcome: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         &outcome.report,
         &outcome.lookup_ms,
         &outcome.delivery_ms,
+        &outcome.group_ms,
         dir,
     )?);
     Ok(files)

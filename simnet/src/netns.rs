@@ -312,7 +312,11 @@ async fn workload(
                 let (target, t) = (ids[to], tracker.clone());
                 tasks.spawn(async move { t.resolve(client, to, target, LOOKUP_TIMEOUT).await });
             }
-            Op::File { .. } | Op::Leave { .. } | Op::Return { .. } => {
+            Op::File { .. }
+            | Op::Leave { .. }
+            | Op::Return { .. }
+            | Op::GroupCreate { .. }
+            | Op::GroupMessage { .. } => {
                 unreachable!("refused above")
             }
         }
@@ -461,7 +465,7 @@ fn nat_cells(
 async fn stop_nodes(nodes: Vec<LabNode>) -> anyhow::Result<Option<u64>> {
     let mut bytes = Some(0u64);
     for n in nodes {
-        bytes = bytes.and_then(|b| crate::inproc::outbound_bytes(n.app.node()).map(|x| x + b));
+        bytes = bytes.and_then(|b| crate::files::outbound_bytes(n.app.node()).map(|x| x + b));
         let LabNode { dev, app, .. } = n;
         let stop = dev.spawn(move |_| async move {
             let _ = app.shutdown().await;
@@ -482,6 +486,9 @@ pub async fn run(
     if let Some(why) = unavailable() {
         bail!("netns mode cannot run here: {why}");
     }
+    if !plan.groups.is_empty() {
+        bail!("netns mode runs lookups, messages and names; groups are inproc only for now");
+    }
     if plan.ops.iter().any(|o| matches!(o.op, Op::File { .. })) {
         bail!("netns mode runs lookups and messages; file transfers are inproc only for now");
     }
@@ -494,8 +501,8 @@ pub async fn run(
     // Arrivals.
     let tracker = Tracker::default();
     let mut watchers = Vec::new();
-    for n in &run.nodes {
-        watchers.push(tracker.watch_inbox(n.app.data().inbox().subscribe()));
+    for (i, n) in run.nodes.iter().enumerate() {
+        watchers.push(tracker.watch_inbox(i, n.app.data().inbox().subscribe()));
     }
     let client = |i: usize| Ok(run.nodes[i].app.node().client().clone());
     track::claim_all(&tracker, plan, client, LOOKUP_TIMEOUT, progress).await?;

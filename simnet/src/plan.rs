@@ -86,6 +86,16 @@ pub enum Op {
     Return {
         node: usize,
     },
+    /// Group `group` of [`Plan::groups`] is made before the workload phase (at `at_ms` 0).
+    GroupCreate {
+        group: usize,
+    },
+    /// Member `from` sends a message to group `group`.
+    GroupMessage {
+        group: usize,
+        from: usize,
+        size: usize,
+    },
 }
 
 /// Sources and targets of lookups and files, and senders of messages, are online when the
@@ -106,6 +116,9 @@ pub struct Plan {
     pub nodes: Vec<PlannedNode>,
     /// Sorted by time.
     pub ops: Vec<Scheduled>,
+    /// The members of each group of `[[workload.groups]]`, its creator first.
+    #[serde(default)]
+    pub groups: Vec<Vec<usize>>,
 }
 
 impl Plan {
@@ -186,14 +199,76 @@ impl Plan {
                 op: Op::Claim { node },
             });
         }
+        let groups = plan_groups(s, &nodes, &members, &mut rng, &mut ops);
         ops.sort_by_key(|o| o.at_ms);
-        Plan { seed, nodes, ops }
+        Plan {
+            seed,
+            nodes,
+            ops,
+            groups,
+        }
     }
 
     /// Nodes online at `t_ms` of the workload phase.
     pub fn live_nodes(&self, t_ms: u64) -> usize {
         self.nodes.iter().filter(|n| n.live_at(t_ms)).count()
     }
+}
+
+/// The groups of `[[workload.groups]]`: members online at the start (the creator first), a
+/// [`Op::GroupCreate`] each, and their messages at the given rate from members online then.
+fn plan_groups(
+    s: &Scenario,
+    nodes: &[PlannedNode],
+    members: &std::collections::HashMap<&str, Vec<usize>>,
+    rng: &mut StdRng,
+    ops: &mut Vec<Scheduled>,
+) -> Vec<Vec<usize>> {
+    let span = s.duration_secs * 1000;
+    let mut groups = Vec::new();
+    for flow in &s.workload.groups {
+        let pool: Vec<usize> = members[flow.from.as_str()]
+            .iter()
+            .copied()
+            .filter(|&i| nodes[i].live_at(0))
+            .collect();
+        let per_group = (flow.messages_per_minute * s.duration_secs as f64 / 60.0).round() as usize;
+        for _ in 0..flow.groups {
+            if pool.len() < flow.members {
+                break;
+            }
+            let chosen = pick(rng, &pool, flow.members);
+            let g = groups.len();
+            ops.push(Scheduled {
+                at_ms: 0,
+                op: Op::GroupCreate { group: g },
+            });
+            for _ in 0..per_group {
+                let at_ms = rng.random_range(0..span.max(1));
+                let senders: Vec<usize> = chosen
+                    .iter()
+                    .copied()
+                    .filter(|&m| {
+                        nodes[m].live_at(at_ms)
+                            && nodes[m].live_at((at_ms + LIVE_MARGIN_MS).min(span))
+                    })
+                    .collect();
+                if senders.is_empty() {
+                    continue;
+                }
+                ops.push(Scheduled {
+                    at_ms,
+                    op: Op::GroupMessage {
+                        group: g,
+                        from: senders[rng.random_range(0..senders.len())],
+                        size: flow.size_bytes.unwrap_or(64),
+                    },
+                });
+            }
+            groups.push(chosen);
+        }
+    }
+    groups
 }
 
 /// Groups of nodes, in order: bootstrap groups first, so that their nodes exist before anyone

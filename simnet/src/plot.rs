@@ -18,9 +18,16 @@ pub fn write_all(
     report: &Report,
     lookup_ms: &[f64],
     delivery_ms: &[f64],
+    group_ms: &[f64],
     dir: &Path,
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
+    if report.groups.is_some() {
+        let path = dir.join("group_latency_cdf.png");
+        let title = "Group message, send to last member (CDF)";
+        cdf(&path, &format!("{title}, {}", report.scenario), group_ms)?;
+        out.push(path);
+    }
     for (name, title, values) in [
         (
             "lookup_latency_cdf.png",

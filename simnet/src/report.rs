@@ -73,6 +73,28 @@ pub struct Names {
     pub latency_ms: Dist,
 }
 
+/// Groups made and sent to (`[[workload.groups]]`): every message counts once per member other
+/// than its sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Groups {
+    pub groups: usize,
+    /// Groups whose every member held the log before the workload phase.
+    pub made: usize,
+    pub messages: usize,
+    /// Copies due: messages × (members − 1).
+    pub copies: usize,
+    /// Copies that reached their member.
+    pub delivered: usize,
+    pub delivery_rate: f64,
+    /// Copies a member got more than once.
+    pub duplicates: usize,
+    /// From the send to the last member's arrival, for messages every member got.
+    pub to_last_member_ms: Dist,
+    /// The lowest delivery rate of any one group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_group_rate: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Messages {
     pub sent: usize,
@@ -188,6 +210,8 @@ pub struct Report {
     pub files: Option<Files>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub names: Option<Names>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Groups>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnStats>,
     /// `netns`: per NAT-type pair, hole punching and delivery.
@@ -281,6 +305,20 @@ impl Report {
                 n.success_rate * 100.0,
                 n.wrong_owner,
                 n.latency_ms.median.unwrap_or(0.0)
+            );
+        }
+        if let Some(g) = &self.groups {
+            out += &format!(
+                "\n  groups:    {}/{} made, {} messages, {}/{} copies delivered ({:.2}%), {} duplicates, to the last member median {:.0} ms, p99 {:.0} ms",
+                g.made,
+                g.groups,
+                g.messages,
+                g.delivered,
+                g.copies,
+                g.delivery_rate * 100.0,
+                g.duplicates,
+                g.to_last_member_ms.median.unwrap_or(0.0),
+                g.to_last_member_ms.p99.unwrap_or(0.0)
             );
         }
         if let Some(f) = &self.files {

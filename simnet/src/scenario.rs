@@ -110,6 +110,25 @@ pub struct Workload {
     /// resolve them during it.
     #[serde(default)]
     pub names: Vec<Flow>,
+    /// Groups (`protocols/groups-v1.md`, inproc mode): made before the workload phase, then sent
+    /// to during it.
+    #[serde(default)]
+    pub groups: Vec<GroupFlow>,
+}
+
+/// `[[workload.groups]]`: `groups` groups of `members` nodes of node group `from` (their creators
+/// add the others and wait until every member holds the log), each getting `messages_per_minute`
+/// messages from random members during the phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFlow {
+    pub from: String,
+    pub groups: usize,
+    pub members: usize,
+    pub messages_per_minute: f64,
+    /// Message body size. Default: 64.
+    #[serde(default)]
+    pub size_bytes: Option<usize>,
 }
 
 /// Largest simulated file.
@@ -305,6 +324,31 @@ impl Scenario {
                     commucat::wire::MAX_MESSAGE_BYTES
                 );
             }
+        }
+        for g in &self.workload.groups {
+            let Some(from) = self.group(&g.from) else {
+                bail!(
+                    "workload.groups names group {:?}, which is not defined",
+                    g.from
+                );
+            };
+            if g.members < 2
+                || g.members > from.count
+                || g.members > commucat::groups::log::MAX_MEMBERS
+            {
+                bail!(
+                    "workload.groups: {} members per group from {:?} ({} nodes; at most {})",
+                    g.members,
+                    g.from,
+                    from.count,
+                    commucat::groups::log::MAX_MEMBERS
+                );
+            }
+            if !(g.messages_per_minute >= 0.0 && g.messages_per_minute.is_finite()) {
+                bail!("workload.groups: messages_per_minute must be a number ≥ 0");
+            }
+            let per_group = g.messages_per_minute * self.duration_secs as f64 / 60.0;
+            ops = ops.saturating_add(g.groups.saturating_mul(per_group.ceil() as usize + 1));
         }
         if ops > MAX_OPERATIONS {
             bail!("{ops} operations: at most {MAX_OPERATIONS}");

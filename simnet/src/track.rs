@@ -43,6 +43,13 @@ pub struct Resolution {
     pub ms: f64,
 }
 
+/// One group message sent by the workload: due at every member but its sender.
+pub struct GroupSend {
+    pub at: Instant,
+    pub group: usize,
+    pub to: Vec<usize>,
+}
+
 pub struct File {
     pub size: usize,
     /// Milliseconds from the send call to completion, if it completed.
@@ -62,6 +69,12 @@ pub struct Log {
     /// Per node: when it came back from each of its downtimes.
     pub returned: HashMap<usize, Vec<Instant>>,
     pub leaves: usize,
+    /// Per group of the plan: whether every member held the log before the phase.
+    pub groups_made: Vec<bool>,
+    /// Group messages by tag.
+    pub group_sent: HashMap<String, GroupSend>,
+    /// Group message arrivals by tag: the member and when.
+    pub group_arrived: HashMap<String, Vec<(usize, Instant)>>,
 }
 
 #[derive(Clone, Default)]
@@ -82,11 +95,9 @@ impl Tracker {
             .push(Instant::now());
     }
 
-    /// (sent, of which arrived).
+    /// (sent, of which arrived), a group message counted once per member it is due at.
     pub fn progress(&self) -> (usize, usize) {
-        let l = self.lock();
-        let arrived = l.sent.keys().filter(|k| l.arrived.contains_key(*k)).count();
-        (l.sent.len(), arrived)
+        all_progress(&self.lock())
     }
 }
 
@@ -104,15 +115,21 @@ impl Tracker {
         );
     }
 
-    /// Records every arrival in `inbox` until it closes or the task is aborted.
+    /// Records every arrival in node `node`'s `inbox` until it closes or the task is aborted.
     pub fn watch_inbox(
         &self,
+        node: usize,
         mut inbox: broadcast::Receiver<inbox::Message>,
     ) -> tokio::task::JoinHandle<()> {
         let t = self.clone();
         tokio::spawn(async move {
             loop {
                 match inbox.recv().await {
+                    Ok(m) if m.group.is_some() => {
+                        let tag = m.body.split(' ').next().unwrap_or_default().to_owned();
+                        (t.lock().group_arrived.entry(tag).or_default())
+                            .push((node, Instant::now()));
+                    }
                     Ok(m) => t.arrival(&m.body),
                     Err(RecvError::Lagged(n)) => {
                         eprintln!("simnet: an inbox watcher missed {n} arrivals")
@@ -276,6 +293,7 @@ pub fn outcome(
     let (messages, delivery_ms, timeline) =
         messages(log, run.plan, run.phase, run.scenario.duration_secs);
     let (time_to_first_bootstrap_ms, isolated_nodes) = first_connects.summary();
+    let (group_report, group_ms) = groups(log);
     let report = Report {
         scenario: run.scenario.name.clone(),
         mode: run.mode.into(),
@@ -289,6 +307,7 @@ pub fn outcome(
         messages,
         files: files(log),
         names: names(log),
+        groups: group_report,
         churn: None,
         nat_pairs: None,
         direct_share: None,
@@ -299,6 +318,7 @@ pub fn outcome(
         report,
         lookup_ms,
         delivery_ms,
+        group_ms,
     }
 }
 
@@ -337,6 +357,51 @@ fn names(log: &Log) -> Option<Names> {
         success_rate: rate(ok.len(), log.resolutions.len()),
         latency_ms: Dist::of(&ok),
     })
+}
+
+/// The groups section, and the send-to-last-member latencies behind it.
+fn groups(log: &Log) -> (Option<crate::report::Groups>, Vec<f64>) {
+    if log.groups_made.is_empty() {
+        return (None, Vec::new());
+    }
+    let (mut copies, mut delivered, mut duplicates) = (0, 0, 0);
+    let mut to_last = Vec::new();
+    let mut per_group: HashMap<usize, (usize, usize)> = HashMap::new();
+    for (tag, send) in &log.group_sent {
+        let arrivals = log.group_arrived.get(tag).map_or(&[][..], Vec::as_slice);
+        let mut got: HashMap<usize, Instant> = HashMap::new();
+        for (node, at) in arrivals {
+            if got.insert(*node, *at).is_some() {
+                duplicates += 1;
+            }
+        }
+        let reached = send.to.iter().filter(|m| got.contains_key(m)).count();
+        copies += send.to.len();
+        delivered += reached;
+        let g = per_group.entry(send.group).or_default();
+        g.0 += send.to.len();
+        g.1 += reached;
+        if reached == send.to.len()
+            && let Some(last) = send.to.iter().filter_map(|m| got.get(m)).max()
+        {
+            to_last.push(last.duration_since(send.at).as_secs_f64() * 1000.0);
+        }
+    }
+    let report = crate::report::Groups {
+        groups: log.groups_made.len(),
+        made: log.groups_made.iter().filter(|m| **m).count(),
+        messages: log.group_sent.len(),
+        copies,
+        delivered,
+        delivery_rate: rate(delivered, copies),
+        duplicates,
+        to_last_member_ms: Dist::of(&to_last),
+        worst_group_rate: per_group
+            .values()
+            .map(|(due, got)| rate(*got, *due))
+            .min_by(f64::total_cmp),
+    };
+    (Some(report), to_last)
 }
 
 fn files(log: &Log) -> Option<Files> {
@@ -487,6 +552,21 @@ impl PerSecond {
             })
             .collect()
     }
+}
+
+/// Sent messages, group copies included, and how many of those arrived.
+fn all_progress(l: &Log) -> (usize, usize) {
+    let arrived = l.sent.keys().filter(|k| l.arrived.contains_key(*k)).count();
+    let due: usize = l.group_sent.values().map(|g| g.to.len()).sum();
+    let got: usize = (l.group_sent.iter())
+        .map(|(tag, g)| {
+            let arr = l.group_arrived.get(tag).map_or(&[][..], Vec::as_slice);
+            g.to.iter()
+                .filter(|m| arr.iter().any(|(n, _)| n == *m))
+                .count()
+        })
+        .sum();
+    (l.sent.len() + due, arrived + got)
 }
 
 /// Waits until every sent message arrived or `until`, reporting progress.

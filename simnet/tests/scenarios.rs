@@ -70,6 +70,16 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     assert!(names.success_rate >= 0.95, "{names:?}");
     let delivered: usize = r.timeline.iter().map(|s| s.messages_delivered).sum();
     assert_eq!(delivered, sent);
+    let groups = r.groups.as_ref().expect("groups");
+    assert_eq!((groups.groups, groups.made), (3, 3), "{groups:?}");
+    assert_eq!(groups.messages, 60, "{groups:?}");
+    assert_eq!(groups.copies, 240, "four other members each");
+    assert_eq!(
+        (groups.delivered, groups.duplicates),
+        (240, 0),
+        "every copy once: {groups:?}"
+    );
+    assert_eq!(groups.to_last_member_ms.count, 60);
 
     let dir = tempfile::tempdir().unwrap();
     let files = simnet::write(&outcome, dir.path()).unwrap();
@@ -78,6 +88,7 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     assert_eq!(json["messages"]["delivered"], sent);
     assert_eq!(json["lookups"]["latency_ms"]["count"], 150);
     assert_eq!(json["files"]["completed"], 3);
+    assert_eq!(json["groups"]["delivered"], 240);
     for name in [
         "lookup_latency_cdf.png",
         "delivery_latency_cdf.png",
@@ -137,9 +148,14 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
                 assert_ne!(from, to);
                 assert!(a.nodes[from].live_at(o.at_ms), "senders are online");
             }
+            simnet::plan::Op::GroupMessage { group, from, .. } => {
+                assert!(a.groups[group].contains(&from), "senders are members");
+                assert!(a.nodes[from].live_at(o.at_ms), "senders are online");
+            }
             simnet::plan::Op::Leave { .. }
             | simnet::plan::Op::Return { .. }
-            | simnet::plan::Op::Claim { .. } => {}
+            | simnet::plan::Op::Claim { .. }
+            | simnet::plan::Op::GroupCreate { .. } => {}
         }
     }
 }
