@@ -76,6 +76,7 @@ pub mod routes {
     pub const GROUP_ADMINS: &str = "/v1/groups/{group}/admins";
     pub const GROUP_LEAVE: &str = "/v1/groups/{group}/leave";
     pub const GROUP_MESSAGES: &str = "/v1/groups/{group}/messages";
+    pub const GROUP_FILES: &str = "/v1/groups/{group}/files";
 }
 
 /// File in the data directory holding the address the control API listens on.
@@ -262,6 +263,7 @@ pub fn router(parts: Parts, token: Token, shutdown: CancellationToken) -> Router
         .route(routes::GROUP_ADMINS, post(groups::admin))
         .route(routes::GROUP_LEAVE, post(groups::leave))
         .route(routes::GROUP_MESSAGES, post(groups::send))
+        .route(routes::GROUP_FILES, post(groups::send_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

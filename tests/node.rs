@@ -519,6 +519,25 @@ fn a_group_made_with_the_cli_reaches_its_members() {
         let info = cli_json(&member.dir, &["group", "members", &id]);
         assert_eq!(info["members"].as_array().unwrap().len(), 3, "{info}");
     }
+    // A file to the group: once to each other member, complete at both.
+    let file = tmp.path().join("chapter-3.txt");
+    std::fs::write(&file, "It was a dark and stormy night.\n".repeat(1000)).unwrap();
+    let queued = cli_json(
+        &a.dir,
+        &["group", "send-file", "book club", file.to_str().unwrap()],
+    );
+    assert_eq!(queued.as_array().unwrap().len(), 2, "{queued}");
+    for member in [&b, &c] {
+        wait_for("the member to have the group's file", WAIT, || {
+            let t = cli_json(&member.dir, &["transfers"]);
+            let done = t["incoming"]
+                .as_array()?
+                .iter()
+                .find(|i| i["state"] == "complete")?
+                .clone();
+            Some(done)
+        });
+    }
     let left = cli_json(&b.dir, &["group", "leave", "book club"]);
     assert_eq!(left["members"].as_array().unwrap().len(), 2);
     wait_for("A to see B leave", WAIT, || {

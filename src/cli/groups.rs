@@ -13,7 +13,7 @@ use crate::{
     control::{
         self,
         contacts::Recipient,
-        groups::{CreateGroup, GroupMessage, GroupSent, MemberRequest},
+        groups::{CreateGroup, GroupFile, GroupMessage, GroupSent, MemberRequest},
         routes,
     },
     data::groups::GroupInfo,
@@ -67,6 +67,13 @@ pub(super) enum Command {
     },
     /// The groups this node is in.
     List(Output),
+    /// Send a file to every other member (once each, resumable; `transfers` shows progress).
+    SendFile {
+        group: String,
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Send a message to every other member (each copy delivered exactly once, also to members
     /// offline now).
     Send {
@@ -155,6 +162,26 @@ pub(super) async fn run(dir: &Path, command: Command) -> anyhow::Result<()> {
                 rows,
                 "No groups; make one with `commucat group create <name>`",
             );
+        }
+        Command::SendFile {
+            group,
+            path: file,
+            output,
+        } => {
+            let file = file
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let sent: Vec<crate::store::transfers::Outgoing> = client
+                .post(&path(&group, "/files"), &GroupFile { path: file })
+                .await?;
+            if output.json {
+                return json(&sent);
+            }
+            println!(
+                "Queued the file for {} other members (see `commucat transfers`)",
+                sent.len()
+            );
+            return Ok(());
         }
         Command::Send {
             group,

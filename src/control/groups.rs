@@ -52,6 +52,14 @@ pub struct GroupMessage {
     pub body: String,
 }
 
+/// `POST /v1/groups/{group}/files` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    /// Absolute path of a file the node can read.
+    pub path: std::path::PathBuf,
+}
+
 /// `POST /v1/groups/{group}/messages` answer: one queued copy per other member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupSent {
@@ -174,4 +182,26 @@ pub(super) async fn send(
         sender_seq,
         copies,
     }))
+}
+
+/// `POST /v1/groups/{group}/files`: the file once to each other member, each with the resumable
+/// transfer of `data-v1.md`.
+pub(super) async fn send_file(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    body: Result<Json<GroupFile>, JsonRejection>,
+) -> Result<Json<Vec<crate::store::transfers::Outgoing>>, Problem> {
+    let Json(req) = body?;
+    if !req.path.is_absolute() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "`path` must be absolute (the node resolves no working directory)".to_owned(),
+        ));
+    }
+    let id = group_of(&state, &group)?;
+    let mut out = Vec::new();
+    for peer in state.data.groups().others(&id)? {
+        out.push(state.data.send_file(peer, req.path.clone()).await?);
+    }
+    Ok(Json(out))
 }

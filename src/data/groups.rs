@@ -49,6 +49,15 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+/// What becomes of a group message ([`Groups::judge_message`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    Refuse,
+    /// Not now: the sender sends it again after our log caught up.
+    Later,
+}
+
 /// Our head's digest and a peer's, when we asked it to sync.
 type HeadPair = ([u8; 32], [u8; 32]);
 
@@ -71,6 +80,7 @@ pub struct Groups {
     stored: GroupLogs,
     outbox: Outbox,
     wake: mpsc::Sender<PeerId>,
+    events: tokio::sync::broadcast::Sender<super::Event>,
     /// The heads (ours, theirs) we last asked a peer to sync from, per group: asking again
     /// before either changes would bring nothing new, and two logs that cannot merge (a creator
     /// who signed two `create`s) would otherwise ask each other forever.
@@ -120,6 +130,7 @@ impl Groups {
         stored: GroupLogs,
         outbox: Outbox,
         wake: mpsc::Sender<PeerId>,
+        events: tokio::sync::broadcast::Sender<super::Event>,
     ) -> Result<Self, store::Error> {
         let mut by_group: HashMap<GroupId, Vec<Entry>> = HashMap::new();
         for (group, bytes) in stored.all()? {
@@ -144,6 +155,7 @@ impl Groups {
             stored,
             outbox,
             wake,
+            events,
             asked: Mutex::new(HashMap::new()),
         })
     }
@@ -222,18 +234,33 @@ impl Groups {
         let me = self.me();
         let mut to: HashSet<PeerId> = after.members.union(&before.members).copied().collect();
         to.remove(&me);
-        for peer in to {
-            let new_member = !before.members.contains(&peer);
-            let entries = if new_member {
-                whole.as_slice()
-            } else {
-                std::slice::from_ref(&entry)
-            };
-            self.send_entries(id, head, peer, entries)?;
-        }
-        self.stored.flush().await?;
+        let (new, known): (Vec<PeerId>, Vec<PeerId>) =
+            to.into_iter().partition(|p| !before.members.contains(p));
+        self.send_entries(id, head, &known, std::slice::from_ref(&entry))?;
+        self.send_entries(id, head, &new, &whole)?;
+        // One flush of the database covers the entry and the copies.
         self.outbox.flush().await?;
-        self.get(&id)
+        let info = self.get(&id)?;
+        self.changed(&info);
+        Ok(info)
+    }
+
+    fn changed(&self, g: &GroupInfo) {
+        let _ = self.events.send(super::Event::GroupChanged {
+            group: g.id,
+            head_seq: g.head.seq,
+            members: g.members.len(),
+        });
+    }
+
+    /// The members but this node: where a file for the group goes (once to each).
+    pub fn others(&self, id: &GroupId) -> Result<Vec<PeerId>, Error> {
+        let me = self.me();
+        let state = self.state(id).ok_or(Error::NoSuchGroup(*id))?;
+        if !state.members.contains(&me) {
+            return Err(Error::NotMember(*id));
+        }
+        Ok(state.members.into_iter().filter(|p| *p != me).collect())
     }
 
     fn tag(id: GroupId, kind: u8, sender_seq: u64, head: Head) -> GroupTag {
@@ -255,28 +282,35 @@ impl Groups {
     }
 
     /// Entries as ENTRIES messages (hex, one per line), as many as they need.
+    /// The same entries to each of `to` (one transaction per message body).
     fn send_entries(
         &self,
         id: GroupId,
         head: Head,
-        to: PeerId,
+        to: &[PeerId],
         entries: &[Entry],
     ) -> Result<(), Error> {
-        let mut body = String::new();
+        if to.is_empty() {
+            return Ok(());
+        }
+        let tag = Self::tag(id, group_kind::ENTRIES, 0, head);
+        let mut bodies = vec![String::new()];
         for e in entries {
             let line = hex::encode(e.as_bytes());
+            let body = bodies.last_mut().expect("one at least");
             if !body.is_empty() && body.len() + line.len() + 1 > MAX_ENTRIES_BODY {
-                self.enqueue(
-                    to,
-                    std::mem::take(&mut body),
-                    Self::tag(id, group_kind::ENTRIES, 0, head),
-                )?;
+                bodies.push(String::new());
             }
+            let body = bodies.last_mut().expect("one at least");
             body.push_str(&line);
             body.push('\n');
         }
-        if !body.is_empty() {
-            self.enqueue(to, body, Self::tag(id, group_kind::ENTRIES, 0, head))?;
+        for body in bodies.into_iter().filter(|b| !b.is_empty()) {
+            self.outbox
+                .enqueue_all(to, body, Via::default(), Some(tag))?;
+        }
+        for p in to {
+            let _ = self.wake.try_send(*p);
         }
         Ok(())
     }
@@ -301,34 +335,39 @@ impl Groups {
             return Err(Error::NotMember(id));
         }
         let seq = self.stored.next_seq(&id.0)?;
-        let mut sent = Vec::new();
-        for peer in state.members.iter().filter(|p| **p != me) {
-            sent.push(self.enqueue(
-                *peer,
-                body.clone(),
-                Self::tag(id, group_kind::MESSAGE, seq, head),
-            )?);
+        let others: Vec<PeerId> = state.members.iter().copied().filter(|p| *p != me).collect();
+        let tag = Self::tag(id, group_kind::MESSAGE, seq, head);
+        let sent = self
+            .outbox
+            .enqueue_all(&others, body, Via::default(), Some(tag))?;
+        for p in &others {
+            let _ = self.wake.try_send(*p);
         }
-        self.stored.flush().await?;
+        // One flush of the database covers the log, the number and the copies.
         self.outbox.flush().await?;
         Ok((seq, sent))
     }
 
-    /// Whether a group message from `from` is kept: it must be a member of a group this node
-    /// holds. A head other than ours asks `from` for what we lack.
-    pub fn admits_message(&self, from: &PeerId, tag: &GroupTag) -> bool {
+    /// What becomes of a group message from `from`: kept when it is a member in our log; refused
+    /// when it is not and our heads agree; left for later (the sender retries) when our log may be
+    /// behind — an unknown group, or heads that differ — after asking the sender to sync.
+    pub fn judge_message(&self, from: &PeerId, tag: &GroupTag) -> Verdict {
         let id = GroupId(tag.group);
         let (member, differs) = match self.lock().get(&id) {
             Some(log) => (
                 log.state().members.contains(from),
                 log.head().digest != tag.head_digest,
             ),
-            None => (false, false),
+            None => (false, true),
         };
-        if member && differs {
+        if differs {
             self.ask_sync(id, *from, tag.head_digest);
         }
-        member
+        match (member, differs) {
+            (true, _) => Verdict::Keep,
+            (false, true) => Verdict::Later,
+            (false, false) => Verdict::Refuse,
+        }
     }
 
     /// Log traffic from `from`: entries, a sync request, or a head.
@@ -372,7 +411,7 @@ impl Groups {
             }
         }
         let me = self.me();
-        let (taken, head, before, after) = {
+        let (taken, head, before, after, linear) = {
             let mut logs = self.lock();
             if !logs.contains_key(&id) {
                 // A group we are not in: only a log that adds us makes us hold it.
@@ -384,25 +423,39 @@ impl Groups {
             }
             let log = logs.get_mut(&id).expect("inserted above");
             let before = log.state();
+            let last_before = log.next().1;
             let (taken, refused) = admit_all(log, entries);
+            // Entries that extend our log one after another were signed by someone who held
+            // exactly our log: a member they added got it whole from them.
+            let mut linear = true;
+            let mut prev = last_before;
+            for e in &taken {
+                linear &= e.prev == prev;
+                prev = e.hash;
+            }
             for r in refused {
                 tracing::info!(group = %id, %from, error = %r, "group entry refused");
             }
-            (taken, log.head(), before, log.state())
+            (taken, log.head(), before, log.state(), linear)
         };
         for e in &taken {
             self.stored.put(&id.0, &e.hash, e.as_bytes())?;
         }
-        self.stored.flush().await?;
+        if !taken.is_empty() {
+            self.outbox.flush().await?;
+        }
+        if !taken.is_empty()
+            && let Ok(info) = self.get(&id)
+        {
+            self.changed(&info);
+        }
         if head.digest != tag.head_digest {
             self.ask_sync(id, from, tag.head_digest);
         }
-        // Members someone else added may lack what we hold: show them our head.
-        for added in after
-            .members
-            .difference(&before.members)
-            .filter(|p| **p != me)
-        {
+        // Members someone else added may lack what we hold, unless the adder held what we hold:
+        // show them our head.
+        let added = (after.members.difference(&before.members)).filter(|p| **p != me && !linear);
+        for added in added {
             let _ = self.enqueue(
                 *added,
                 String::new(),
@@ -414,12 +467,14 @@ impl Groups {
 
     /// Sends `to` the hashes of our entries: it answers with what we lack. Once per pair of heads.
     fn ask_sync(&self, id: GroupId, to: PeerId, theirs: [u8; 32]) {
-        let Some((hashes, head)) = self.lock().get(&id).map(|log| {
-            let hashes: String = log.entries().map(|e| hex::encode(e.hash)).collect();
-            (hashes, log.head())
-        }) else {
-            return;
-        };
+        // Without the log (a group we were added to whose log has not reached us): no hashes.
+        let (hashes, head) = self.lock().get(&id).map_or_else(
+            || (String::new(), Log::new(id).head()),
+            |log| {
+                let hashes: String = log.entries().map(|e| hex::encode(e.hash)).collect();
+                (hashes, log.head())
+            },
+        );
         {
             let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
             if asked.get(&(id, to)) == Some(&(head.digest, theirs)) {
@@ -468,7 +523,7 @@ impl Groups {
             (missing, log.head(), they_have_more)
         };
         if !missing.is_empty() {
-            self.send_entries(id, head, from, &missing)?;
+            self.send_entries(id, head, &[from], &missing)?;
         }
         if they_have_more {
             self.ask_sync(id, from, tag.head_digest);

@@ -167,7 +167,18 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         let keep = match &d.group {
             None => true,
             Some(tag) if tag.kind == crate::wire::group_kind::MESSAGE => {
-                self.shared.groups.admits_message(&self.peer, tag)
+                match self.shared.groups.judge_message(&self.peer, tag) {
+                    super::groups::Verdict::Keep => true,
+                    super::groups::Verdict::Refuse => false,
+                    // Neither kept nor counted: the sender sends it again once we caught up.
+                    super::groups::Verdict::Later => {
+                        return Err(protocol(
+                            ErrorCode::LIMIT,
+                            "this node's log of the group is behind the sender's; it is \
+                             syncing: send again later",
+                        ));
+                    }
+                }
             }
             Some(_) => false,
         };
@@ -192,6 +203,7 @@ impl<S: AsyncWrite> Receiver<'_, S> {
                 id: m.id,
                 from: self.peer,
                 seq: m.seq,
+                group: m.group.map(|t| crate::groups::GroupId(t.group)),
             }),
             Accepted::Duplicate => {}
             Accepted::Gap { expected } => {

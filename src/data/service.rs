@@ -105,6 +105,7 @@ impl Service {
         let control = node.data_control();
         let incoming = node.take_data_streams().ok_or(Error::AlreadyRunning)?;
         let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
+        let events = broadcast::channel(EVENT_BUFFER).0;
         let shared = Arc::new(Shared {
             keys: keys.clone(),
             node: node.client().clone(),
@@ -119,11 +120,12 @@ impl Service {
                 store.group_logs()?,
                 store.outbox()?,
                 wake.clone(),
+                events.clone(),
             )?,
             counters: HandshakeCounters::default(),
             cfg: cfg.clone(),
             downloads,
-            events: broadcast::channel(EVENT_BUFFER).0,
+            events,
             wake,
             shutdown: CancellationToken::new(),
             inbound_slots: Arc::new(Semaphore::new(MAX_INBOUND_SESSIONS)),

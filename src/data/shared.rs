@@ -28,6 +28,15 @@ pub enum Event {
         id: String,
         from: PeerId,
         seq: u64,
+        /// The group, for a group message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<crate::groups::GroupId>,
+    },
+    /// A group's log changed here: a change signed here, or entries taken in from a member.
+    GroupChanged {
+        group: crate::groups::GroupId,
+        head_seq: u64,
+        members: usize,
     },
     MessagesDelivered {
         to: PeerId,

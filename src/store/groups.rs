@@ -1,6 +1,7 @@
 //! Groups' membership logs as this node holds them (`group_entries` tree: group id ‖ entry hash →
 //! the entry's bytes, `protocols/groups-v1.md` §2) and its own message numbers per group
 //! (`group_seqs`). Entries are verified when they are taken in and again when they are loaded.
+//! Made durable by the store's commit (`Outbox::flush` after a change), one flush for all trees.
 
 use super::{Error, Store};
 
@@ -63,11 +64,5 @@ impl GroupLogs {
             .map(u64::from_be_bytes)
             .ok_or(Error::Corrupt("group_seqs"))?;
         Ok(next)
-    }
-
-    pub async fn flush(&self) -> Result<(), Error> {
-        self.entries.flush_async().await?;
-        self.seqs.flush_async().await?;
-        Ok(())
     }
 }
