@@ -122,11 +122,17 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
     let claims = count(|o| matches!(o, simnet::plan::Op::Claim { .. }));
     assert!((20..=42).contains(&claims), "{claims} claims");
     assert_eq!(count(|o| matches!(o, simnet::plan::Op::Resolve { .. })), 60);
+    // Three groups of five, each made before the phase and sent 20 messages.
+    let creates = count(|o| matches!(o, simnet::plan::Op::GroupCreate { .. }));
+    let group_msgs = count(|o| matches!(o, simnet::plan::Op::GroupMessage { .. }));
+    assert_eq!((creates, a.groups.len()), (3, 3));
+    assert!(a.groups.iter().all(|g| g.len() == 5));
     assert!(
-        a.ops.len() - claims - 60 > 330 && a.ops.len() - claims - 60 <= 353,
-        "{}",
-        a.ops.len()
+        (50..=60).contains(&group_msgs),
+        "{group_msgs} group messages"
     );
+    let rest = a.ops.len() - claims - 60 - creates - group_msgs;
+    assert!(rest > 330 && rest <= 353, "{rest}");
     let away: Vec<_> = a.nodes.iter().filter(|n| n.group == "away").collect();
     assert!(away.iter().all(|n| n.downtime.len() == 1));
     // Desktops bootstrap from bootstrap nodes only; operations stay within the phase and never

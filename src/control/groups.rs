@@ -131,14 +131,24 @@ async fn change(state: &AppState, group: &str, op: Op) -> Result<Json<GroupInfo>
     Ok(Json(state.data.groups().change(id, op).await?))
 }
 
+/// A change about the member a body names.
+async fn about_member(
+    state: AppState,
+    group: String,
+    body: Result<Json<MemberRequest>, JsonRejection>,
+    op: fn(libp2p::PeerId) -> Op,
+) -> Result<Json<GroupInfo>, Problem> {
+    let Json(req) = body?;
+    let peer = member(&state, &req.peer).await?;
+    change(&state, &group, op(peer)).await
+}
+
 pub(super) async fn add(
     State(state): State<AppState>,
     Path(group): Path<String>,
     body: Result<Json<MemberRequest>, JsonRejection>,
 ) -> Result<Json<GroupInfo>, Problem> {
-    let Json(req) = body?;
-    let peer = member(&state, &req.peer).await?;
-    change(&state, &group, Op::Add(peer)).await
+    about_member(state, group, body, Op::Add).await
 }
 
 pub(super) async fn admin(
@@ -146,9 +156,7 @@ pub(super) async fn admin(
     Path(group): Path<String>,
     body: Result<Json<MemberRequest>, JsonRejection>,
 ) -> Result<Json<GroupInfo>, Problem> {
-    let Json(req) = body?;
-    let peer = member(&state, &req.peer).await?;
-    change(&state, &group, Op::Admin(peer)).await
+    about_member(state, group, body, Op::Admin).await
 }
 
 pub(super) async fn remove(

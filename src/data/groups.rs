@@ -24,6 +24,9 @@ use crate::{
 pub const MAX_GROUPS: usize = 256;
 /// Hex bytes of entries in one ENTRIES message at most (under `wire::MAX_MESSAGE_BYTES`).
 const MAX_ENTRIES_BODY: usize = 60_000;
+/// Groups whose entries wait for the message that adds this node (a whole log comes in several
+/// messages); more are dropped.
+const MAX_WAITING_GROUPS: usize = 16;
 /// Sync requests remembered (to ask each peer once per pair of heads); forgotten all at once past
 /// this.
 const MAX_REMEMBERED_SYNCS: usize = 4096;
@@ -85,6 +88,8 @@ pub struct Groups {
     /// before either changes would bring nothing new, and two logs that cannot merge (a creator
     /// who signed two `create`s) would otherwise ask each other forever.
     asked: Mutex<HashMap<(GroupId, PeerId), HeadPair>>,
+    /// Entries of groups this node does not hold yet, waiting for the one that adds it.
+    waiting: Mutex<HashMap<GroupId, Vec<Entry>>>,
 }
 
 fn info(log: &Log) -> GroupInfo {
@@ -157,6 +162,7 @@ impl Groups {
             wake,
             events,
             asked: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -414,11 +420,22 @@ impl Groups {
         let (taken, head, before, after, linear) = {
             let mut logs = self.lock();
             if !logs.contains_key(&id) {
-                // A group we are not in: only a log that adds us makes us hold it.
+                // A group we are not in: only a log that adds us makes us hold it. A whole log
+                // comes in several messages, and the one with our `add` may not be the first: the
+                // others wait (bounded) until it comes.
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
                 let adds_me = entries.iter().any(|e| e.op == Op::Add(me));
                 if !adds_me || logs.len() >= MAX_GROUPS {
+                    if waiting.len() < MAX_WAITING_GROUPS || waiting.contains_key(&id) {
+                        let held = waiting.entry(id).or_default();
+                        let room = crate::groups::log::MAX_LOG_ENTRIES.saturating_sub(held.len());
+                        held.extend(entries.into_iter().take(room));
+                    }
                     return Ok(());
                 }
+                let mut held = waiting.remove(&id).unwrap_or_default();
+                held.extend(entries);
+                entries = held;
                 logs.insert(id, Log::new(id));
             }
             let log = logs.get_mut(&id).expect("inserted above");
