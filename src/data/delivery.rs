@@ -127,7 +127,8 @@ async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> 
     }
 }
 
-fn cached_bundle(shared: &Shared, peer: &PeerId) -> Option<Bundle> {
+/// The peer's bundle as the store last kept it, verified again.
+pub(super) fn cached_bundle(shared: &Shared, peer: &PeerId) -> Option<Bundle> {
     // A bundle the store cannot give back is fetched again.
     let bytes = shared.bundles.get(peer).ok()??;
     Bundle::verify(&bytes, peer).ok()

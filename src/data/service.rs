@@ -204,9 +204,7 @@ impl Service {
 
     /// The keys of `peer` as its last session with this node showed them (its verified bundle).
     pub fn known_keys(&self, peer: &PeerId) -> Option<crate::identity::Binding> {
-        let bytes = self.shared.bundles.get(peer).ok()??;
-        let b = crate::crypto::Bundle::verify(&bytes, peer).ok()?;
-        Some(b.binding().clone())
+        delivery::cached_bundle(&self.shared, peer).map(|b| b.binding().clone())
     }
 
     /// The address book.
