@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     crypto::LocalKeys,
-    groups::{Entry, GroupId, Hash, Head, Log, Op, Reject, State},
+    groups::{Entry, GroupId, Hash, Head, Log, Op, Reject},
     store::{self, GroupLogs, Outbox, outbox},
     wire::{GroupTag, Via, group_kind},
 };
@@ -261,12 +261,19 @@ impl Groups {
 
     /// The members but this node: where a file for the group goes (once to each).
     pub fn others(&self, id: &GroupId) -> Result<Vec<PeerId>, Error> {
+        Ok(self.others_and_head(id)?.0)
+    }
+
+    /// The other members, and the head, when this node is a member.
+    fn others_and_head(&self, id: &GroupId) -> Result<(Vec<PeerId>, Head), Error> {
         let me = self.me();
-        let state = self.state(id).ok_or(Error::NoSuchGroup(*id))?;
-        if !state.members.contains(&me) {
+        let logs = self.lock();
+        let log = logs.get(id).ok_or(Error::NoSuchGroup(*id))?;
+        if !log.members().contains(&me) {
             return Err(Error::NotMember(*id));
         }
-        Ok(state.members.into_iter().filter(|p| *p != me).collect())
+        let others = log.members().iter().copied().filter(|p| *p != me);
+        Ok((others.collect(), log.head()))
     }
 
     fn tag(id: GroupId, kind: u8, sender_seq: u64, head: Head) -> GroupTag {
@@ -331,17 +338,8 @@ impl Groups {
         if body.len() > crate::wire::MAX_MESSAGE_BYTES {
             return Err(Error::TooLarge(body.len()));
         }
-        let (state, head) = {
-            let logs = self.lock();
-            let log = logs.get(&id).ok_or(Error::NoSuchGroup(id))?;
-            (log.state(), log.head())
-        };
-        let me = self.me();
-        if !state.members.contains(&me) {
-            return Err(Error::NotMember(id));
-        }
+        let (others, head) = self.others_and_head(&id)?;
         let seq = self.stored.next_seq(&id.0)?;
-        let others: Vec<PeerId> = state.members.iter().copied().filter(|p| *p != me).collect();
         let tag = Self::tag(id, group_kind::MESSAGE, seq, head);
         let sent = self
             .outbox
@@ -361,7 +359,7 @@ impl Groups {
         let id = GroupId(tag.group);
         let (member, differs) = match self.lock().get(&id) {
             Some(log) => (
-                log.state().members.contains(from),
+                log.members().contains(from),
                 log.head().digest != tag.head_digest,
             ),
             None => (false, true),
@@ -546,10 +544,5 @@ impl Groups {
             self.ask_sync(id, from, tag.head_digest);
         }
         Ok(())
-    }
-
-    /// The state of a group (tests, the API).
-    pub fn state(&self, id: &GroupId) -> Option<State> {
-        self.lock().get(id).map(Log::state)
     }
 }

@@ -26,6 +26,10 @@ pub struct Log {
     created: bool,
     /// The creator and everyone an `admin` entry named: who may sign entries (§3 rule 5).
     ever_admin: HashSet<PeerId>,
+    /// What the entries give, and the head: worked out when an entry is taken in, read on every
+    /// group message.
+    state: State,
+    head: Head,
 }
 
 /// What a log says: applied in order, entries from signers who are not (or no longer) admins at
@@ -57,6 +61,11 @@ impl Log {
             by_hash: HashMap::new(),
             created: false,
             ever_admin: HashSet::new(),
+            state: State::default(),
+            head: Head {
+                seq: 0,
+                digest: Sha256::digest([]).into(),
+            },
         }
     }
 
@@ -119,6 +128,8 @@ impl Log {
         }
         self.by_hash.insert(e.hash, e.seq);
         self.entries.insert((e.seq, e.hash), e);
+        self.state = self.apply();
+        self.head = self.summarise();
         Ok(true)
     }
 
@@ -129,6 +140,16 @@ impl Log {
 
     /// The state the entries give (§4).
     pub fn state(&self) -> State {
+        self.state.clone()
+    }
+
+    /// The members (§4), without copying the state.
+    pub fn members(&self) -> &BTreeSet<PeerId> {
+        &self.state.members
+    }
+
+    /// The entries applied in order (§4).
+    fn apply(&self) -> State {
         let mut s = State::default();
         for e in self.entries.values() {
             let signer = e.signer.peer_id;
@@ -160,6 +181,10 @@ impl Log {
 
     /// The head: highest number and the digest of all entries (§5).
     pub fn head(&self) -> Head {
+        self.head
+    }
+
+    fn summarise(&self) -> Head {
         let mut h = Sha256::new();
         for (_, hash) in self.entries.keys() {
             h.update(hash);
