@@ -3,8 +3,9 @@
 //!
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
-//! handshakes, [`Bundles`]), `contacts` (the address book, [`contacts`]), `devices` (paired light clients,
-//! [`devices`]), `group_entries` / `group_seqs` ([`groups`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
+//! handshakes, [`Bundles`]), `contacts` / `contact_peers` (the address book and its index by
+//! peer, [`contacts`]), `devices` (paired light clients, [`devices`]), `group_entries` /
+//! `group_seqs` ([`groups`]), `assist_tokens` (handed to `assist::tokens`) and `meta` (small
 //! counters: the outbox epoch, the presence record sequence number ([`PresenceSeq`]), the commit
 //! generation).
 

@@ -11,6 +11,9 @@ use crate::{identity::Binding, names::Handle};
 
 /// Name of the tree.
 pub const CONTACTS_TREE: &str = "contacts";
+/// Name of the index of contacts by pinned peer (`peer_key(peer) ‖ label` → nothing): what
+/// every send and every delivery session asks, without reading the whole book.
+pub const CONTACT_PEERS_TREE: &str = "contact_peers";
 /// Contacts one node keeps at most.
 pub const MAX_CONTACTS: usize = 10_000;
 /// Characters in a label at most.
@@ -180,22 +183,43 @@ pub enum AddError {
     Store(#[from] Error),
 }
 
-/// The `contacts` tree: JSON values by label.
+/// The `contacts` tree (JSON values by label) and its index by peer.
 #[derive(Clone)]
-pub struct Contacts(sled::Tree);
+pub struct Contacts(sled::Tree, sled::Tree);
+
+fn index_key(peer: &PeerId, label: &Label) -> Vec<u8> {
+    [super::peer_key(peer), label.as_str().as_bytes().to_vec()].concat()
+}
 
 impl Contacts {
+    /// Opens the book; an index that does not match it (an interrupted write) is built again.
     pub(super) fn open(store: &Store) -> Result<Self, Error> {
-        Ok(Self(store.db.open_tree(CONTACTS_TREE)?))
+        let book = Self(
+            store.db.open_tree(CONTACTS_TREE)?,
+            store.db.open_tree(CONTACT_PEERS_TREE)?,
+        );
+        if book.1.len() != book.0.len() {
+            book.1.clear()?;
+            for c in book.all()? {
+                book.1.insert(index_key(&c.peer_id(), &c.label), &[])?;
+            }
+        }
+        Ok(book)
     }
 
     fn decode(v: &[u8]) -> Result<Contact, Error> {
         serde_json::from_slice(v).map_err(|_| Error::Corrupt("contacts"))
     }
 
-    fn put(&self, c: &Contact) -> Result<(), Error> {
+    /// Writes `c`, whose pinned peer was `old_peer` before (a confirmation may change it).
+    fn put(&self, c: &Contact, old_peer: PeerId) -> Result<(), Error> {
+        // Index first: a stale index entry is filtered out when read, a missing one is not.
+        self.1.insert(index_key(&c.peer_id(), &c.label), &[])?;
         let v = serde_json::to_vec(c).expect("contacts serialise");
         self.0.insert(c.label.as_str(), v)?;
+        if old_peer != c.peer_id() {
+            self.1.remove(index_key(&old_peer, &c.label))?;
+        }
         self.0.flush()?;
         Ok(())
     }
@@ -206,10 +230,19 @@ impl Contacts {
             return Err(AddError::Full);
         }
         let v = serde_json::to_vec(contact).expect("contacts serialise");
-        self.0
+        let key = index_key(&contact.peer_id(), &contact.label);
+        let fresh = !self.1.contains_key(&key).map_err(Error::from)?;
+        self.1.insert(&key, &[]).map_err(Error::from)?;
+        let added = self
+            .0
             .compare_and_swap(contact.label.as_str(), None::<&[u8]>, Some(v))
-            .map_err(Error::from)?
-            .map_err(|_| AddError::Exists(contact.label.clone()))?;
+            .map_err(Error::from)?;
+        if added.is_err() {
+            if fresh {
+                self.1.remove(&key).map_err(Error::from)?;
+            }
+            return Err(AddError::Exists(contact.label.clone()));
+        }
         self.0.flush().map_err(Error::from)?;
         Ok(())
     }
@@ -228,18 +261,31 @@ impl Contacts {
 
     /// Whether a contact called `label` was there.
     pub fn remove(&self, label: &Label) -> Result<bool, Error> {
-        let had = self.0.remove(label.as_str())?.is_some();
+        let old = self.0.remove(label.as_str())?;
+        if let Some(c) = old.as_deref().map(Self::decode).transpose()? {
+            self.1.remove(index_key(&c.peer_id(), label))?;
+        }
         self.0.flush()?;
-        Ok(had)
+        Ok(old.is_some())
     }
 
-    /// The contacts whose pinned keys are `peer`'s.
+    /// The contacts whose pinned keys are `peer`'s (through the index).
     pub fn of_peer(&self, peer: &PeerId) -> Result<Vec<Contact>, Error> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|c| c.peer_id() == *peer)
-            .collect())
+        let prefix = super::peer_key(peer);
+        let mut out = Vec::new();
+        for kv in self.1.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let Some(label) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|l| Label::parse(l).ok())
+            else {
+                continue;
+            };
+            if let Some(c) = self.get(&label)?.filter(|c| c.peer_id() == *peer) {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// The contact added by `handle`, if any.
@@ -267,7 +313,7 @@ impl Contacts {
         }
         if !same_keys(&c.pinned, seen) && c.changed.as_ref().is_none_or(|k| !same_keys(k, seen)) {
             c.changed = Some(seen.clone());
-            self.put(&c)?;
+            self.put(&c, c.peer_id())?;
         }
         Ok(Some(c))
     }
@@ -296,6 +342,7 @@ impl Contacts {
         let Some(mut c) = self.get(label)? else {
             return Ok(None);
         };
+        let old_peer = c.peer_id();
         if let Some(k) = c.changed.take() {
             c.retired.push(fingerprint(&c.pinned));
             if c.retired.len() > MAX_RETIRED_KEYS {
@@ -304,7 +351,7 @@ impl Contacts {
             c.pinned = k;
         }
         c.verified = true;
-        self.put(&c)?;
+        self.put(&c, old_peer)?;
         Ok(Some(c))
     }
 }
@@ -349,6 +396,8 @@ mod tests {
         assert_eq!(c.peer_id(), old.peer_id(), "the pinned key stays");
         let c = book.confirm(&bob).unwrap().unwrap();
         assert_eq!((c.trust(), c.peer_id()), (Trust::Verified, new.peer_id()));
+        assert!(book.of_peer(&old.peer_id()).unwrap().is_empty());
+        assert_eq!(book.of_peer(&new.peer_id()).unwrap().len(), 1);
         // A record in the DHT that still shows the replaced keys is old news; a session under
         // them is not.
         let c = book
