@@ -27,7 +27,16 @@ pub(crate) async fn claim(
     body: Result<Json<ClaimRequest>, JsonRejection>,
 ) -> Result<Json<Claimed>, Problem> {
     let Json(req) = body?;
-    let claimed = ctx.pairing.claim(peer.ip(), &req);
+    // Issuing the device's token writes and flushes the database: off the async workers.
+    let pairing = ctx.pairing.clone();
+    let claimed = tokio::task::spawn_blocking(move || pairing.claim(peer.ip(), &req))
+        .await
+        .map_err(|e| {
+            Problem::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the claim did not finish: {e}"),
+            )
+        })?;
     if let Err(e) = &claimed {
         tracing::info!(ip = %peer.ip(), error = %e, "pairing claim refused");
     }
