@@ -178,6 +178,21 @@ impl Config {
                 reason: "at least one listen address is needed".into(),
             });
         }
+        let n = &self.network;
+        if n.trim_connections_above >= n.max_connections {
+            return Err(Error::Value {
+                key: "network.trim_connections_above",
+                reason: "must be below network.max_connections (trimming starts before \
+                         connections are refused)"
+                    .into(),
+            });
+        }
+        if n.trim_connections_to >= n.trim_connections_above.get() {
+            return Err(Error::Value {
+                key: "network.trim_connections_to",
+                reason: "must be below network.trim_connections_above".into(),
+            });
+        }
         if self.presence.ttl_secs > crate::dht::record::MAX_TTL_SECS {
             return Err(Error::Value {
                 key: "presence.ttl_secs",

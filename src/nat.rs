@@ -124,7 +124,8 @@ impl Relays {
         self.candidates.insert(relay, (addr, bootstrap));
     }
 
-    fn holds(&self, relay: &PeerId) -> bool {
+    /// Whether a reservation on `relay` is held or pending.
+    pub fn holds(&self, relay: &PeerId) -> bool {
         self.active.values().any(|r| &r.relay == relay)
     }
 

@@ -135,6 +135,12 @@ impl Node {
         let metrics = Metrics::new(&mut registry);
         let presence_metrics = event_loop::PresenceMetrics::register(&mut registry);
         let traversal_metrics = event_loop::TraversalMetrics::register(&mut registry);
+        let trimmed = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "connections_trimmed",
+            "Peers whose connections the connection manager closed (network.trim_connections_above)",
+            trimmed.clone(),
+        );
         let stream_control = swarm.behaviour().stream.new_control();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
         let (ev_tx, _) = broadcast::channel(EVENT_BUFFER);
@@ -156,6 +162,7 @@ impl Node {
                 metrics,
                 presence_metrics,
                 traversal_metrics,
+                trimmed,
             },
         );
         event_loop
@@ -230,5 +237,23 @@ impl Drop for Node {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// An error and its sources, without the empty messages of libp2p's boxing layers.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
     }
 }

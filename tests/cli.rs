@@ -23,7 +23,7 @@ fn config_layers_defaults_file_env_flags() {
     let file = tmp.path().join("node.toml");
     std::fs::write(
         &file,
-        "role = \"bootstrap\"\n[kad]\nmode = \"client\"\nquery_timeout_secs = 11\n[network]\nmax_connections = 7\n",
+        "role = \"bootstrap\"\n[kad]\nmode = \"client\"\nquery_timeout_secs = 11\n[network]\nmax_connections = 7\ntrim_connections_above = 6\ntrim_connections_to = 4\n",
     )
     .unwrap();
     let f = file.to_str().unwrap();

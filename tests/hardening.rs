@@ -283,7 +283,7 @@ async fn every_concurrent_data_stream_is_answered() {
 
 /// Asks for the bundle (HELLO, NEED_BUNDLE) on a fresh data stream and reads the first frame of
 /// the answer; the stream is returned open, so that a session keeps its slot.
-async fn answer_of(stream: libp2p::Stream) -> (Answer, Option<impl Sized>) {
+async fn answer_of(stream: commucat::node::streams::DataStream) -> (Answer, Option<impl Sized>) {
     let mut s = stream.compat();
     if s.write_all(&[0, 0, 0, 3, 1, 1, 1]).await.is_err() || s.flush().await.is_err() {
         return (Answer::Nothing, None);

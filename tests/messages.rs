@@ -119,3 +119,63 @@ async fn messages_to_an_offline_peer_arrive_when_it_comes_online() {
         p.stop().await;
     }
 }
+
+/// Past its connection manager's high-water mark a node closes its longest-connected idle peers,
+/// so it can still reach the peer it has a message for. (simnet `groups-300` found desktops that
+/// had filled `max_connections` with the peers of DHT lookups and could dial nobody else.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_full_of_connections_trims_idle_ones_and_still_delivers_to_everyone() {
+    let mut cfg = config(&[]);
+    cfg.network.max_connections = std::num::NonZero::new(5).unwrap();
+    cfg.network.trim_connections_above = std::num::NonZero::new(3).unwrap();
+    cfg.network.trim_connections_to = 2;
+    cfg.network.trim_grace_secs = 0;
+    cfg.validate().unwrap();
+    let a = Peer::start(
+        &cfg,
+        Arc::new(LocalKeys::generate()),
+        Store::temporary().unwrap(),
+    )
+    .await;
+    let a_addr = a.addr().await;
+    // Eight peers join through A: more than A may hold at once.
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        others.push(Peer::new(std::slice::from_ref(&a_addr)).await);
+    }
+    for (i, p) in others.iter().enumerate() {
+        a.data()
+            .send_message(
+                p.peer_id(),
+                format!("to {i}"),
+                commucat::store::Via::default(),
+            )
+            .await
+            .unwrap();
+    }
+    for (i, p) in others.iter().enumerate() {
+        until(&format!("peer {i} to hold A's message"), WAIT, || async {
+            p.data()
+                .inbox()
+                .list(0, 10)
+                .unwrap()
+                .iter()
+                .any(|m| m.body == format!("to {i}"))
+        })
+        .await;
+    }
+    let trimmed = common::inproc::metric(a.node(), "commucat_connections_trimmed_total");
+    assert!(
+        trimmed >= 1.0,
+        "A closed connections to make room: {trimmed}"
+    );
+    let connected = a.app.client().peers().await.unwrap().len();
+    assert!(
+        connected <= 5,
+        "never more than max_connections: {connected}"
+    );
+    for p in others {
+        p.stop().await;
+    }
+    a.stop().await;
+}

@@ -6,6 +6,8 @@
 //! requests timed out after 10 s and 11 to 837 of 4,000 lookups failed, depending on the machine's
 //! speed. Networks of 1,000 run in release builds in simnet (`simnet/scenarios/dht-1000.toml`).
 
+mod common;
+
 use std::{
     path::Path,
     sync::Arc,
@@ -64,18 +66,10 @@ async fn spawn(cfg: &Config, downloads: &Path) -> Daemon {
 
 /// Sum of one counter over every node's metrics registry.
 fn total(nodes: &[&Node], metric: &str) -> f64 {
-    let mut sum = 0.0;
-    for node in nodes {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &node.metrics().read().unwrap())
-            .unwrap();
-        sum += text
-            .lines()
-            .filter(|l| l.starts_with(metric))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    sum
+    nodes
+        .iter()
+        .map(|n| common::inproc::metric(n, metric))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,7 +107,7 @@ pub(super) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) 
     }
 }
 
-async fn open(shared: &Shared, peer: PeerId) -> Result<libp2p::Stream, Attempt> {
+async fn open(shared: &Shared, peer: PeerId) -> Result<crate::node::streams::DataStream, Attempt> {
     let control = &shared.control;
     match control.open_stream(peer).await {
         Ok(s) => Ok(s),

@@ -102,6 +102,13 @@ pub struct Network {
     pub inbound_handshake_timeout_secs: NonZeroU64,
     /// Outgoing dials in progress.
     pub max_pending_outgoing: u32,
+    /// Past this many established connections the node closes the longest-connected peers'
+    /// connections (sparing open data streams, relays and bootstrap peers) …
+    pub trim_connections_above: NonZeroU32,
+    /// … until this many remain (below `trim_connections_above`).
+    pub trim_connections_to: u32,
+    /// Seconds a new connection is spared.
+    pub trim_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +215,9 @@ impl Default for Network {
             max_connections_per_ip: NonZero::new(32).unwrap(),
             inbound_handshake_timeout_secs: NonZero::new(5).unwrap(),
             max_pending_outgoing: 64,
+            trim_connections_above: NonZero::new(192).unwrap(),
+            trim_connections_to: 128,
+            trim_grace_secs: 20,
         }
     }
 }

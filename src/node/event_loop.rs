@@ -37,6 +37,7 @@ mod names;
 mod presence;
 mod queries;
 mod traversal;
+mod trim;
 
 pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
 pub use traversal::Metrics as TraversalMetrics;
@@ -45,6 +46,7 @@ use super::{
     Error, Event,
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, Connected, ConnectionInfo, Direction},
+    error_chain,
 };
 use connectivity::Connectivity;
 use queries::Queries;
@@ -79,24 +81,6 @@ fn lan_dial(peer: PeerId, addrs: Vec<Multiaddr>) -> DialOpts {
         .condition(PeerCondition::DisconnectedAndNotDialing)
         .allocate_new_port()
         .build()
-}
-
-/// An error and its sources, without the empty messages of libp2p's boxing layers.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        format!("{e:?}")
-    } else {
-        parts.join(": ")
-    }
 }
 
 /// Results of work the loop handed to other tasks.
@@ -150,6 +134,7 @@ pub(crate) struct EventLoop {
     presence: presence::State,
     names: names::State,
     traversal: traversal::State,
+    trim: trim::Trim,
     internal_tx: mpsc::Sender<Internal>,
     internal_rx: mpsc::Receiver<Internal>,
 }
@@ -171,6 +156,8 @@ pub(crate) struct Parts {
     pub(crate) metrics: Metrics,
     pub(crate) presence_metrics: presence::Metrics,
     pub(crate) traversal_metrics: traversal::Metrics,
+    /// `commucat_connections_trimmed_total`.
+    pub(crate) trimmed: prometheus_client::metrics::counter::Counter,
 }
 
 impl EventLoop {
@@ -203,6 +190,7 @@ impl EventLoop {
             ),
             names: names::State::new(&cfg.presence, parts.name_claim, now),
             traversal: traversal::State::new(cfg, parts.traversal_metrics, now),
+            trim: trim::Trim::new(cfg, parts.trimmed),
             internal_tx,
             internal_rx,
         }
@@ -283,6 +271,7 @@ impl EventLoop {
                 () = tokio::time::sleep_until(self.presence.next_rotation) => self.rotate_keys(),
                 () = tokio::time::sleep_until(self.names.next_publish) => self.republish_name(),
                 () = tokio::time::sleep_until(self.traversal.next_check) => self.maintain_relays(),
+                () = tokio::time::sleep_until(self.trim.next_check) => self.trim_connections(),
             }
         }
         // Listeners are closed explicitly: libp2p's memory transport keeps a port taken until its
@@ -381,6 +370,7 @@ impl EventLoop {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 self.conn.closed(&peer_id, connection_id, num_established);
                 if num_established == 0 {
+                    self.trim.disconnected(&peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
                     let connected = self.swarm.connected_peers().count();
                     self.conn
@@ -393,12 +383,13 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                let error = error_chain(&error); // a denied dial's Display is just "Dial error"
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 if let Some(peer) = peer_id {
                     self.on_dial_failed(peer);
                 }
                 if let Some(dial) = self.queries.take_dial(&connection_id) {
-                    let _ = dial.reply.send(Err(Error::Dial(error.to_string())));
+                    let _ = dial.reply.send(Err(Error::Dial(error)));
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { address } => self.on_external_confirmed(address),
@@ -427,6 +418,8 @@ impl EventLoop {
             relayed,
         };
         let first = self.conn.connected(peer_id, id, info);
+        self.trim.connected(peer_id, tokio::time::Instant::now());
+        self.trim_connections();
         if let Some(dial) = self.queries.take_dial(&id) {
             let _ = dial.reply.send(Ok(Connected {
                 peer_id: dial.peer,

@@ -115,8 +115,87 @@ pub enum OpenError {
     Stopped,
 }
 
-type Reply = oneshot::Sender<Result<Stream, OpenError>>;
-type Queued = (PeerId, Stream);
+type Reply = oneshot::Sender<Result<DataStream, OpenError>>;
+type Queued = (PeerId, DataStream);
+
+/// The data streams open now, per peer. The connection manager (`event_loop::trim`) leaves the
+/// connections of these peers alone: closing one would cut a session or a transfer short.
+#[derive(Debug, Clone, Default)]
+pub struct Active(Arc<std::sync::Mutex<HashMap<PeerId, usize>>>);
+
+impl Active {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn track(&self, peer: PeerId, inner: Stream) -> DataStream {
+        *self.lock().entry(peer).or_default() += 1;
+        DataStream {
+            inner,
+            peer,
+            active: self.clone(),
+        }
+    }
+
+    /// Whether a data stream with `peer` is open.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.lock().contains_key(peer)
+    }
+}
+
+/// A `/commucat/data/1.0.0` stream, counted in [`Active`] until it is dropped.
+#[derive(Debug)]
+pub struct DataStream {
+    inner: Stream,
+    peer: PeerId,
+    active: Active,
+}
+
+impl Drop for DataStream {
+    fn drop(&mut self) {
+        let mut open = self.active.lock();
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl futures::AsyncRead for DataStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for DataStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
 
 /// Opens data streams to peers (dialling them if needed). Cheap to clone.
 #[derive(Clone)]
@@ -126,7 +205,7 @@ pub struct Control {
 
 impl Control {
     /// A new `/commucat/data/1.0.0` stream to `peer`.
-    pub async fn open_stream(&self, peer: PeerId) -> Result<Stream, OpenError> {
+    pub async fn open_stream(&self, peer: PeerId) -> Result<DataStream, OpenError> {
         let (tx, rx) = oneshot::channel();
         let work = async {
             self.opens
@@ -172,7 +251,7 @@ impl Drop for Incoming {
 }
 
 /// Answers `stream` with `ERROR LIMIT` and closes it (at most 5 s).
-pub(crate) async fn refuse(stream: Stream) {
+pub(crate) async fn refuse(stream: impl futures::AsyncRead + futures::AsyncWrite + Unpin) {
     crate::wire::refuse(stream.compat(), ErrorCode::LIMIT).await;
 }
 
@@ -186,6 +265,7 @@ pub struct Behaviour {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     waiting: HashMap<PeerId, Vec<Reply>>,
     events: VecDeque<ToSwarm<Infallible, Reply>>,
+    active: Active,
 }
 
 /// The behaviour, its inbound queue, and a handle to open streams. The protocol is offered to
@@ -202,6 +282,7 @@ pub fn new(metrics: Metrics) -> (Behaviour, Incoming, Control) {
         connections: HashMap::new(),
         waiting: HashMap::new(),
         events: VecDeque::new(),
+        active: Active::default(),
     };
     let incoming = Incoming {
         rx,
@@ -220,7 +301,13 @@ impl Behaviour {
             metrics: self.metrics.clone(),
             refusing: FuturesUnordered::new(),
             opens: VecDeque::new(),
+            active: self.active.clone(),
         }
+    }
+
+    /// The data streams open now.
+    pub fn active(&self) -> &Active {
+        &self.active
     }
 
     fn open(&mut self, peer: PeerId, reply: Reply) {
@@ -379,6 +466,7 @@ pub struct Handler {
     metrics: Metrics,
     refusing: FuturesUnordered<BoxFuture<'static, ()>>,
     opens: VecDeque<Reply>,
+    active: Active,
 }
 
 impl ConnectionHandler for Handler {
@@ -431,7 +519,7 @@ impl ConnectionHandler for Handler {
                 protocol: stream,
                 info: reply,
             }) => {
-                let _ = reply.send(Ok(stream));
+                let _ = reply.send(Ok(self.active.track(self.peer, stream)));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: reply, error }) => {
                 let _ = reply.send(Err(match error {
@@ -450,6 +538,7 @@ impl ConnectionHandler for Handler {
 
 impl Handler {
     fn inbound(&mut self, stream: Stream) {
+        let stream = self.active.track(self.peer, stream);
         let stream = match self.tx.try_send((self.peer, stream)) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full((_, s))) => s,

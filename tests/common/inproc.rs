@@ -92,3 +92,13 @@ where
 {
     super::wait_until(what, timeout, async || check().await).await;
 }
+
+/// The sum of a metric's samples in `node`'s registry (0 when it has none).
+pub fn metric(node: &Node, name: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &node.metrics().read().unwrap()).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}

@@ -303,6 +303,15 @@ impl EventLoop {
 
     pub(super) fn on_relay_server_event(&mut self, event: relay::Event) {
         tracing::debug!(?event, "relay server");
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.trim.reserved(src_peer_id, true)
+            }
+            relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.trim.reserved(src_peer_id, false)
+            }
+            _ => {}
+        }
     }
 
     /// A connection came up. A relayed one to a peer we have no direct connection with starts a
