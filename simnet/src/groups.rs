@@ -67,6 +67,7 @@ async fn create(
     limit: Duration,
 ) -> (GroupId, bool) {
     let creator = services[0].groups();
+    let mut events = services[0].subscribe();
     let info = match creator.create(&format!("simnet-group-{g}")).await {
         Ok(i) => i,
         Err(e) => {
@@ -91,6 +92,24 @@ async fn create(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("simnet: group {g}: not every member holds the log after {limit:?}");
+    let mut last_error = std::collections::HashMap::new();
+    loop {
+        match events.try_recv() {
+            Ok(data::Event::DeliveryFailed { to, error }) => {
+                last_error.insert(to, error);
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    for (s, p) in services.iter().zip(peers).skip(1) {
+        let held = s.groups().get(&info.id).ok().map(|i| i.head.seq);
+        let queued = services[0].outbox().pending(p, 0, 64).map(|v| v.len());
+        let error = last_error.get(p);
+        eprintln!(
+            "simnet:   member {p}: head {held:?}, creator's copies queued to it: {queued:?}, last failure {error:?}"
+        );
+    }
     (info.id, false)
 }
 

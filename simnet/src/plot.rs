@@ -113,7 +113,7 @@ fn timeline(path: &Path, report: &Report) -> anyhow::Result<()> {
         .map_err(err)?;
     let series = [
         ("live nodes", &BLACK, 0usize),
-        ("messages sent", &BLUE, 1),
+        ("messages sent (group: a copy per member)", &BLUE, 1),
         ("messages delivered", &GREEN, 2),
     ];
     for (label, color, which) in series {

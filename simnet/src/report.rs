@@ -93,6 +93,21 @@ pub struct Groups {
     /// The lowest delivery rate of any one group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_group_rate: Option<f64>,
+    /// Each group (by plan index) on its own.
+    pub per_group: Vec<GroupRow>,
+}
+
+/// One group of the `groups` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRow {
+    pub group: usize,
+    pub made: bool,
+    pub messages: usize,
+    pub copies: usize,
+    pub delivered: usize,
+    pub delivery_rate: f64,
+    pub duplicates: usize,
+    pub to_last_member_ms: Dist,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,9 +14,14 @@ use commucat::{
 use libp2p::PeerId;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+mod per_second;
+use per_second::PerSecond;
+
 use crate::{
     plan::Plan,
-    report::{Dist, Files, Lookups, Messages, Names, Report, Second, Share, ToOffline, rate},
+    report::{
+        Dist, Files, GroupRow, Lookups, Messages, Names, Report, Second, Share, ToOffline, rate,
+    },
     scenario::Scenario,
 };
 
@@ -364,44 +369,59 @@ fn groups(log: &Log) -> (Option<crate::report::Groups>, Vec<f64>) {
     if log.groups_made.is_empty() {
         return (None, Vec::new());
     }
-    let (mut copies, mut delivered, mut duplicates) = (0, 0, 0);
-    let mut to_last = Vec::new();
-    let mut per_group: HashMap<usize, (usize, usize)> = HashMap::new();
+    let mut rows: Vec<GroupRow> = (log.groups_made.iter().enumerate())
+        .map(|(group, made)| GroupRow {
+            group,
+            made: *made,
+            messages: 0,
+            copies: 0,
+            delivered: 0,
+            delivery_rate: 1.0,
+            duplicates: 0,
+            to_last_member_ms: Dist::of(&[]),
+        })
+        .collect();
+    let mut to_last: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for (tag, send) in &log.group_sent {
         let arrivals = log.group_arrived.get(tag).map_or(&[][..], Vec::as_slice);
         let mut got: HashMap<usize, Instant> = HashMap::new();
+        let row = &mut rows[send.group];
         for (node, at) in arrivals {
-            if got.insert(*node, *at).is_some() {
-                duplicates += 1;
-            }
+            row.duplicates += usize::from(got.insert(*node, *at).is_some());
         }
         let reached = send.to.iter().filter(|m| got.contains_key(m)).count();
-        copies += send.to.len();
-        delivered += reached;
-        let g = per_group.entry(send.group).or_default();
-        g.0 += send.to.len();
-        g.1 += reached;
+        row.messages += 1;
+        row.copies += send.to.len();
+        row.delivered += reached;
         if reached == send.to.len()
             && let Some(last) = send.to.iter().filter_map(|m| got.get(m)).max()
         {
-            to_last.push(last.duration_since(send.at).as_secs_f64() * 1000.0);
+            to_last[send.group].push(last.duration_since(send.at).as_secs_f64() * 1000.0);
         }
     }
+    for (row, ms) in rows.iter_mut().zip(&to_last) {
+        row.delivery_rate = rate(row.delivered, row.copies);
+        row.to_last_member_ms = Dist::of(ms);
+    }
+    let all: Vec<f64> = to_last.concat();
+    let (copies, delivered) =
+        (rows.iter()).fold((0, 0), |(c, d), r| (c + r.copies, d + r.delivered));
     let report = crate::report::Groups {
-        groups: log.groups_made.len(),
-        made: log.groups_made.iter().filter(|m| **m).count(),
+        groups: rows.len(),
+        made: rows.iter().filter(|r| r.made).count(),
         messages: log.group_sent.len(),
         copies,
         delivered,
         delivery_rate: rate(delivered, copies),
-        duplicates,
-        to_last_member_ms: Dist::of(&to_last),
-        worst_group_rate: per_group
-            .values()
-            .map(|(due, got)| rate(*got, *due))
+        duplicates: rows.iter().map(|r| r.duplicates).sum(),
+        to_last_member_ms: Dist::of(&all),
+        worst_group_rate: (rows.iter())
+            .filter(|r| r.copies > 0)
+            .map(|r| r.delivery_rate)
             .min_by(f64::total_cmp),
+        per_group: rows,
     };
-    (Some(report), to_last)
+    (Some(report), all)
 }
 
 fn files(log: &Log) -> Option<Files> {
@@ -435,11 +455,10 @@ fn messages(
     let mut duplicates = 0;
     // Every second from the start of the workload to the last send or arrival (deliveries may
     // come during the drain, or while the nodes stop).
-    let latest = log
-        .sent
-        .values()
-        .map(|s| s.at)
+    let latest = (log.sent.values().map(|s| s.at))
+        .chain(log.group_sent.values().map(|g| g.at))
         .chain(log.arrived.values().flatten().copied())
+        .chain(log.group_arrived.values().flatten().map(|(_, t)| *t))
         .map(|t| t.saturating_duration_since(phase).as_secs() as usize)
         .max()
         .unwrap_or(0);
@@ -497,6 +516,7 @@ fn messages(
             }
         }
     }
+    per.add_group_copies(log, plan, phase);
     let sent = log.sent.len();
     let delivered = delivery_ms.len();
     let timeline = per.timeline(plan, secs);
@@ -521,37 +541,6 @@ fn messages(
         }),
     };
     (messages, delivery_ms, timeline)
-}
-
-/// Messages per second of the workload: sent, sent to live nodes, delivered of those, arrived.
-struct PerSecond {
-    sent: Vec<usize>,
-    live_sent: Vec<usize>,
-    live_ok: Vec<usize>,
-    arrived: Vec<usize>,
-}
-
-impl PerSecond {
-    /// The timeline: `secs` seconds at least, up to the last second anything was sent or arrived.
-    fn timeline(&self, plan: &Plan, secs: u64) -> Vec<Second> {
-        let last = self
-            .arrived
-            .iter()
-            .rposition(|n| *n > 0)
-            .max(self.sent.iter().rposition(|n| *n > 0))
-            .map_or(secs as usize, |i| (i + 1).max(secs as usize))
-            .min(self.sent.len());
-        (0..last)
-            .map(|i| Second {
-                t_secs: i as u64,
-                live_nodes: plan.live_nodes(i as u64 * 1000),
-                messages_sent: self.sent[i],
-                messages_delivered: self.arrived[i],
-                delivery_rate: (self.live_sent[i] > 0)
-                    .then(|| self.live_ok[i] as f64 / self.live_sent[i] as f64),
-            })
-            .collect()
-    }
 }
 
 /// Sent messages, group copies included, and how many of those arrived.
