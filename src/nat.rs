@@ -18,8 +18,6 @@ pub const MAX_FAILED_PROBES: usize = 32;
 pub const MAX_RELAY_CANDIDATES: usize = 64;
 /// Wait before a relay whose reservation failed or was lost is asked again.
 pub const RESERVE_BACKOFF: Duration = Duration::from_secs(10);
-/// How long a node whose reachability is still unknown waits before it reserves on relays anyway.
-pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,13 +44,15 @@ impl std::fmt::Display for Reachability {
 pub struct Tracker {
     confirmed: HashSet<Multiaddr>,
     failed: VecDeque<Multiaddr>,
+    /// AutoNAT v1's dial-backs failed (a verdict that names no address of ours).
+    judged_private: bool,
 }
 
 impl Tracker {
     pub fn reachability(&self) -> Reachability {
         if !self.confirmed.is_empty() {
             Reachability::Public
-        } else if !self.failed.is_empty() {
+        } else if !self.failed.is_empty() || self.judged_private {
             Reachability::Private
         } else {
             Reachability::Unknown
@@ -60,12 +60,18 @@ impl Tracker {
     }
 
     pub fn confirmed(&mut self, addr: &Multiaddr) {
+        self.judged_private = false;
         self.failed.retain(|a| a != addr);
         self.confirmed.insert(addr.clone());
     }
 
     pub fn expired(&mut self, addr: &Multiaddr) {
         self.confirmed.remove(addr);
+    }
+
+    /// Dial-backs failed without naming an address (AutoNAT v1's "private").
+    pub fn judged_private(&mut self) {
+        self.judged_private = true;
     }
 
     pub fn probe_failed(&mut self, addr: &Multiaddr) {
@@ -122,6 +128,17 @@ impl Relays {
             self.candidates.remove(&victim);
         }
         self.candidates.insert(relay, (addr, bootstrap));
+    }
+
+    /// A connection to `relay` came up: if it is a candidate we hold no reservation on, a failed
+    /// attempt's backoff ends (a reservation asked for before the connection existed fails at
+    /// once); true when it should be asked for now.
+    pub fn connected(&mut self, relay: &PeerId) -> bool {
+        if !self.candidates.contains_key(relay) || self.holds(relay) {
+            return false;
+        }
+        self.not_before.remove(relay);
+        true
     }
 
     /// Whether a reservation on `relay` is held or pending.
@@ -329,6 +346,11 @@ mod tests {
         assert_eq!(r.closed(l1, now).map(|x| x.relay), Some(boot));
         assert!(r.to_reserve(3, now).iter().all(|(p, _)| *p != boot));
         assert_eq!(r.to_reserve(3, now + RESERVE_BACKOFF)[0].0, boot);
+        // A reservation asked for before the connection to the relay existed fails at once: the
+        // connection coming up ends the backoff.
+        assert!(r.connected(&boot), "a candidate without a reservation");
+        assert_eq!(r.to_reserve(3, now)[0].0, boot);
+        assert!(!r.connected(&PeerId::random()), "not a candidate");
         // Bounded, and bootstrap relays are never evicted.
         for i in 0..(2 * MAX_RELAY_CANDIDATES) {
             r.add_candidate(
@@ -356,6 +378,12 @@ mod tests {
         assert_eq!(t.reachability(), Reachability::Public);
         t.expired(&a);
         assert_eq!(t.reachability(), Reachability::Unknown);
+        // AutoNAT v1's dial-backs failed: private, until an address is confirmed.
+        t.judged_private();
+        assert_eq!(t.reachability(), Reachability::Private);
+        t.confirmed(&a);
+        assert_eq!(t.reachability(), Reachability::Public);
+        t.expired(&a);
         for port in 0..100u16 {
             t.probe_failed(&format!("/ip4/1.2.3.4/tcp/{port}").parse().unwrap());
         }

@@ -32,6 +32,8 @@ struct Topology {
     a: LabNode,
     b: LabNode,
     home_a: patchbay::Router,
+    /// Just before A's process was started.
+    a_started: std::time::Instant,
 }
 
 async fn topology(root: &Path, ka: Nat, kb: Nat, t: Transports) -> Topology {
@@ -49,6 +51,7 @@ async fn topology(root: &Path, ka: Nat, kb: Nat, t: Transports) -> Topology {
     assert_eq!(status["reachability"], "public", "{status}");
     assert_eq!(status["kad_mode"], "server", "{status}");
     let boot = vec!["--bootstrap".to_owned(), relay.addr(t)];
+    let a_started = std::time::Instant::now();
     let a = LabNode::start(&a_dev, root, "a", t, &boot, &[]);
     let b = LabNode::start(&b_dev, root, "b", t, &boot, &[]);
     Topology {
@@ -57,6 +60,7 @@ async fn topology(root: &Path, ka: Nat, kb: Nat, t: Transports) -> Topology {
         a,
         b,
         home_a,
+        a_started,
     }
 }
 
@@ -371,4 +375,53 @@ async fn reachability_follows_the_router() {
     top.home_a.flush_nat_state().await.unwrap();
     wait("A to be public again, reservations dropped", public);
     eprintln!("[lab] private -> public in {:?}", switched.elapsed());
+}
+
+/// Relay first: a desktop behind a home router (endpoint-independent mapping) is reachable through
+/// the DHT right after it starts. It reserves on the relay at once and publishes its presence
+/// record with the relayed address as soon as the relay accepts; its status says `private` once
+/// AutoNAT's dial-backs failed. (It used to wait 30 s of "unknown" before reserving.)
+async fn reachable_at_once(t: Transports, test: &str) {
+    if !lab::lab_available(test) {
+        return;
+    }
+    let _one = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let top = topology(tmp.path(), Nat::Moderate, Nat::Moderate, t).await;
+    let (a, b) = (&top.a, &top.b);
+    a.wait_reserved();
+    let reserved = top.a_started.elapsed();
+    wait("B to reach A by its peer id (DHT record)", || {
+        b.cli(&["connect", &a.peer_id]).status.success()
+    });
+    let reachable = top.a_started.elapsed();
+    eprintln!(
+        "[lab] {t:?}: A start -> reservation {reserved:?}, -> dialled by B through the DHT {reachable:?}"
+    );
+    assert!(
+        reachable < std::time::Duration::from_secs(20),
+        "A is reachable long before the 30 s a node once waited to reserve: {reachable:?}"
+    );
+    wait("A to say it is private", || {
+        a.status()["reachability"] == "private"
+    });
+    messages(b, a, 1, "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_behind_a_home_router_is_reachable_at_once_over_tcp() {
+    reachable_at_once(
+        Transports::Tcp,
+        "a_desktop_behind_a_home_router_is_reachable_at_once_over_tcp",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_behind_a_home_router_is_reachable_at_once_over_quic() {
+    reachable_at_once(
+        Transports::Quic,
+        "a_desktop_behind_a_home_router_is_reachable_at_once_over_quic",
+    )
+    .await;
 }

@@ -93,6 +93,8 @@ pub(super) struct State {
     pub(super) next_rotation: tokio::time::Instant,
     /// A record is being signed.
     pub(super) publishing: bool,
+    /// Publish again as soon as the record being signed is out ([`State::publish_now`]).
+    again: bool,
     validations: usize,
     /// Keys with a record being checked, and the records that arrived for them meanwhile: checked
     /// one after the other in arrival order, so that "first come" (names) means first to arrive.
@@ -117,6 +119,7 @@ impl State {
             republish_interval: Duration::from_secs(cfg.republish_secs),
             next_publish: now + FIRST_PUBLISH_DELAY,
             publishing: false,
+            again: false,
             validations: 0,
             waiting: HashMap::new(),
             lookups: HashMap::new(),
@@ -127,6 +130,13 @@ impl State {
     /// Addresses changed: publish again within [`MIN_REPUBLISH_INTERVAL`].
     pub(super) fn dirty(&mut self, now: tokio::time::Instant) {
         self.next_publish = self.next_publish.min(now + MIN_REPUBLISH_INTERVAL);
+    }
+
+    /// The first address peers can reach us at (a relay reservation): publish at once, or right
+    /// after a publication in flight.
+    pub(super) fn publish_now(&mut self, now: tokio::time::Instant) {
+        self.next_publish = now;
+        self.again = self.publishing;
     }
 
     /// At the publication deadline, with `routing_table` peers known: the sequence number of the
@@ -281,6 +291,9 @@ impl EventLoop {
 
     pub(super) fn on_signed(&mut self, record: Record, seq: u64) {
         self.presence.publishing = false;
+        if std::mem::take(&mut self.presence.again) {
+            self.presence.next_publish = tokio::time::Instant::now();
+        }
         match self
             .swarm
             .behaviour_mut()

@@ -99,24 +99,21 @@ impl State {
             relays: nat::Relays::default(),
             reservations: cfg.relay.reservations,
             kad_auto: cfg.kad.mode == crate::dht::Mode::Auto && !cfg.kad_forced_server(),
-            next_check: now + RELAY_CHECK_INTERVAL,
+            // At once: the bootstrap relays are candidates from the start.
+            next_check: now,
             punches: HashMap::new(),
             metrics,
             configured_external: cfg.network.external_addresses.clone(),
         }
     }
 
-    /// Whether a node of `role`, running for `running_for`, should hold relay reservations: a
-    /// desktop that is private, or whose reachability is still unknown after
-    /// [`nat::UNKNOWN_GRACE`].
-    pub(super) fn want_relays(&self, role: Role, running_for: Duration) -> bool {
+    /// Whether a node of `role` should hold relay reservations: a desktop not known to be public.
+    /// Relay first, as iroh does with its home relay: a desktop behind a NAT can be reached as
+    /// soon as a relay accepts it, and AutoNAT only decides whether to keep the reservation.
+    pub(super) fn want_relays(&self, role: Role) -> bool {
         role == Role::Desktop
             && self.reservations > 0
-            && match self.nat.reachability() {
-                Reachability::Private => true,
-                Reachability::Unknown => running_for >= nat::UNKNOWN_GRACE,
-                Reachability::Public => false,
-            }
+            && self.nat.reachability() != Reachability::Public
     }
 }
 
@@ -208,8 +205,7 @@ impl EventLoop {
     }
 
     fn want_relays(&self) -> bool {
-        self.traversal
-            .want_relays(self.role, self.started.elapsed())
+        self.traversal.want_relays(self.role)
     }
 
     /// Keeps `relay.reservations` reservations while the node is not public and drops them when
@@ -269,6 +265,8 @@ impl EventLoop {
                 relay,
                 address: address.clone(),
             });
+            // The address other peers reach us at: published now, not within seconds.
+            self.presence.publish_now(tokio::time::Instant::now());
         }
     }
 
@@ -314,9 +312,13 @@ impl EventLoop {
         }
     }
 
-    /// A connection came up. A relayed one to a peer we have no direct connection with starts a
-    /// hole punch (DCUtR runs by itself); a direct one ends the peer's relayed connections.
+    /// A connection came up. To a relay we want a reservation on: ask now. A relayed one to a
+    /// peer we have no direct connection with starts a hole punch (DCUtR runs by itself); a
+    /// direct one ends the peer's relayed connections.
     pub(super) fn on_connection_kind(&mut self, peer: PeerId, relayed: bool) {
+        if !relayed && self.want_relays() && self.traversal.relays.connected(&peer) {
+            self.traversal.next_check = tokio::time::Instant::now();
+        }
         let Some(state) = self.conn.peers.get(&peer) else {
             return;
         };
@@ -452,6 +454,7 @@ impl EventLoop {
         tracing::info!(?old, ?new, "AutoNAT re-check");
         match new {
             autonat::v1::NatStatus::Private => {
+                self.set_reachability(nat::Tracker::judged_private);
                 let stale: Vec<Multiaddr> = self
                     .swarm
                     .external_addresses()
@@ -524,30 +527,23 @@ mod tests {
     }
 
     #[test]
-    fn desktops_want_relays_while_private_or_unknown_for_long_and_never_when_public() {
+    fn desktops_want_relays_from_the_start_until_they_are_public() {
         let cfg = crate::node::Config::default();
         let mut s = State::new(&cfg, Metrics::default(), tokio::time::Instant::now());
         assert!(
-            !s.want_relays(Role::Desktop, Duration::ZERO),
-            "unknown, just started"
+            s.want_relays(Role::Desktop),
+            "unknown, just started: relay first"
         );
-        assert!(
-            s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE),
-            "unknown for long"
-        );
-        assert!(
-            !s.want_relays(Role::Bootstrap, nat::UNKNOWN_GRACE),
-            "servers are public"
-        );
+        assert!(!s.want_relays(Role::Bootstrap), "servers are public");
+        s.nat.probe_failed(&public_addr());
+        assert_eq!(s.nat.reachability(), Reachability::Private);
+        assert!(s.want_relays(Role::Desktop));
         s.nat.confirmed(&public_addr());
         assert_eq!(s.nat.reachability(), Reachability::Public);
-        assert!(!s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE));
+        assert!(!s.want_relays(Role::Desktop));
         s.reservations = 0;
         s.nat.expired(&public_addr());
-        assert!(
-            !s.want_relays(Role::Desktop, nat::UNKNOWN_GRACE),
-            "relay client off"
-        );
+        assert!(!s.want_relays(Role::Desktop), "relay client off");
     }
 
     #[test]
