@@ -69,7 +69,11 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
     // Claims are stored before the phase; a resolution may still miss while nodes go away.
     assert!(names.success_rate >= 0.95, "{names:?}");
     let delivered: usize = r.timeline.iter().map(|s| s.messages_delivered).sum();
-    assert_eq!(delivered, sent + 240, "the timeline counts each group copy too");
+    assert_eq!(
+        delivered,
+        sent + 240,
+        "the timeline counts each group copy too"
+    );
     let groups = r.groups.as_ref().expect("groups");
     assert_eq!((groups.groups, groups.made), (3, 3), "{groups:?}");
     assert_eq!(groups.messages, 60, "{groups:?}");
