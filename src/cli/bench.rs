@@ -5,7 +5,10 @@
 //!   `/commucat/data` session over that same kind of stream (64 KiB writes in each case);
 //! - messages per second of 1 KiB DATA frames through a session;
 //! - hybrid handshakes per second (Noise XK + ML-KEM-768 + ML-DSA-65 transcripts, both sides, and
-//!   the bundle check) against plain Noise XK.
+//!   the bundle check) against plain Noise XK;
+//! - what a person waits for: two fresh nodes, the libp2p connect (TCP, Noise, Yamux), then the
+//!   first message from `send_message` to its ACK (data stream, hybrid handshake with the bundle
+//!   fetch, DATA, ACK), as the data service does it for users.
 
 use std::{sync::Arc, time::Instant};
 
@@ -63,6 +66,10 @@ struct Report {
     e2e_vs_libp2p_stream: f64,
     libp2p_stream_vs_tcp: f64,
     hybrid_vs_noise_xk: f64,
+    libp2p_connect_ms: f64,
+    first_message_ms: f64,
+    /// `first_message_ms` − `libp2p_connect_ms`.
+    first_message_over_connect_ms: f64,
     bulk_mib: usize,
     runs: usize,
     debug_build: bool,
@@ -89,7 +96,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tcp.push(raw_tcp(bytes).await?);
     }
     let downloads = std::env::temp_dir().join(format!("commucat-bench-{}", std::process::id()));
-    let (a, b) = node_pair(&downloads).await?;
+    let mut connect = Vec::new();
+    let mut first = Vec::new();
+    for _ in 0..runs {
+        let (c, f) = first_message(&downloads).await?;
+        connect.push(c);
+        first.push(f);
+    }
+    let ((a, b), _) = node_pair(&downloads).await?;
     let mut raw = Vec::new();
     let mut e2e = Vec::new();
     let mut msgs = Vec::new();
@@ -119,6 +133,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         e2e_vs_libp2p_stream: 0.0,
         libp2p_stream_vs_tcp: 0.0,
         hybrid_vs_noise_xk: 0.0,
+        libp2p_connect_ms: median(connect),
+        first_message_ms: median(first),
+        first_message_over_connect_ms: 0.0,
         bulk_mib: args.bulk_mib,
         runs,
         debug_build,
@@ -127,15 +144,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         e2e_vs_libp2p_stream: r.e2e_session_mb_s / r.libp2p_stream_mb_s,
         libp2p_stream_vs_tcp: r.libp2p_stream_mb_s / r.tcp_mb_s,
         hybrid_vs_noise_xk: r.hybrid_handshakes_per_s / r.noise_xk_handshakes_per_s,
+        first_message_over_connect_ms: r.first_message_ms - r.libp2p_connect_ms,
         ..r
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+    } else {
+        print(&r);
     }
+    Ok(())
+}
+
+/// The report as a table.
+fn print(r: &Report) {
     println!(
-        "Loopback, {} MiB per bulk run, median of {runs} runs:",
-        args.bulk_mib
+        "Loopback, {} MiB per bulk run, median of {} runs:",
+        r.bulk_mib, r.runs
     );
     println!(
         "  raw TCP                          {:>9.0} MB/s",
@@ -159,10 +183,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         r.noise_xk_handshakes_per_s
     );
     println!(
-        "  hybrid XK + ML-KEM-768 + ML-DSA-65 {:>7.0} /s   {:.3} × Noise XK",
+        "  hybrid v1 (ML-KEM + ML-DSA)      {:>9.0} /s   {:.3} × Noise XK",
         r.hybrid_handshakes_per_s, r.hybrid_vs_noise_xk
     );
-    Ok(())
+    println!("Two fresh nodes on loopback, median of {}:", r.runs);
+    println!(
+        "  libp2p connect                   {:>9.1} ms",
+        r.libp2p_connect_ms
+    );
+    println!(
+        "  then the first message, ACKed    {:>9.1} ms   connect + {:.1} ms",
+        r.first_message_ms, r.first_message_over_connect_ms
+    );
 }
 
 async fn raw_tcp(bytes: usize) -> anyhow::Result<f64> {
@@ -210,7 +242,7 @@ type BenchNode = (Daemon, Arc<LocalKeys>);
 
 /// Two whole nodes on real TCP sockets on 127.0.0.1, connected. The benchmark's streams are its own
 /// protocols; the data service runs as it does for users.
-async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, BenchNode)> {
+async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<((BenchNode, BenchNode), f64)> {
     let mut cfg = Config::default();
     cfg.network.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     cfg.mdns.enabled = false;
@@ -227,6 +259,7 @@ async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, Be
     let a = spawn(&ka)?.await?;
     let b = spawn(&kb)?.await?;
     let b_addr: Multiaddr = b.client().status().await?.listen_addrs[0].clone();
+    let start = Instant::now();
     a.client()
         .connect(
             b.node().peer_id(),
@@ -234,7 +267,37 @@ async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<(BenchNode, Be
         )
         .await
         .context("connecting the bench nodes")?;
-    Ok(((a, ka), (b, kb)))
+    let connect_ms = start.elapsed().as_secs_f64() * 1000.0;
+    Ok((((a, ka), (b, kb)), connect_ms))
+}
+
+/// Two fresh nodes (no bundle of each other cached): their libp2p connect, then the first
+/// message from the send call to its ACK, in milliseconds.
+async fn first_message(downloads: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    let ((a, b), connect_ms) = node_pair(downloads).await?;
+    let mut events = a.0.data().subscribe();
+    let to = b.0.node().peer_id();
+    let start = Instant::now();
+    a.0.data()
+        .send_message(to, "first".into(), crate::store::Via::default())
+        .await?;
+    let acked = async {
+        loop {
+            match events.recv().await {
+                Ok(crate::data::Event::MessagesDelivered { to: t, .. }) if t == to => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(anyhow::anyhow!("no acknowledgement: {e}")),
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), acked)
+        .await
+        .context("the first message was not acknowledged within 30 s")??;
+    let first_ms = start.elapsed().as_secs_f64() * 1000.0;
+    a.0.shutdown().await?;
+    b.0.shutdown().await?;
+    Ok((connect_ms, first_ms))
 }
 
 async fn libp2p_stream(a: &Node, b: &Node, bytes: usize) -> anyhow::Result<f64> {
