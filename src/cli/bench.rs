@@ -68,6 +68,8 @@ struct Report {
     hybrid_vs_noise_xk: f64,
     libp2p_connect_ms: f64,
     first_message_ms: f64,
+    /// Of `first_message_ms`, the send call: the message stored in the outbox and flushed.
+    first_message_queued_ms: f64,
     /// `first_message_ms` − `libp2p_connect_ms`.
     first_message_over_connect_ms: f64,
     bulk_mib: usize,
@@ -97,11 +99,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let downloads = std::env::temp_dir().join(format!("commucat-bench-{}", std::process::id()));
     let mut connect = Vec::new();
-    let mut first = Vec::new();
+    let (mut first, mut queued) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (c, f) = first_message(&downloads).await?;
+        let (c, f, q) = first_message(&downloads).await?;
         connect.push(c);
         first.push(f);
+        queued.push(q);
     }
     let ((a, b), _) = node_pair(&downloads).await?;
     let mut raw = Vec::new();
@@ -135,6 +138,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         hybrid_vs_noise_xk: 0.0,
         libp2p_connect_ms: median(connect),
         first_message_ms: median(first),
+        first_message_queued_ms: median(queued),
         first_message_over_connect_ms: 0.0,
         bulk_mib: args.bulk_mib,
         runs,
@@ -194,6 +198,10 @@ fn print(r: &Report) {
     println!(
         "  then the first message, ACKed    {:>9.1} ms   connect + {:.1} ms",
         r.first_message_ms, r.first_message_over_connect_ms
+    );
+    println!(
+        "    of which the durable enqueue   {:>9.1} ms",
+        r.first_message_queued_ms
     );
 }
 
@@ -272,8 +280,9 @@ async fn node_pair(downloads: &std::path::Path) -> anyhow::Result<((BenchNode, B
 }
 
 /// Two fresh nodes (no bundle of each other cached): their libp2p connect, then the first
-/// message from the send call to its ACK, in milliseconds.
-async fn first_message(downloads: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+/// message from the send call to its ACK, and of that the send call (the durable enqueue), in
+/// milliseconds.
+async fn first_message(downloads: &std::path::Path) -> anyhow::Result<(f64, f64, f64)> {
     let ((a, b), connect_ms) = node_pair(downloads).await?;
     let mut events = a.0.data().subscribe();
     let to = b.0.node().peer_id();
@@ -281,6 +290,7 @@ async fn first_message(downloads: &std::path::Path) -> anyhow::Result<(f64, f64)
     a.0.data()
         .send_message(to, "first".into(), crate::store::Via::default())
         .await?;
+    let queued_ms = start.elapsed().as_secs_f64() * 1000.0;
     let acked = async {
         loop {
             match events.recv().await {
@@ -297,7 +307,7 @@ async fn first_message(downloads: &std::path::Path) -> anyhow::Result<(f64, f64)
     let first_ms = start.elapsed().as_secs_f64() * 1000.0;
     a.0.shutdown().await?;
     b.0.shutdown().await?;
-    Ok((connect_ms, first_ms))
+    Ok((connect_ms, first_ms, queued_ms))
 }
 
 async fn libp2p_stream(a: &Node, b: &Node, bytes: usize) -> anyhow::Result<f64> {
