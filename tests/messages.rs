@@ -179,3 +179,38 @@ async fn a_node_full_of_connections_trims_idle_ones_and_still_delivers_to_everyo
     }
     a.stop().await;
 }
+
+/// A message in the outbox whose wake never reached the delivery manager (wakes are never waited
+/// for: a full wake queue drops them, as a restart with more peers pending than the queue holds
+/// once did) is still delivered: the manager sweeps the outbox every `SWEEP_INTERVAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_whose_wake_was_lost_is_still_delivered() {
+    let b = Peer::new(&[]).await;
+    let a = Peer::new(&[b.addr().await]).await;
+    // Connected first: a new connection to a peer with something queued wakes its worker too.
+    until("A to be connected to B", WAIT, || async {
+        (a.app.client().peers().await.unwrap().iter()).any(|p| p.peer_id == b.peer_id())
+    })
+    .await;
+    // Straight into A's outbox, as the data service stores a message, without the wake.
+    let outbox = a.store().outbox().unwrap();
+    outbox
+        .enqueue(
+            b.peer_id(),
+            "no wake".into(),
+            commucat::store::Via::default(),
+        )
+        .unwrap();
+    until("B to hold the message", WAIT, || async {
+        b.data()
+            .inbox()
+            .list(0, 10)
+            .unwrap()
+            .iter()
+            .any(|m| m.body == "no wake")
+    })
+    .await;
+    assert_eq!(b.data().inbox().len(), 1, "once");
+    a.stop().await;
+    b.stop().await;
+}

@@ -4,9 +4,10 @@
 //! inside the event loop.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use libp2p::PeerId;
@@ -37,6 +38,9 @@ pub const MAX_SESSIONS_PER_PEER: usize = 8;
 pub const MAX_DELIVERY_WORKERS: usize = 64;
 /// Wake-ups queued for the delivery manager.
 pub const WAKE_BUFFER: usize = 1024;
+/// How often the delivery manager looks for queued work no worker holds: a wake lost to a full
+/// [`WAKE_BUFFER`] (wakes are `try_send`, never waited for) is made up for within this.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 /// Data events buffered per subscriber.
 pub const EVENT_BUFFER: usize = 1024;
 
@@ -315,39 +319,85 @@ enum Reason {
     Seen,
 }
 
-/// Keeps one delivery worker per peer with something to send, at most [`MAX_DELIVERY_WORKERS`].
-async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>) {
-    let mut workers: HashMap<PeerId, Arc<Wake>> = HashMap::new();
-    let mut waiting: VecDeque<PeerId> = VecDeque::new();
-    let mut running: JoinSet<PeerId> = JoinSet::new();
-    let mut node_events = shared.node.subscribe();
-    // Whatever the outbox and transfers held when we stopped.
-    let mut start: Vec<PeerId> = shared.outbox.peers_with_pending().unwrap_or_default();
+/// Peers with queued messages or unfinished outgoing transfers.
+fn peers_with_work(shared: &Shared) -> Vec<PeerId> {
+    let mut peers: Vec<PeerId> = shared.outbox.peers_with_pending().unwrap_or_default();
     if let Ok(all) = shared.transfers.outgoing().all() {
-        start.extend(
+        peers.extend(
             all.into_iter()
                 .filter(|t| !t.file.state.is_finished())
                 .map(|t| t.to),
         );
     }
-    for peer in start {
-        let _ = shared.wake.try_send(peer);
+    peers
+}
+
+/// The delivery workers: one per peer with something to send, at most [`MAX_DELIVERY_WORKERS`];
+/// the others wait their turn.
+#[derive(Default)]
+struct Workers {
+    running: JoinSet<PeerId>,
+    by_peer: HashMap<PeerId, Arc<Wake>>,
+    waiting: VecDeque<PeerId>,
+    /// The peers in `waiting`.
+    queued: HashSet<PeerId>,
+}
+
+impl Workers {
+    /// Starts waiting peers while there is room.
+    fn fill(&mut self, shared: &Arc<Shared>) {
+        while self.by_peer.len() < MAX_DELIVERY_WORKERS
+            && let Some(peer) = self.waiting.pop_front()
+        {
+            self.queued.remove(&peer);
+            if self.by_peer.contains_key(&peer) {
+                continue;
+            }
+            let w = Arc::new(Wake::default());
+            self.by_peer.insert(peer, w.clone());
+            let s = shared.clone();
+            self.running.spawn(async move {
+                delivery::run_worker(&s, peer, &w).await;
+                peer
+            });
+        }
     }
+
+    fn queue(&mut self, peer: PeerId) {
+        if !self.by_peer.contains_key(&peer) && self.queued.insert(peer) {
+            self.waiting.push_back(peer);
+        }
+    }
+}
+
+/// Keeps one delivery worker per peer with something to send, at most [`MAX_DELIVERY_WORKERS`].
+/// Every [`SWEEP_INTERVAL`] (and at start: whatever the outbox and transfers held when we
+/// stopped) it picks up queued work no worker holds.
+async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>) {
+    let mut w = Workers::default();
+    let mut node_events = shared.node.subscribe();
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (peer, reason) = tokio::select! {
             () = shared.shutdown.cancelled() => break,
-            Some(done) = running.join_next(), if !running.is_empty() => {
+            Some(done) = w.running.join_next(), if !w.running.is_empty() => {
                 if let Ok(peer) = done {
-                    workers.remove(&peer);
+                    w.by_peer.remove(&peer);
                     // It may have stopped just as something new arrived.
                     if delivery::has_pending(&shared, &peer) {
-                        waiting.push_back(peer);
+                        w.queue(peer);
                     }
                 }
-                match waiting.pop_front() {
-                    Some(p) => (p, Reason::Work),
-                    None => continue,
+                w.fill(&shared);
+                continue;
+            }
+            _ = sweep.tick() => {
+                for peer in peers_with_work(&shared) {
+                    w.queue(peer);
                 }
+                w.fill(&shared);
+                continue;
             }
             Some(peer) = wake.recv() => (peer, Reason::Work),
             ev = node_events.recv() => match ev {
@@ -359,26 +409,15 @@ async fn delivery_manager(shared: Arc<Shared>, mut wake: mpsc::Receiver<PeerId>)
                 Err(broadcast::error::RecvError::Closed) => break,
             },
         };
-        if let Some(w) = workers.get(&peer) {
+        if let Some(worker) = w.by_peer.get(&peer) {
             match reason {
-                Reason::Work => w.work.notify_one(),
-                Reason::Seen => w.seen.notify_one(),
+                Reason::Work => worker.work.notify_one(),
+                Reason::Seen => worker.seen.notify_one(),
             }
             continue;
         }
-        if workers.len() >= MAX_DELIVERY_WORKERS {
-            if !waiting.contains(&peer) {
-                waiting.push_back(peer);
-            }
-            continue;
-        }
-        let w = Arc::new(Wake::default());
-        workers.insert(peer, w.clone());
-        let s = shared.clone();
-        running.spawn(async move {
-            delivery::run_worker(&s, peer, &w).await;
-            peer
-        });
+        w.queue(peer);
+        w.fill(&shared);
     }
-    running.shutdown().await;
+    w.running.shutdown().await;
 }

@@ -184,18 +184,24 @@ impl Outbox {
         self.queue.scan_prefix(peer_key(to)).count()
     }
 
-    /// Peers with queued messages.
+    /// Peers with queued messages: one seek per peer (keys are `peer_key ‖ seq`), nothing decoded
+    /// but the key's PeerId, so the delivery manager can sweep it often.
     pub fn peers_with_pending(&self) -> Result<Vec<PeerId>, Error> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let mut peers = Vec::new();
-        let mut last: Option<PeerId> = None;
-        for item in self.queue.iter() {
-            let (_, v) = item?;
-            if let Ok(m) = serde_json::from_slice::<Message>(&v)
-                && last != Some(m.to)
-            {
-                last = Some(m.to);
-                peers.push(m.to);
-            }
+        let mut next = self.queue.iter().next();
+        while let Some(item) = next {
+            let (key, _) = item?;
+            let len = key.first().map_or(0, |l| usize::from(*l));
+            let peer = key.get(1..1 + len).and_then(|b| PeerId::from_bytes(b).ok());
+            let Some(peer) = peer else {
+                // Not a key this code writes: step over it.
+                next = self.queue.range((Excluded(key.to_vec()), Unbounded)).next();
+                continue;
+            };
+            peers.push(peer);
+            let last = queue_key(&peer, u64::MAX);
+            next = self.queue.range((Excluded(last), Unbounded)).next();
         }
         Ok(peers)
     }
