@@ -418,7 +418,6 @@ impl EventLoop {
             relayed,
         };
         let first = self.conn.connected(peer_id, id, info);
-        self.trim.connected(peer_id, tokio::time::Instant::now());
         self.trim_connections();
         if let Some(dial) = self.queries.take_dial(&id) {
             let _ = dial.reply.send(Ok(Connected {

@@ -33,6 +33,8 @@ pub(super) struct PeerState {
     pub(super) agent_version: Option<String>,
     pub(super) protocols: Vec<String>,
     pub(super) listen_addrs: Vec<Multiaddr>,
+    /// When its first connection (of those open now) came up.
+    pub(super) connected_at: Instant,
 }
 
 /// When to check the number of connected peers next, and whether to redial then: while fewer than
@@ -128,6 +130,7 @@ impl Connectivity {
             agent_version: None,
             protocols: Vec::new(),
             listen_addrs: Vec::new(),
+            connected_at: Instant::now(),
         });
         let first = state.connections.is_empty();
         state.connections.insert(id, info);

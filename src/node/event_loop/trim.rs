@@ -11,10 +11,7 @@
 //! `groups-300`). Kademlia keeps the peers' addresses, not their connections: a trimmed peer is
 //! dialled again when it is needed.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use libp2p::PeerId;
 use prometheus_client::metrics::counter::Counter;
@@ -29,13 +26,12 @@ pub const MIN_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// "Not scheduled": a deadline this far ahead.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// What the connection manager keeps: the limits, when each peer connected, who holds a
-/// reservation on us, and `commucat_connections_trimmed_total`.
+/// What the connection manager keeps: the limits, who holds a reservation on us, and
+/// `commucat_connections_trimmed_total`. When each peer connected is `PeerState::connected_at`.
 pub(super) struct Trim {
     above: usize,
     to: usize,
     grace: Duration,
-    since: HashMap<PeerId, Instant>,
     reserved: HashSet<PeerId>,
     last: Option<Instant>,
     /// When to look again (see [`MIN_TRIM_INTERVAL`]).
@@ -50,7 +46,6 @@ impl Trim {
             above: n.trim_connections_above.get() as usize,
             to: n.trim_connections_to as usize,
             grace: Duration::from_secs(n.trim_grace_secs),
-            since: HashMap::new(),
             reserved: HashSet::new(),
             last: None,
             next_check: Instant::now() + NEVER,
@@ -58,13 +53,8 @@ impl Trim {
         }
     }
 
-    pub(super) fn connected(&mut self, peer: PeerId, now: Instant) {
-        self.since.entry(peer).or_insert(now);
-    }
-
     /// The peer's last connection closed.
     pub(super) fn disconnected(&mut self, peer: &PeerId) {
-        self.since.remove(peer);
         self.reserved.remove(peer);
     }
 
@@ -77,20 +67,24 @@ impl Trim {
         }
     }
 
+    /// Whether `established` connections are past the high-water mark (else nothing is due).
+    pub(super) fn over(&mut self, established: usize, now: Instant) -> bool {
+        self.next_check = now + NEVER;
+        established > self.above
+    }
+
     /// The peers to disconnect when `established` connections are open, `per_peer` of them by
-    /// peer: none up to the high-water mark, else the longest-connected unprotected peers past
-    /// their grace until the low-water mark would be reached. At most once per
-    /// [`MIN_TRIM_INTERVAL`].
+    /// peer (when its first one came up, how many): none up to the high-water mark, else the
+    /// longest-connected unprotected peers past their grace until the low-water mark would be
+    /// reached. At most once per [`MIN_TRIM_INTERVAL`].
     pub(super) fn pick(
         &mut self,
-        per_peer: impl IntoIterator<Item = (PeerId, usize)>,
+        established: usize,
+        per_peer: impl IntoIterator<Item = (PeerId, Instant, usize)>,
         now: Instant,
         protected: impl Fn(&PeerId) -> bool,
     ) -> Vec<PeerId> {
-        let per_peer: Vec<(PeerId, usize)> = per_peer.into_iter().collect();
-        let established: usize = per_peer.iter().map(|(_, n)| n).sum();
-        self.next_check = now + NEVER;
-        if established <= self.above {
+        if !self.over(established, now) {
             return Vec::new();
         }
         if let Some(t) = self.last
@@ -102,11 +96,10 @@ impl Trim {
         self.last = Some(now);
         let mut candidates: Vec<(Instant, PeerId, usize)> = per_peer
             .into_iter()
-            .filter(|(p, _)| !self.reserved.contains(p) && !protected(p))
-            .filter_map(|(p, n)| {
-                let since = *self.since.get(&p)?;
-                (since + self.grace <= now).then_some((since, p, n))
+            .filter(|(p, since, _)| {
+                *since + self.grace <= now && !self.reserved.contains(p) && !protected(p)
             })
+            .map(|(p, since, n)| (since, p, n))
             .collect();
         candidates.sort_by_key(|(since, p, _)| (*since, *p));
         let mut left = established;
@@ -129,13 +122,21 @@ impl Trim {
 impl EventLoop {
     /// Closes connections past the high-water mark (see the module's text).
     pub(super) fn trim_connections(&mut self) {
-        let per_peer: Vec<(PeerId, usize)> = (self.conn.peers.iter())
-            .map(|(p, s)| (*p, s.connections.len()))
-            .collect();
+        let now = Instant::now();
+        let established = self
+            .swarm
+            .network_info()
+            .connection_counters()
+            .num_established();
+        if !self.trim.over(established as usize, now) {
+            return; // the common case: no list of peers is built
+        }
+        let per_peer =
+            (self.conn.peers.iter()).map(|(p, s)| (*p, s.connected_at, s.connections.len()));
         let active = self.swarm.behaviour().data.active().clone();
         let bootstrap: HashSet<PeerId> = self.conn.bootstrap.iter().map(|(p, _)| *p).collect();
         let relays = &self.traversal.relays;
-        let victims = self.trim.pick(per_peer, Instant::now(), |p| {
+        let victims = self.trim.pick(established as usize, per_peer, now, |p| {
             bootstrap.contains(p) || active.contains(p) || relays.holds(p)
         });
         if !victims.is_empty() {
@@ -164,24 +165,27 @@ mod tests {
         let mut t = trim(4, 2, 10);
         let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
         let start = Instant::now();
-        for (i, p) in peers.iter().enumerate() {
-            t.connected(*p, start + Duration::from_secs(i as u64));
-        }
-        let all = |n: usize| peers[..n].iter().map(|p| (*p, 1)).collect::<Vec<_>>();
+        let since = |i: usize| start + Duration::from_secs(i as u64);
+        let all = |n: usize| {
+            let peers = peers[..n].iter().enumerate();
+            (n, peers.map(|(i, p)| (*p, since(i), 1)).collect::<Vec<_>>())
+        };
         let later = start + Duration::from_secs(60);
         // At the mark: nothing.
-        assert!(t.pick(all(4), later, |_| false).is_empty());
+        let (n, four) = all(4);
+        assert!(t.pick(n, four, later, |_| false).is_empty());
         // Six open, peer 0 protected, peer 1 holds a reservation on us: 2, 3, 4, 5 are the
         // candidates, oldest first, until 2 remain.
         t.reserved(peers[1], true);
-        let picked = t.pick(all(6), later, |p| *p == peers[0]);
+        let (n, six) = all(6);
+        let picked = t.pick(n, six.clone(), later, |p| *p == peers[0]);
         assert_eq!(picked, peers[2..6].to_vec());
         // Not again within the interval, but then (scheduled).
-        assert!(t.pick(all(6), later, |_| false).is_empty());
+        assert!(t.pick(n, six.clone(), later, |_| false).is_empty());
         assert_eq!(t.next_check, later + MIN_TRIM_INTERVAL);
         let much_later = later + MIN_TRIM_INTERVAL;
         t.reserved(peers[1], false);
-        assert_eq!(t.pick(all(6), much_later, |_| false), peers[..4].to_vec());
+        assert_eq!(t.pick(n, six, much_later, |_| false), peers[..4].to_vec());
     }
 
     #[tokio::test(start_paused = true)]
@@ -189,20 +193,21 @@ mod tests {
         let mut t = trim(2, 1, 20);
         let (old, new) = (PeerId::random(), PeerId::random());
         let start = Instant::now();
-        t.connected(old, start);
-        t.connected(new, start + Duration::from_secs(15));
+        let new_since = start + Duration::from_secs(15);
         // `old` has two connections: closing it alone brings 3 down to 1.
         let picked = t.pick(
-            [(old, 2), (new, 1)],
+            3,
+            [(old, start, 2), (new, new_since, 1)],
             start + Duration::from_secs(25),
             |_| false,
         );
         assert_eq!(picked, vec![old]);
         t.disconnected(&old);
-        // A peer nobody saw connect (no entry) is never picked.
+        // A peer still within its grace is never picked.
         let stranger = PeerId::random();
         let at = start + Duration::from_secs(30);
-        assert!(t.pick([(stranger, 3)], at, |_| false).is_empty());
+        let just = at - Duration::from_secs(1);
+        assert!(t.pick(3, [(stranger, just, 3)], at, |_| false).is_empty());
         // Still above the mark: looked at again a little later.
         assert_eq!(t.next_check, at + MIN_TRIM_INTERVAL);
     }
