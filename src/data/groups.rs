@@ -210,7 +210,7 @@ impl Groups {
     /// Signs a change of the group's membership, takes it into the log, and sends it to everyone
     /// it concerns: the members after it, a removed member, and a new member the whole log.
     pub async fn change(&self, id: GroupId, op: Op) -> Result<GroupInfo, Error> {
-        let (entry, before, after, whole) = {
+        let (entry, before, after, whole, head) = {
             let mut logs = self.lock();
             let log = logs.get_mut(&id).ok_or(Error::NoSuchGroup(id))?;
             let before = log.state();
@@ -233,10 +233,9 @@ impl Groups {
             );
             log.admit(entry.clone()).map_err(Error::Refused)?;
             let whole: Vec<Entry> = log.entries().cloned().collect();
-            (entry, before, log.state(), whole)
+            (entry, before, log.state(), whole, log.head())
         };
         self.stored.put(&id.0, &entry.hash, entry.as_bytes())?;
-        let head = self.get(&id)?.head;
         let me = self.me();
         let mut to: HashSet<PeerId> = after.members.union(&before.members).copied().collect();
         to.remove(&me);
