@@ -130,7 +130,11 @@ impl Node {
             behaviour,
             local,
             swarm::Config::with_tokio_executor()
-                .with_idle_connection_timeout(cfg.idle_connection_timeout()),
+                .with_idle_connection_timeout(cfg.idle_connection_timeout())
+                // multistream-select without waiting for the answer when one protocol is
+                // proposed: a stream's first bytes leave with its header (a round trip less
+                // before the first message of a session).
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy),
         );
         let metrics = Metrics::new(&mut registry);
         let presence_metrics = event_loop::PresenceMetrics::register(&mut registry);
