@@ -23,6 +23,12 @@ use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
 use crate::net::peer_id_of;
+
+/// Bounds of `data.rekey_bytes`: below, key updates would cost more than the data; above, a key
+/// would come near AES-GCM's margin (`protocols/data-v1.md` §2, SEALED).
+pub const MIN_REKEY_BYTES: u64 = 4096;
+pub const MAX_REKEY_BYTES: u64 = 1 << 36;
+
 pub use crate::{
     assist::config::{Config as Assist, Gateway, Signaling, TurnServer},
     control::Config as Control,
@@ -213,6 +219,26 @@ impl Config {
 
     fn check_data(&self) -> Result<(), Error> {
         let d = &self.data;
+        if !crate::wire::VERSIONS.contains(&d.protocol_version) {
+            return Err(Error::Value {
+                key: "data.protocol_version",
+                reason: format!("must be one of {:?}", crate::wire::VERSIONS),
+            });
+        }
+        if !(MIN_REKEY_BYTES..=MAX_REKEY_BYTES).contains(&d.rekey_bytes) {
+            return Err(Error::Value {
+                key: "data.rekey_bytes",
+                reason: format!(
+                    "must be {MIN_REKEY_BYTES} … {MAX_REKEY_BYTES} (AES-GCM seals at most 2^38 bytes per key)"
+                ),
+            });
+        }
+        if d.rekey_secs == 0 {
+            return Err(Error::Value {
+                key: "data.rekey_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
         if !(64..=8192).contains(&d.symbol_size) || !d.symbol_size.is_multiple_of(8) {
             return Err(Error::Value {
                 key: "data.symbol_size",

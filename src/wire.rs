@@ -38,8 +38,18 @@ pub const MAX_ERROR_MESSAGE: usize = 256;
 pub const MAX_FILE_NAME: usize = 255;
 /// Largest Noise message in a HANDSHAKE frame.
 pub const MAX_NOISE_MESSAGE: usize = crate::crypto::handshake::MAX_NOISE_MESSAGE;
-/// Protocol version carried by HELLO.
-pub const VERSION: u8 = 1;
+/// Protocol version carried by HELLO: the newest this code speaks (it also answers version 1).
+pub const VERSION: u8 = 2;
+/// The versions this code speaks, oldest first.
+pub const VERSIONS: [u8; 2] = [1, 2];
+
+/// HELLO flag bits (§2).
+pub mod hello {
+    /// The initiator does not hold the responder's bundle and asks for it.
+    pub const NEED_BUNDLE: u8 = 1;
+    /// Version 2: the initiator's own BUNDLE follows the HELLO.
+    pub const BUNDLE_FOLLOWS: u8 = 2;
+}
 
 /// Frame type bytes.
 pub mod kind {
@@ -47,6 +57,7 @@ pub mod kind {
     pub const BUNDLE: u8 = 0x02;
     pub const HANDSHAKE: u8 = 0x03;
     pub const ERROR: u8 = 0x04;
+    pub const BUNDLE_REQUEST: u8 = 0x05;
     pub const SEALED: u8 = 0x10;
     pub const AUTH: u8 = 0x20;
     pub const DATA: u8 = 0x21;
@@ -61,6 +72,10 @@ pub mod kind {
     pub const DATA_VIA: u8 = 0x2a;
     pub const RESYNC: u8 = 0x2b;
     pub const DATA_GROUP: u8 = 0x2c;
+    pub const FINISHED: u8 = 0x2d;
+    pub const KEY_UPDATE: u8 = 0x2e;
+    pub const KEY_REPLY: u8 = 0x2f;
+    pub const KEY_DONE: u8 = 0x30;
 }
 
 /// An ERROR code (§2). Unknown codes from peers are kept as they are.
@@ -165,8 +180,12 @@ pub enum Frame {
     Hello {
         version: u8,
         need_bundle: bool,
+        /// Version 2: the initiator's BUNDLE follows.
+        bundle_follows: bool,
     },
     Bundle(Bytes),
+    /// Version 2, responder to initiator: send your bundle (the one HELLO named is unknown here).
+    BundleRequest,
     Handshake {
         step: u8,
         pattern: u8,
@@ -248,6 +267,26 @@ fn decode_error_payload(c: &mut Cursor<'_>) -> Result<(ErrorCode, String), Decod
     Ok((code, message))
 }
 
+/// HELLO: `version flags`; which flags are defined depends on the version.
+fn decode_hello(c: &mut Cursor<'_>) -> Result<Frame, DecodeError> {
+    let version = c.u8()?;
+    let flags = c.u8()?;
+    c.end()?;
+    let allowed = match version {
+        1 => hello::NEED_BUNDLE,
+        2 => hello::NEED_BUNDLE | hello::BUNDLE_FOLLOWS,
+        other => return Err(DecodeError::UnsupportedVersion(other)),
+    };
+    if flags & !allowed != 0 {
+        return Err(DecodeError::Malformed("reserved HELLO flags set"));
+    }
+    Ok(Frame::Hello {
+        version,
+        need_bundle: flags & hello::NEED_BUNDLE != 0,
+        bundle_follows: flags & hello::BUNDLE_FOLLOWS != 0,
+    })
+}
+
 impl Frame {
     /// Appends the encoded frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -257,15 +296,20 @@ impl Frame {
             Frame::Hello {
                 version,
                 need_bundle,
+                bundle_follows,
             } => {
                 out.push(kind::HELLO);
                 out.push(*version);
-                out.push(u8::from(*need_bundle));
+                out.push(
+                    (u8::from(*need_bundle) * hello::NEED_BUNDLE)
+                        | (u8::from(*bundle_follows) * hello::BUNDLE_FOLLOWS),
+                );
             }
             Frame::Bundle(b) => {
                 out.push(kind::BUNDLE);
                 out.extend_from_slice(b);
             }
+            Frame::BundleRequest => out.push(kind::BUNDLE_REQUEST),
             Frame::Handshake {
                 step,
                 pattern,
@@ -301,26 +345,16 @@ impl Frame {
         bytes.advance(1);
         let mut c = Cursor(&bytes);
         let frame = match ty {
-            kind::HELLO => {
-                let version = c.u8()?;
-                let flags = c.u8()?;
-                c.end()?;
-                if version != VERSION {
-                    return Err(DecodeError::UnsupportedVersion(version));
-                }
-                if flags & !1 != 0 {
-                    return Err(DecodeError::Malformed("reserved HELLO flags set"));
-                }
-                Frame::Hello {
-                    version,
-                    need_bundle: flags & 1 == 1,
-                }
-            }
+            kind::HELLO => decode_hello(&mut c)?,
             kind::BUNDLE => Frame::Bundle(bytes.freeze()),
+            kind::BUNDLE_REQUEST => {
+                c.end()?;
+                Frame::BundleRequest
+            }
             kind::HANDSHAKE => {
                 let step = c.u8()?;
                 let pattern = c.u8()?;
-                if !(1..=3).contains(&step) || !(1..=2).contains(&pattern) {
+                if !(1..=3).contains(&step) || !(1..=3).contains(&pattern) {
                     return Err(DecodeError::Malformed("HANDSHAKE step or pattern"));
                 }
                 let bundle_id = if step == 1 {

@@ -9,10 +9,7 @@ use std::{sync::Arc, time::Duration};
 use common::inproc::{Peer, config, until};
 use commucat::{
     crypto::LocalKeys,
-    data::{
-        ErrorCode, Frame,
-        session::{self, HandshakeCounters},
-    },
+    data::{ErrorCode, Frame, session},
     node::{self, Node, Transport},
     store::Store,
     wire::{self, Data, FileChunk, FileMeta, FileStatus, Inner, file_state},
@@ -127,12 +124,10 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
         Some(5)
     );
 
-    let counters = HandshakeCounters::default();
+    let ctx = session::Context::new(x_keys.clone());
     // Tampered ciphertext.
     let stream = control.open_stream(n_id).await.unwrap().compat();
-    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
-        .await
-        .unwrap();
+    let mut s = session::initiate(stream, &ctx, n_id, None).await.unwrap();
     let mut frame = s.writer.seal_detached(&data_frame(1)).unwrap();
     let at = frame.len() - 20;
     frame[at] ^= 0x80;
@@ -144,13 +139,39 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
 
     // Replayed frame: the first copy is taken, the second refused.
     let stream = control.open_stream(n_id).await.unwrap().compat();
-    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
-        .await
-        .unwrap();
+    let mut s = session::initiate(stream, &ctx, n_id, None).await.unwrap();
     let frame = s.writer.seal_detached(&data_frame(1)).unwrap();
     s.writer.write_raw(&frame).await.unwrap();
     s.writer.write_raw(&frame).await.unwrap();
     assert_eq!(session_error(&mut s.reader).await, Some(ErrorCode::REPLAY));
+
+    // Version 2 (data-v2.md): someone else's bundle passed off as X's own is refused as soon as
+    // its check fails, whatever the handshake waits for.
+    let someone = LocalKeys::generate();
+    let mut raw = Vec::new();
+    Frame::Hello {
+        version: 2,
+        need_bundle: false,
+        bundle_follows: true,
+    }
+    .encode(&mut raw);
+    Frame::Bundle(bytes::Bytes::copy_from_slice(
+        someone.bundle.current().bundle().as_bytes(),
+    ))
+    .encode(&mut raw);
+    assert_eq!(
+        raw_reply(&control, n_id, &raw).await,
+        Some(ErrorCode::BAD_BUNDLE.0)
+    );
+    // A KEY_DONE with no key update under way ends that session (UNEXPECTED_FRAME).
+    let stream = control.open_stream(n_id).await.unwrap().compat();
+    let mut s = session::initiate(stream, &ctx, n_id, None).await.unwrap();
+    assert_eq!(s.version, 2);
+    s.writer.send(&Inner::KeyDone).await.unwrap();
+    assert_eq!(
+        session_error(&mut s.reader).await,
+        Some(ErrorCode::UNEXPECTED_FRAME)
+    );
 
     // Forged key bundle: N opens a session to X (it has a message for X), and X answers HELLO with a
     // bundle that is not its own.
@@ -173,9 +194,13 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     stream.read_exact(&mut hello).await.unwrap();
     assert_eq!(
         &hello[4..],
-        &[wire::kind::HELLO, 1, 1],
-        "HELLO asking for the bundle"
+        &[wire::kind::HELLO, 2, 3],
+        "HELLO version 2 asking for the bundle, its own following"
     );
+    // N's own bundle (data-v2.md §3).
+    let mut theirs = vec![0u8; 4 + 1 + commucat::crypto::bundle::BUNDLE_LEN];
+    stream.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(theirs[4], wire::kind::BUNDLE);
     let someone_else = LocalKeys::generate();
     let mut out = Vec::new();
     Frame::Bundle(bytes::Bytes::copy_from_slice(
@@ -185,11 +210,16 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     stream.write_all(&out).await.unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut reply)).await;
-    assert_eq!(reply[4], wire::kind::ERROR);
-    assert_eq!(
-        u16::from_be_bytes([reply[5], reply[6]]),
-        ErrorCode::BAD_BUNDLE.0
-    );
+    // After its HANDSHAKE step 1 (XX), the ERROR.
+    let mut frames = wire::FrameCodec;
+    let mut buf = bytes::BytesMut::from(&reply[..]);
+    let mut codes = Vec::new();
+    while let Ok(Some(f)) = tokio_util::codec::Decoder::decode(&mut frames, &mut buf) {
+        if let Frame::Error { code, .. } = f {
+            codes.push(code);
+        }
+    }
+    assert_eq!(codes, [ErrorCode::BAD_BUNDLE]);
     assert_eq!(
         n.data().outbox().queued(),
         1,
@@ -200,9 +230,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
     // not match the announced hash is refused and its partial file deleted.
     let content = b"climbing out ".repeat(40);
     let stream = control.open_stream(n_id).await.unwrap().compat();
-    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
-        .await
-        .unwrap();
+    let mut s = session::initiate(stream, &ctx, n_id, None).await.unwrap();
     for (id, name, hash, want) in [
         (
             [1u8; 16],
@@ -292,9 +320,7 @@ async fn attacks_are_rejected_while_good_peers_are_served() {
 
     // And a well-behaved session from the former attacker still works.
     let stream = control.open_stream(n_id).await.unwrap().compat();
-    let mut s = session::initiate(stream, &x_keys, n_id, None, &counters)
-        .await
-        .unwrap();
+    let mut s = session::initiate(stream, &ctx, n_id, None).await.unwrap();
     s.writer
         .send(&Inner::Data(Data {
             epoch: 43,

@@ -131,12 +131,7 @@ async fn a_node_full_of_connections_trims_idle_ones_and_still_delivers_to_everyo
     cfg.network.trim_connections_to = 2;
     cfg.network.trim_grace_secs = 0;
     cfg.validate().unwrap();
-    let a = Peer::start(
-        &cfg,
-        Arc::new(LocalKeys::generate()),
-        Store::temporary().unwrap(),
-    )
-    .await;
+    let a = Peer::with_config(&cfg).await;
     let a_addr = a.addr().await;
     // Eight peers join through A: more than A may hold at once.
     let mut others = Vec::new();
@@ -211,6 +206,104 @@ async fn a_queued_message_whose_wake_was_lost_is_still_delivered() {
     })
     .await;
     assert_eq!(b.data().inbox().len(), 1, "once");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Sends `n` messages from `from` to `to` (`tag` in each body) and waits until `to` holds them;
+/// returns the bodies `to` received from `from`, in inbox order.
+async fn exchange(from: &Peer, to: &Peer, tag: &str, n: usize, pad: usize) -> Vec<String> {
+    let before = to.data().inbox().len();
+    for i in 0..n {
+        from.data()
+            .send_message(
+                to.peer_id(),
+                format!("{tag} {i} {}", "x".repeat(pad)),
+                commucat::store::Via::default(),
+            )
+            .await
+            .unwrap();
+    }
+    until(&format!("{tag}: {n} messages to arrive"), WAIT, || async {
+        to.data().inbox().len() >= before + n
+    })
+    .await;
+    let got = to.data().inbox().list(0, 10_000).unwrap();
+    got.iter()
+        .filter(|m| m.from == from.peer_id())
+        .map(|m| m.body.clone())
+        .collect()
+}
+
+fn expected(tag: &str, n: usize, pad: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{tag} {i} {}", "x".repeat(pad)))
+        .collect()
+}
+
+/// data-v2.md §1: a node that speaks only version 1 and one that speaks version 2 exchange
+/// messages both ways, every session in version 1 (the version 2 node falls back after the
+/// version 1 node's UNSUPPORTED_VERSION, and answers its version 1 HELLO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_node_and_a_version_2_node_exchange_messages_both_ways() {
+    let mut cfg = config(&[]);
+    cfg.data.protocol_version = 1;
+    let old = Peer::with_config(&cfg).await;
+    let new = Peer::new(&[old.addr().await]).await;
+    assert_eq!(
+        exchange(&new, &old, "to old", 20, 0).await,
+        expected("to old", 20, 0)
+    );
+    assert_eq!(
+        exchange(&old, &new, "to new", 20, 0).await,
+        expected("to new", 20, 0)
+    );
+    for (who, p) in [("old", &old), ("new", &new)] {
+        let c = p.data().counters();
+        assert!(
+            c.sessions(1) >= 2,
+            "{who}: {} version 1 sessions",
+            c.sessions(1)
+        );
+        assert_eq!(c.sessions(2), 0, "{who}: no version 2 session");
+    }
+    // Two version 2 nodes speak version 2.
+    let newer = Peer::new(&[new.addr().await]).await;
+    assert_eq!(
+        exchange(&newer, &new, "v2", 5, 0).await,
+        expected("v2", 5, 0)
+    );
+    assert!(newer.data().counters().sessions(2) >= 1);
+    for p in [old, new, newer] {
+        p.stop().await;
+    }
+}
+
+/// data-v2.md §5: a session that sends more than `data.rekey_bytes` updates its keys with fresh
+/// ML-KEM-768 material while messages flow, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_updates_its_keys_as_it_goes_and_loses_no_message() {
+    let mut cfg = config(&[]);
+    cfg.data.rekey_bytes = 4096;
+    let b = Peer::with_config(&cfg).await;
+    cfg.bootstrap.peers = vec![b.addr().await];
+    let a = Peer::with_config(&cfg).await;
+    // 200 messages of ~1 KiB: a key update due every 4 of them.
+    assert_eq!(
+        exchange(&a, &b, "rekeyed", 200, 1000).await,
+        expected("rekeyed", 200, 1000),
+        "every message once, in the order sent"
+    );
+    until("A's outbox to empty", WAIT, || async {
+        a.data().outbox().queued() == 0
+    })
+    .await;
+    let (ia, rb) = (
+        a.data().counters().key_updates(),
+        b.data().counters().key_updates(),
+    );
+    assert!(ia >= 3, "the sender finished {ia} key updates");
+    assert!(rb >= 2, "the receiver finished {rb} key updates");
     a.stop().await;
     b.stop().await;
 }

@@ -16,6 +16,10 @@ groups-v1.json: parses two log entries, verifies their signer's binding and both
 pairing-v1.json: decodes the code as Crockford base 32, derives the device key with HKDF-SHA3-256
 (hmac + hashlib) and Ed25519 (pyca/cryptography), rebuilds the certificate's bytes and verifies
 its signature with the device CA's key.
+data-v2-session.json: rebuilds both key bundles' bodies (pyca/cryptography, dilithium-py, kyber-py) and
+their ids, the prologue, the three Noise XX messages with their ML-KEM-768 payloads and the handshake
+hash (noiseprotocol, kyber-py, hashlib), the session keys, the first SEALED frame (FINISHED) and one
+key update (kyber-py, HKDF-SHA3-512 with the root as salt).
 names-v1.json: normalises the typed handle with Python's unicodedata (NFKC) and str.casefold, and
 verifies the name record's binding and signatures likewise.
 Exits non-zero on any mismatch.
@@ -49,8 +53,8 @@ def check(name, ok):
         failures.append(name)
 
 
-def hkdf_sha3_512(ikm, info, length):
-    prk = hmac.new(bytes(64), ikm, hashlib.sha3_512).digest()  # salt = none: HashLen zeros
+def hkdf_sha3_512(ikm, info, length, salt=bytes(64)):
+    prk = hmac.new(salt, ikm, hashlib.sha3_512).digest()  # salt = none: HashLen zeros
     out, t, i = b"", b"", 1
     while len(out) < length:
         t = hmac.new(prk, t + info + bytes([i]), hashlib.sha3_512).digest()
@@ -66,10 +70,10 @@ confirm = hashlib.sha3_256(b"commucat.kem.confirm.v1" + ct + ss).digest()
 check("key confirmation", confirm.hex() == v["kem_confirm"])
 
 
-def noise(initiator, static, ephemeral, remote_static=None):
-    n = NoiseConnection.from_name(b"Noise_XK_25519_ChaChaPoly_BLAKE2s")
+def noise(initiator, static, ephemeral, remote_static=None, pattern=b"XK", prologue=b"commucat"):
+    n = NoiseConnection.from_name(b"Noise_" + pattern + b"_25519_ChaChaPoly_BLAKE2s")
     n.set_as_initiator() if initiator else n.set_as_responder()
-    n.set_prologue(b"commucat")
+    n.set_prologue(prologue)
     n.set_keypair_from_private_bytes(Keypair.STATIC, static)
     n.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
     if remote_static:
@@ -101,6 +105,74 @@ inner = bytes([0x27]) + (1).to_bytes(8, "big")  # PING nonce 1
 header = (1 + 8 + len(inner) + 16).to_bytes(4, "big") + b"\x10" + (0).to_bytes(8, "big")
 sealed = AESGCM(okm[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), inner, header)
 check("first SEALED frame", (header + sealed).hex() == v["first_sealed_ping"])
+
+# data-v2: a first-contact (XX) handshake and a key update.
+v2 = json.loads((here / "data-v2-session.json").read_text())
+raw = serialization.Encoding.Raw
+
+
+def bundle_body(ed_secret, ml_seed, x_secret, kem_seed, created):
+    ed = Ed25519PrivateKey.from_private_bytes(ed_secret)
+    peer = bytes.fromhex("002408011220") + ed.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    pk, sk = ML_DSA_65.key_derive(ml_seed)
+    bind_ed = ed.sign(b"commucat/identity/v1/ml-dsa-65-key" + pk)
+    bind_ml = ML_DSA_65.sign(sk, peer, ctx=b"commucat/identity/v1/peer-id", deterministic=True)
+    x_pub = X25519PrivateKey.from_private_bytes(x_secret).public_key().public_bytes(
+        raw, serialization.PublicFormat.Raw)
+    ek, dk = ML_KEM_768.key_derive(kem_seed)
+    body = bytes([1]) + created.to_bytes(8, "big") + x_pub + ek + pk + bind_ed + bind_ml
+    return peer, body, ek, dk, x_pub
+
+
+ip, ibody, i_ek, i_dk, _ = bundle_body(b(v2["initiator_ed25519_secret"]), b(v2["initiator_ml_dsa_seed"]),
+                                       b(v2["initiator_x25519_secret"]), b(v2["initiator_ml_kem_seed"]),
+                                       v2["bundle_created_at"])
+rp, rbody, r_ek, r_dk, r_x = bundle_body(b(v2["responder_ed25519_secret"]), b(v2["responder_ml_dsa_seed"]),
+                                         b(v2["responder_x25519_secret"]), b(v2["responder_ml_kem_seed"]),
+                                         v2["bundle_created_at"])
+check("v2: peer ids", ip.hex() == v2["initiator_peer_id"] and rp.hex() == v2["responder_peer_id"])
+i_id, r_id = hashlib.sha256(ibody).digest()[:16], hashlib.sha256(rbody).digest()[:16]
+check("v2: bundle ids", i_id.hex() == v2["initiator_bundle_id"] and r_id.hex() == v2["responder_bundle_id"])
+prologue = b"commucat/2" + bytes([len(ip)]) + ip + bytes([len(rp)]) + rp
+check("v2: prologue", prologue.hex() == v2["prologue"])
+e_ek, e_dk = ML_KEM_768.key_derive(b(v2["initiator_ephemeral_ml_kem_seed"]))
+i2 = noise(True, b(v2["initiator_x25519_secret"]), b(v2["initiator_ephemeral"]), pattern=b"XX", prologue=prologue)
+r2 = noise(False, b(v2["responder_x25519_secret"]), b(v2["responder_ephemeral"]), pattern=b"XX", prologue=prologue)
+m1 = i2.write_message(e_ek + i_id)
+check("v2: Noise message 1 (ephemeral ML-KEM key, initiator bundle id)",
+      m1.hex() == v2["msg1"] and r2.read_message(m1) == e_ek + i_id)
+ss_e, ct_e = ML_KEM_768._encaps_internal(e_ek, b(v2["kem_m_ephemeral"]))
+ss_i, ct_i = ML_KEM_768._encaps_internal(i_ek, b(v2["kem_m_initiator"]))
+m2 = r2.write_message(ct_e + ct_i)
+check("v2: Noise message 2 (ciphertexts to the ephemeral key and the initiator's bundle)",
+      m2.hex() == v2["msg2"] and i2.read_message(m2) == ct_e + ct_i)
+check("v2: responder's static key is its bundle's", i2.noise_protocol.handshake_state.rs.public_bytes == r_x)
+ss_r, ct_r = ML_KEM_768._encaps_internal(r_ek, b(v2["kem_m_responder"]))
+confirm2 = hashlib.sha3_256(b"commucat.kem.confirm.v1" + ct_r + ss_r).digest()
+m3 = i2.write_message(ct_r + confirm2)
+check("v2: Noise message 3 (ciphertext to the responder's bundle, confirmation)",
+      m3.hex() == v2["msg3"] and r2.read_message(m3) == ct_r + confirm2)
+check("v2: ML-KEM-768 secrets, decapsulated too",
+      [ss_r.hex(), ss_e.hex(), ss_i.hex()] == [v2["ss_responder"], v2["ss_ephemeral"], v2["ss_initiator"]]
+      and ML_KEM_768.decaps(r_dk, ct_r) == ss_r and ML_KEM_768.decaps(e_dk, ct_e) == ss_e
+      and ML_KEM_768.decaps(i_dk, ct_i) == ss_i)
+h2 = i2.get_handshake_hash()
+check("v2: handshake hash", h2.hex() == v2["handshake_hash"] == r2.get_handshake_hash().hex())
+okm2 = hkdf_sha3_512(h2 + ss_r + ss_e + ss_i, b"commucat.hybrid.session.v2", 96)
+check("v2: session keys", [okm2[:32].hex(), okm2[32:64].hex(), okm2[64:].hex()]
+      == [v2["root"], v2["initiator_to_responder"], v2["responder_to_initiator"]])
+fin = bytes([0x2d])
+header = (1 + 8 + len(fin) + 16).to_bytes(4, "big") + b"\x10" + (0).to_bytes(8, "big")
+sealed = AESGCM(okm2[32:64]).encrypt(bytes(4) + (0).to_bytes(8, "big"), fin, header)
+check("v2: first SEALED frame (FINISHED)", (header + sealed).hex() == v2["first_sealed_finished"])
+u_ek, u_dk = ML_KEM_768.key_derive(b(v2["key_update_ml_kem_seed"]))
+ss_u, ct_u = ML_KEM_768._encaps_internal(u_ek, b(v2["key_update_m"]))
+check("v2: key update key, ciphertext and secret",
+      u_ek.hex() == v2["key_update_ek"] and ct_u.hex() == v2["key_reply_ct"]
+      and ss_u.hex() == v2["key_update_secret"] and ML_KEM_768.decaps(u_dk, ct_u) == ss_u)
+nxt = hkdf_sha3_512(ss_u, b"commucat.rekey.v2", 96, salt=okm2[:32])
+check("v2: keys after the update", [nxt[:32].hex(), nxt[32:64].hex(), nxt[64:].hex()]
+      == [v2["next_root"], v2["next_initiator_to_responder"], v2["next_responder_to_initiator"]])
 
 # identity-v1: the binding, recomputed (both signatures are deterministic).
 ident = json.loads((here / "identity-v1.json").read_text())

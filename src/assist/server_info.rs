@@ -26,7 +26,7 @@ pub struct ServerInfo {
     /// The current key and the replaced ones still accepted, newest first.
     pub noise_keys: Vec<NoiseKey>,
     pub supported_patterns: Vec<String>,
-    /// Versions of the data protocol (`/commucat/data`, `protocols/data-v1.md`).
+    /// Versions of the data protocol (`/commucat/data`, `protocols/data-v1.md`, `data-v2.md`).
     pub supported_versions: Vec<u8>,
     pub session: SessionParams,
     pub presence: PresenceParams,
@@ -121,8 +121,13 @@ fn build(ctx: &Context, status: &node::Status) -> ServerInfo {
                 expires_at: e.expires_at.map(crate::time::rfc3339),
             })
             .collect(),
-        supported_patterns: vec!["XK".into(), "IK".into()],
-        supported_versions: vec![crate::wire::VERSION],
+        // Version 1 opens with XK or IK, version 2 with XX or IK (data-v2.md §2).
+        supported_patterns: if ctx.data.protocol_version() >= 2 {
+            vec!["XK".into(), "IK".into(), "XX".into()]
+        } else {
+            vec!["XK".into(), "IK".into()]
+        },
+        supported_versions: (1..=ctx.data.protocol_version()).collect(),
         session: SessionParams {
             ttl_seconds: cfg.node.network.idle_connection_timeout_secs,
             keepalive_interval: cfg.node.network.ping_interval_secs.get(),

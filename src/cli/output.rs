@@ -71,8 +71,8 @@ pub fn status(full: &crate::control::Status, as_json: bool) -> anyhow::Result<()
     println!("Outbox:           {} queued", d.outbox_queued);
     println!("Inbox:            {} messages", d.inbox_messages);
     println!(
-        "Sessions:         {} Noise handshakes, {} post-quantum",
-        d.handshakes_noise, d.handshakes_post_quantum
+        "Sessions:         {} Noise handshakes, {} post-quantum, {} key updates",
+        d.handshakes_noise, d.handshakes_post_quantum, d.key_updates
     );
     print_list("Listen addresses:", s.listen_addrs.iter());
     print_list("External addresses:", s.external_addrs.iter());

@@ -52,6 +52,8 @@ pub struct SendFile {
 pub struct DataStatus {
     pub handshakes_noise: u64,
     pub handshakes_post_quantum: u64,
+    /// Key updates finished in version 2 sessions (`data-v2.md` §5).
+    pub key_updates: u64,
     pub outbox_queued: usize,
     pub inbox_messages: usize,
 }
@@ -103,6 +105,7 @@ pub fn status(data: &data::Service) -> DataStatus {
     DataStatus {
         handshakes_noise: data.counters().noise(),
         handshakes_post_quantum: data.counters().post_quantum(),
+        key_updates: data.counters().key_updates(),
         outbox_queued: data.outbox().queued(),
         inbox_messages: data.inbox().len(),
     }

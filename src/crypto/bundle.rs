@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 use super::Error;
 use crate::identity::{self, Binding, Identity};
 
+mod cache;
+
+pub use cache::{Cache, MAX_CACHED_BUNDLES};
+
 pub const VERSION: u8 = 1;
 pub const X25519_LEN: usize = 32;
 /// ML-KEM-768 encapsulation key.
@@ -40,7 +44,8 @@ pub type BundleId = [u8; 16];
 /// A verified public key bundle of some peer.
 #[derive(Clone)]
 pub struct Bundle {
-    bytes: Vec<u8>,
+    /// Shared, not copied, when the bundle goes into a BUNDLE frame.
+    bytes: bytes::Bytes,
     peer_id: PeerId,
     created_at: u64,
     x25519_public: [u8; X25519_LEN],
@@ -88,8 +93,20 @@ impl Bundle {
         Self::verify(&bytes, &identity.peer_id()).expect("a bundle we just signed verifies")
     }
 
-    /// Parses `bytes` as the bundle of `peer` and checks the binding and both signatures.
+    /// Parses `bytes` as the bundle of `peer` and checks both signatures (`data-v1.md` §4: they
+    /// cover the binding, whose own signatures are not checked again).
     pub fn verify(bytes: &[u8], peer: &PeerId) -> Result<Self, Error> {
+        Self::parse(bytes, peer, true)
+    }
+
+    /// Parses `bytes` as the bundle of `peer` without checking any signature: for a handshake
+    /// that goes on while [`Bundle::verify`] runs beside it, and uses no key it yields before
+    /// that check passed (`protocols/data-v2.md` §3).
+    pub fn parse_unverified(bytes: &[u8], peer: &PeerId) -> Result<Self, Error> {
+        Self::parse(bytes, peer, false)
+    }
+
+    fn parse(bytes: &[u8], peer: &PeerId, check: bool) -> Result<Self, Error> {
         if bytes.len() != BUNDLE_LEN {
             return Err(Error::BadBundle("wrong length"));
         }
@@ -107,9 +124,30 @@ impl Bundle {
             ed25519_signature: r.bytes(64).to_vec(),
             ml_dsa_signature: r.bytes(identity::ML_DSA_SIGNATURE_LEN).to_vec(),
         };
-        binding
-            .verify()
-            .map_err(|_| Error::BadBundle("identity binding does not verify"))?;
+        if check {
+            Self::check(&binding, body, sigs, peer)?;
+        }
+        let ek_array = kem_ek_bytes
+            .try_into()
+            .map_err(|_| Error::BadBundle("ML-KEM-768 key length"))?;
+        let kem_ek = EncapsulationKey::<MlKem768>::new(ek_array)
+            .map_err(|_| Error::BadBundle("ML-KEM-768 key"))?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&Sha256::digest(body)[..16]);
+        Ok(Self {
+            bytes: bytes::Bytes::copy_from_slice(bytes),
+            peer_id: *peer,
+            created_at,
+            x25519_public,
+            kem_ek,
+            binding,
+            id,
+        })
+    }
+
+    /// Both signatures over `peer ‖ body`: Ed25519 under `peer`'s key, ML-DSA-65 under the key
+    /// `binding` names. Together they imply what the binding's own signatures say.
+    fn check(binding: &Binding, body: &[u8], sigs: &[u8], peer: &PeerId) -> Result<(), Error> {
         let (ed_sig, ml_sig) = sigs.split_at(64);
         let peer_bytes = peer.to_bytes();
         let ed_public =
@@ -125,26 +163,16 @@ impl Bundle {
         if !vk.verify_with_context(&[&peer_bytes[..], body].concat(), SIGNATURE_CONTEXT, &sig) {
             return Err(Error::BadBundle("ML-DSA-65 signature"));
         }
-        let ek_array = kem_ek_bytes
-            .try_into()
-            .map_err(|_| Error::BadBundle("ML-KEM-768 key length"))?;
-        let kem_ek = EncapsulationKey::<MlKem768>::new(ek_array)
-            .map_err(|_| Error::BadBundle("ML-KEM-768 key"))?;
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&Sha256::digest(body)[..16]);
-        Ok(Self {
-            bytes: bytes.to_vec(),
-            peer_id: *peer,
-            created_at,
-            x25519_public,
-            kem_ek,
-            binding,
-            id,
-        })
+        Ok(())
     }
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The bundle's bytes for a BUNDLE frame (shared, not copied).
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        self.bytes.clone()
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -169,7 +197,8 @@ impl Bundle {
         self.kem_ek.to_bytes().to_vec()
     }
 
-    /// The identity binding inside the bundle (its ML-DSA-65 key, verified for the peer).
+    /// The identity binding inside the bundle: its ML-DSA-65 key is vouched for by both bundle
+    /// signatures (its own two signatures are as the owner wrote them).
     pub fn binding(&self) -> &Binding {
         &self.binding
     }
@@ -184,6 +213,50 @@ impl Bundle {
     pub fn encapsulate_deterministic(&self, m: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
         let (ct, ss) = self.kem_ek.encapsulate_deterministic(&(*m).into());
         (ct.to_vec(), ss.into())
+    }
+}
+
+/// Encapsulates to an ML-KEM-768 encapsulation key given as bytes (a KEY_UPDATE's or a
+/// handshake's ephemeral key): `(ciphertext, secret)`; with `m`, deterministically (test vectors).
+pub fn encapsulate_to(ek: &[u8], m: Option<&[u8; 32]>) -> Result<(Vec<u8>, [u8; 32]), Error> {
+    let array = ek.try_into().map_err(|_| Error::BadKemCiphertext)?;
+    let ek = EncapsulationKey::<MlKem768>::new(array).map_err(|_| Error::BadKemCiphertext)?;
+    let (ct, ss) = match m {
+        Some(m) => ek.encapsulate_deterministic(&(*m).into()),
+        None => ek.encapsulate_with_rng(&mut rand::rng()),
+    };
+    Ok((ct.to_vec(), ss.into()))
+}
+
+/// A one-time ML-KEM-768 key pair (a v2 handshake's ephemeral key, a key update's): dropped, with
+/// its secret, once its ciphertext is decapsulated.
+pub struct EphemeralKem {
+    dk: DecapsulationKey<MlKem768>,
+}
+
+impl EphemeralKem {
+    /// A fresh key pair; from `seed` (`d ‖ z`) for test vectors.
+    pub fn generate(seed: Option<[u8; 64]>) -> Self {
+        let seed = seed.unwrap_or_else(|| {
+            let mut s = [0u8; 64];
+            rand::fill(&mut s[..]);
+            s
+        });
+        Self {
+            dk: DecapsulationKey::<MlKem768>::from_seed(seed.into()),
+        }
+    }
+
+    /// The encapsulation key (1184 bytes).
+    pub fn public(&self) -> Vec<u8> {
+        self.dk.encapsulation_key().to_bytes().to_vec()
+    }
+
+    pub fn decapsulate(&self, ct: &[u8]) -> Result<[u8; 32], Error> {
+        self.dk
+            .decapsulate_slice(ct)
+            .map(Into::into)
+            .map_err(|_| Error::BadKemCiphertext)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The hybrid handshake (`protocols/data-v1.md` §3): Noise XK or IK (`snow`) with an ML-KEM-768
 //! encapsulation in message 1, session keys from HKDF-SHA3-512 over the Noise handshake hash and the
-//! ML-KEM secret, and ML-DSA-65 signatures over the transcript. Pure state machines: the frames they
-//! travel in are `data::session`'s business.
+//! ML-KEM secret, and ML-DSA-65 signatures over the transcript (version 1); [`v2`] authenticates
+//! with KEMs against bundles signed once instead. Pure state machines: the frames they travel in
+//! are `data::session`'s business.
 
 use hkdf::SimpleHkdf;
 use libp2p::PeerId;
@@ -34,6 +35,8 @@ pub enum Pattern {
     Xk = 1,
     /// The initiator already held the responder's bundle: 2 messages.
     Ik = 2,
+    /// Version 2 only: first contact, the bundles travel beside the handshake: 3 messages.
+    Xx = 3,
 }
 
 impl Pattern {
@@ -41,14 +44,26 @@ impl Pattern {
         match b {
             1 => Some(Pattern::Xk),
             2 => Some(Pattern::Ik),
+            3 => Some(Pattern::Xx),
             _ => None,
         }
+    }
+
+    /// The pattern `b` names, if protocol `version` uses it: XK and IK in version 1, IK and XX
+    /// in version 2.
+    pub fn of_version(b: u8, version: u8) -> Option<Self> {
+        Self::from_u8(b).filter(|p| match p {
+            Pattern::Xk => version == 1,
+            Pattern::Ik => true,
+            Pattern::Xx => version >= 2,
+        })
     }
 
     fn noise_name(self) -> &'static str {
         match self {
             Pattern::Xk => "Noise_XK_25519_ChaChaPoly_BLAKE2s",
             Pattern::Ik => "Noise_IK_25519_ChaChaPoly_BLAKE2s",
+            Pattern::Xx => "Noise_XX_25519_ChaChaPoly_BLAKE2s",
         }
     }
 
@@ -110,11 +125,15 @@ fn kem_confirm(ct: &[u8], ss: &[u8; 32]) -> [u8; 32] {
         .into()
 }
 
-/// A builder of `pattern` with our prologue and static key.
-fn keyed_builder<'a>(pattern: Pattern, local: &'a bundle::Keys) -> Result<Builder<'a>, Error> {
+/// A builder of `pattern` with `prologue` and our static key.
+fn keyed_builder<'a>(
+    pattern: Pattern,
+    local: &'a bundle::Keys,
+    prologue: &'a [u8],
+) -> Result<Builder<'a>, Error> {
     pattern
         .builder()
-        .prologue(PROLOGUE)
+        .prologue(prologue)
         .map_err(noise)?
         .local_private_key(local.x25519_secret())
         .map_err(noise)
@@ -173,7 +192,7 @@ impl Initiator {
         pattern: Pattern,
         fixed: Option<FixedRandomness>,
     ) -> Result<(Self, Vec<u8>), Error> {
-        let mut builder = keyed_builder(pattern, local)?
+        let mut builder = keyed_builder(pattern, local, PROLOGUE)?
             .remote_public_key(remote.x25519_public())
             .map_err(noise)?;
         if let Some(f) = &fixed {
@@ -201,7 +220,7 @@ impl Initiator {
         }
         match self.pattern {
             Pattern::Ik => Ok(None),
-            Pattern::Xk => Ok(Some(write(&mut self.hs, &[])?)),
+            Pattern::Xk | Pattern::Xx => Ok(Some(write(&mut self.hs, &[])?)),
         }
     }
 
@@ -237,7 +256,7 @@ impl Responder {
         msg: &[u8],
         fixed_ephemeral: Option<[u8; 32]>,
     ) -> Result<(Self, Vec<u8>), Error> {
-        let mut builder = keyed_builder(pattern, local)?;
+        let mut builder = keyed_builder(pattern, local, PROLOGUE)?;
         if let Some(e) = &fixed_ephemeral {
             builder = builder.fixed_ephemeral_key_for_testing_only(&e[..]);
         }
@@ -331,6 +350,8 @@ pub fn verify_transcript(
         Err(Error::BadSignature("transcript signature"))
     }
 }
+
+pub mod v2;
 
 #[cfg(test)]
 mod tests;

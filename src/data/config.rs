@@ -1,5 +1,5 @@
 //! The `[data]` section: received files, RaptorQ parameters of files sent, delivery retries, key
-//! rotation. Checked by `crate::config`.
+//! rotation, protocol version and key updates. Checked by `crate::config`.
 
 use std::time::Duration;
 
@@ -29,9 +29,23 @@ pub struct Config {
     pub key_rotation_secs: u64,
     /// How long a replaced bundle still answers handshakes that name it.
     pub key_grace_secs: u64,
+    /// The newest version of `/commucat/data` this node speaks (1 or 2; `protocols/data-v2.md`).
+    pub protocol_version: u8,
+    /// A version 2 session updates its keys after this many bytes sent by its initiator…
+    pub rekey_bytes: u64,
+    /// …or after this long, whichever comes first.
+    pub rekey_secs: u64,
 }
 
 impl Config {
+    /// When version 2 sessions update their keys.
+    pub fn rekey_policy(&self) -> crate::data::session::RekeyPolicy {
+        crate::data::session::RekeyPolicy {
+            bytes: self.rekey_bytes,
+            interval: Duration::from_secs(self.rekey_secs),
+        }
+    }
+
     /// The bundle rotation schedule these settings describe.
     pub fn key_schedule(&self) -> crate::crypto::keyring::Schedule {
         crate::crypto::keyring::Schedule {
@@ -54,6 +68,9 @@ impl Default for Config {
             max_send_rate_kib: 0,
             key_rotation_secs: 7 * 24 * 3600,
             key_grace_secs: 7 * 24 * 3600,
+            protocol_version: crate::wire::VERSION,
+            rekey_bytes: 1 << 30,
+            rekey_secs: 3600,
         }
     }
 }

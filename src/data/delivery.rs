@@ -52,6 +52,8 @@ pub(crate) enum Attempt {
     File(#[from] std::io::Error),
     #[error("the peer holds a newer key bundle; fetching it")]
     StaleBundle,
+    #[error("the peer speaks only version 1 of /commucat/data; again in version 1")]
+    OlderVersion,
     #[error("{0}")]
     KeyChanged(String),
     #[error("no progress for {0:?}")]
@@ -88,7 +90,10 @@ pub(super) async fn run_worker(shared: &Arc<Shared>, peer: PeerId, wake: &Wake) 
                     to: peer,
                     error: e.to_string(),
                 });
-                let wait = if matches!(e, Attempt::StaleBundle | Attempt::Resync(_)) {
+                let wait = if matches!(
+                    e,
+                    Attempt::StaleBundle | Attempt::OlderVersion | Attempt::Resync(_)
+                ) {
                     Duration::ZERO
                 } else {
                     // ±25 % jitter so that many senders do not retry in step.
@@ -127,11 +132,11 @@ async fn open(shared: &Shared, peer: PeerId) -> Result<crate::node::streams::Dat
     }
 }
 
-/// The peer's bundle as the store last kept it, verified again.
+/// The peer's bundle as the store last kept it, verified (once: then from the session cache).
 pub(super) fn cached_bundle(shared: &Shared, peer: &PeerId) -> Option<Bundle> {
     // A bundle the store cannot give back is fetched again.
     let bytes = shared.bundles.get(peer).ok()??;
-    Bundle::verify(&bytes, peer).ok()
+    shared.session.bundles.verify(&bytes, peer).ok()
 }
 
 async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<(), Attempt> {
@@ -139,14 +144,18 @@ async fn attempt(shared: &Arc<Shared>, peer: PeerId, notify: &Notify) -> Result<
     let known = cached_bundle(shared, &peer);
     let had_bundle = known.is_some();
     let known_keys = known.as_ref().map(|b| b.binding().clone());
-    let session = match session::initiate(stream, &shared.keys, peer, known, &shared.counters).await
-    {
+    let session = match session::initiate(stream, &shared.session, peer, known).await {
         Ok(s) => s,
         Err(e) if had_bundle && e.code() == Some(ErrorCode::STALE_BUNDLE) => {
+            shared.session.bundles.remove(&peer);
             if let Err(e) = shared.bundles.remove(&peer) {
                 tracing::warn!(%peer, error = %e, "cannot drop a stale bundle");
             }
             return Err(Attempt::StaleBundle);
+        }
+        // A version 1 node: `initiate` remembered it, and the next attempt speaks version 1.
+        Err(session::Error::Remote { code, .. }) if code == ErrorCode::UNSUPPORTED_VERSION => {
+            return Err(Attempt::OlderVersion);
         }
         Err(e) => return Err(e.into()),
     };
@@ -293,7 +302,11 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
                 tracing::warn!(peer = %self.peer, next_seq, requeued = n, "peer lost acknowledged messages; sending them again");
                 Err(Attempt::Resync(n))
             }
-            Some(Ok(Some(Inner::Pong(_) | Inner::Presence { .. }))) => Ok(None),
+            // A key update answered: the reader took the new key, and KEY_DONE goes out with
+            // the next write.
+            Some(Ok(Some(Inner::Pong(_) | Inner::Presence { .. } | Inner::KeyReply { .. }))) => {
+                Ok(None)
+            }
             Some(Ok(Some(Inner::Ping(n)))) => {
                 // Answered on the next write.
                 self.writer.queue(&Inner::Pong(n))?;
@@ -312,11 +325,12 @@ impl<S: AsyncRead + AsyncWrite> Sender<'_, S> {
         let epoch = self.shared.outbox.epoch();
         loop {
             if self.in_flight < SEND_WINDOW {
-                let batch = self.shared.outbox.pending(
-                    &self.peer,
-                    self.sent_up_to,
-                    SEND_WINDOW - self.in_flight,
-                )?;
+                // Durable before it leaves: the sender may have woken us before its commit.
+                let batch = self
+                    .shared
+                    .outbox
+                    .pending_durable(&self.peer, self.sent_up_to, SEND_WINDOW - self.in_flight)
+                    .await?;
                 for m in &batch {
                     let mut msg_id = [0u8; 16];
                     hex::decode_to_slice(&m.id, &mut msg_id)

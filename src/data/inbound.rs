@@ -22,15 +22,15 @@ use crate::{
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages acknowledged together at most.
 pub const ACK_BATCH: u32 = 64;
-/// Longest wait before acknowledging what arrived.
-pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Transfers one session may carry at once.
 pub const MAX_TRANSFERS_PER_SESSION: usize = 4;
 
+/// What arrived and is not acknowledged yet. The ACK goes out as soon as no further frame is
+/// waiting to be read (or [`ACK_BATCH`] are unacknowledged): one flush covers whatever arrived
+/// together, and a lone message is acknowledged at once.
 struct Acks {
     pending: Option<(u64, u64)>,
     unacked: u32,
-    deadline: Option<tokio::time::Instant>,
 }
 
 struct Receiver<'a, S> {
@@ -46,7 +46,7 @@ pub(super) async fn serve<S>(shared: &Arc<Shared>, peer: PeerId, stream: S)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let session = match session::respond(stream, &shared.keys, peer, &shared.counters).await {
+    let session = match session::respond(stream, &shared.session, peer).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "inbound session refused");
@@ -68,17 +68,16 @@ where
         acks: Acks {
             pending: None,
             unacked: 0,
-            deadline: None,
         },
         files: HashMap::new(),
     };
     loop {
-        let deadline = rx.acks.deadline;
+        let ack_due = rx.acks.pending.is_some();
+        // Biased: a frame already waiting is read before the ACK goes out (reading is cancel
+        // safe: the frame decoder keeps its buffer).
         let result = tokio::select! {
+            biased;
             () = shared.shutdown.cancelled() => break,
-            () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                rx.ack().await
-            }
             frame = tokio::time::timeout(IDLE_TIMEOUT, reader.recv()) => match frame {
                 Err(_) => Err(session::Error::Timeout),
                 Ok(Ok(None)) => break,
@@ -86,6 +85,7 @@ where
                 Ok(Ok(Some(inner))) => rx.handle(inner).await,
                 Ok(Err(e)) => Err(e),
             },
+            () = std::future::ready(()), if ack_due => rx.ack().await,
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "inbound session ended");
@@ -120,7 +120,6 @@ fn protocol(code: ErrorCode, detail: impl Into<String>) -> session::Error {
 
 impl<S: AsyncWrite> Receiver<'_, S> {
     async fn ack(&mut self) -> Result<(), session::Error> {
-        self.acks.deadline = None;
         let Some((epoch, seq)) = self.acks.pending.take() else {
             return Ok(());
         };
@@ -144,7 +143,12 @@ impl<S: AsyncWrite> Receiver<'_, S> {
             }
             Inner::Ping(n) => self.writer.send(&Inner::Pong(n)).await,
             Inner::Pong(_) | Inner::Presence { .. } => Ok(()),
+            // Taken by the reader; the answer (KEY_REPLY) goes out with this flush.
+            Inner::KeyUpdate { .. } => self.writer.flush().await,
             Inner::Auth { .. }
+            | Inner::Finished
+            | Inner::KeyReply { .. }
+            | Inner::KeyDone
             | Inner::Ack { .. }
             | Inner::Resync { .. }
             | Inner::FileStatus(_)
@@ -229,8 +233,6 @@ impl<S: AsyncWrite> Receiver<'_, S> {
         self.acks.unacked += 1;
         if self.acks.unacked >= ACK_BATCH {
             self.ack().await?;
-        } else if self.acks.deadline.is_none() {
-            self.acks.deadline = Some(tokio::time::Instant::now() + ACK_DELAY);
         }
         Ok(())
     }

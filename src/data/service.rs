@@ -126,7 +126,9 @@ impl Service {
                 wake.clone(),
                 events.clone(),
             )?,
-            counters: HandshakeCounters::default(),
+            session: super::session::Context::new(keys.clone())
+                .with_version(cfg.protocol_version)
+                .with_rekey(cfg.rekey_policy()),
             cfg: cfg.clone(),
             downloads,
             events,
@@ -136,7 +138,7 @@ impl Service {
             per_peer: Mutex::new(HashMap::new()),
         });
         if let Ok(mut registry) = node.metrics().write() {
-            shared.counters.register(&mut registry);
+            shared.session.counters.register(&mut registry);
         }
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(shared.clone(), incoming));
@@ -165,8 +167,10 @@ impl Service {
             return Err(Error::MessageTooLarge(body.len()));
         }
         let msg = self.shared.outbox.enqueue(to, body, via)?;
-        self.shared.outbox.flush().await?;
+        // The worker opens its session while the message is committed; it sends the message only
+        // once it is durable (`Outbox::pending_durable`).
         let _ = self.shared.wake.try_send(to);
+        self.shared.outbox.flush().await?;
         Ok(msg)
     }
 
@@ -233,8 +237,13 @@ impl Service {
         &self.shared.transfers
     }
 
+    /// The newest version of `/commucat/data` this node speaks (`data.protocol_version`).
+    pub fn protocol_version(&self) -> u8 {
+        self.shared.session.version
+    }
+
     pub fn counters(&self) -> &HandshakeCounters {
-        &self.shared.counters
+        &self.shared.session.counters
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -1,10 +1,20 @@
-//! One end-to-end session over one stream (`protocols/data-v1.md` §3): HELLO / BUNDLE / HANDSHAKE /
-//! AUTH around [`crate::crypto::handshake`], then sealed inner frames both ways. Generic over any
-//! tokio byte stream, so the same code runs on libp2p streams and in-memory pipes in tests.
+//! One end-to-end session over one stream (`protocols/data-v1.md` §3, `protocols/data-v2.md` §3):
+//! HELLO / BUNDLE / HANDSHAKE and AUTH (version 1) or FINISHED (version 2) around
+//! [`crate::crypto::handshake`], then sealed inner frames both ways, with key updates in version 2.
+//! Generic over any tokio byte stream, so the same code runs on libp2p streams and in-memory pipes
+//! in tests.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,19 +22,110 @@ use libp2p::PeerId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::FramedRead;
 
-use crate::wire::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner, VERSION};
+use crate::wire::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner};
 use crate::{
     crypto::{
-        self, Bundle, LocalKeys, Pattern, Role,
+        self, Bundle, BundleId, LocalKeys, Pattern, Role,
         aead::{OpenError, Opener, Sealer},
+        bundle,
         handshake::{self, Initiator, Responder},
     },
     identity::Binding,
 };
 
+mod rekey;
 mod setup;
+mod v2;
 
+pub use rekey::Policy as RekeyPolicy;
 pub use setup::{initiate, respond};
+
+/// Peers remembered per [`Context`] (which speak only version 1, which hold our bundle); past it
+/// the memory starts over.
+pub const MAX_REMEMBERED_PEERS: usize = 4096;
+/// A peer that answered version 2 with `UNSUPPORTED_VERSION` is spoken to in version 1 this long,
+/// then asked again (it may have been upgraded).
+pub const OLD_VERSION_MEMORY: Duration = Duration::from_secs(3600);
+
+/// What every session of a node starts from: its keys, the peers' bundles it verified, what it
+/// learnt about peers, its counters and settings.
+pub struct Context {
+    pub keys: Arc<LocalKeys>,
+    pub counters: HandshakeCounters,
+    /// Peers' bundles, verified once.
+    pub bundles: bundle::Cache,
+    /// The newest protocol version this node speaks (`data.protocol_version`: 1 or 2).
+    pub version: u8,
+    pub rekey: RekeyPolicy,
+    peers: Mutex<PeerMemory>,
+}
+
+#[derive(Default)]
+struct PeerMemory {
+    /// Peers that speak only version 1, and since when we know it.
+    version_1: HashMap<libp2p::PeerId, Instant>,
+    /// The id of our bundle each peer proved to hold (it answered a version 2 handshake with it).
+    holds: HashMap<libp2p::PeerId, crypto::BundleId>,
+}
+
+impl Context {
+    pub fn new(keys: Arc<LocalKeys>) -> Self {
+        Self {
+            keys,
+            counters: HandshakeCounters::default(),
+            bundles: bundle::Cache::default(),
+            version: crate::wire::VERSION,
+            rekey: RekeyPolicy::default(),
+            peers: Mutex::default(),
+        }
+    }
+
+    /// Speaks at most `version` (1 or 2).
+    pub fn with_version(self, version: u8) -> Self {
+        Self { version, ..self }
+    }
+
+    pub fn with_rekey(self, rekey: RekeyPolicy) -> Self {
+        Self { rekey, ..self }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, PeerMemory> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The version to open a session to `peer` with.
+    pub fn version_for(&self, peer: &libp2p::PeerId) -> u8 {
+        let mut m = self.memory();
+        match m.version_1.get(peer) {
+            Some(since) if since.elapsed() < OLD_VERSION_MEMORY => 1,
+            Some(_) => {
+                m.version_1.remove(peer);
+                self.version
+            }
+            None => self.version,
+        }
+    }
+
+    fn remember_version_1(&self, peer: libp2p::PeerId) {
+        let mut m = self.memory();
+        if m.version_1.len() >= MAX_REMEMBERED_PEERS {
+            m.version_1.clear();
+        }
+        m.version_1.insert(peer, Instant::now());
+    }
+
+    fn holds_our_bundle(&self, peer: &libp2p::PeerId, id: &crypto::BundleId) -> bool {
+        self.memory().holds.get(peer) == Some(id)
+    }
+
+    fn remember_holds(&self, peer: libp2p::PeerId, id: crypto::BundleId) {
+        let mut m = self.memory();
+        if m.holds.len() >= MAX_REMEMBERED_PEERS {
+            m.holds.clear();
+        }
+        m.holds.insert(peer, id);
+    }
+}
 
 /// The whole handshake must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,11 +133,20 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Completed handshakes, for `/api/server-info` and the metrics: Noise handshakes that finished,
-/// and post-quantum ones (ML-KEM confirmed and both ML-DSA transcript signatures verified).
+/// and post-quantum ones (version 1: ML-KEM confirmed and both ML-DSA transcript signatures
+/// verified; version 2: the peer's FINISHED opened under keys from all three ML-KEM secrets).
 #[derive(Debug, Default, Clone)]
 pub struct HandshakeCounters {
     noise: Counter,
     post_quantum: Counter,
+    key_updates: Counter,
+    by_version: Family<VersionLabels, Counter>,
+}
+
+/// The protocol version of a session, as a metric label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: u8,
 }
 
 impl HandshakeCounters {
@@ -48,8 +158,29 @@ impl HandshakeCounters {
         self.post_quantum.get()
     }
 
-    /// Exports both: `commucat_data_handshakes_noise_total`,
-    /// `commucat_data_handshakes_post_quantum_total`.
+    /// Key updates finished in version 2 sessions, either side.
+    pub fn key_updates(&self) -> u64 {
+        self.key_updates.get()
+    }
+
+    /// Sessions of protocol `version` whose Noise handshake finished.
+    pub fn sessions(&self, version: u8) -> u64 {
+        self.by_version
+            .get_or_create(&VersionLabels { version })
+            .get()
+    }
+
+    /// A Noise handshake of a `version` session finished.
+    fn noise_done(&self, version: u8) {
+        self.noise.inc();
+        self.by_version
+            .get_or_create(&VersionLabels { version })
+            .inc();
+    }
+
+    /// Exports them: `commucat_data_handshakes_noise_total`,
+    /// `commucat_data_handshakes_post_quantum_total`, `commucat_data_key_updates_total` and
+    /// `commucat_data_sessions_total{version}`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "data_handshakes_noise",
@@ -58,8 +189,18 @@ impl HandshakeCounters {
         );
         registry.register(
             "data_handshakes_post_quantum",
-            "Completed hybrid post-quantum handshakes (ML-KEM confirmed, ML-DSA transcripts verified)",
+            "Completed hybrid post-quantum handshakes (keys confirmed, peers authenticated)",
             self.post_quantum.clone(),
+        );
+        registry.register(
+            "data_key_updates",
+            "Key updates finished in version 2 /commucat/data sessions",
+            self.key_updates.clone(),
+        );
+        registry.register(
+            "data_sessions",
+            "/commucat/data sessions whose handshake finished, by protocol version",
+            self.by_version.clone(),
         );
     }
 }
@@ -159,6 +300,10 @@ impl From<OpenError> for Error {
 pub struct Reader<S> {
     frames: FramedRead<ReadHalf<S>, FrameCodec>,
     opener: Opener,
+    /// Version 2: the key state shared with the writer.
+    keys: Option<rekey::Shared>,
+    /// Version 2: the peer's FINISHED has not arrived yet; counted here when it does.
+    awaiting_finished: Option<Counter>,
 }
 
 /// The sending half of an established session.
@@ -166,6 +311,9 @@ pub struct Writer<S> {
     io: WriteHalf<S>,
     sealer: Sealer,
     buf: Vec<u8>,
+    keys: Option<rekey::Shared>,
+    /// Version 2: plaintext bytes sealed since the key state last counted them.
+    unsettled: usize,
 }
 
 /// A session after a successful handshake.
@@ -174,18 +322,56 @@ pub struct Session<S> {
     pub writer: Writer<S>,
     pub remote: PeerId,
     pub pattern: Pattern,
+    /// The protocol version spoken (1 or 2).
+    pub version: u8,
     /// The responder's verified bundle (initiator side), for caching.
     pub remote_bundle: Option<Bundle>,
 }
 
+impl<S> Session<S> {
+    /// Key updates finished in this session so far (version 2).
+    pub fn key_updates(&self) -> u64 {
+        self.reader.keys.as_ref().map_or(0, |k| {
+            k.lock().unwrap_or_else(PoisonError::into_inner).updates()
+        })
+    }
+}
+
 impl<S: AsyncRead> Reader<S> {
     /// The next inner frame; `Ok(None)` when the peer closed the stream between frames. An ERROR
-    /// from the peer is returned as `Err(Remote)`.
+    /// from the peer is returned as `Err(Remote)`. FINISHED and KEY_DONE are taken here; KEY_UPDATE
+    /// and KEY_REPLY are taken here and then returned: the caller flushes its writer, which sends
+    /// the answer.
     pub async fn recv(&mut self) -> Result<Option<Inner>, Error> {
+        loop {
+            let Some(frame) = self.frames.next().await else {
+                return Ok(None);
+            };
+            let inner = self.open(frame?)?;
+            if let Some(inner) = self.control(inner)? {
+                return Ok(Some(inner));
+            }
+        }
+    }
+
+    /// Version 2, responder: the peer's FINISHED, which must come first.
+    async fn expect_finished(&mut self) -> Result<(), Error> {
         let Some(frame) = self.frames.next().await else {
-            return Ok(None);
+            return Err(Error::Closed);
         };
-        match frame? {
+        let inner = self.open(frame?)?;
+        self.control(inner).and_then(|rest| match rest {
+            None if self.awaiting_finished.is_none() => Ok(()),
+            _ => Err(Error::protocol(
+                ErrorCode::UNEXPECTED_FRAME,
+                "expected FINISHED",
+            )),
+        })
+    }
+
+    /// Decrypts and decodes a SEALED frame; the peer's ERROR (outer or inner) is `Err(Remote)`.
+    fn open(&mut self, frame: Frame) -> Result<Inner, Error> {
+        match frame {
             Frame::Sealed {
                 length,
                 counter,
@@ -196,7 +382,7 @@ impl<S: AsyncRead> Reader<S> {
                 let plain = body.freeze().slice(..n);
                 match Inner::decode_shared(&plain)? {
                     Inner::Error { code, message } => Err(Error::Remote { code, message }),
-                    inner => Ok(Some(inner)),
+                    inner => Ok(inner),
                 }
             }
             Frame::Error { code, message } => Err(Error::Remote { code, message }),
@@ -206,13 +392,72 @@ impl<S: AsyncRead> Reader<S> {
             )),
         }
     }
+
+    /// The session's own frames (FINISHED, key updates): `None` when taken here.
+    fn control(&mut self, inner: Inner) -> Result<Option<Inner>, Error> {
+        let unexpected = |d: &str| Error::protocol(ErrorCode::UNEXPECTED_FRAME, d);
+        if let Some(counter) = &self.awaiting_finished {
+            if inner != Inner::Finished {
+                return Err(unexpected("expected FINISHED"));
+            }
+            counter.inc();
+            self.awaiting_finished = None;
+            return Ok(None);
+        }
+        let own = matches!(
+            inner,
+            Inner::Finished | Inner::KeyUpdate { .. } | Inner::KeyReply { .. } | Inner::KeyDone
+        );
+        let Some(keys) = self.keys.as_ref().filter(|_| own) else {
+            return if own {
+                Err(unexpected("a version 2 frame in a version 1 session"))
+            } else {
+                Ok(Some(inner))
+            };
+        };
+        let mut k = keys.lock().unwrap_or_else(PoisonError::into_inner);
+        match &inner {
+            Inner::KeyUpdate { ek } => k.on_update(ek)?,
+            Inner::KeyReply { ct } => self.opener = Opener::new(&k.on_reply(ct)?),
+            Inner::KeyDone => {
+                self.opener = Opener::new(&k.on_done()?);
+                return Ok(None);
+            }
+            _ => return Err(unexpected("a second FINISHED")),
+        }
+        Ok(Some(inner))
+    }
 }
 
 impl<S: AsyncWrite> Writer<S> {
     /// Seals and queues `inner` without writing it yet (see [`Writer::flush`]).
     pub fn queue(&mut self, inner: &Inner) -> Result<(), Error> {
+        self.settle_keys()?;
+        let before = self.buf.len();
         self.sealer
             .seal_with(&mut self.buf, |out| inner.encode(out))?;
+        self.unsettled += self.buf.len() - before;
+        Ok(())
+    }
+
+    /// Version 2, before a frame or a flush: seals a pending KEY_REPLY / KEY_DONE under the
+    /// current key and switches to the next; as initiator, counts the bytes sealed since the last
+    /// call and queues a KEY_UPDATE when one is due. One lock per frame.
+    fn settle_keys(&mut self) -> Result<(), Error> {
+        let Some(keys) = &self.keys else {
+            return Ok(());
+        };
+        let sealed = std::mem::take(&mut self.unsettled);
+        let mut k = keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((marker, next)) = k.take_marker() {
+            self.sealer
+                .seal_with(&mut self.buf, |out| marker.encode(out))?;
+            self.sealer = Sealer::new(&next);
+        }
+        if let Some(update) = k.update_due(sealed) {
+            self.sealer
+                .seal_with(&mut self.buf, |out| update.encode(out))?;
+        }
         Ok(())
     }
 
@@ -225,8 +470,9 @@ impl<S: AsyncWrite> Writer<S> {
         Ok(())
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued (with the answer to a key update, if one is due).
     pub async fn flush(&mut self) -> Result<(), Error> {
+        self.settle_keys()?;
         if !self.buf.is_empty() {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
@@ -296,6 +542,7 @@ fn frame_name(f: &Frame) -> &'static str {
     match f {
         Frame::Hello { .. } => "HELLO",
         Frame::Bundle(_) => "BUNDLE",
+        Frame::BundleRequest => "BUNDLE_REQUEST",
         Frame::Handshake { .. } => "HANDSHAKE",
         Frame::Error { .. } => "ERROR",
         Frame::Sealed { .. } => "SEALED",

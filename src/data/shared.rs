@@ -13,7 +13,6 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::session::HandshakeCounters;
 use crate::{
     crypto::LocalKeys,
     node,
@@ -71,7 +70,8 @@ pub enum Event {
 pub(super) struct Shared {
     // Who this node is, and what sessions need to start.
     pub(super) keys: Arc<LocalKeys>,
-    pub(super) counters: HandshakeCounters,
+    /// What sessions start from: keys, verified bundles of peers, counters, version, key updates.
+    pub(super) session: super::session::Context,
     pub(super) bundles: crate::store::Bundles,
     // The node: its client, and its /commucat/data streams.
     pub(super) node: node::Client,

@@ -147,6 +147,12 @@ struct Inner {
     meta: sled::Tree,
     record: Option<Mutex<RecordFile>>,
     generation: AtomicU64,
+    /// Writes someone will ask about ([`Committer::noted`]): how many completed. The write and
+    /// the look at what was written both hold this lock, so a count read under it covers
+    /// everything the reader saw.
+    noted: Mutex<u64>,
+    /// The count of noted writes a finished commit covered.
+    durable: AtomicU64,
 }
 
 impl Committer {
@@ -165,6 +171,8 @@ impl Committer {
                 meta: db.open_tree(super::META_TREE)?,
                 record,
                 generation: AtomicU64::new(generation),
+                noted: Mutex::new(0),
+                durable: AtomicU64::new(0),
             }),
         })
     }
@@ -179,16 +187,51 @@ impl Committer {
     /// written only after a flush that covered its generation, so the file never names a
     /// generation the database does not durably hold.
     pub async fn commit(&self) -> Result<(), Error> {
+        let noted = self.noted_count();
         let generation = self.bump()?;
         self.inner.db.flush_async().await?;
-        self.record(generation).await
+        self.record(generation).await?;
+        self.inner.durable.fetch_max(noted, Ordering::AcqRel);
+        Ok(())
     }
 
     /// As [`Committer::commit`], from blocking code.
     pub fn commit_blocking(&self) -> Result<(), Error> {
+        let noted = self.noted_count();
         let generation = self.bump()?;
         self.inner.db.flush()?;
-        self.write_record(generation)
+        self.write_record(generation)?;
+        self.inner.durable.fetch_max(noted, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn noted_count(&self) -> u64 {
+        *self.inner.noted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `write` and counts it as a noted write (one whose durability a reader will ask
+    /// about, see [`Committer::read_noted`]).
+    pub fn noted<T, E>(&self, write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let mut n = self.inner.noted.lock().unwrap_or_else(|e| e.into_inner());
+        let out = write()?;
+        *n += 1;
+        Ok(out)
+    }
+
+    /// Runs `read` and returns with it the mark that [`Committer::commit_through`] takes:
+    /// every noted write whose result `read` saw is counted in it.
+    pub fn read_noted<T>(&self, read: impl FnOnce() -> T) -> (T, u64) {
+        let n = self.inner.noted.lock().unwrap_or_else(|e| e.into_inner());
+        (read(), *n)
+    }
+
+    /// Makes the noted writes up to `mark` durable: at once if a finished commit covered them,
+    /// else by committing.
+    pub async fn commit_through(&self, mark: u64) -> Result<(), Error> {
+        if self.inner.durable.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        self.commit().await
     }
 
     /// Takes the next generation and stores it, never lowering what is stored: two commits that

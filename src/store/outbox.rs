@@ -135,35 +135,56 @@ impl Outbox {
             .iter()
             .map(|_| hex::encode(rand::random::<[u8; 16]>()))
             .collect();
-        let result = (&self.queue, &self.seqs).transaction(|(queue, seqs)| {
-            let mut out = Vec::with_capacity(peers.len());
-            for (to, id) in peers.iter().zip(&ids) {
-                let pk = peer_key(to);
-                let seq = match seqs.get(&pk)? {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
-                    None => 1,
-                };
-                seqs.insert(pk.as_slice(), &seq.to_be_bytes())?;
-                let msg = Message {
-                    id: id.clone(),
-                    to: *to,
-                    seq,
-                    body: body.clone(),
-                    created_at_ms,
-                    via,
-                    group,
-                };
-                let value = serde_json::to_vec(&msg).expect("messages serialise");
-                queue.insert(queue_key(to, seq), value)?;
-                out.push(msg);
-            }
-            Ok::<_, ConflictableTransactionError<()>>(out)
+        // Noted: a delivery worker may read it before the sender's commit finished, and then
+        // commits it itself before sending (`pending_durable`).
+        let result = self.committer.noted(|| {
+            (&self.queue, &self.seqs).transaction(|(queue, seqs)| {
+                let mut out = Vec::with_capacity(peers.len());
+                for (to, id) in peers.iter().zip(&ids) {
+                    let pk = peer_key(to);
+                    let seq = match seqs.get(&pk)? {
+                        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                        None => 1,
+                    };
+                    seqs.insert(pk.as_slice(), &seq.to_be_bytes())?;
+                    let msg = Message {
+                        id: id.clone(),
+                        to: *to,
+                        seq,
+                        body: body.clone(),
+                        created_at_ms,
+                        via,
+                        group,
+                    };
+                    let value = serde_json::to_vec(&msg).expect("messages serialise");
+                    queue.insert(queue_key(to, seq), value)?;
+                    out.push(msg);
+                }
+                Ok::<_, ConflictableTransactionError<()>>(out)
+            })
         });
         match result {
             Ok(msgs) => Ok(msgs),
             Err(TransactionError::Storage(e)) => Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
+    }
+
+    /// As [`Self::pending`], once every message returned is durable: what a worker sends. A
+    /// message the sender's commit covered costs nothing more; one it has not (yet) is committed
+    /// here first.
+    pub async fn pending_durable(
+        &self,
+        to: &PeerId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, Error> {
+        let (batch, mark) = self.committer.read_noted(|| self.pending(to, after, limit));
+        let batch = batch?;
+        if !batch.is_empty() {
+            self.committer.commit_through(mark).await?;
+        }
+        Ok(batch)
     }
 
     /// Up to `limit` queued messages for `to` with a sequence number above `after`, in order.
@@ -251,13 +272,16 @@ impl Outbox {
                 back.push((k, e.message));
             }
         }
-        for (k, m) in &back {
-            self.queue.insert(
-                queue_key(to, m.seq),
-                serde_json::to_vec(m).expect("messages serialise"),
-            )?;
-            self.sent.remove(k)?;
-        }
+        self.committer.noted(|| {
+            for (k, m) in &back {
+                self.queue.insert(
+                    queue_key(to, m.seq),
+                    serde_json::to_vec(m).expect("messages serialise"),
+                )?;
+                self.sent.remove(k)?;
+            }
+            Ok::<_, Error>(())
+        })?;
         Ok(back.len())
     }
 
@@ -299,6 +323,38 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// A worker woken before the sender's commit commits the message itself before taking it; a
+    /// message a finished commit covered costs no commit more.
+    #[tokio::test]
+    async fn pending_durable_commits_only_what_no_commit_covered() {
+        let store = Store::temporary().unwrap();
+        let ob = store.outbox().unwrap();
+        let peer = PeerId::random();
+        ob.enqueue(peer, "one".into(), Via::default()).unwrap();
+        let before = ob.committer.generation();
+        let got = ob.pending_durable(&peer, 0, 10).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            ob.committer.generation(),
+            before + 1,
+            "committed before it is sent"
+        );
+        // The sender's own commit came first: nothing more to do.
+        ob.enqueue(peer, "two".into(), Via::default()).unwrap();
+        ob.flush().await.unwrap();
+        let after_flush = ob.committer.generation();
+        assert_eq!(ob.pending_durable(&peer, 0, 10).await.unwrap().len(), 2);
+        assert_eq!(ob.committer.generation(), after_flush, "no second commit");
+        // Nothing pending: no commit either.
+        assert!(
+            ob.pending_durable(&PeerId::random(), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(ob.committer.generation(), after_flush);
+    }
 
     #[test]
     fn per_peer_sequences_and_cumulative_acks() {

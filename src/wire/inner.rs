@@ -1,5 +1,6 @@
 //! Inner frames: what SEALED frames carry once opened (`protocols/data-v1.md` §2): AUTH, DATA and
-//! DATA_VIA, ACK, RESYNC, the file-transfer frames, PRESENCE, PING/PONG, CLOSE and ERROR.
+//! DATA_VIA, ACK, RESYNC, the file-transfer frames, PRESENCE, PING/PONG, CLOSE and ERROR; and
+//! FINISHED, KEY_UPDATE, KEY_REPLY and KEY_DONE of version 2 (`protocols/data-v2.md` §2).
 
 use bytes::{BufMut, Bytes};
 
@@ -7,7 +8,10 @@ use super::{
     ClientId, Cursor, DecodeError, ErrorCode, MAX_ERROR_MESSAGE, MAX_FILE_NAME, MAX_MESSAGE_BYTES,
     Via, decode_error_payload, kind, put_text,
 };
-use crate::identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN};
+use crate::{
+    crypto::bundle::{KEM_CT_LEN, KEM_EK_LEN},
+    identity::{ML_DSA_PUBLIC_KEY_LEN, ML_DSA_SIGNATURE_LEN},
+};
 
 /// The identity binding an initiator sends in AUTH.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +135,19 @@ pub enum Inner {
         code: ErrorCode,
         message: String,
     },
+    /// Version 2: the first sealed frame of each side; that it decrypts confirms the keys.
+    Finished,
+    /// Version 2, initiator: a fresh ML-KEM-768 encapsulation key for the next session keys.
+    KeyUpdate {
+        ek: Bytes,
+    },
+    /// Version 2, responder: the ciphertext to the KEY_UPDATE's key; the responder sends under the
+    /// new keys from the next frame on.
+    KeyReply {
+        ct: Bytes,
+    },
+    /// Version 2, initiator: it sends under the new keys from the next frame on.
+    KeyDone,
 }
 
 impl Inner {
@@ -230,6 +247,26 @@ impl Inner {
                 out.put_u16(code.0);
                 put_text(out, message, MAX_ERROR_MESSAGE);
             }
+            Inner::Finished | Inner::KeyUpdate { .. } | Inner::KeyReply { .. } | Inner::KeyDone => {
+                self.encode_keys(out);
+            }
+        }
+    }
+
+    /// The session's own frames of version 2: FINISHED and the key update.
+    fn encode_keys(&self, out: &mut Vec<u8>) {
+        match self {
+            Inner::Finished => out.push(kind::FINISHED),
+            Inner::KeyUpdate { ek } => {
+                out.push(kind::KEY_UPDATE);
+                out.extend_from_slice(ek);
+            }
+            Inner::KeyReply { ct } => {
+                out.push(kind::KEY_REPLY);
+                out.extend_from_slice(ct);
+            }
+            Inner::KeyDone => out.push(kind::KEY_DONE),
+            _ => unreachable!("encode_keys is called for the key frames only"),
         }
     }
 
@@ -297,13 +334,34 @@ impl Inner {
                 let (code, message) = decode_error_payload(&mut c)?;
                 Inner::Error { code, message }
             }
-            kind::HELLO | kind::BUNDLE | kind::HANDSHAKE | kind::SEALED => {
+            kind::FINISHED => {
+                c.end()?;
+                Inner::Finished
+            }
+            kind::KEY_UPDATE => Inner::KeyUpdate {
+                ek: share(exact(&mut c, KEM_EK_LEN)?),
+            },
+            kind::KEY_REPLY => Inner::KeyReply {
+                ct: share(exact(&mut c, KEM_CT_LEN)?),
+            },
+            kind::KEY_DONE => {
+                c.end()?;
+                Inner::KeyDone
+            }
+            kind::HELLO | kind::BUNDLE | kind::BUNDLE_REQUEST | kind::HANDSHAKE | kind::SEALED => {
                 return Err(DecodeError::Unexpected(ty));
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(inner)
     }
+}
+
+/// The rest of the payload, which must be exactly `n` bytes.
+fn exact<'a>(c: &mut Cursor<'a>, n: usize) -> Result<&'a [u8], DecodeError> {
+    let b = c.bytes(n)?;
+    c.end()?;
+    Ok(b)
 }
 
 fn decode_auth(c: &mut Cursor<'_>, share: &impl Fn(&[u8]) -> Bytes) -> Result<Inner, DecodeError> {

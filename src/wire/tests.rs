@@ -42,11 +42,24 @@ fn expected_outer(name: &str) -> Frame {
         "hello_need_bundle" => Frame::Hello {
             version: 1,
             need_bundle: true,
+            bundle_follows: false,
         },
         "hello" => Frame::Hello {
             version: 1,
             need_bundle: false,
+            bundle_follows: false,
         },
+        "hello_v2_first_contact" => Frame::Hello {
+            version: 2,
+            need_bundle: true,
+            bundle_follows: true,
+        },
+        "hello_v2" => Frame::Hello {
+            version: 2,
+            need_bundle: false,
+            bundle_follows: false,
+        },
+        "bundle_request" => Frame::BundleRequest,
         "error_frame_too_large" => Frame::Error {
             code: ErrorCode::FRAME_TOO_LARGE,
             message: "frame too large".into(),
@@ -121,6 +134,17 @@ fn expected_inner(name: &str) -> Inner {
         "ping" => Inner::Ping(7),
         "pong" => Inner::Pong(7),
         "close" => Inner::Close(0),
+        "finished" => Inner::Finished,
+        "key_update" => Inner::KeyUpdate {
+            ek: (0..1184).map(|i| i as u8).collect::<Vec<u8>>().into(),
+        },
+        "key_reply" => Inner::KeyReply {
+            ct: (0..1088u32)
+                .map(|i| (255 - i % 256) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        },
+        "key_done" => Inner::KeyDone,
         "file_status" => Inner::FileStatus(FileStatus {
             transfer_id: [0xff; 16],
             state: file_state::RECEIVING,
@@ -344,7 +368,9 @@ proptest! {
     fn outer_frames_round_trip(need in any::<bool>(), code in any::<u16>(), msg in ".{0,50}",
                                noise in prop::collection::vec(any::<u8>(), 0..2000), step in 1u8..4) {
         let frames = vec![
-            Frame::Hello { version: 1, need_bundle: need },
+            Frame::Hello { version: 1, need_bundle: need, bundle_follows: false },
+            Frame::Hello { version: 2, need_bundle: need, bundle_follows: !need },
+            Frame::BundleRequest,
             Frame::Error { code: ErrorCode(code), message: msg },
             Frame::Handshake {
                 step,

@@ -47,8 +47,13 @@ impl Peer {
     }
 
     pub async fn new(boot: &[Multiaddr]) -> Peer {
+        Self::with_config(&config(boot)).await
+    }
+
+    /// A node with fresh keys and a temporary store, configured by `cfg`.
+    pub async fn with_config(cfg: &Config) -> Peer {
         Self::start(
-            &config(boot),
+            cfg,
             Arc::new(LocalKeys::generate()),
             Store::temporary().unwrap(),
         )

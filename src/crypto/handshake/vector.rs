@@ -33,12 +33,26 @@ pub(super) struct SessionVector {
     first_sealed_ping: String,
 }
 
-fn fill(start: u8, n: usize) -> Vec<u8> {
+/// `n` bytes counting up from `start`: the fixed secrets and randomness of both vectors.
+pub(super) fn fill(start: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| start.wrapping_add(i as u8)).collect()
 }
 
-fn arr<const N: usize>(v: &[u8]) -> [u8; N] {
+pub(super) fn arr<const N: usize>(v: &[u8]) -> [u8; N] {
     v.try_into().unwrap()
+}
+
+pub(super) fn h(x: impl AsRef<[u8]>) -> String {
+    hex::encode(x)
+}
+
+/// Every field `computed` has equals the stored vector's (JSON text `stored`).
+pub(super) fn assert_reproduces(stored: &str, computed: impl serde::Serialize) {
+    let stored: serde_json::Value = serde_json::from_str(stored).unwrap();
+    let computed = serde_json::to_value(computed).unwrap();
+    for (k, v) in computed.as_object().unwrap() {
+        assert_eq!(&stored[k], v, "{k}");
+    }
 }
 
 pub(super) fn compute() -> SessionVector {
@@ -63,9 +77,6 @@ pub(super) fn compute() -> SessionVector {
     Sealer::new(&keys.initiator_to_responder)
         .seal_frame(&[0x27, 0, 0, 0, 0, 0, 0, 0, 1], &mut sealed)
         .unwrap();
-    fn h(x: impl AsRef<[u8]>) -> String {
-        hex::encode(x)
-    }
     SessionVector {
         initiator_ed25519_secret: h(fill(0x00, 32)),
         initiator_ml_dsa_seed: h(fill(0x20, 32)),
@@ -96,14 +107,10 @@ pub(super) fn compute() -> SessionVector {
 
 #[test]
 fn session_vector_reproduces_byte_for_byte() {
-    let stored: serde_json::Value = serde_json::from_str(include_str!(
-        "../../../protocols/vectors/data-v1-session.json"
-    ))
-    .unwrap();
-    let computed = serde_json::to_value(compute()).unwrap();
-    for (k, v) in computed.as_object().unwrap() {
-        assert_eq!(&stored[k], v, "{k}");
-    }
+    assert_reproduces(
+        include_str!("../../../protocols/vectors/data-v1-session.json"),
+        compute(),
+    );
 }
 
 #[test]

@@ -1,18 +1,18 @@
 //! The session handshake (`protocols/data-v1.md` §3): HELLO / BUNDLE / HANDSHAKE / AUTH in
 //! cleartext frames around [`crate::crypto::handshake`], for the initiator ([`initiate`]) and the
 //! responder ([`respond`]), within [`HANDSHAKE_TIMEOUT`]; a failure is reported to the peer with
-//! an ERROR frame before the stream closes.
+//! an ERROR frame before the stream closes. Both pick the version; version 2 is in [`super::v2`].
 
 use super::*;
 
 /// The cleartext phase: frames, and an ERROR sent before giving up.
-struct Cleartext<S> {
+pub(super) struct Cleartext<S> {
     frames: FramedRead<ReadHalf<S>, FrameCodec>,
     io: WriteHalf<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
-    fn new(stream: S) -> Self {
+    pub(super) fn new(stream: S) -> Self {
         let (r, w) = tokio::io::split(stream);
         Self {
             frames: FramedRead::new(r, FrameCodec),
@@ -21,14 +21,14 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
     }
 
     /// The cleartext phase's result; a failure is first reported to the peer.
-    async fn reported<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+    pub(super) async fn reported<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &result {
             self.report(e).await;
         }
         result
     }
 
-    async fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
+    pub(super) async fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
         let mut out = Vec::new();
         for f in frames {
             f.encode(&mut out);
@@ -38,7 +38,14 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
         Ok(())
     }
 
-    async fn recv(&mut self) -> Result<Frame, Error> {
+    /// Writes frames already encoded.
+    pub(super) async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    pub(super) async fn recv(&mut self) -> Result<Frame, Error> {
         match self.frames.next().await {
             None => Err(Error::Closed),
             Some(Err(e)) => Err(e.into()),
@@ -59,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
         }
     }
 
+    /// A version 1 session.
     fn into_session(
         self,
         sealer: Sealer,
@@ -70,44 +78,111 @@ impl<S: AsyncRead + AsyncWrite> Cleartext<S> {
             reader: Reader {
                 frames: self.frames,
                 opener,
+                keys: None,
+                awaiting_finished: None,
             },
             writer: Writer {
                 io: self.io,
                 sealer,
                 buf: Vec::new(),
+                keys: None,
+                unsettled: 0,
             },
             remote,
             pattern,
+            version: 1,
+            remote_bundle: None,
+        }
+    }
+
+    /// A version 2 session of `role` under `keys`, whose writer starts with `queued` (frames of
+    /// the handshake not sent yet); the peer's FINISHED is counted in `counters` when it arrives.
+    pub(super) fn into_v2_session(
+        self,
+        ctx: &Context,
+        role: Role,
+        keys: crypto::SessionKeys,
+        remote: PeerId,
+        pattern: Pattern,
+        queued: Vec<u8>,
+    ) -> Session<S> {
+        let (send, receive) = match role {
+            Role::Initiator => (keys.initiator_to_responder, keys.responder_to_initiator),
+            Role::Responder => (keys.responder_to_initiator, keys.initiator_to_responder),
+        };
+        let shared =
+            rekey::KeyState::shared(role, keys, ctx.rekey, ctx.counters.key_updates.clone());
+        Session {
+            reader: Reader {
+                frames: self.frames,
+                opener: Opener::new(&receive),
+                keys: Some(shared.clone()),
+                awaiting_finished: Some(ctx.counters.post_quantum.clone()),
+            },
+            writer: Writer {
+                io: self.io,
+                sealer: Sealer::new(&send),
+                buf: queued,
+                keys: Some(shared),
+                unsettled: 0,
+            },
+            remote,
+            pattern,
+            version: 2,
             remote_bundle: None,
         }
     }
 }
 
-fn unexpected(f: &Frame, wanted: &str) -> Error {
+pub(super) fn unexpected(f: &Frame, wanted: &str) -> Error {
     Error::protocol(
         ErrorCode::UNEXPECTED_FRAME,
         format!("expected {wanted}, got {}", frame_name(f)),
     )
 }
 
-async fn with_timeout<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+pub(super) async fn with_timeout<T>(
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
         .unwrap_or(Err(Error::Timeout))
 }
 
-/// Runs the initiator's side over `stream` to `remote` (authenticated by the libp2p connection).
-/// With `known` (a bundle verified earlier, e.g. from the DHT) the handshake is IK, else XK after
-/// fetching the bundle.
+/// Runs the initiator's side over `stream` to `remote` (authenticated by the libp2p connection),
+/// in the newest version both speak as far as `ctx` knows. With `known` (a bundle verified
+/// earlier, e.g. from the DHT) the handshake is IK; else version 1 fetches the bundle and runs XK,
+/// version 2 runs XX with both bundles beside it. A peer that answers version 2 with
+/// `UNSUPPORTED_VERSION` is remembered and spoken to in version 1 next time.
 pub async fn initiate<S: AsyncRead + AsyncWrite>(
     stream: S,
-    local: &LocalKeys,
+    ctx: &Context,
     remote: PeerId,
     known: Option<Bundle>,
-    counters: &HandshakeCounters,
 ) -> Result<Session<S>, Error> {
+    if ctx.version_for(&remote) < 2 {
+        return initiate_v1(stream, ctx, remote, known).await;
+    }
+    let result = v2::initiate(Cleartext::new(stream), ctx, remote, known).await;
+    if let Err(e) = &result
+        && e.code() == Some(ErrorCode::UNSUPPORTED_VERSION)
+        && matches!(e, Error::Remote { .. })
+    {
+        tracing::debug!(%remote, "the peer speaks only version 1 of /commucat/data");
+        ctx.remember_version_1(remote);
+    }
+    result
+}
+
+async fn initiate_v1<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    ctx: &Context,
+    remote: PeerId,
+    known: Option<Bundle>,
+) -> Result<Session<S>, Error> {
+    let local = &*ctx.keys;
     let mut c = Cleartext::new(stream);
-    let result = with_timeout(initiate_inner(&mut c, local, remote, known, counters)).await;
+    let result = with_timeout(initiate_inner(&mut c, ctx, remote, known)).await;
     let (keys, bundle, pattern) = c.reported(result).await?;
     let mut session = c.into_session(
         Sealer::new(&keys.initiator_to_responder),
@@ -147,40 +222,45 @@ pub async fn initiate<S: AsyncRead + AsyncWrite>(
         )?),
         other => Err(not_auth(other, "expected AUTH")),
     };
-    session.authenticate(&auth, check, counters).await?;
+    session.authenticate(&auth, check, &ctx.counters).await?;
     session.remote_bundle = Some(bundle);
     Ok(session)
 }
 
 async fn initiate_inner<S: AsyncRead + AsyncWrite>(
     c: &mut Cleartext<S>,
-    local: &LocalKeys,
+    ctx: &Context,
     remote: PeerId,
     known: Option<Bundle>,
-    counters: &HandshakeCounters,
 ) -> Result<(crypto::SessionKeys, Bundle, Pattern), Error> {
     let (bundle, pattern, mut out) = match known {
         Some(b) => (
             b,
             Pattern::Ik,
             vec![Frame::Hello {
-                version: VERSION,
+                version: 1,
                 need_bundle: false,
+                bundle_follows: false,
             }],
         ),
         None => {
             c.send(&[Frame::Hello {
-                version: VERSION,
+                version: 1,
                 need_bundle: true,
+                bundle_follows: false,
             }])
             .await?;
             match c.recv().await? {
-                Frame::Bundle(bytes) => (Bundle::verify(&bytes, &remote)?, Pattern::Xk, Vec::new()),
+                Frame::Bundle(bytes) => (
+                    ctx.bundles.verify(&bytes, &remote)?,
+                    Pattern::Xk,
+                    Vec::new(),
+                ),
                 other => return Err(unexpected(&other, "BUNDLE")),
             }
         }
     };
-    let (mut init, msg1) = Initiator::start(&local.bundle.current(), &bundle, pattern)?;
+    let (mut init, msg1) = Initiator::start(&ctx.keys.bundle.current(), &bundle, pattern)?;
     out.push(Frame::Handshake {
         step: 1,
         pattern: pattern as u8,
@@ -207,20 +287,60 @@ async fn initiate_inner<S: AsyncRead + AsyncWrite>(
         .await?;
     }
     let keys = init.finish()?;
-    counters.noise.inc();
+    ctx.counters.noise_done(1);
     Ok((keys, bundle, pattern))
 }
 
+/// What a HELLO asked for.
+pub(super) struct Hello {
+    pub(super) need_bundle: bool,
+    pub(super) bundle_follows: bool,
+}
+
 /// Runs the responder's side over `stream`, opened by `remote` (authenticated by the libp2p
-/// connection).
+/// connection), in the version its HELLO names (up to `ctx.version`).
 pub async fn respond<S: AsyncRead + AsyncWrite>(
     stream: S,
-    local: &LocalKeys,
+    ctx: &Context,
     remote: PeerId,
-    counters: &HandshakeCounters,
 ) -> Result<Session<S>, Error> {
     let mut c = Cleartext::new(stream);
-    let result = with_timeout(respond_inner(&mut c, local, counters)).await;
+    let hello = with_timeout(async {
+        match c.recv().await? {
+            // As a node of that version would: its decoder knows no newer version.
+            Frame::Hello { version, .. } if version > ctx.version => {
+                Err(DecodeError::UnsupportedVersion(version).into())
+            }
+            Frame::Hello {
+                version,
+                need_bundle,
+                bundle_follows,
+            } => Ok((
+                version,
+                Hello {
+                    need_bundle,
+                    bundle_follows,
+                },
+            )),
+            other => Err(unexpected(&other, "HELLO")),
+        }
+    })
+    .await;
+    let (version, hello) = c.reported(hello).await?;
+    if version >= 2 {
+        return v2::respond(c, ctx, remote, hello).await;
+    }
+    respond_v1(c, &ctx.keys, remote, hello.need_bundle, &ctx.counters).await
+}
+
+async fn respond_v1<S: AsyncRead + AsyncWrite>(
+    mut c: Cleartext<S>,
+    local: &LocalKeys,
+    remote: PeerId,
+    need_bundle: bool,
+    counters: &HandshakeCounters,
+) -> Result<Session<S>, Error> {
+    let result = with_timeout(respond_inner(&mut c, local, need_bundle, counters)).await;
     let (keys, pattern) = c.reported(result).await?;
     let mut session = c.into_session(
         Sealer::new(&keys.responder_to_initiator),
@@ -276,39 +396,15 @@ pub async fn respond<S: AsyncRead + AsyncWrite>(
 async fn respond_inner<S: AsyncRead + AsyncWrite>(
     c: &mut Cleartext<S>,
     local: &LocalKeys,
+    need_bundle: bool,
     counters: &HandshakeCounters,
 ) -> Result<(crypto::SessionKeys, Pattern), Error> {
-    match c.recv().await? {
-        Frame::Hello { need_bundle, .. } => {
-            if need_bundle {
-                c.send(&[Frame::Bundle(Bytes::copy_from_slice(
-                    local.bundle.current().bundle().as_bytes(),
-                ))])
-                .await?;
-            }
-        }
-        other => return Err(unexpected(&other, "HELLO")),
+    if need_bundle {
+        c.send(&[Frame::Bundle(local.bundle.current().bundle().to_bytes())])
+            .await?;
     }
-    let (pattern, bundle_id, msg1) = match c.recv().await? {
-        Frame::Handshake {
-            step: 1,
-            pattern,
-            bundle_id,
-            noise,
-        } => (pattern, bundle_id, noise),
-        other => return Err(unexpected(&other, "HANDSHAKE step 1")),
-    };
-    let pattern = Pattern::from_u8(pattern)
-        .ok_or_else(|| Error::protocol(ErrorCode::HANDSHAKE_FAILED, "unknown pattern"))?;
-    // The current bundle, or one it replaced that has not expired (data-v1.md §4.1).
-    let keys = bundle_id
-        .and_then(|id| local.bundle.find(&id, crate::time::unix_secs()))
-        .ok_or_else(|| {
-            Error::protocol(
-                ErrorCode::STALE_BUNDLE,
-                "unknown bundle id: fetch the bundle again",
-            )
-        })?;
+    let (pattern, bundle_id, msg1) = step1(c.recv().await?, 1)?;
+    let keys = named_bundle(local, bundle_id)?;
     let (mut resp, msg2) = Responder::read_step1(&keys, pattern, &msg1)?;
     c.send(&[Frame::Handshake {
         step: 2,
@@ -329,8 +425,48 @@ async fn respond_inner<S: AsyncRead + AsyncWrite>(
         }
     }
     let keys = resp.finish()?;
-    counters.noise.inc();
+    counters.noise_done(1);
     Ok((keys, pattern))
+}
+
+/// HANDSHAKE step 1 as protocol `version` runs it: its pattern, the bundle id it names and
+/// Noise message 1.
+pub(super) fn step1(
+    frame: Frame,
+    version: u8,
+) -> Result<(Pattern, Option<BundleId>, Bytes), Error> {
+    match frame {
+        Frame::Handshake {
+            step: 1,
+            pattern,
+            bundle_id,
+            noise,
+        } => {
+            let pattern = Pattern::of_version(pattern, version).ok_or_else(|| {
+                Error::protocol(
+                    ErrorCode::HANDSHAKE_FAILED,
+                    format!("pattern {pattern} is not one of version {version}"),
+                )
+            })?;
+            Ok((pattern, bundle_id, noise))
+        }
+        other => Err(unexpected(&other, "HANDSHAKE step 1")),
+    }
+}
+
+/// Our bundle that `id` names: the current one, or one it replaced that has not expired
+/// (data-v1.md §4.1); else `STALE_BUNDLE`.
+pub(super) fn named_bundle(
+    local: &LocalKeys,
+    id: Option<BundleId>,
+) -> Result<Arc<bundle::Keys>, Error> {
+    id.and_then(|id| local.bundle.find(&id, crate::time::unix_secs()))
+        .ok_or_else(|| {
+            Error::protocol(
+                ErrorCode::STALE_BUNDLE,
+                "unknown bundle id: fetch the bundle again",
+            )
+        })
 }
 
 /// What arrived instead of the AUTH frame: another frame (a protocol error), or the end.

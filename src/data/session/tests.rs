@@ -12,32 +12,51 @@ use crate::{
     wire::{Data, kind},
 };
 
-fn keys() -> LocalKeys {
-    LocalKeys::generate()
+pub(super) fn keys() -> Arc<LocalKeys> {
+    Arc::new(LocalKeys::generate())
+}
+
+/// A context speaking at most `version`.
+pub(super) fn ctx(k: &Arc<LocalKeys>, version: u8) -> Context {
+    Context::new(k.clone()).with_version(version)
+}
+
+/// The code of the first ERROR frame among the cleartext frames in `reply`.
+fn error_code_in(reply: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at..at + 4].try_into().unwrap()) as usize;
+        if reply[at + 4] == kind::ERROR && at + 7 <= reply.len() {
+            return Some(u16::from_be_bytes([reply[at + 5], reply[at + 6]]));
+        }
+        at += 4 + len;
+    }
+    None
 }
 
 fn pipe() -> (DuplexStream, DuplexStream) {
     duplex(1 << 20)
 }
 
-async fn pair(
-    a: &LocalKeys,
-    b: &LocalKeys,
-    known: Option<Bundle>,
-) -> (
+pub(super) type Pair = (
     Result<Session<DuplexStream>, Error>,
     Result<Session<DuplexStream>, Error>,
-) {
+);
+
+/// A session from A to B over a pipe, both speaking at most `version`.
+async fn pair(a: &Arc<LocalKeys>, b: &Arc<LocalKeys>, known: Option<Bundle>, version: u8) -> Pair {
+    pair_in(&ctx(a, version), &ctx(b, version), known).await
+}
+
+pub(super) async fn pair_in(a: &Context, b: &Context, known: Option<Bundle>) -> Pair {
     let (x, y) = pipe();
-    let c = HandshakeCounters::default();
-    let d = HandshakeCounters::default();
     tokio::join!(
-        initiate(x, a, b.identity.peer_id(), known, &c),
-        respond(y, b, a.identity.peer_id(), &d)
+        initiate(x, a, b.keys.peer_id(), known),
+        respond(y, b, a.keys.peer_id())
     )
 }
 
-fn data(seq: u64, body: &str) -> Inner {
+pub(super) fn data(seq: u64, body: &str) -> Inner {
     Inner::Data(Data {
         epoch: 7,
         seq,
@@ -49,13 +68,8 @@ fn data(seq: u64, body: &str) -> Inner {
     })
 }
 
-#[tokio::test]
-async fn xk_then_ik_sessions_carry_frames_both_ways() {
-    let (a, b) = (keys(), keys());
-    let (i, r) = pair(&a, &b, None).await;
-    let (mut i, mut r) = (i.unwrap(), r.unwrap());
-    assert_eq!(i.pattern, Pattern::Xk);
-    assert_eq!(r.remote, a.identity.peer_id());
+/// A DATA frame from I reaches R, and an ACK comes back.
+pub(super) async fn data_and_ack(i: &mut Session<DuplexStream>, r: &mut Session<DuplexStream>) {
     i.writer.send(&data(1, "hello")).await.unwrap();
     assert_eq!(r.reader.recv().await.unwrap(), Some(data(1, "hello")));
     r.writer
@@ -66,10 +80,32 @@ async fn xk_then_ik_sessions_carry_frames_both_ways() {
         i.reader.recv().await.unwrap(),
         Some(Inner::Ack { epoch: 7, seq: 1 })
     );
+}
+
+#[tokio::test]
+async fn xk_then_ik_sessions_carry_frames_both_ways() {
+    for version in [1, 2] {
+        xk_then_ik(version).await;
+    }
+}
+
+async fn xk_then_ik(version: u8) {
+    let (a, b) = (keys(), keys());
+    let (i, r) = pair(&a, &b, None, version).await;
+    let (mut i, mut r) = (i.unwrap(), r.unwrap());
+    assert_eq!((i.version, r.version), (version, version));
+    let first = if version == 1 {
+        Pattern::Xk
+    } else {
+        Pattern::Xx
+    };
+    assert_eq!(i.pattern, first);
+    assert_eq!(r.remote, a.identity.peer_id());
+    data_and_ack(&mut i, &mut r).await;
 
     // With the bundle from the first session, the next one is IK.
     let bundle = i.remote_bundle.clone().unwrap();
-    let (i, r) = pair(&a, &b, Some(bundle)).await;
+    let (i, r) = pair(&a, &b, Some(bundle), version).await;
     let (mut i, mut r) = (i.unwrap(), r.unwrap());
     assert_eq!(i.pattern, Pattern::Ik);
     i.writer.send(&data(2, "again")).await.unwrap();
@@ -79,12 +115,15 @@ async fn xk_then_ik_sessions_carry_frames_both_ways() {
 #[tokio::test]
 async fn tampered_and_replayed_frames_end_the_session_with_the_right_error() {
     let (a, b) = (keys(), keys());
-    for (case, expected) in [
-        ("tamper", ErrorCode::DECRYPT_FAILED),
-        ("replay", ErrorCode::REPLAY),
-        ("skip", ErrorCode::OUT_OF_ORDER),
+    for (case, expected, version) in [
+        ("tamper", ErrorCode::DECRYPT_FAILED, 1),
+        ("replay", ErrorCode::REPLAY, 1),
+        ("skip", ErrorCode::OUT_OF_ORDER, 1),
+        ("tamper", ErrorCode::DECRYPT_FAILED, 2),
+        ("replay", ErrorCode::REPLAY, 2),
+        ("skip", ErrorCode::OUT_OF_ORDER, 2),
     ] {
-        let (i, r) = pair(&a, &b, None).await;
+        let (i, r) = pair(&a, &b, None, version).await;
         let (mut i, mut r) = (i.unwrap(), r.unwrap());
         let first = i.writer.seal_detached(&data(1, "one")).unwrap();
         match case {
@@ -105,7 +144,7 @@ async fn tampered_and_replayed_frames_end_the_session_with_the_right_error() {
             }
         }
         let err = r.reader.recv().await.unwrap_err();
-        assert_eq!(err.code(), Some(expected), "{case}: {err}");
+        assert_eq!(err.code(), Some(expected), "{case} v{version}: {err}");
         // The receiver tells the sender.
         r.writer.fail(expected, &err.to_string()).await;
         let told = i.reader.recv().await.unwrap_err();
@@ -115,13 +154,19 @@ async fn tampered_and_replayed_frames_end_the_session_with_the_right_error() {
 
 #[tokio::test]
 async fn a_forged_bundle_is_rejected_by_the_initiator() {
+    for version in [1, 2] {
+        forged_bundle(version).await;
+    }
+}
+
+async fn forged_bundle(version: u8) {
     let (a, b, mallory) = (keys(), keys(), keys());
     let (x, mut y) = pipe();
-    let c = HandshakeCounters::default();
     let mallory_responder = async {
         // B's stream answers HELLO with Mallory's bundle.
         let mut hello = [0u8; 7];
         y.read_exact(&mut hello).await.unwrap();
+        assert_eq!(hello[5], version);
         let mut out = Vec::new();
         Frame::Bundle(Bytes::copy_from_slice(
             mallory.bundle.current().bundle().as_bytes(),
@@ -132,27 +177,28 @@ async fn a_forged_bundle_is_rejected_by_the_initiator() {
         let _ = y.read_to_end(&mut reply).await;
         reply
     };
+    let c = ctx(&a, version);
     let (res, reply) = tokio::join!(
-        initiate(x, &a, b.identity.peer_id(), None, &c),
+        initiate(x, &c, b.identity.peer_id(), None),
         mallory_responder
     );
     assert_eq!(
         res.err().and_then(|e| e.code()),
         Some(ErrorCode::BAD_BUNDLE)
     );
-    // The initiator said why before closing: a cleartext ERROR frame with code 9.
-    assert_eq!(reply[4], kind::ERROR);
-    assert_eq!(u16::from_be_bytes([reply[5], reply[6]]), 9);
+    // The initiator said why before closing: a cleartext ERROR frame with code 9 (in version 2
+    // after its own BUNDLE).
+    assert_eq!(error_code_in(&reply), Some(9));
 }
 
 /// Feeds raw bytes to a responder and returns the ERROR code it answers with.
 async fn responder_answer(raw: &[u8]) -> Option<u16> {
     let b = keys();
     let (mut x, y) = pipe();
-    let c = HandshakeCounters::default();
     let peer = Identity::generate().peer_id();
     x.write_all(raw).await.unwrap();
-    let (res, reply) = tokio::join!(respond(y, &b, peer, &c), async {
+    let c = ctx(&b, 2);
+    let (res, reply) = tokio::join!(respond(y, &c, peer), async {
         let mut reply = Vec::new();
         let _ = x.read_to_end(&mut reply).await;
         reply
@@ -182,6 +228,7 @@ async fn bad_first_frames_get_the_spec_codes() {
     Frame::Hello {
         version: 1,
         need_bundle: false,
+        bundle_follows: false,
     }
     .encode(&mut raw);
     Frame::Handshake {
@@ -196,18 +243,30 @@ async fn bad_first_frames_get_the_spec_codes() {
 
 #[tokio::test]
 async fn counters_count_completed_handshakes() {
-    let (a, b) = (keys(), keys());
-    let (x, y) = pipe();
-    let c = HandshakeCounters::default();
-    let d = HandshakeCounters::default();
-    let (i, r) = tokio::join!(
-        initiate(x, &a, b.identity.peer_id(), None, &c),
-        respond(y, &b, a.identity.peer_id(), &d)
-    );
-    i.unwrap();
-    r.unwrap();
-    assert_eq!((c.noise(), c.post_quantum()), (1, 1));
-    assert_eq!((d.noise(), d.post_quantum()), (1, 1));
+    for version in [1, 2] {
+        let (a, b) = (keys(), keys());
+        let (c, d) = (ctx(&a, version), ctx(&b, version));
+        let (i, r) = pair_in(&c, &d, None).await;
+        let (mut i, r) = (i.unwrap(), r.unwrap());
+        let (c, d) = (&c.counters, &d.counters);
+        assert_eq!(
+            (d.noise(), d.post_quantum()),
+            (1, 1),
+            "responder, v{version}"
+        );
+        if version == 2 {
+            // The initiator counts once the responder's FINISHED arrives, ahead of any frame.
+            assert_eq!((c.noise(), c.post_quantum()), (1, 0));
+            let mut r = r;
+            r.writer.send(&Inner::Ping(1)).await.unwrap();
+            assert_eq!(i.reader.recv().await.unwrap(), Some(Inner::Ping(1)));
+        }
+        assert_eq!(
+            (c.noise(), c.post_quantum()),
+            (1, 1),
+            "initiator, v{version}"
+        );
+    }
 }
 
 /// Runs a responder against frames crafted by `craft` (which gets the responder's keys and writes
@@ -217,11 +276,11 @@ where
     F: FnOnce(Arc<LocalKeys>, DuplexStream) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let b = Arc::new(keys());
+    let b = keys();
     let (x, y) = pipe();
-    let c = HandshakeCounters::default();
     let peer = Identity::generate().peer_id();
-    let (res, ()) = tokio::join!(respond(y, &b, peer, &c), craft(b.clone(), x));
+    let c = ctx(&b, 2);
+    let (res, ()) = tokio::join!(respond(y, &c, peer), craft(b.clone(), x));
     res
 }
 
@@ -247,6 +306,7 @@ async fn ik_step1(
     Frame::Hello {
         version: 1,
         need_bundle: false,
+        bundle_follows: false,
     }
     .encode(&mut out);
     Frame::Handshake {
@@ -372,13 +432,18 @@ async fn replaced_bundles_answer_until_they_expire() {
         let bundle = KeyRing::generate(&identity, schedule);
         LocalKeys { identity, bundle }
     };
-    for (grace, accepted) in [(3600, true), (0, false)] {
-        let b = rotating(grace);
-        let (i, _) = pair(&a, &b, None).await;
+    for (grace, accepted, version) in [
+        (3600, true, 1),
+        (0, false, 1),
+        (3600, true, 2),
+        (0, false, 2),
+    ] {
+        let b = Arc::new(rotating(grace));
+        let (i, _) = pair(&a, &b, None, version).await;
         let old = i.unwrap().remote_bundle.unwrap();
         assert!(b.rotate_if_due().unwrap(), "due at once");
         assert_ne!(b.bundle.current().bundle().id(), old.id());
-        let (i, r) = pair(&a, &b, Some(old)).await;
+        let (i, r) = pair(&a, &b, Some(old), version).await;
         if accepted {
             assert_eq!(
                 i.unwrap().pattern,
