@@ -27,7 +27,8 @@ use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
 use crate::{
     files, groups,
     hops::Tables,
-    link::Link,
+    host,
+    link::{Link, Security},
     meter,
     plan::{Op, Plan},
     report::ChurnStats,
@@ -52,6 +53,14 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 /// as a desktop keeps its TCP port.
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1 << 40);
 
+/// How a node's connections are made: the link model with its seed, and the security upgrade.
+#[derive(Clone, Copy)]
+struct Wire {
+    link: Link,
+    seed: u64,
+    security: Security,
+}
+
 /// A simulated node while it is online.
 type Running = Daemon;
 
@@ -71,10 +80,10 @@ impl Slot {
             .with(Protocol::P2p(self.keys.peer_id()))
     }
 
-    async fn start(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
+    async fn start(&self, wire: Wire) -> anyhow::Result<Running> {
         Ok(
             daemon::Builder::new(self.cfg.clone(), self.keys.clone(), self.store.clone())
-                .transport(link.transport(seed))
+                .transport(wire.link.transport(wire.seed, wire.security))
                 .downloads(self.downloads.path().to_owned())
                 .spawn()
                 .await?,
@@ -84,9 +93,9 @@ impl Slot {
 
 impl Slot {
     /// Starts the node again; its port may take a moment to be released by the stopped swarm.
-    async fn restart(&self, link: Link, seed: u64) -> anyhow::Result<Running> {
+    async fn restart(&self, wire: Wire) -> anyhow::Result<Running> {
         loop {
-            match self.start(link, seed).await {
+            match self.start(wire).await {
                 Err(e) if format!("{e:#}").contains("cannot listen") => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
@@ -130,8 +139,7 @@ struct Fleet {
     slots: Vec<Arc<Slot>>,
     live: Vec<Option<Running>>,
     ids: Vec<PeerId>,
-    link: Link,
-    seed: u64,
+    wire: Wire,
     /// Per node: time from its start to its first connection (set by its watcher task).
     first_connect: track::FirstConnects,
     registries: meter::Registries,
@@ -149,7 +157,7 @@ impl Fleet {
         let mut slots = Vec::with_capacity(total);
         for (i, p) in plan.nodes.iter().enumerate() {
             slots.push(Slot {
-                keys: Arc::new(LocalKeys::generate()),
+                keys: Arc::new(plan.keys(i)),
                 store: Store::temporary()?,
                 cfg: config(s, &p.group, p.role, base + i as u64)?,
                 downloads: tempfile::tempdir()?,
@@ -164,8 +172,11 @@ impl Fleet {
             ids: slots.iter().map(|s| s.keys.peer_id()).collect(),
             slots: slots.into_iter().map(Arc::new).collect(),
             live: (0..total).map(|_| None).collect(),
-            link: s.link.unwrap_or_default(),
-            seed: plan.seed,
+            wire: Wire {
+                link: s.link.unwrap_or_default(),
+                seed: plan.seed,
+                security: s.security.unwrap_or_default(),
+            },
             first_connect: track::FirstConnects::new(total),
             registries: meter::Registries::default(),
             stopping: HashMap::new(),
@@ -208,14 +219,14 @@ impl Fleet {
         let mut count = 0u64;
         for &i in &boots {
             let t0 = Instant::now();
-            let n = self.slots[i].start(self.link, self.seed).await?;
+            let n = self.slots[i].start(self.wire).await?;
             self.watch(i, n, t0);
             count += 1;
             progress("starting nodes", count, total);
         }
         let joins = Instant::now();
         let spacing = Duration::from_secs(s.join_secs) / others.len().max(1) as u32;
-        let (link, seed) = (self.link, self.seed);
+        let wire = self.wire;
         let jobs: Vec<(usize, Arc<Slot>)> =
             others.iter().map(|&i| (i, self.slots[i].clone())).collect();
         let mut starting = stream::iter(jobs.into_iter().enumerate().map(|(k, (i, slot))| {
@@ -223,7 +234,7 @@ impl Fleet {
             async move {
                 tokio::time::sleep_until(due.into()).await;
                 let t0 = Instant::now();
-                (i, t0, slot.start(link, seed).await)
+                (i, t0, slot.start(wire).await)
             }
         }))
         .buffer_unordered(START_CONCURRENCY);
@@ -301,7 +312,7 @@ impl Fleet {
     fn come_back(&mut self, i: usize, tracker: &Tracker) {
         let stop = self.stopping.remove(&i);
         let slot = self.slots[i].clone();
-        let (link, seed) = (self.link, self.seed);
+        let wire = self.wire;
         let t = tracker.clone();
         let registries = self.registries.clone();
         self.returning.insert(
@@ -311,7 +322,7 @@ impl Fleet {
                     Some(h) => h.await.unwrap_or(0),
                     None => 0,
                 };
-                let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(link, seed))
+                let n = tokio::time::timeout(RESTART_TIMEOUT, slot.restart(wire))
                     .await
                     .context("a returning node did not start in time")??;
                 registries.add(n.node().metrics());
@@ -493,6 +504,7 @@ pub async fn run(
 ) -> anyhow::Result<crate::Outcome> {
     let started = Instant::now();
     let mut fleet = Fleet::new(s, plan)?;
+    let probe = host::Probe::start();
     let meter = metrics_every.map(|every| meter::spawn(every, fleet.registries.clone()));
     fleet.start_all(s, plan, progress).await?;
 
@@ -521,6 +533,7 @@ pub async fn run(
     let groups = groups::create_all(&tracker, plan, data, &fleet.ids, GROUP_TIMEOUT, progress);
     let groups = groups.await?;
     let phase = Instant::now();
+    probe.measured();
     let drain_until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
     let mut workload = Workload {
         plan,
@@ -536,10 +549,12 @@ pub async fn run(
     tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
     track::drain(&tracker, drain_until, progress).await;
     while workload.tasks.join_next().await.is_some() {}
+    let host = probe.finish();
     if let Some(m) = meter {
         m.abort();
     }
     let ids = fleet.ids.clone();
+    let security = fleet.wire.security;
     let first_connect = fleet.first_connect.clone();
     let bytes_sent = fleet.stop(progress).await;
     for w in watchers {
@@ -561,6 +576,8 @@ pub async fn run(
     };
     let mut outcome = track::outcome(&run, &log, hops, &first_connect, bytes_sent);
     let churned = plan.nodes.iter().any(|n| !n.downtime.is_empty());
+    outcome.report.host = Some(host);
+    outcome.report.security = Some(security);
     outcome.report.churn = churned.then(|| ChurnStats {
         leaves: log.leaves,
         returns: log.returned.values().map(Vec::len).sum(),

@@ -4,6 +4,7 @@
 pub mod files;
 pub mod groups;
 pub mod hops;
+pub mod host;
 pub mod inproc;
 pub mod link;
 pub mod meter;

@@ -171,9 +171,7 @@ async fn start_nodes(
     progress: &crate::Progress,
 ) -> anyhow::Result<Run> {
     let total = plan.nodes.len();
-    let keys: Vec<Arc<LocalKeys>> = (0..total)
-        .map(|_| Arc::new(LocalKeys::generate()))
-        .collect();
+    let keys: Vec<Arc<LocalKeys>> = (0..total).map(|i| Arc::new(plan.keys(i))).collect();
     let ids: Vec<PeerId> = keys.iter().map(|k| k.peer_id()).collect();
     let ips: Vec<Ipv4Addr> = devs
         .iter()

@@ -2,10 +2,17 @@
 //! bootstraps from, and every workload operation with its time, source and target. The same
 //! scenario and seed give the same plan (`tests/scenarios.rs`); node keys are fresh each run.
 
+use commucat::{
+    crypto::{KeyRing, LocalKeys, keyring::Schedule},
+    identity::Identity,
+};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{DEFAULT_FILE_BYTES, Flow, Nat, Role, Scenario};
+
+/// Spreads node indices over the seed space for their keys (the golden ratio's odd multiplier).
+const KEY_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Bootstrap nodes a desktop node is given at most.
 pub const BOOTSTRAP_FANOUT: usize = 3;
@@ -122,6 +129,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Node `i`'s keys: its identity (so its peer id, and with it its place in the DHT) from the
+    /// seed, the same in every run of this plan and in every process of a split run; its key
+    /// bundles fresh.
+    pub fn keys(&self, i: usize) -> LocalKeys {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(KEY_SPREAD));
+        let identity = Identity::from_secrets(rng.random(), rng.random());
+        let bundle = KeyRing::generate(&identity, Schedule::default());
+        LocalKeys { identity, bundle }
+    }
+
     pub fn new(s: &Scenario, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let (mut nodes, members) = place(s, &mut rng);

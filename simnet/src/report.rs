@@ -239,6 +239,30 @@ pub struct Report {
     /// Bytes the nodes' libp2p transports sent in all (`libp2p_bandwidth` counters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_sent: Option<u64>,
+    /// inproc: how simulated connections were secured (`plaintext` unless the scenario says
+    /// `noise`): what a connection's setup cost the host, not what the protocols above did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::link::Security>,
+    /// inproc: whether the host kept up with the nodes (`simnet::host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Host>,
+}
+
+/// `report.host`: whether the host kept up (`simnet::host`), per phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    /// Whether both phases stayed within the limits.
+    pub valid: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_because: Option<String>,
+    /// How late the probe woke while nodes joined and the DHT warmed up, milliseconds.
+    pub join_lag_ms: Dist,
+    /// How late the probe woke during the workload and the drain, milliseconds.
+    pub measured_lag_ms: Dist,
+    /// Share of late wake-ups (over `simnet::host::MAX_LAG_MS`) per phase.
+    pub join_late_share: f64,
+    pub measured_late_share: f64,
 }
 
 /// Peak resident memory of this process.
@@ -343,6 +367,16 @@ impl Report {
                 f.sent,
                 f.throughput_mbps.median.unwrap_or(0.0)
             );
+        }
+        if let Some(h) = &self.host {
+            out += &match &h.invalid_because {
+                None => format!(
+                    "\n  host:      kept up (probe late by median {:.1} ms, p99 {:.1} ms while measuring)",
+                    h.measured_lag_ms.median.unwrap_or(0.0),
+                    h.measured_lag_ms.p99.unwrap_or(0.0)
+                ),
+                Some(why) => format!("\n  INVALID:   {why}"),
+            };
         }
         if let Some(pairs) = &self.nat_pairs {
             for p in pairs {

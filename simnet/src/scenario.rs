@@ -162,6 +162,9 @@ pub struct Scenario {
     /// Link model (`inproc` only). Default: no delay, no loss, no bandwidth limit.
     #[serde(default)]
     pub link: Option<crate::link::Link>,
+    /// inproc: how simulated connections are secured (`link::Security`; default plaintext).
+    #[serde(default)]
+    pub security: Option<crate::link::Security>,
     #[serde(default)]
     pub churn: Option<Churn>,
     #[serde(default, rename = "outage")]
@@ -285,6 +288,11 @@ impl Scenario {
         if self.mode == Mode::Netns && self.join_secs > 0 {
             bail!("join_secs applies to mode = \"inproc\" only");
         }
+        if self.mode == Mode::Netns && self.security.is_some() {
+            bail!(
+                "security applies to mode = \"inproc\" only: netns nodes use TCP with Noise and QUIC"
+            );
+        }
         Ok(())
     }
 
@@ -398,5 +406,14 @@ mod tests {
         assert_eq!(Scenario::parse(&paced).unwrap().join_secs, 30);
         let paced_netns = paced.replace("\"inproc\"", "\"netns\"");
         assert!(format!("{:#}", Scenario::parse(&paced_netns).unwrap_err()).contains("join_secs"));
+        let noise = base.replace("seed = 1", "seed = 1\nsecurity = \"noise\"");
+        assert_eq!(
+            Scenario::parse(&noise).unwrap().security,
+            Some(crate::link::Security::Noise)
+        );
+        let noise_netns = noise.replace("\"inproc\"", "\"netns\"");
+        assert!(format!("{:#}", Scenario::parse(&noise_netns).unwrap_err()).contains("security"));
+        let tls = base.replace("seed = 1", "seed = 1\nsecurity = \"tls\"");
+        assert!(format!("{:#}", Scenario::parse(&tls).unwrap_err()).contains("tls"));
     }
 }

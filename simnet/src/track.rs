@@ -318,6 +318,8 @@ pub fn outcome(
         direct_share: None,
         timeline,
         bytes_sent,
+        host: None,
+        security: None,
     };
     crate::Outcome {
         report,
