@@ -39,8 +39,8 @@ async fn run(s: &Scenario) -> simnet::Report {
 async fn a_run_on_a_busy_host_agrees_with_a_quiet_one_or_says_it_is_invalid() {
     let mut s = Scenario::load(&shipped_dir().join("quickstart.toml")).unwrap();
     // Starting a node is CPU work (its keys, its store): in a debug build 16 nodes starting at
-    // once keep both cores busy for a second or two. Spread over 10 s they do not.
-    s.join_secs = 10;
+    // once keep both cores busy for a second or two. Spread over 15 s they do not.
+    s.join_secs = 15;
     let quiet = run(&s).await;
     let host = quiet.host.as_ref().expect("inproc reports the host");
     assert!(
