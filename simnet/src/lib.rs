@@ -2,6 +2,7 @@
 //! network did. See `simnet/README.md`.
 
 pub mod files;
+pub mod fleet;
 pub mod groups;
 pub mod hops;
 pub mod host;
@@ -10,10 +11,13 @@ pub mod link;
 pub mod meter;
 pub mod netns;
 pub mod overrides;
+pub mod piece;
 pub mod plan;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod split;
+pub mod team;
 pub mod track;
 
 use std::path::{Path, PathBuf};

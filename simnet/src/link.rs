@@ -1,6 +1,7 @@
 //! The in-process link model (`[link]` in a scenario): latency, jitter, loss and bandwidth applied
-//! to every byte a node writes on the libp2p memory transport. This kernel has no netem, so the
-//! delay is applied here, under Noise and Yamux, where a real network would apply it.
+//! to every byte a node writes on the libp2p memory transport (one process) or on loopback TCP
+//! (a run split over processes, `simnet::split`). This kernel has no netem, so the delay is
+//! applied here, under the security upgrade and Yamux, where a real network would apply it.
 //!
 //! Each connection end delays what it writes; the other end reads undelayed, so every direction
 //! of every connection is shaped once. A write is due at
@@ -24,14 +25,10 @@ use futures::{
     io::{ReadHalf, WriteHalf},
 };
 use libp2p::{
-    PeerId, Transport as _,
-    core::{
-        muxing::StreamMuxerBox,
-        transport::{MemoryTransport, memory::Channel},
-        upgrade,
-    },
+    PeerId, Transport,
+    core::{muxing::StreamMuxerBox, transport::MemoryTransport, upgrade},
     identity::Keypair,
-    noise, plaintext, yamux,
+    noise, plaintext, tcp, yamux,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -96,26 +93,46 @@ impl Link {
             return commucat::node::Transport::Memory;
         }
         commucat::node::Transport::Custom(Box::new(move |keypair: &Keypair| {
-            let memory = MemoryTransport::default()
-                .map(move |chan, _| Shaped::new(chan, self, seed))
-                .upgrade(upgrade::Version::V1Lazy);
-            match security {
-                Security::Noise => memory
-                    .authenticate(
-                        noise::Config::new(keypair).expect("an Ed25519 key signs Noise keys"),
-                    )
-                    .multiplex(yamux::Config::default())
-                    .timeout(commucat::node::transport::UPGRADE_TIMEOUT)
-                    .map(|(peer, muxer): (PeerId, _), _| (peer, StreamMuxerBox::new(muxer)))
-                    .boxed(),
-                Security::Plaintext => memory
-                    .authenticate(plaintext::Config::new(keypair))
-                    .multiplex(yamux::Config::default())
-                    .timeout(commucat::node::transport::UPGRADE_TIMEOUT)
-                    .map(|(peer, muxer): (PeerId, _), _| (peer, StreamMuxerBox::new(muxer)))
-                    .boxed(),
-            }
+            let memory =
+                MemoryTransport::default().map(move |chan, _| Shaped::new(chan, self, seed));
+            upgraded(memory, keypair, security)
         }))
+    }
+
+    /// The same over TCP (a run split over processes: nodes of different processes connect over
+    /// loopback or a network between hosts, shaped as in one process).
+    pub fn tcp_transport(self, seed: u64, security: Security) -> commucat::node::Transport {
+        commucat::node::Transport::Custom(Box::new(move |keypair: &Keypair| {
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(move |stream, _| Shaped::new(stream, self, seed));
+            upgraded(tcp, keypair, security)
+        }))
+    }
+}
+
+/// `raw` authenticated with `security` and multiplexed with Yamux.
+fn upgraded<T>(raw: T, keypair: &Keypair, security: Security) -> commucat::node::transport::Boxed
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    let raw = raw.upgrade(upgrade::Version::V1Lazy);
+    match security {
+        Security::Noise => raw
+            .authenticate(noise::Config::new(keypair).expect("an Ed25519 key signs Noise keys"))
+            .multiplex(yamux::Config::default())
+            .timeout(commucat::node::transport::UPGRADE_TIMEOUT)
+            .map(|(peer, muxer): (PeerId, _), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        Security::Plaintext => raw
+            .authenticate(plaintext::Config::new(keypair))
+            .multiplex(yamux::Config::default())
+            .timeout(commucat::node::transport::UPGRADE_TIMEOUT)
+            .map(|(peer, muxer): (PeerId, _), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
     }
 }
 
@@ -136,10 +153,10 @@ pub enum Security {
 /// Connection ends opened so far: each gets its own random stream.
 static ENDS: AtomicU64 = AtomicU64::new(0);
 
-/// One end of a shaped memory connection: reads pass through; writes go to a pump task that
-/// writes each one when it is due.
-pub struct Shaped {
-    read: ReadHalf<Channel<Vec<u8>>>,
+/// One end of a shaped connection (`S`: a memory channel or a TCP stream): reads pass through;
+/// writes go to a pump task that writes each one when it is due.
+pub struct Shaped<S> {
+    read: ReadHalf<S>,
     queue: Option<mpsc::Sender<(Instant, Vec<u8>)>>,
     link: Link,
     rng: StdRng,
@@ -149,8 +166,8 @@ pub struct Shaped {
     last_due: Instant,
 }
 
-impl Shaped {
-    fn new(chan: Channel<Vec<u8>>, link: Link, seed: u64) -> Self {
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Shaped<S> {
+    fn new(chan: S, link: Link, seed: u64) -> Self {
         use futures::AsyncReadExt as _;
         let (read, write) = chan.split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -191,7 +208,7 @@ impl Shaped {
     }
 }
 
-async fn pump(mut write: WriteHalf<Channel<Vec<u8>>>, mut rx: mpsc::Receiver<(Instant, Vec<u8>)>) {
+async fn pump<S: AsyncWrite>(mut write: WriteHalf<S>, mut rx: mpsc::Receiver<(Instant, Vec<u8>)>) {
     while let Some((due, bytes)) = rx.next().await {
         tokio::time::sleep_until(due).await;
         if write.write_all(&bytes).await.is_err() {
@@ -204,7 +221,7 @@ async fn pump(mut write: WriteHalf<Channel<Vec<u8>>>, mut rx: mpsc::Receiver<(In
     let _ = write.close().await;
 }
 
-impl AsyncRead for Shaped {
+impl<S: AsyncRead> AsyncRead for Shaped<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -214,7 +231,7 @@ impl AsyncRead for Shaped {
     }
 }
 
-impl AsyncWrite for Shaped {
+impl<S: AsyncRead + AsyncWrite + Send + 'static> AsyncWrite for Shaped<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

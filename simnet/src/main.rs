@@ -1,4 +1,5 @@
-//! `simnet run <scenario.toml> [--out DIR] [--seed N] [--metrics-every SECS]`, `simnet list`.
+//! `simnet run <scenario.toml> [--out DIR] [--seed N] [--metrics-every SECS] [--processes N]`,
+//! `simnet list`; `simnet worker` is one process of a split run (started by `run`).
 
 use std::path::PathBuf;
 
@@ -30,7 +31,27 @@ enum Command {
         /// inproc: every SECS seconds, print the nodes' libp2p metrics summed, and the CPU used.
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         metrics_every: Option<u64>,
+        /// inproc: split the nodes over N processes of this binary, connected over loopback TCP.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=simnet::split::MAX_PROCESSES as i64))]
+        processes: u16,
+        /// With --processes: the address each process's nodes listen on, one per process
+        /// (default: 127.0.0.1 for each).
+        #[arg(long, value_delimiter = ',', requires = "processes")]
+        hosts: Vec<std::net::IpAddr>,
+        /// With --processes: how to start a worker, through `sh -c`, `{host}` replaced by its
+        /// host and `worker` appended (for example 'ssh {host} simnet'). Default: this binary.
+        #[arg(long, requires = "processes")]
+        worker_command: Option<String>,
+        /// With --processes: node i listens on this port + i (default: the first block of free
+        /// ports from 20000 on this host).
+        #[arg(long, requires = "processes")]
+        base_port: Option<u16>,
     },
+    /// One process of a split run, started by `simnet run --processes`; speaks JSON lines on
+    /// standard input and output.
+    #[command(hide = true)]
+    Worker,
     /// The shipped scenarios, one line each.
     List,
 }
@@ -73,14 +94,27 @@ fn main() -> std::process::ExitCode {
             out,
             seed,
             metrics_every,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                let every = metrics_every.map(std::time::Duration::from_secs);
-                rt.block_on(run(scenario, out, seed, every))
-            }),
+            processes,
+            hosts,
+            worker_command,
+            base_port,
+        } => runtime().and_then(|rt| {
+            let every = metrics_every.map(std::time::Duration::from_secs);
+            let mut layout = simnet::split::Layout::local(processes.into());
+            if !hosts.is_empty() && hosts.len() != usize::from(processes) {
+                return Err(anyhow::anyhow!(
+                    "--hosts names {} hosts for {processes} processes: one per process",
+                    hosts.len()
+                ));
+            }
+            if !hosts.is_empty() {
+                layout.hosts = hosts;
+            }
+            layout.worker_command = worker_command;
+            layout.base_port = base_port;
+            rt.block_on(run(scenario, out, seed, every, layout))
+        }),
+        Command::Worker => runtime().and_then(|rt| rt.block_on(simnet::split::worker())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -89,6 +123,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs this binary again with the same arguments inside patchbay's user namespace.
@@ -128,8 +168,13 @@ async fn run(
     out: Option<PathBuf>,
     seed: Option<u64>,
     metrics_every: Option<std::time::Duration>,
+    layout: simnet::split::Layout,
 ) -> anyhow::Result<()> {
     let scenario = Scenario::load(&path)?;
+    let split = layout.hosts.len() > 1 || layout.worker_command.is_some();
+    if split && metrics_every.is_some() {
+        anyhow::bail!("--metrics-every works in one process only");
+    }
     let out = out.unwrap_or_else(|| PathBuf::from("simnet-out").join(&scenario.name));
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -159,7 +204,14 @@ async fn run(
             }
         }
     };
-    let outcome = simnet::run(&scenario, seed, metrics_every, &progress).await?;
+    let outcome = match split {
+        false => simnet::run(&scenario, seed, metrics_every, &progress).await?,
+        true => {
+            let exe = std::env::current_exe()?;
+            let seed = seed.unwrap_or(scenario.seed);
+            simnet::split::run(&exe, &scenario, seed, &layout, &progress).await?
+        }
+    };
     bar.finish_and_clear();
     let files = simnet::write(&outcome, &out)?;
     println!("{}", outcome.report.summary());

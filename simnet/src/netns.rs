@@ -30,6 +30,7 @@ use crate::{
     plan::{Op, Plan},
     report::{NatPair, rate},
     scenario::{Nat, Role, Scenario},
+    team::Team,
     track::{self, Tracker},
 };
 
@@ -503,16 +504,12 @@ pub async fn run(
         watchers.push(tracker.watch_inbox(i, n.app.data().inbox().subscribe()));
     }
     let client = |i: usize| Ok(run.nodes[i].app.node().client().clone());
-    track::claim_all(&tracker, plan, client, LOOKUP_TIMEOUT, progress).await?;
+    track::claim_all(&tracker, plan, |_| true, client, LOOKUP_TIMEOUT, progress).await?;
     let phase = Instant::now();
     workload(&run, plan, &tracker, phase, progress).await?;
     tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
-    track::drain(
-        &tracker,
-        phase + Duration::from_secs(s.duration_secs + s.drain_secs),
-        progress,
-    )
-    .await;
+    let until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
+    track::drain(&tracker, plan, &mut Team::Alone, until, progress).await?;
     // A relayed pair may still be punching: its outcome is waited for.
     let (pairs, state) = settle_pairs(&run, &tracker, progress).await?;
     let cells = nat_cells(plan, &run, &pairs, &state, &tracker.lock());

@@ -105,6 +105,22 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The node that carries the operation out (in a split run, the process that runs it does);
+    /// `None` for a group's creation, made by its first member before the phase.
+    pub fn actor(&self) -> Option<usize> {
+        match *self {
+            Op::Lookup { from, .. }
+            | Op::Resolve { from, .. }
+            | Op::Message { from, .. }
+            | Op::File { from, .. }
+            | Op::GroupMessage { from, .. } => Some(from),
+            Op::Claim { node } | Op::Leave { node } | Op::Return { node } => Some(node),
+            Op::GroupCreate { .. } => None,
+        }
+    }
+}
+
 /// Sources and targets of lookups and files, and senders of messages, are online when the
 /// operation is due, and stay so for this long (a message's target may be offline: its delivery
 /// waits for the return).
@@ -133,10 +149,29 @@ impl Plan {
     /// seed, the same in every run of this plan and in every process of a split run; its key
     /// bundles fresh.
     pub fn keys(&self, i: usize) -> LocalKeys {
-        let mut rng = StdRng::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(KEY_SPREAD));
-        let identity = Identity::from_secrets(rng.random(), rng.random());
+        let identity = self.identity(i);
         let bundle = KeyRing::generate(&identity, Schedule::default());
         LocalKeys { identity, bundle }
+    }
+
+    /// Node `i`'s peer id: its Ed25519 key's, without the rest of the identity and the key
+    /// bundles that [`Plan::keys`] makes (their signatures cost a millisecond a node).
+    pub fn peer_id(&self, i: usize) -> libp2p::PeerId {
+        let (mut ed25519, _) = self.secrets(i);
+        libp2p::identity::Keypair::ed25519_from_bytes(&mut ed25519)
+            .expect("any 32 bytes are a valid Ed25519 secret key")
+            .public()
+            .to_peer_id()
+    }
+
+    fn identity(&self, i: usize) -> Identity {
+        let (ed25519, ml_dsa) = self.secrets(i);
+        Identity::from_secrets(ed25519, ml_dsa)
+    }
+
+    fn secrets(&self, i: usize) -> ([u8; 32], [u8; 32]) {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ (i as u64 + 1).wrapping_mul(KEY_SPREAD));
+        (rng.random(), rng.random())
     }
 
     pub fn new(s: &Scenario, seed: u64) -> Self {

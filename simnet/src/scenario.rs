@@ -202,7 +202,7 @@ impl Scenario {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.groups.is_empty() {
             bail!("a scenario needs at least one [[group]]");
         }

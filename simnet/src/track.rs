@@ -15,7 +15,9 @@ use libp2p::PeerId;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 mod per_second;
+mod shipped;
 use per_second::PerSecond;
+pub use shipped::Shipped;
 
 use crate::{
     plan::Plan,
@@ -23,6 +25,7 @@ use crate::{
         Dist, Files, GroupRow, Lookups, Messages, Names, Report, Second, Share, ToOffline, rate,
     },
     scenario::Scenario,
+    team::Team,
 };
 
 /// One message sent by the workload.
@@ -99,11 +102,6 @@ impl Tracker {
             .or_default()
             .push(Instant::now());
     }
-
-    /// (sent, of which arrived), a group message counted once per member it is due at.
-    pub fn progress(&self) -> (usize, usize) {
-        all_progress(&self.lock())
-    }
 }
 
 impl Tracker {
@@ -175,11 +173,12 @@ impl Tracker {
 pub const MAX_CLAIMS_IN_FLIGHT: usize = 64;
 
 /// The plan's claims ([`Op::Claim`](crate::plan::Op::Claim)), made before the workload phase and
-/// waited for, so that the phase's resolutions look up names that exist. `clients`: the claiming
-/// nodes' clients, by node index.
+/// waited for, so that the phase's resolutions look up names that exist. `client`: a claiming
+/// node's client, by node index; `mine`: whether this process runs the node.
 pub async fn claim_all(
     tracker: &Tracker,
     plan: &Plan,
+    mine: impl Fn(usize) -> bool,
     client: impl Fn(usize) -> anyhow::Result<Client>,
     limit: Duration,
     progress: &crate::Progress,
@@ -187,7 +186,7 @@ pub async fn claim_all(
     use futures::StreamExt;
     let nodes: Vec<usize> = (plan.ops.iter())
         .filter_map(|o| match o.op {
-            crate::plan::Op::Claim { node } => Some(node),
+            crate::plan::Op::Claim { node } if mine(node) => Some(node),
             _ => None,
         })
         .collect();
@@ -248,6 +247,14 @@ impl FirstConnects {
     /// Node `i` connected `after` its start (only the first call per node counts).
     pub fn record(&self, i: usize, after: Duration) {
         self.0.lock().unwrap_or_else(|e| e.into_inner())[i].get_or_insert(after);
+    }
+
+    /// (node, milliseconds) of every node that connected.
+    pub fn entries(&self) -> Vec<(usize, f64)> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (v.iter().enumerate())
+            .filter_map(|(i, d)| Some((i, d.as_ref()?.as_secs_f64() * 1000.0)))
+            .collect()
     }
 
     /// The distribution in milliseconds, and how many nodes never connected.
@@ -545,28 +552,23 @@ fn messages(
     (messages, delivery_ms, timeline)
 }
 
-/// Sent messages, group copies included, and how many of those arrived.
-fn all_progress(l: &Log) -> (usize, usize) {
-    let arrived = l.sent.keys().filter(|k| l.arrived.contains_key(*k)).count();
-    let due: usize = l.group_sent.values().map(|g| g.to.len()).sum();
-    let got: usize = (l.group_sent.iter())
-        .map(|(tag, g)| {
-            let arr = l.group_arrived.get(tag).map_or(&[][..], Vec::as_slice);
-            g.to.iter()
-                .filter(|m| arr.iter().any(|(n, _)| n == *m))
-                .count()
-        })
-        .sum();
-    (l.sent.len() + due, arrived + got)
-}
-
-/// Waits until every sent message arrived or `until`, reporting progress.
-pub async fn drain(tracker: &Tracker, until: Instant, progress: &crate::Progress) {
+/// Waits until every message the processes of `team` sent arrived, or `until` on any of them,
+/// reporting progress.
+pub async fn drain(
+    tracker: &Tracker,
+    plan: &Plan,
+    team: &mut Team,
+    until: Instant,
+    progress: &crate::Progress,
+) -> anyhow::Result<()> {
     loop {
-        let (sent, arrived) = tracker.progress();
+        let (sent, arrived) = tracker.lock().sent_and_arrived(plan);
+        let late = Instant::now() >= until;
+        let all = team.gather("drain", (sent, arrived, late)).await?;
+        let (sent, arrived) = (all.iter()).fold((0, 0), |(s, a), x| (s + x.0, a + x.1));
         progress("draining", arrived as u64, sent as u64);
-        if arrived == sent || Instant::now() >= until {
-            break;
+        if arrived >= sent || all.iter().any(|x| x.2) {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -1,21 +1,66 @@
 //! simnet as a researcher uses it: a shipped scenario of 50 real nodes in this process (over the
-//! link model, with an outage, files, names), checked on its report and its files; and the same
-//! seed giving the same plan.
+//! link model, with an outage, files, names), checked on its report and its files, then the same
+//! scenario split over four `simnet` processes with the same results; and the same seed giving
+//! the same plan.
 
-use simnet::{Plan, Scenario, scenario::shipped_dir};
+use simnet::{Plan, Report, Scenario, scenario::shipped_dir};
 
 fn scenario(name: &str) -> Scenario {
     Scenario::load(&shipped_dir().join(format!("{name}.toml"))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
+async fn smoke_50_finds_every_peer_and_delivers_every_message_once_in_one_process_or_four() {
     let s = scenario("smoke-50");
     let outcome = simnet::run(&s, None, None, &|_: &str, _: u64, _: u64| {})
         .await
         .unwrap();
-    let r = &outcome.report;
-    println!("{}", r.summary());
+    let one = &outcome.report;
+    println!("one process:\n{}", one.summary());
+    check_smoke_50(one);
+    written(&outcome);
+
+    // The same scenario split over four processes of the simnet binary (nodes 0, 4, 8, … in the
+    // first), connected over loopback TCP.
+    let dir = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_simnet"))
+        .args(["run", "--processes", "4", "--out"])
+        .arg(dir.path())
+        .arg(shipped_dir().join("smoke-50.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    println!("four processes:\n{stdout}");
+    let four: Report =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    check_smoke_50(&four);
+    // The same plan, so the same work; and the same results within the busy-host tolerance.
+    let work = |r: &Report| {
+        let groups = r.groups.as_ref().map(|g| (g.groups, g.messages, g.copies));
+        let names = r.names.as_ref().map(|n| (n.claimed, n.resolutions));
+        let files = r.files.as_ref().map(|f| f.sent);
+        let churn = r.churn.as_ref().map(|c| (c.leaves, c.returns));
+        (
+            r.lookups.attempted,
+            r.messages.sent,
+            groups,
+            names,
+            files,
+            churn,
+        )
+    };
+    assert_eq!(work(one), work(&four));
+    let valid = |r: &Report| r.host.as_ref().is_some_and(|h| h.valid);
+    if valid(one) && valid(&four) {
+        let differ = simnet::host::disagreements(one, &four);
+        assert!(differ.is_empty(), "{differ:?}");
+    }
+}
+
+/// What smoke-50 must show, run in one process or several.
+fn check_smoke_50(r: &Report) {
     assert_eq!(r.nodes, 50);
     assert_eq!(r.isolated_nodes, 0, "every node connected to someone");
     assert_eq!(r.time_to_first_bootstrap_ms.count, 50);
@@ -88,9 +133,13 @@ async fn smoke_50_finds_every_peer_and_delivers_every_message_once() {
         .map(|g| (g.messages, g.copies, g.delivered))
         .collect();
     assert_eq!(rows, vec![(20, 80, 80); 3], "each group on its own");
+}
 
+/// The report's files.
+fn written(outcome: &simnet::Outcome) {
+    let sent = outcome.report.messages.sent;
     let dir = tempfile::tempdir().unwrap();
-    let files = simnet::write(&outcome, dir.path()).unwrap();
+    let files = simnet::write(outcome, dir.path()).unwrap();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(json["messages"]["delivered"], sent);
@@ -123,6 +172,7 @@ fn the_same_seed_gives_the_same_topology_and_workload() {
     let c = Plan::new(&s, 43);
     assert_ne!(a.ops, c.ops, "another seed, another workload");
     assert_eq!(a.nodes.len(), 50);
+    assert_eq!(a.peer_id(7), a.keys(7).peer_id(), "ids without key bundles");
     // 150 lookups, 190 messages, 3 files, 5 leaves and 5 returns, 60 name resolutions and a claim
     // by each node resolved (a few draws may find no online sender and are dropped, the same ones
     // for the same seed).
