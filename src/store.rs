@@ -141,7 +141,7 @@ pub struct Store {
     committer: Committer,
     /// The data directory, for a database on disk.
     data_dir: Option<PathBuf>,
-    inbox_notify: tokio::sync::broadcast::Sender<inbox::Message>,
+    inbox_notify: tokio::sync::broadcast::Sender<std::sync::Arc<inbox::Message>>,
 }
 
 impl Store {

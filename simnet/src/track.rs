@@ -122,7 +122,7 @@ impl Tracker {
     pub fn watch_inbox(
         &self,
         node: usize,
-        mut inbox: broadcast::Receiver<inbox::Message>,
+        mut inbox: broadcast::Receiver<std::sync::Arc<inbox::Message>>,
     ) -> tokio::task::JoinHandle<()> {
         let t = self.clone();
         tokio::spawn(async move {

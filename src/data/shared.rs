@@ -10,7 +10,7 @@ use std::{
 
 use libp2p::PeerId;
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -87,7 +87,7 @@ pub(super) struct Shared {
     pub(super) cfg: super::Config,
     pub(super) downloads: PathBuf,
     // Signals: events out, wake-ups of delivery workers, the end.
-    pub(super) events: broadcast::Sender<Event>,
+    pub(super) events: crate::node::Broadcast<Event>,
     pub(super) wake: mpsc::Sender<PeerId>,
     pub(super) shutdown: CancellationToken,
     // Bounds on inbound sessions, in all and per peer.

@@ -2,10 +2,10 @@
 //! tests, simnet). Cheap to clone; each call is a command with a `oneshot` reply.
 
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Error, Event,
+    Broadcast, Error, Event, Subscription,
     command::{Command, Connected, FoundPeer, PeerInfo, ResolvedName, Status},
 };
 use crate::names::Handle;
@@ -14,7 +14,7 @@ use crate::names::Handle;
 pub struct Client {
     pub(crate) peer_id: PeerId,
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) events: Broadcast<Event>,
 }
 
 impl Client {
@@ -24,7 +24,7 @@ impl Client {
 
     /// Node events from now on. A subscriber that falls more than
     /// [`super::event::EVENT_BUFFER`] events behind is told how many it missed.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> Subscription<Event> {
         self.events.subscribe()
     }
 

@@ -6,6 +6,8 @@
 //! ahead of what is left is asked once to send again from the first one missing (RESYNC,
 //! `data-v1.md` §5.1); what it can no longer send is skipped the next time, never shown twice.
 
+use std::sync::Arc;
+
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sled::{
@@ -70,7 +72,9 @@ pub struct Inbox {
     resync: sled::Tree,
     /// This database started once on lost data (`meta/data_loss_accepted`).
     lost_data: bool,
-    notify: broadcast::Sender<Message>,
+    /// New messages, shared: a slot of the channel's ring holds a pointer, not a message (1,024
+    /// slots of a whole `Message` were 287 KB per node, listened to or not).
+    notify: broadcast::Sender<Arc<Message>>,
 }
 
 fn hwm_key(from: &PeerId, epoch: u64) -> Vec<u8> {
@@ -83,7 +87,7 @@ impl Inbox {
     pub(super) fn open(
         db: &sled::Db,
         committer: super::Committer,
-        notify: broadcast::Sender<Message>,
+        notify: broadcast::Sender<Arc<Message>>,
     ) -> Result<Self, Error> {
         let lost_data = db
             .open_tree(super::META_TREE)?
@@ -164,7 +168,7 @@ impl Inbox {
             });
         match result {
             Ok(Accepted::Stored(msg)) => {
-                let _ = self.notify.send((*msg).clone());
+                let _ = self.notify.send(Arc::new((*msg).clone()));
                 Ok(Accepted::Stored(msg))
             }
             Ok(other) => Ok(other),
@@ -203,7 +207,7 @@ impl Inbox {
     }
 
     /// New messages from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Message>> {
         self.notify.subscribe()
     }
 }
