@@ -3,13 +3,15 @@
 //! where a large run spends its two cores (joins, idle connections, pings, DHT traffic).
 //!
 //! ```text
-//! metrics t=241s nodes=275 cpu=84% live_conns=58554 new_conns=12147 pings=26449 ping_ms=24 kad_in=15458 dial_errors=2
+//! metrics t=241s nodes=275 cpu=84% live_conns=58554 new_conns=12147 pings=26449 ping_ms=24 kad_in=15458 dial_errors=2 kad_out=Bootstrap:9120,GetClosestPeers:3310,PutRecord:2871
 //! ```
 //!
 //! - `cpu`: this process's user + system time over the interval, in % of one core.
 //! - `live_conns`: connections open now, counted at both ends (established minus closed).
 //! - `new_conns`, `pings`, `kad_in` (Kademlia requests served), `dial_errors`: over the interval.
 //! - `ping_ms`: mean ping round trip over the interval: it grows when the CPU is saturated.
+//! - `kad_out`: Kademlia requests sent by the queries that finished over the interval, by kind
+//!   of query (a bootstrap counts each of its steps), so one sees what the DHT traffic is for.
 
 use std::{
     collections::HashMap,
@@ -25,6 +27,7 @@ const PINGS: &str = "commucat_libp2p_ping_rtt_seconds_count";
 const PING_SECONDS: &str = "commucat_libp2p_ping_rtt_seconds_sum";
 const KAD_IN: &str = "commucat_libp2p_kad_inbound_requests_total";
 const DIAL_ERRORS: &str = "commucat_libp2p_swarm_outgoing_connection_error_total";
+const QUERY_REQUESTS: &str = "commucat_libp2p_kad_query_result_num_requests_sum";
 
 /// The registries of the nodes started so far (a restarted node adds its new one).
 #[derive(Clone, Default)]
@@ -80,8 +83,23 @@ fn line(
         (Some(c), Some(p)) => format!("{:.0}%", c.saturating_sub(p) as f64 / every.as_secs_f64()),
         _ => "?".into(),
     };
+    let mut kinds: Vec<(&str, f64)> = (now.by_label.iter())
+        .filter_map(|((name, labels), v)| {
+            let kind = labels.strip_prefix("type=\"")?.strip_suffix('"')?;
+            let was = prev.by_label.get(&(name.clone(), labels.clone())).copied();
+            (name == QUERY_REQUESTS).then_some((kind, v - was.unwrap_or(0.0)))
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    kinds.sort_by(|a, b| a.0.cmp(b.0));
+    let kad_out = match kinds.is_empty() {
+        true => "0".to_owned(),
+        false => (kinds.iter().map(|(k, n)| format!("{k}:{n:.0}")))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
     format!(
-        "metrics t={}s nodes={} cpu={cpu} live_conns={:.0} new_conns={:.0} pings={:.0} ping_ms={:.0} kad_in={:.0} dial_errors={:.0}",
+        "metrics t={}s nodes={} cpu={cpu} live_conns={:.0} new_conns={:.0} pings={:.0} ping_ms={:.0} kad_in={:.0} dial_errors={:.0} kad_out={kad_out}",
         t.as_secs(),
         nodes.len(),
         now.get(ESTABLISHED) - now.get(CLOSED),
@@ -93,23 +111,30 @@ fn line(
     )
 }
 
-/// Every metric summed over its labels and over the nodes.
+/// Every metric summed over its labels and over the nodes; `kad_out`'s also per label.
 #[derive(Default)]
-struct Sums(HashMap<String, f64>);
+struct Sums {
+    all: HashMap<String, f64>,
+    by_label: HashMap<(String, String), f64>,
+}
 
 impl Sums {
     fn of(registries: &[SharedRegistry]) -> Self {
-        let mut sums = HashMap::new();
+        let mut sums = Self::default();
         for r in registries {
-            for_each_sample(r, |name, _, value| {
-                *sums.entry(name.to_owned()).or_insert(0.0) += value;
+            for_each_sample(r, |name, labels, value| {
+                *sums.all.entry(name.to_owned()).or_insert(0.0) += value;
+                if name == QUERY_REQUESTS {
+                    let key = (name.to_owned(), labels.to_owned());
+                    *sums.by_label.entry(key).or_insert(0.0) += value;
+                }
             });
         }
-        Self(sums)
+        sums
     }
 
     fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(0.0)
+        self.all.get(name).copied().unwrap_or(0.0)
     }
 }
 
@@ -173,14 +198,20 @@ mod tests {
     #[test]
     fn the_line_sums_nodes_and_reports_the_interval() {
         let mut now = Sums::default();
-        now.0.insert(ESTABLISHED.into(), 30.0);
-        now.0.insert(CLOSED.into(), 10.0);
-        now.0.insert(PINGS.into(), 14.0);
-        now.0.insert(PING_SECONDS.into(), 0.5);
+        now.all.insert(ESTABLISHED.into(), 30.0);
+        now.all.insert(CLOSED.into(), 10.0);
+        now.all.insert(PINGS.into(), 14.0);
+        now.all.insert(PING_SECONDS.into(), 0.5);
         let mut prev = Sums::default();
-        prev.0.insert(ESTABLISHED.into(), 12.0);
-        prev.0.insert(PINGS.into(), 4.0);
-        prev.0.insert(PING_SECONDS.into(), 0.3);
+        prev.all.insert(ESTABLISHED.into(), 12.0);
+        prev.all.insert(PINGS.into(), 4.0);
+        prev.all.insert(PING_SECONDS.into(), 0.3);
+        let bootstrap = (QUERY_REQUESTS.to_owned(), r#"type="Bootstrap""#.to_owned());
+        let put = (QUERY_REQUESTS.to_owned(), r#"type="PutRecord""#.to_owned());
+        now.by_label.insert(bootstrap.clone(), 700.0);
+        now.by_label.insert(put.clone(), 40.0);
+        prev.by_label.insert(bootstrap, 100.0);
+        prev.by_label.insert(put, 40.0);
         let l = line(
             Duration::from_secs(40),
             Duration::from_secs(20),
@@ -192,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             l,
-            "metrics t=40s nodes=0 cpu=100% live_conns=20 new_conns=18 pings=10 ping_ms=20 kad_in=0 dial_errors=0"
+            "metrics t=40s nodes=0 cpu=100% live_conns=20 new_conns=18 pings=10 ping_ms=20 kad_in=0 dial_errors=0 kad_out=Bootstrap:600"
         );
     }
 
