@@ -394,7 +394,7 @@ async fn events(State(state): State<AppState>) -> Result<impl IntoResponse, Prob
 /// SSE events from a broadcast of serialisable events tagged with `type`; a subscriber that falls
 /// behind gets a `lagged` event.
 fn subscription<E: Serialize + Clone + Send + Sync + 'static>(
-    rx: crate::node::Subscription<E>,
+    rx: crate::broadcast::Subscription<E>,
 ) -> impl futures::Stream<Item = sse::Event> + Send + 'static {
     futures::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {

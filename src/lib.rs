@@ -33,6 +33,7 @@
 //! - [`cli`]: the `commucat` command line.
 
 pub mod assist;
+pub mod broadcast;
 pub mod cli;
 pub mod codec;
 pub mod config;

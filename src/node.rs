@@ -41,7 +41,7 @@ pub use command::{
     Connected, ConnectionInfo, Direction, FindSource, FoundPeer, PeerInfo, ResolvedName, Status,
 };
 pub use config::{Config, Role};
-pub use event::{Broadcast, EVENT_BUFFER, Event, Subscription};
+pub use event::{EVENT_BUFFER, Event};
 pub use event_loop::{MAX_PENDING_DIALS, MAX_PENDING_FINDS, MAX_PENDING_VALIDATIONS};
 pub use transport::Transport;
 
@@ -144,7 +144,7 @@ impl Node {
         );
         let stream_control = swarm.behaviour().stream.new_control();
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
-        let ev_tx = Broadcast::new(EVENT_BUFFER);
+        let ev_tx = crate::broadcast::Broadcast::new(EVENT_BUFFER);
         let shutdown = CancellationToken::new();
         let peer_book = store.peer_book((&cfg.peerbook).into())?;
         let mut event_loop = event_loop::EventLoop::new(

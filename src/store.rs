@@ -141,7 +141,7 @@ pub struct Store {
     committer: Committer,
     /// The data directory, for a database on disk.
     data_dir: Option<PathBuf>,
-    inbox_notify: tokio::sync::broadcast::Sender<std::sync::Arc<inbox::Message>>,
+    inbox_notify: crate::broadcast::Broadcast<inbox::Message>,
 }
 
 impl Store {
@@ -293,7 +293,7 @@ impl Store {
             db,
             committer,
             data_dir,
-            inbox_notify: tokio::sync::broadcast::channel(inbox::NOTIFY_BUFFER).0,
+            inbox_notify: crate::broadcast::Broadcast::new(inbox::NOTIFY_BUFFER),
         }
     }
 

@@ -10,7 +10,7 @@ use crate::meter;
 
 /// Waits for the sender's `TransferFinished` of transfer `id`; true when it completed.
 pub async fn wait_file(
-    events: &mut commucat::node::Subscription<data::Event>,
+    events: &mut commucat::broadcast::Subscription<data::Event>,
     id: &str,
     until: Instant,
 ) -> bool {

@@ -83,12 +83,8 @@ fn line(
         (Some(c), Some(p)) => format!("{:.0}%", c.saturating_sub(p) as f64 / every.as_secs_f64()),
         _ => "?".into(),
     };
-    let mut kinds: Vec<(&str, f64)> = (now.by_label.iter())
-        .filter_map(|((name, labels), v)| {
-            let kind = labels.strip_prefix("type=\"")?.strip_suffix('"')?;
-            let was = prev.by_label.get(&(name.clone(), labels.clone())).copied();
-            (name == QUERY_REQUESTS).then_some((kind, v - was.unwrap_or(0.0)))
-        })
+    let mut kinds: Vec<(&str, f64)> = (now.kad_out.iter())
+        .map(|(kind, v)| (kind.as_str(), v - prev.kad_out.get(kind).unwrap_or(&0.0)))
         .filter(|(_, n)| *n > 0.0)
         .collect();
     kinds.sort_by(|a, b| a.0.cmp(b.0));
@@ -111,11 +107,11 @@ fn line(
     )
 }
 
-/// Every metric summed over its labels and over the nodes; `kad_out`'s also per label.
+/// Every metric summed over its labels and over the nodes; `kad_out` also per kind of query.
 #[derive(Default)]
 struct Sums {
     all: HashMap<String, f64>,
-    by_label: HashMap<(String, String), f64>,
+    kad_out: HashMap<String, f64>,
 }
 
 impl Sums {
@@ -124,9 +120,11 @@ impl Sums {
         for r in registries {
             for_each_sample(r, |name, labels, value| {
                 *sums.all.entry(name.to_owned()).or_insert(0.0) += value;
-                if name == QUERY_REQUESTS {
-                    let key = (name.to_owned(), labels.to_owned());
-                    *sums.by_label.entry(key).or_insert(0.0) += value;
+                if name == QUERY_REQUESTS
+                    && let Some(kind) = labels.strip_prefix("type=\"")
+                    && let Some(kind) = kind.strip_suffix('"')
+                {
+                    *sums.kad_out.entry(kind.to_owned()).or_insert(0.0) += value;
                 }
             });
         }
@@ -206,12 +204,10 @@ mod tests {
         prev.all.insert(ESTABLISHED.into(), 12.0);
         prev.all.insert(PINGS.into(), 4.0);
         prev.all.insert(PING_SECONDS.into(), 0.3);
-        let bootstrap = (QUERY_REQUESTS.to_owned(), r#"type="Bootstrap""#.to_owned());
-        let put = (QUERY_REQUESTS.to_owned(), r#"type="PutRecord""#.to_owned());
-        now.by_label.insert(bootstrap.clone(), 700.0);
-        now.by_label.insert(put.clone(), 40.0);
-        prev.by_label.insert(bootstrap, 100.0);
-        prev.by_label.insert(put, 40.0);
+        now.kad_out.insert("Bootstrap".into(), 700.0);
+        now.kad_out.insert("PutRecord".into(), 40.0);
+        prev.kad_out.insert("Bootstrap".into(), 100.0);
+        prev.kad_out.insert("PutRecord".into(), 40.0);
         let l = line(
             Duration::from_secs(40),
             Duration::from_secs(20),

@@ -12,7 +12,7 @@ use commucat::{
     store::inbox,
 };
 use libp2p::PeerId;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
 mod per_second;
 mod shipped;
@@ -122,7 +122,7 @@ impl Tracker {
     pub fn watch_inbox(
         &self,
         node: usize,
-        mut inbox: broadcast::Receiver<std::sync::Arc<inbox::Message>>,
+        mut inbox: commucat::broadcast::Subscription<inbox::Message>,
     ) -> tokio::task::JoinHandle<()> {
         let t = self.clone();
         tokio::spawn(async move {

@@ -83,7 +83,7 @@ pub struct Groups {
     stored: GroupLogs,
     outbox: Outbox,
     wake: mpsc::Sender<PeerId>,
-    events: crate::node::Broadcast<super::Event>,
+    events: crate::broadcast::Broadcast<super::Event>,
     /// The heads (ours, theirs) we last asked a peer to sync from, per group: asking again
     /// before either changes would bring nothing new, and two logs that cannot merge (a creator
     /// who signed two `create`s) would otherwise ask each other forever.
@@ -135,7 +135,7 @@ impl Groups {
         stored: GroupLogs,
         outbox: Outbox,
         wake: mpsc::Sender<PeerId>,
-        events: crate::node::Broadcast<super::Event>,
+        events: crate::broadcast::Broadcast<super::Event>,
     ) -> Result<Self, store::Error> {
         let mut by_group: HashMap<GroupId, Vec<Entry>> = HashMap::new();
         for (group, bytes) in stored.all()? {

@@ -109,7 +109,7 @@ impl Service {
         let control = node.data_control();
         let incoming = node.take_data_streams().ok_or(Error::AlreadyRunning)?;
         let (wake, wake_rx) = mpsc::channel(WAKE_BUFFER);
-        let events = crate::node::Broadcast::new(EVENT_BUFFER);
+        let events = crate::broadcast::Broadcast::new(EVENT_BUFFER);
         let shared = Arc::new(Shared {
             keys: keys.clone(),
             node: node.client().clone(),
@@ -246,7 +246,7 @@ impl Service {
         &self.shared.session.counters
     }
 
-    pub fn subscribe(&self) -> crate::node::Subscription<Event> {
+    pub fn subscribe(&self) -> crate::broadcast::Subscription<Event> {
         self.shared.events.subscribe()
     }
 

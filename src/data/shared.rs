@@ -87,7 +87,7 @@ pub(super) struct Shared {
     pub(super) cfg: super::Config,
     pub(super) downloads: PathBuf,
     // Signals: events out, wake-ups of delivery workers, the end.
-    pub(super) events: crate::node::Broadcast<Event>,
+    pub(super) events: crate::broadcast::Broadcast<Event>,
     pub(super) wake: mpsc::Sender<PeerId>,
     pub(super) shutdown: CancellationToken,
     // Bounds on inbound sessions, in all and per peer.

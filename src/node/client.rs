@@ -5,10 +5,13 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Broadcast, Error, Event, Subscription,
+    Error, Event,
     command::{Command, Connected, FoundPeer, PeerInfo, ResolvedName, Status},
 };
-use crate::names::Handle;
+use crate::{
+    broadcast::{Broadcast, Subscription},
+    names::Handle,
+};
 
 #[derive(Clone)]
 pub struct Client {

@@ -43,7 +43,7 @@ pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
 pub use traversal::Metrics as TraversalMetrics;
 
 use super::{
-    Broadcast, Error, Event,
+    Error, Event,
     behaviour::{Behaviour, BehaviourEvent},
     command::{Command, Connected, ConnectionInfo, Direction},
     error_chain,
@@ -122,7 +122,7 @@ const INTERNAL_BUFFER: usize = MAX_PENDING_VALIDATIONS + MAX_PENDING_FINDS + 8;
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    events: Broadcast<Event>,
+    events: crate::broadcast::Broadcast<Event>,
     shutdown: CancellationToken,
     /// The listeners `start` opened.
     listeners: Vec<libp2p::core::transport::ListenerId>,
@@ -142,7 +142,7 @@ pub(crate) struct EventLoop {
 /// How clients reach the event loop, and it them.
 pub(crate) struct Channels {
     pub(crate) commands: mpsc::Receiver<Command>,
-    pub(crate) events: Broadcast<Event>,
+    pub(crate) events: crate::broadcast::Broadcast<Event>,
     pub(crate) shutdown: CancellationToken,
 }
 

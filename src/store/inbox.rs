@@ -6,18 +6,18 @@
 //! ahead of what is left is asked once to send again from the first one missing (RESYNC,
 //! `data-v1.md` §5.1); what it can no longer send is skipped the next time, never shown twice.
 
-use std::sync::Arc;
-
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sled::{
     Transactional,
     transaction::{ConflictableTransactionError, TransactionError},
 };
-use tokio::sync::broadcast;
 
 use super::{Error, Via, peer_key};
-use crate::wire::Data;
+use crate::{
+    broadcast::{Broadcast, Subscription},
+    wire::Data,
+};
 
 pub const TREE: &str = "inbox";
 pub const HWM_TREE: &str = "inbox_hwm";
@@ -72,9 +72,7 @@ pub struct Inbox {
     resync: sled::Tree,
     /// This database started once on lost data (`meta/data_loss_accepted`).
     lost_data: bool,
-    /// New messages, shared: a slot of the channel's ring holds a pointer, not a message (1,024
-    /// slots of a whole `Message` were 287 KB per node, listened to or not).
-    notify: broadcast::Sender<Arc<Message>>,
+    notify: Broadcast<Message>,
 }
 
 fn hwm_key(from: &PeerId, epoch: u64) -> Vec<u8> {
@@ -87,7 +85,7 @@ impl Inbox {
     pub(super) fn open(
         db: &sled::Db,
         committer: super::Committer,
-        notify: broadcast::Sender<Arc<Message>>,
+        notify: Broadcast<Message>,
     ) -> Result<Self, Error> {
         let lost_data = db
             .open_tree(super::META_TREE)?
@@ -168,7 +166,7 @@ impl Inbox {
             });
         match result {
             Ok(Accepted::Stored(msg)) => {
-                let _ = self.notify.send(Arc::new((*msg).clone()));
+                let _ = self.notify.send((*msg).clone());
                 Ok(Accepted::Stored(msg))
             }
             Ok(other) => Ok(other),
@@ -207,7 +205,7 @@ impl Inbox {
     }
 
     /// New messages from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Message>> {
+    pub fn subscribe(&self) -> Subscription<Message> {
         self.notify.subscribe()
     }
 }
