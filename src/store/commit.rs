@@ -186,13 +186,19 @@ impl Committer {
     /// concurrently: the stored generation only grows (see `Committer::bump`), and a record is
     /// written only after a flush that covered its generation, so the file never names a
     /// generation the database does not durably hold.
+    ///
+    /// The flush runs on one of tokio's blocking threads, not through `Db::flush_async`: sled
+    /// 0.34.7 runs that on its own thread pool, where concurrent flushes wait for writes queued
+    /// behind them on the same pool, which then stops growing, so they never finish
+    /// (spacejam/sled#1308, fixed on sled's main branch, never released).
     pub async fn commit(&self) -> Result<(), Error> {
-        let noted = self.noted_count();
-        let generation = self.bump()?;
-        self.inner.db.flush_async().await?;
-        self.record(generation).await?;
-        self.inner.durable.fetch_max(noted, Ordering::AcqRel);
-        Ok(())
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.commit_blocking();
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.commit_blocking())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 
     /// As [`Committer::commit`], from blocking code.
@@ -243,19 +249,6 @@ impl Committer {
             Some(old.max(generation).to_be_bytes().to_vec())
         })?;
         Ok(generation)
-    }
-
-    async fn record(&self, generation: u64) -> Result<(), Error> {
-        if self.inner.record.is_none() {
-            return Ok(());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.write_record(generation);
-        }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_record(generation))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
 
     fn write_record(&self, generation: u64) -> Result<(), Error> {

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::Arc;
 
 /// A database closed while another open waits for it is opened; one that stays open is
 /// refused as locked once [`LOCK_WAIT`] has passed.
@@ -18,4 +19,63 @@ fn opening_waits_a_moment_for_the_lock_then_says_locked() {
         Ok(_) => panic!("opened a database that is open"),
     }
     drop(second);
+}
+
+/// Many commits at once, on many databases, as simnet's nodes made them when they stopped
+/// together (and a busy node makes them: an ACK per received message, a flush per queued one).
+/// sled 0.34.7's `flush_async` runs each flush on sled's own thread pool, where the flushes wait
+/// for writes queued behind them on the same pool, and the pool stops growing: they never finish
+/// (spacejam/sled#1308). Commits flush on tokio's blocking threads instead.
+///
+/// Before the fix the runtime's workers blocked inside sled, so no tokio timer could end the
+/// test: a plain thread waits for the answer instead.
+#[test]
+fn concurrent_commits_all_finish() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = rt.handle().clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.block_on(commit_on_many_stores_at_once()));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(60));
+    rt.shutdown_background();
+    let lens = answer.expect("concurrent commits finish within 60 s (sled's flush_async hung)");
+    assert_eq!(lens, vec![80; 32], "every message of every store is there");
+}
+
+/// 32 stores, 80 commits each, all started at once; the inbox length of each store.
+async fn commit_on_many_stores_at_once() -> Vec<usize> {
+    let stores: Vec<_> = (0..32)
+        .map(|_| Arc::new(Store::temporary().unwrap()))
+        .collect();
+    let mut commits = tokio::task::JoinSet::new();
+    for round in 0..20u64 {
+        for (s, store) in stores.iter().enumerate() {
+            for i in 0..4u64 {
+                let store = store.clone();
+                let msg_id = [round, s as u64 * 4 + i].map(u64::to_be_bytes).concat();
+                commits.spawn(async move {
+                    let data = crate::wire::Data {
+                        epoch: 1,
+                        seq: 1,
+                        msg_id: msg_id.try_into().unwrap(),
+                        sent_at_ms: 0,
+                        via: Default::default(),
+                        group: None,
+                        body: "x".repeat(4096),
+                    };
+                    store.inbox()?.accept(&libp2p::PeerId::random(), &data)?;
+                    store.commit().await
+                });
+            }
+        }
+    }
+    while let Some(done) = commits.join_next().await {
+        done.unwrap().unwrap();
+    }
+    stores.iter().map(|s| s.inbox().unwrap().len()).collect()
 }
