@@ -46,7 +46,7 @@ impl Delay {
             Ok(handle) if handle.runtime_flavor() != RuntimeFlavor::CurrentThread => {
                 tokio::time::sleep(dur)
             }
-            Ok(_) | Err(_) => {
+            _ => {
                 let _guard = own_runtime().enter();
                 tokio::time::sleep(dur)
             }
@@ -72,19 +72,16 @@ fn far_future() -> Instant {
 fn own_runtime() -> &'static Handle {
     static OWN: OnceLock<Handle> = OnceLock::new();
     OWN.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime with only a timer builds");
+        let handle = rt.handle().clone();
         std::thread::Builder::new()
             .name("futures-timer".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .expect("a current-thread runtime with only a timer builds");
-                let _ = tx.send(rt.handle().clone());
-                rt.block_on(std::future::pending::<()>());
-            })
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
             .expect("spawning the timer thread");
-        rx.recv().expect("the timer thread sends its handle")
+        handle
     })
 }
 
