@@ -80,6 +80,13 @@ pub struct Config {
     pub query_timeout_secs: NonZeroU64,
     /// Seconds between periodic bootstrap (routing-table refresh) queries.
     pub periodic_bootstrap_secs: u64,
+    /// Whether the bootstraps kad starts before the first periodic one (while the routing table
+    /// holds fewer than k peers) also refresh every bucket farther than the node's closest
+    /// neighbours (a lookup each, a few hundred requests in a network of a thousand nodes). By
+    /// default they stop after the lookup of the node's own key, which makes the node known to its
+    /// neighbours; the other buckets fill from the queries it answers and makes, and are refreshed
+    /// by the periodic bootstrap (`node::event_loop::queries::Join`).
+    pub refresh_buckets_on_join: bool,
 }
 
 impl Default for Config {
@@ -88,6 +95,7 @@ impl Default for Config {
             mode: Mode::Auto,
             query_timeout_secs: NonZero::new(30).unwrap(),
             periodic_bootstrap_secs: 300,
+            refresh_buckets_on_join: false,
         }
     }
 }

@@ -131,6 +131,7 @@ pub(crate) struct EventLoop {
     started: Instant,
     conn: Connectivity,
     queries: Queries,
+    join: queries::Join,
     presence: presence::State,
     names: names::State,
     traversal: traversal::State,
@@ -181,6 +182,7 @@ impl EventLoop {
             started: Instant::now(),
             conn: Connectivity::new(cfg, local, parts.peer_book, now),
             queries: Queries::default(),
+            join: queries::Join::new(&cfg.kad, now),
             presence: presence::State::new(
                 &cfg.presence,
                 parts.keys,
@@ -567,6 +569,8 @@ impl EventLoop {
                 })) => self.finish_find(id, peers),
                 kad::QueryResult::Bootstrap(result) => {
                     tracing::debug!(ok = result.is_ok(), "kademlia bootstrap step");
+                    let now = tokio::time::Instant::now();
+                    (self.join).on_step(&mut self.swarm.behaviour_mut().kad, id, &step, now);
                 }
                 _ => {}
             },

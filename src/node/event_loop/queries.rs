@@ -2,7 +2,10 @@
 //! [`MAX_PENDING_DIALS`] at once (more get [`Error::Busy`]); each answered once, when its query or
 //! connection ends.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use libp2p::{PeerId, kad, swarm::ConnectionId};
 use tokio::sync::oneshot;
@@ -72,9 +75,78 @@ impl Queries {
     }
 }
 
+/// Bootstraps that stop after their first step, the lookup of the node's own key. kad starts a
+/// bootstrap by itself whenever a peer enters a routing table of fewer than k peers (so a joining
+/// node runs two or three in a row), and then every `kad.periodic_bootstrap_secs`. Unless
+/// `kad.refresh_buckets_on_join` is set, the bootstraps that begin before the first periodic one
+/// is due look up the node's own key only: that makes the node known to its neighbours, and the
+/// lookups of the farther buckets (a few hundred requests in a network of a thousand nodes) wait
+/// for the periodic refresh. A bootstrap cannot be shortened in kad's configuration, so each later
+/// step of such a query is finished as it begins, before it sends a request.
+pub(super) struct Join {
+    /// Bootstraps that begin before this stop after their first step; `None`: none do.
+    light_until: Option<tokio::time::Instant>,
+    /// The bootstrap query being cut short.
+    cutting: Option<kad::QueryId>,
+}
+
+impl Join {
+    pub(super) fn new(cfg: &crate::dht::Config, now: tokio::time::Instant) -> Self {
+        let light_until = match cfg.periodic_bootstrap_secs {
+            _ if cfg.refresh_buckets_on_join => None,
+            // No periodic refresh: the buckets are never refreshed on purpose.
+            0 => now.checked_add(Duration::from_secs(100 * 365 * 86_400)),
+            secs => now.checked_add(Duration::from_secs(secs)),
+        };
+        Self {
+            light_until,
+            cutting: None,
+        }
+    }
+
+    /// A step of bootstrap query `id` was reported: finishes the query's next step before it
+    /// sends anything if the query is being cut short.
+    pub(super) fn on_step(
+        &mut self,
+        kad: &mut crate::dht::Behaviour,
+        id: kad::QueryId,
+        step: &kad::ProgressStep,
+        now: tokio::time::Instant,
+    ) {
+        if self.stop_after(id, step, now)
+            && let Some(mut query) = kad.query_mut(&id)
+        {
+            query.finish();
+        }
+    }
+
+    fn stop_after(
+        &mut self,
+        id: kad::QueryId,
+        step: &kad::ProgressStep,
+        now: tokio::time::Instant,
+    ) -> bool {
+        if step.last {
+            if self.cutting == Some(id) {
+                self.cutting = None;
+            }
+            return false;
+        }
+        if self.cutting == Some(id) {
+            return true;
+        }
+        let light = self.light_until.is_some_and(|until| now < until);
+        if step.count.get() == 1 && light {
+            self.cutting = Some(id);
+        }
+        self.cutting == Some(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dht;
 
     #[test]
     fn dials_beyond_the_bound_are_answered_busy_and_each_dial_is_answered_once() {
@@ -103,6 +175,67 @@ mod tests {
         assert!(
             q.room_for_dial(tx).is_some(),
             "a finished dial frees its place"
+        );
+    }
+
+    #[test]
+    fn bootstraps_stop_after_the_own_key_lookup_until_the_first_periodic_refresh() {
+        let ids = {
+            // Query ids come from a kad behaviour's queries only: three bootstraps of a throwaway.
+            let mut kad = crate::dht::behaviour(PeerId::random(), &dht::Config::default(), true);
+            kad.add_address(&PeerId::random(), "/memory/1".parse().expect("addr"));
+            [(); 3].map(|()| kad.bootstrap().expect("a known peer"))
+        };
+        let step = |count: usize, last| kad::ProgressStep {
+            count: count.try_into().expect("count > 0"),
+            last,
+        };
+        let t0 = tokio::time::Instant::now();
+        let cfg = dht::Config::default(); // periodic refresh after 300 s
+        let mut join = Join::new(&cfg, t0);
+        assert!(
+            join.stop_after(ids[0], &step(1, false), t0),
+            "own key looked up"
+        );
+        assert!(
+            join.stop_after(ids[0], &step(2, false), t0),
+            "a bucket refresh cut"
+        );
+        assert!(
+            !join.stop_after(ids[0], &step(3, true), t0),
+            "the query ended"
+        );
+        assert!(
+            join.stop_after(ids[1], &step(1, false), t0),
+            "the next one is cut too"
+        );
+        assert!(!join.stop_after(ids[1], &step(2, true), t0));
+        let later = t0 + Duration::from_secs(300);
+        assert!(
+            !join.stop_after(ids[2], &step(1, false), later),
+            "periodic: whole"
+        );
+        assert!(!join.stop_after(ids[2], &step(2, false), later));
+
+        let full = dht::Config {
+            refresh_buckets_on_join: true,
+            ..dht::Config::default()
+        };
+        let mut join = Join::new(&full, t0);
+        assert!(
+            !join.stop_after(ids[0], &step(1, false), t0),
+            "refresh_buckets_on_join"
+        );
+
+        let never = dht::Config {
+            periodic_bootstrap_secs: 0,
+            ..dht::Config::default()
+        };
+        let mut join = Join::new(&never, t0);
+        let much_later = t0 + Duration::from_secs(86_400);
+        assert!(
+            join.stop_after(ids[0], &step(1, false), much_later),
+            "no refresh: cut"
         );
     }
 }
