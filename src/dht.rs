@@ -58,6 +58,19 @@ pub fn admit(
     Ok(record::replaces(current, value, new.seq)?.then_some(new.expires_at))
 }
 
+/// Whether `peer` is in our routing table or its bucket has room for it. A peer that is absent
+/// from a full bucket is not added from identify: kad would queue it as pending and dial the
+/// bucket's oldest peer to see whether it is still there, and that peer, having been dialed by us,
+/// would do the same in its own table: with short idle timeouts a chain of dials that does not end
+/// (go-libp2p's routing table refuses such a peer the same way). kad still replaces stale entries
+/// with the peers it dials itself.
+pub fn has_room_for(kad: &mut Behaviour, peer: PeerId) -> bool {
+    let Some(bucket) = kad.kbucket(peer) else {
+        return false; // our own id
+    };
+    bucket.num_entries() < K_VALUE.get() || bucket.iter().any(|e| *e.node.key.preimage() == peer)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -136,4 +149,42 @@ pub fn behaviour(local: PeerId, cfg: &Config, server: bool) -> Behaviour {
         Some(kad::Mode::Client)
     });
     kad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_absent_from_a_full_bucket_has_no_room() {
+        let local = PeerId::random();
+        let mut kad = behaviour(local, &Config::default(), true);
+        let farthest = |kad: &mut Behaviour, peer: PeerId| {
+            kad.kbucket(peer)
+                .is_some_and(|b| b.range().0.ilog2() == Some(255))
+        };
+        // Half of all ids fall in the farthest bucket: fill it.
+        let mut members = Vec::new();
+        while members.len() < K_VALUE.get() {
+            let peer = PeerId::random();
+            if farthest(&mut kad, peer) {
+                assert!(has_room_for(&mut kad, peer), "{} of k", members.len());
+                kad.add_address(&peer, "/memory/1".parse().expect("addr"));
+                members.push(peer);
+            }
+        }
+        let newcomer = std::iter::repeat_with(PeerId::random)
+            .find(|p| farthest(&mut kad, *p))
+            .expect("one in two");
+        assert!(!has_room_for(&mut kad, newcomer), "full, and not in it");
+        assert!(
+            has_room_for(&mut kad, members[7]),
+            "in it: addresses update"
+        );
+        let nearer = std::iter::repeat_with(PeerId::random)
+            .find(|p| !farthest(&mut kad, *p))
+            .expect("one in two");
+        assert!(has_room_for(&mut kad, nearer), "another bucket has room");
+        assert!(!has_room_for(&mut kad, local), "not ourselves");
+    }
 }

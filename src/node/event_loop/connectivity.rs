@@ -192,7 +192,7 @@ impl EventLoop {
         state.agent_version = Some(info.agent_version.clone());
         state.protocols = info.protocols.iter().map(ToString::to_string).collect();
         state.listen_addrs = addrs.clone();
-        if kad_server {
+        if kad_server && dht::has_room_for(&mut self.swarm.behaviour_mut().kad, peer_id) {
             for addr in &addrs {
                 self.swarm
                     .behaviour_mut()
