@@ -117,7 +117,8 @@ pub struct Bootstrap {
     /// Peers to join the network through, as multiaddrs ending in `/p2p/<peer-id>`. The built-in
     /// list is `bootstrap/peers.toml`, compiled in.
     pub peers: Vec<Multiaddr>,
-    /// When fewer peers than this are connected, bootstrap and remembered peers are dialled again.
+    /// When fewer peers than this are connected, as many bootstrap and remembered peers as are
+    /// missing are dialled again.
     pub min_peers: usize,
     /// Seconds between those checks.
     pub check_interval_secs: NonZeroU64,

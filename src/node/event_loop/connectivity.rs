@@ -63,16 +63,17 @@ impl Redial {
         self.next
     }
 
-    /// At the check, with `connected` peers: whether to redial now. Schedules the next check.
-    pub(super) fn due(&mut self, now: Instant, connected: usize) -> bool {
+    /// At the check, with `connected` peers: how many peers to dial now (the shortfall, 0 when
+    /// there are enough). Schedules the next check.
+    pub(super) fn due(&mut self, now: Instant, connected: usize) -> usize {
         if connected >= self.min_peers {
             self.backoff = REDIAL_BACKOFF_START;
             self.next = now + self.check_interval;
-            return false;
+            return 0;
         }
         self.next = now + self.backoff;
         self.backoff = (self.backoff * 2).min(self.check_interval);
-        true
+        self.min_peers - connected
     }
 
     /// A peer disconnected, leaving `connected`: below the minimum, try to get peers back within a
@@ -245,15 +246,18 @@ impl EventLoop {
                 }
             }
         }
-        let (bootstrap, remembered) = self.redial();
+        let (bootstrap, remembered) = self.redial(usize::MAX);
         tracing::info!(bootstrap, remembered, "dialling known peers");
     }
 
-    /// Dials the bootstrap peers and up to `peerbook.redial_on_start` remembered peers that are
-    /// neither connected nor being dialled. Returns how many of each were dialled.
-    fn redial(&mut self) -> (usize, usize) {
+    /// Dials the bootstrap peers, then up to `peerbook.redial_on_start` remembered peers, that are
+    /// neither connected nor being dialled: `limit` in all. Returns how many of each were dialled.
+    fn redial(&mut self, limit: usize) -> (usize, usize) {
         let mut bootstrap = 0;
         for (peer, addr) in self.conn.bootstrap.clone() {
+            if bootstrap == limit {
+                return (bootstrap, 0);
+            }
             if self.swarm.is_connected(&peer) {
                 continue;
             }
@@ -269,7 +273,7 @@ impl EventLoop {
         }
         let mut remembered = 0;
         for (peer, entry) in self.conn.remembered(*self.swarm.local_peer_id()) {
-            if remembered == self.conn.redial_on_start {
+            if remembered == self.conn.redial_on_start || bootstrap + remembered == limit {
                 break;
             }
             if self.swarm.is_connected(&peer) {
@@ -284,11 +288,14 @@ impl EventLoop {
     }
 
     /// At the redial schedule's deadline: while fewer than `bootstrap.min_peers` peers are
-    /// connected, redials bootstrap and remembered peers (see [`Redial`]).
+    /// connected, dials as many bootstrap and remembered peers as are missing (see [`Redial`]).
+    /// Not more: the connections idle out unless they are used, and a node that dialled every
+    /// known peer each time would open and close a score of connections every idle timeout.
     pub(super) fn maintain_connectivity(&mut self) {
         let connected = self.swarm.connected_peers().count();
-        if self.conn.redial.due(tokio::time::Instant::now(), connected) {
-            let (bootstrap, remembered) = self.redial();
+        let missing = self.conn.redial.due(tokio::time::Instant::now(), connected);
+        if missing > 0 {
+            let (bootstrap, remembered) = self.redial(missing);
             tracing::debug!(bootstrap, remembered, "too few peers: redialling");
         }
     }
@@ -309,12 +316,12 @@ mod tests {
         let mut now = r.next();
         let mut waits = Vec::new();
         for _ in 0..7 {
-            assert!(r.due(now, 1), "short of peers: redial");
+            assert_eq!(r.due(now, 1), 3, "short of three peers: redial three");
             waits.push((r.next() - now).as_secs());
             now = r.next();
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
-        assert!(!r.due(now, 4), "enough peers: no redial");
+        assert_eq!(r.due(now, 4), 0, "enough peers: no redial");
         assert_eq!(r.next(), now + Duration::from_secs(30));
     }
 
@@ -322,13 +329,13 @@ mod tests {
     fn losing_a_peer_below_the_minimum_starts_over() {
         let t0 = Instant::now();
         let mut r = Redial::new(2, Duration::from_secs(30), t0);
-        assert!(!r.due(t0, 3));
+        assert_eq!(r.due(t0, 3), 0);
         assert_eq!(r.next(), t0 + Duration::from_secs(30));
         r.lost_peer(t0 + 5 * SEC, 2);
         assert_eq!(r.next(), t0 + Duration::from_secs(30), "still enough peers");
         r.lost_peer(t0 + 6 * SEC, 1);
         assert_eq!(r.next(), t0 + 7 * SEC);
-        assert!(r.due(r.next(), 1));
+        assert_eq!(r.due(r.next(), 1), 1);
         assert_eq!(r.next(), t0 + 8 * SEC, "the backoff started over from 1 s");
     }
 
