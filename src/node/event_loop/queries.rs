@@ -83,11 +83,19 @@ impl Queries {
 /// lookups of the farther buckets (a few hundred requests in a network of a thousand nodes) wait
 /// for the periodic refresh. A bootstrap cannot be shortened in kad's configuration, so each later
 /// step of such a query is finished as it begins, before it sends a request.
+///
+/// The peers a joining node's first bootstrap inserts while its table holds fewer than k make kad
+/// schedule another, which would look up the node's own key again (~40 requests in a network of
+/// a thousand nodes). When a cut bootstrap ends with k peers known, a stand-in bootstrap takes
+/// the scheduled one's place (starting one clears kad's schedule) and is finished before it sends
+/// anything.
 pub(super) struct Join {
     /// Bootstraps that begin before this stop after their first step; `None`: none do.
     light_until: Option<tokio::time::Instant>,
     /// The bootstrap query being cut short.
     cutting: Option<kad::QueryId>,
+    /// Whether `cutting` is a stand-in.
+    stand_in: bool,
 }
 
 impl Join {
@@ -101,6 +109,7 @@ impl Join {
         Self {
             light_until,
             cutting: None,
+            stand_in: false,
         }
     }
 
@@ -113,10 +122,25 @@ impl Join {
         step: &kad::ProgressStep,
         now: tokio::time::Instant,
     ) {
-        if self.stop_after(id, step, now)
-            && let Some(mut query) = kad.query_mut(&id)
+        let was_cutting = self.cutting == Some(id);
+        if self.stop_after(id, step, now) {
+            if let Some(mut query) = kad.query_mut(&id) {
+                query.finish();
+            }
+            return;
+        }
+        if !(step.last && was_cutting) || std::mem::take(&mut self.stand_in) {
+            return;
+        }
+        let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+        if known >= crate::dht::K_VALUE.get()
+            && let Ok(stand_in) = kad.bootstrap()
         {
-            query.finish();
+            if let Some(mut query) = kad.query_mut(&stand_in) {
+                query.finish();
+            }
+            self.cutting = Some(stand_in);
+            self.stand_in = true;
         }
     }
 
@@ -236,6 +260,62 @@ mod tests {
         assert!(
             join.stop_after(ids[0], &step(1, false), much_later),
             "no refresh: cut"
+        );
+    }
+
+    /// Polls kad alone, as the swarm does, until it has nothing to report, handing each bootstrap
+    /// step to `join` as the event loop does: the requests kad wanted to send (as dials: no peer is
+    /// connected) and the bootstrap queries that ended.
+    fn run(kad: &mut dht::Behaviour, join: &mut Join) -> (usize, Vec<kad::QueryId>) {
+        use libp2p::swarm::{NetworkBehaviour, ToSwarm};
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let (mut dials, mut ended) = (0, Vec::new());
+        let now = tokio::time::Instant::now();
+        while let std::task::Poll::Ready(event) = kad.poll(&mut cx) {
+            match event {
+                ToSwarm::Dial { .. } => dials += 1,
+                ToSwarm::GenerateEvent(kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: kad::QueryResult::Bootstrap(_),
+                    step,
+                    ..
+                }) => {
+                    join.on_step(kad, id, &step, now);
+                    if step.last {
+                        ended.push(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (dials, ended)
+    }
+
+    #[test]
+    fn a_cut_bootstrap_ending_with_k_peers_known_is_followed_by_a_stand_in_that_sends_nothing() {
+        let mut kad = dht::behaviour(PeerId::random(), &dht::Config::default(), true);
+        for i in 0..2 * dht::K_VALUE.get() {
+            let addr = format!("/memory/{}", i + 1).parse().expect("addr");
+            kad.add_address(&PeerId::random(), addr);
+        }
+        let mut join = Join::new(&dht::Config::default(), tokio::time::Instant::now());
+        let first = kad.bootstrap().expect("known peers");
+        let (dials, ended) = run(&mut kad, &mut join);
+        assert!(dials > 0, "the own-key lookup asks peers");
+        assert!(ended.is_empty());
+        // Its answers never come: end the own-key lookup as a timeout would.
+        kad.query_mut(&first).expect("running").finish();
+        let (dials, ended) = run(&mut kad, &mut join);
+        assert_eq!(dials, 0, "nothing is sent after the own-key lookup");
+        assert_eq!(ended.len(), 2, "the cut bootstrap and its stand-in end");
+        assert_eq!(ended[0], first);
+        assert_ne!(ended[1], first, "the stand-in");
+        assert_eq!(join.cutting, None);
+        assert!(!join.stand_in, "the stand-in is not followed by another");
+        assert_eq!(
+            run(&mut kad, &mut join),
+            (0, Vec::new()),
+            "nothing runs after it"
         );
     }
 }
