@@ -114,7 +114,8 @@ impl Join {
     }
 
     /// A step of bootstrap query `id` was reported: finishes the query's next step before it
-    /// sends anything if the query is being cut short.
+    /// sends anything if the query is being cut short, and starts the stand-in when a cut query
+    /// (not itself a stand-in) has ended with k peers known.
     pub(super) fn on_step(
         &mut self,
         kad: &mut crate::dht::Behaviour,
