@@ -58,6 +58,11 @@ pub fn admit(
     Ok(record::replaces(current, value, new.seq)?.then_some(new.expires_at))
 }
 
+/// Peers in the routing table.
+pub fn routing_table_size(kad: &mut Behaviour) -> usize {
+    kad.kbuckets().map(|b| b.num_entries()).sum()
+}
+
 /// Whether `peer` is in our routing table or its bucket has room for it. A peer that is absent
 /// from a full bucket is not added from identify: kad would queue it as pending and dial the
 /// bucket's oldest peer to see whether it is still there, and that peer, having been dialed by us,

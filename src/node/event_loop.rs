@@ -310,12 +310,7 @@ impl EventLoop {
 
     /// Peers in the Kademlia routing table.
     fn routing_table_size(&mut self) -> usize {
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum()
+        dht::routing_table_size(&mut self.swarm.behaviour_mut().kad)
     }
 
     fn emit(&self, event: Event) {
@@ -569,8 +564,9 @@ impl EventLoop {
                 })) => self.finish_find(id, peers),
                 kad::QueryResult::Bootstrap(result) => {
                     tracing::debug!(ok = result.is_ok(), "kademlia bootstrap step");
-                    let now = tokio::time::Instant::now();
-                    (self.join).on_step(&mut self.swarm.behaviour_mut().kad, id, &step, now);
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    self.join
+                        .on_step(kad, id, &step, tokio::time::Instant::now());
                 }
                 _ => {}
             },

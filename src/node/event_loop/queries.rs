@@ -133,8 +133,7 @@ impl Join {
         if !(step.last && was_cutting) || std::mem::take(&mut self.stand_in) {
             return;
         }
-        let known: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
-        if known >= crate::dht::K_VALUE.get()
+        if crate::dht::routing_table_size(kad) >= crate::dht::K_VALUE.get()
             && let Ok(stand_in) = kad.bootstrap()
         {
             if let Some(mut query) = kad.query_mut(&stand_in) {
