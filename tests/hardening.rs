@@ -3,6 +3,8 @@
 //!
 //! - one address holding 200 idle TCP sockets: a peer from another address still connects, over
 //!   TCP and over QUIC, and the idle sockets are closed;
+//! - another program's socket on the node's TCP port at another local address: the node still
+//!   dials (from a fresh port);
 //! - 10 peers × 8 concurrent data streams, and 100 from one peer: every stream is answered, with
 //!   a session or `ERROR LIMIT`;
 //! - a STUN flood from one address: at most the per-address limit is answered; a wrong
@@ -146,6 +148,52 @@ fn one_address_holding_idle_sockets_keeps_nobody_else_out() {
         );
     }
     victim.stop();
+}
+
+/// Another program's socket on the node's TCP port, bound to another local address (127.0.0.2)
+/// with no reuse flags. libp2p-tcp binds a dial socket to 0.0.0.0:<listen port>, which that socket
+/// blocks: before the fix every TCP dial of the node failed with "Address already in use" until
+/// it restarted (CI caught it when one of the idle sockets above drew the dialling peer's port).
+#[test]
+fn a_socket_on_the_nodes_port_at_another_address_does_not_stop_its_dials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = NodeProc::start(&tmp.path().join("target"), &args(&[]));
+    let node = NodeProc::start(
+        &tmp.path().join("node"),
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--bootstrap",
+            NO_BOOTSTRAP,
+        ],
+    );
+    let port = port_of(&listen_addr(&node, "/tcp/"), "tcp");
+    let squatter =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    squatter
+        .bind(&SocketAddr::from(([127, 0, 0, 2], port)).into())
+        .expect(
+            "127.0.0.2 is a different address, so the kernel lets a plain socket take the port",
+        );
+
+    let out = cli(
+        &node.dir,
+        &["connect", &listen_addr(&target, "/tcp/"), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "connect failed while 127.0.0.2:{port} is taken: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        common::cli_json(&node.dir, &["peers"])[0]["peer_id"],
+        target.peer_id().as_str()
+    );
+    drop(squatter);
+    node.stop();
+    target.stop();
 }
 
 /// A TCP connection from 127.0.0.2 to `target` that sends nothing.

@@ -102,7 +102,7 @@ fn network(keypair: &Keypair, inbound_timeout: Duration) -> Result<Boxed, noise:
 
 fn tcp_quic(keypair: &Keypair, inbound_timeout: Duration) -> Result<Boxed, noise::Error> {
     let tcp = TransportTimeout::with_ingoing_timeout(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        FreshPortFallback::new(tcp::Config::default().nodelay(true))
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise::Config::new(keypair)?)
             .multiplex(yamux::Config::default())
@@ -116,6 +116,93 @@ fn tcp_quic(keypair: &Keypair, inbound_timeout: Duration) -> Result<Boxed, noise
             futures::future::Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
         })
         .boxed())
+}
+
+/// TCP that dials from a fresh port when the kernel refuses to bind the dial socket to the listen
+/// port.
+///
+/// libp2p-tcp dials from the listen port (`PortUse::Reuse`: hole punching and observed addresses
+/// need it) by binding the dial socket to `0.0.0.0:<listen port>` (`[::]` for IPv6). That wildcard
+/// bind is refused (`EADDRINUSE`) whenever any socket without `SO_REUSEPORT` holds the same port on
+/// another local address, though the listener itself (on one address) was allowed; libp2p-tcp
+/// retries from a fresh port only when `connect` finds the address pair taken (`EADDRNOTAVAIL`),
+/// so every TCP dial of the node failed until it restarted. CI met it when one of a test's sockets
+/// from 127.0.0.2 drew the dialling node's port (tests/hardening.rs replays it). go-libp2p's
+/// reuseport transport falls back to an ordinary dial in the same case; so does this one. The
+/// fallback goes through a transport with no listeners, so it cannot bind to one.
+struct FreshPortFallback {
+    inner: tcp::tokio::Transport,
+    config: tcp::Config,
+}
+
+impl FreshPortFallback {
+    fn new(config: tcp::Config) -> Self {
+        Self {
+            inner: tcp::tokio::Transport::new(config.clone()),
+            config,
+        }
+    }
+}
+
+impl libp2p::core::Transport for FreshPortFallback {
+    type Output = <tcp::tokio::Transport as libp2p::core::Transport>::Output;
+    type Error = std::io::Error;
+    type ListenerUpgrade = <tcp::tokio::Transport as libp2p::core::Transport>::ListenerUpgrade;
+    type Dial = futures::future::BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn listen_on(
+        &mut self,
+        id: transport::ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), transport::TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: transport::ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: transport::DialOpts,
+    ) -> Result<Self::Dial, transport::TransportError<Self::Error>> {
+        use futures::FutureExt as _;
+        let first = self.inner.dial(addr.clone(), opts)?;
+        if opts.port_use == transport::PortUse::New {
+            return Ok(first);
+        }
+        let config = self.config.clone();
+        Ok(async move {
+            match first.await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::debug!(%addr, error = %e, "the listen port cannot be bound for this dial; dialling from a fresh port");
+                    let fresh = transport::DialOpts {
+                        port_use: transport::PortUse::New,
+                        ..opts
+                    };
+                    let dial = tcp::tokio::Transport::new(config)
+                        .dial(addr, fresh)
+                        .map_err(|e| match e {
+                            transport::TransportError::Other(e) => e,
+                            transport::TransportError::MultiaddrNotSupported(a) => {
+                                std::io::Error::other(format!("{a} is not a TCP address"))
+                            }
+                        })?;
+                    dial.await
+                }
+                other => other,
+            }
+        }
+        .boxed())
+    }
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<transport::TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        std::pin::Pin::new(&mut self.inner).poll(cx)
+    }
 }
 
 /// Fails when another socket already listens on the TCP port of `addr` (`/ip4|ip6/…/tcp/N`, N ≠ 0).
