@@ -6,11 +6,12 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use libp2p::{Multiaddr, PeerId, core::transport::ListenerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// Failed probe addresses remembered (oldest forgotten first).
 pub const MAX_FAILED_PROBES: usize = 32;

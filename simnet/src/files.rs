@@ -1,7 +1,7 @@
 //! Files and byte counts of a run: the workload's file contents, waiting for a transfer to end,
 //! and what a node's transports sent.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use commucat::{data, node::Node, store::transfers::State};
 use tokio::sync::broadcast::error::RecvError;
@@ -28,9 +28,7 @@ pub async fn wait_file(
             }
         }
     };
-    tokio::time::timeout_at(until.into(), wait)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout_at(until, wait).await.unwrap_or(false)
 }
 
 /// Writes `size` bytes of incompressible-looking content derived from `seed`.

@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -23,7 +23,7 @@ use commucat::{
 };
 use futures::{StreamExt, stream};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-use tokio::{sync::broadcast::error::RecvError, task::JoinHandle};
+use tokio::{sync::broadcast::error::RecvError, task::JoinHandle, time::Instant};
 
 use crate::{
     files,
@@ -269,7 +269,7 @@ impl Fleet {
         let mut starting = stream::iter(jobs.into_iter().map(|(k, i, slot)| {
             let due = joins + spacing * k as u32;
             async move {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until(due).await;
                 let t0 = Instant::now();
                 (i, t0, slot.start(wire).await)
             }

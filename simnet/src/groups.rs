@@ -3,16 +3,14 @@
 //! a split run) holds the log;
 //! during the phase members send to their groups and the tracker counts each copy.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use commucat::{
     data,
     groups::{GroupId, Head, Op as GroupOp},
 };
 use libp2p::PeerId;
+use tokio::time::Instant;
 
 use crate::{
     plan::{Op, Plan},

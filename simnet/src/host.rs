@@ -14,8 +14,10 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use crate::report::{Dist, Host};
 
@@ -65,7 +67,7 @@ impl Probe {
         let task = tokio::spawn(async move {
             loop {
                 let due = Instant::now() + PROBE_EVERY;
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until(due).await;
                 let late = Instant::now().saturating_duration_since(due);
                 let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
                 let phase = s.phase;

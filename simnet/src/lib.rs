@@ -38,14 +38,46 @@ pub struct Outcome {
     pub group_ms: Vec<f64>,
 }
 
+/// The runtime a scenario with `clock` runs on.
+///
+/// - [`Clock::Real`]: tokio's multi-thread runtime on the host's clock.
+/// - [`Clock::Virtual`]: a one-thread runtime whose clock starts paused. tokio then advances it to
+///   the next timer whenever no task can run (and not while a `spawn_blocking` task, such as a
+///   store commit or a signature, is still running), so the nodes' CPU work takes no simulated
+///   time and a busy host makes a run slower, not different. libp2p reads this clock through
+///   `simnet/webtime` (web-time, patched) and waits on it through `simnet/timer` (futures-timer,
+///   patched), which this switches to register on the current-thread runtime.
+pub fn runtime(clock: scenario::Clock) -> std::io::Result<tokio::runtime::Runtime> {
+    match clock {
+        scenario::Clock::Real => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        scenario::Clock::Virtual => {
+            futures_timer::timers_on_current_thread_runtimes();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+        }
+    }
+}
+
 /// Runs `scenario` with `seed` (the scenario's own when `None`); in inproc mode, prints summed
-/// node metrics every `metrics_every` (see [`meter`]).
+/// node metrics every `metrics_every` (see [`meter`]). A scenario with `clock = "virtual"` must
+/// run on [`runtime`]`(Clock::Virtual)`.
 pub async fn run(
     scenario: &Scenario,
     seed: Option<u64>,
     metrics_every: Option<std::time::Duration>,
     progress: &Progress,
 ) -> anyhow::Result<Outcome> {
+    if scenario.clock == scenario::Clock::Virtual {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        anyhow::ensure!(
+            flavor == tokio::runtime::RuntimeFlavor::CurrentThread,
+            "clock = \"virtual\" runs on simnet::runtime(Clock::Virtual), a paused one-thread runtime; this one is {flavor:?}"
+        );
+    }
     let plan = Plan::new(scenario, seed.unwrap_or(scenario.seed));
     match scenario.mode {
         scenario::Mode::Inproc => inproc::run(scenario, &plan, metrics_every, progress).await,

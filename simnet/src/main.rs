@@ -1,4 +1,5 @@
-//! `simnet run <scenario.toml> [--out DIR] [--seed N] [--metrics-every SECS] [--processes N]`,
+//! `simnet run <scenario.toml> [--out DIR] [--seed N] [--clock real|virtual] [--metrics-every SECS]
+//! [--processes N]`,
 //! `simnet list`; `simnet worker` is one process of a split run (started by `run`).
 
 use std::path::PathBuf;
@@ -34,6 +35,11 @@ enum Command {
         /// Seed of the topology and workload (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
+        /// The nodes' clock (default: the scenario's `clock`, else real). `virtual`: inproc in one
+        /// process, on one thread, time advancing only when every node waits (README, "Virtual
+        /// time"): results do not depend on the host's load.
+        #[arg(long, value_enum)]
+        clock: Option<simnet::scenario::Clock>,
         /// inproc: every SECS seconds, print the nodes' libp2p metrics summed, and the CPU used.
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         metrics_every: Option<u64>,
@@ -72,9 +78,11 @@ fn userns() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { scenario, .. } = &cli.command
+    if let Command::Run {
+        scenario, clock, ..
+    } = &cli.command
         && std::env::var_os(simnet::netns::USERNS_ENV).is_none()
-        && let Ok(s) = Scenario::load(scenario)
+        && let Ok(s) = load(scenario, *clock)
         && s.mode == simnet::scenario::Mode::Netns
     {
         if let Some(why) = simnet::netns::unavailable() {
@@ -99,12 +107,14 @@ fn main() -> std::process::ExitCode {
             scenario,
             out,
             seed,
+            clock,
             metrics_every,
             processes,
             hosts,
             worker_command,
             base_port,
-        } => runtime().and_then(|rt| {
+        } => load(&scenario, clock).and_then(|scenario| {
+            let rt = simnet::runtime(scenario.clock)?;
             let every = metrics_every.map(std::time::Duration::from_secs);
             let mut layout = simnet::split::Layout::local(processes.into());
             if !hosts.is_empty() && hosts.len() != usize::from(processes) {
@@ -120,7 +130,9 @@ fn main() -> std::process::ExitCode {
             layout.base_port = base_port;
             rt.block_on(run(scenario, out, seed, every, layout))
         }),
-        Command::Worker => runtime().and_then(|rt| rt.block_on(simnet::split::worker())),
+        Command::Worker => simnet::runtime(simnet::scenario::Clock::Real)
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(simnet::split::worker())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -131,10 +143,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The scenario at `path`, on `clock` when given.
+fn load(
+    path: &std::path::Path,
+    clock: Option<simnet::scenario::Clock>,
+) -> anyhow::Result<Scenario> {
+    let mut s = Scenario::load(path)?;
+    if let Some(clock) = clock {
+        s.clock = clock;
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("scenario {}: {e:#}", path.display()))?;
+    }
+    Ok(s)
 }
 
 /// Runs this binary again with the same arguments inside patchbay's user namespace.
@@ -170,13 +190,12 @@ fn list() -> anyhow::Result<()> {
 }
 
 async fn run(
-    path: PathBuf,
+    scenario: Scenario,
     out: Option<PathBuf>,
     seed: Option<u64>,
     metrics_every: Option<std::time::Duration>,
     layout: simnet::split::Layout,
 ) -> anyhow::Result<()> {
-    let scenario = Scenario::load(&path)?;
     let split = layout.hosts.len() > 1 || layout.worker_command.is_some();
     if split && metrics_every.is_some() {
         anyhow::bail!("--metrics-every works in one process only");

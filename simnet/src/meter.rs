@@ -6,7 +6,9 @@
 //! metrics t=241s nodes=275 cpu=84% live_conns=58554 new_conns=12147 pings=26449 ping_ms=24 kad_in=15458 dial_errors=2 kad_out=Bootstrap:9120,GetClosestPeers:3310,PutRecord:2871
 //! ```
 //!
-//! - `cpu`: this process's user + system time over the interval, in % of one core.
+//! - `t`, the interval: on the nodes' clock, which under `--clock virtual` is simulated time.
+//! - `cpu`: this process's user + system time over the interval, in % of one core (under the
+//!   virtual clock: CPU time per simulated second, which may pass 100%).
 //! - `live_conns`: connections open now, counted at both ends (established minus closed).
 //! - `new_conns`, `pings`, `kad_in` (Kademlia requests served), `dial_errors`: over the interval.
 //! - `ping_ms`: mean ping round trip over the interval: it grows when the CPU is saturated.
@@ -16,7 +18,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use commucat::node::SharedRegistry;
@@ -49,10 +51,10 @@ impl Registries {
 /// Prints a line every `every` until the returned task is aborted.
 pub fn spawn(every: Duration, registries: Registries) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         let mut prev = Sums::default();
         let mut prev_cpu = cpu_ticks();
-        let mut tick = tokio::time::interval_at((start + every).into(), every);
+        let mut tick = tokio::time::interval_at(start + every, every);
         loop {
             tick.tick().await;
             let list = registries.snapshot();
@@ -225,7 +227,7 @@ mod tests {
 
     #[test]
     fn this_process_has_used_some_cpu() {
-        let spin = Instant::now();
+        let spin = std::time::Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {}
         assert!(cpu_ticks().is_some_and(|t| t > 0));
     }

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -24,7 +24,7 @@ use commucat::{
 };
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use patchbay::{Device, Lab};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
 use crate::{
     plan::{Op, Plan},
@@ -277,7 +277,7 @@ async fn workload(
     let ops_total = plan.ops.len() as u64;
     let mut tasks = tokio::task::JoinSet::new();
     for (k, sched) in plan.ops.iter().enumerate() {
-        tokio::time::sleep_until((phase + Duration::from_millis(sched.at_ms)).into()).await;
+        tokio::time::sleep_until(phase + Duration::from_millis(sched.at_ms)).await;
         progress("workload", k as u64, ops_total);
         match sched.op {
             Op::Message { from, to, size } => {
@@ -491,7 +491,7 @@ pub async fn run(
     if plan.ops.iter().any(|o| matches!(o.op, Op::File { .. })) {
         bail!("netns mode runs lookups and messages; file transfers are inproc only for now");
     }
-    let started = Instant::now();
+    let started = track::Started::now();
     let (lab, devs) = build_lab(plan, progress).await?;
     let mut run = start_nodes(s, plan, &devs, progress).await?;
     wait_reserved(&run.nodes, Duration::from_secs(s.warmup_secs), progress).await?;
@@ -507,7 +507,7 @@ pub async fn run(
     track::claim_all(&tracker, plan, |_| true, client, LOOKUP_TIMEOUT, progress).await?;
     let phase = Instant::now();
     workload(&run, plan, &tracker, phase, progress).await?;
-    tokio::time::sleep_until((phase + Duration::from_secs(s.duration_secs)).into()).await;
+    tokio::time::sleep_until(phase + Duration::from_secs(s.duration_secs)).await;
     let until = phase + Duration::from_secs(s.duration_secs + s.drain_secs);
     track::drain(&tracker, plan, &mut Team::Alone, until, progress).await?;
     // A relayed pair may still be punching: its outcome is waited for.

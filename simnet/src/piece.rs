@@ -1,7 +1,8 @@
 //! What one process of an inproc run observed of its nodes, and the report drawn from the pieces of
 //! every process. A run in one process is one piece.
 
-use std::{collections::HashMap, str::FromStr, time::Instant};
+use std::{collections::HashMap, str::FromStr};
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,10 @@ pub struct Piece {
     /// (node, milliseconds from its start to its first connection)
     pub first_connect_ms: Vec<(usize, f64)>,
     pub bytes_sent: Option<u64>,
-    pub host: Host,
+    /// The busy-host guard's verdict; `None` under the virtual clock, where nothing waits for the
+    /// host (see `simnet::runtime`).
+    #[serde(default)]
+    pub host: Option<Host>,
     pub peak_rss_kib: Option<u64>,
     pub security: Security,
 }
@@ -44,7 +48,7 @@ pub fn merge(
     s: &Scenario,
     plan: &Plan,
     mode: &'static str,
-    started: Instant,
+    started: track::Started,
     pieces: Vec<Piece>,
 ) -> anyhow::Result<crate::Outcome> {
     let phase = Instant::now();
@@ -75,7 +79,9 @@ pub fn merge(
         }
         bytes_sent = bytes_sent.zip(p.bytes_sent).map(|(a, b)| a + b);
         peak_rss_kib = peak_rss_kib.zip(p.peak_rss_kib).map(|(a, b)| a + b);
-        host = Some(busiest(host, p.host, (parts > 1).then_some(part)));
+        if let Some(h) = p.host {
+            host = Some(busiest(host, h, (parts > 1).then_some(part)));
+        }
         security = p.security;
     }
     let hops = tables.map(Tables::new).map(|t| {

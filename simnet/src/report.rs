@@ -204,6 +204,19 @@ pub struct Second {
     pub delivery_rate: Option<f64>,
 }
 
+/// The clock a run's nodes read (`clock` in a scenario, `simnet run --clock`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// The host's clock, on every core: results hold while the host keeps up, which the
+    /// busy-host guard checks (`simnet::host`).
+    #[default]
+    Real,
+    /// inproc, one process: a paused clock on one thread that advances only when every node waits
+    /// for a timer, so results do not depend on the host's load (`simnet::runtime`).
+    Virtual,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
@@ -212,6 +225,12 @@ pub struct Report {
     pub nodes: usize,
     /// Wall time of the whole run.
     pub wall_secs: f64,
+    /// The clock the nodes read (`real` in reports from before it was recorded).
+    #[serde(default)]
+    pub clock: Clock,
+    /// Under the virtual clock: the simulated time the run took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_secs: Option<f64>,
     /// Peak resident memory of the simulating process (VmHWM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_kib: Option<u64>,
@@ -287,11 +306,17 @@ impl Report {
             _ => "no samples".into(),
         };
         format!(
-            "{} ({} nodes, seed {}, {:.1} s)\n  bootstrap: {} ({} isolated)\n  lookups:   {}/{} found ({:.1}%, {} via the DHT), {}\n  messages:  {}/{} delivered ({:.1}%), {} duplicates, {}{}",
+            "{} ({} nodes, seed {}, {})\n  bootstrap: {} ({} isolated)\n  lookups:   {}/{} found ({:.1}%, {} via the DHT), {}\n  messages:  {}/{} delivered ({:.1}%), {} duplicates, {}{}",
             self.scenario,
             self.nodes,
             self.seed,
-            self.wall_secs,
+            match self.simulated_secs {
+                Some(sim) => format!(
+                    "virtual clock: {sim:.1} s simulated in {:.1} s",
+                    self.wall_secs
+                ),
+                None => format!("{:.1} s", self.wall_secs),
+            },
             d(&self.time_to_first_bootstrap_ms),
             self.isolated_nodes,
             self.lookups.succeeded,

@@ -21,6 +21,9 @@ pub enum Mode {
     Netns,
 }
 
+/// The clock a run's nodes read (a report's type too).
+pub use crate::report::Clock;
+
 /// The router a `netns` group sits behind (which paths two types allow: `netlab::expected`).
 pub use netlab::Nat;
 
@@ -165,6 +168,9 @@ pub struct Scenario {
     /// inproc: how simulated connections are secured (`link::Security`; default plaintext).
     #[serde(default)]
     pub security: Option<crate::link::Security>,
+    /// `"real"` (default) or `"virtual"` (inproc in one process; `simnet run --clock` overrides).
+    #[serde(default)]
+    pub clock: Clock,
     #[serde(default)]
     pub churn: Option<Churn>,
     #[serde(default, rename = "outage")]
@@ -226,6 +232,11 @@ impl Scenario {
         }
         if self.join_secs > MAX_DURATION_SECS {
             bail!("join_secs must be 0..={MAX_DURATION_SECS}");
+        }
+        if self.clock == Clock::Virtual && self.mode != Mode::Inproc {
+            bail!(
+                "clock = \"virtual\" applies to mode = \"inproc\" only (netns nodes use the kernel's sockets and timers)"
+            );
         }
         if let Some(link) = &self.link {
             link.validate()?;
@@ -415,5 +426,13 @@ mod tests {
         assert!(format!("{:#}", Scenario::parse(&noise_netns).unwrap_err()).contains("security"));
         let tls = base.replace("seed = 1", "seed = 1\nsecurity = \"tls\"");
         assert!(format!("{:#}", Scenario::parse(&tls).unwrap_err()).contains("tls"));
+        assert_eq!(Scenario::parse(base).unwrap().clock, Clock::Real);
+        let virt = base.replace("seed = 1", "seed = 1\nclock = \"virtual\"");
+        assert_eq!(Scenario::parse(&virt).unwrap().clock, Clock::Virtual);
+        let virt_netns = virt.replace("\"inproc\"", "\"netns\"");
+        let why = format!("{:#}", Scenario::parse(&virt_netns).unwrap_err());
+        assert!(why.contains("clock"), "{why}");
+        let sundial = base.replace("seed = 1", "seed = 1\nclock = \"sundial\"");
+        assert!(format!("{:#}", Scenario::parse(&sundial).unwrap_err()).contains("sundial"));
     }
 }

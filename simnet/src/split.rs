@@ -84,10 +84,14 @@ pub async fn run(
         s.name
     );
     anyhow::ensure!(
+        s.clock == crate::scenario::Clock::Real,
+        "--processes runs on the real clock: each process's virtual clock would be its own (use --clock real)"
+    );
+    anyhow::ensure!(
         (1..=MAX_PROCESSES).contains(&parts),
         "--processes must be 1..={MAX_PROCESSES}"
     );
-    let started = Instant::now();
+    let started = crate::track::Started::now();
     let plan = Plan::new(s, seed);
     let base_port = match layout.base_port {
         Some(p) => p,

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use commucat::{
@@ -12,7 +12,7 @@ use commucat::{
     store::inbox,
 };
 use libp2p::PeerId;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
 mod per_second;
 mod shipped;
@@ -279,14 +279,31 @@ pub fn body(k: usize, size: usize) -> (String, String) {
     (tag, body)
 }
 
+/// When a run started, on both clocks: the host's (its wall time) and the nodes' (the same, or
+/// virtual time under `clock = "virtual"`).
+#[derive(Clone, Copy)]
+pub struct Started {
+    pub wall: std::time::Instant,
+    pub clock: Instant,
+}
+
+impl Started {
+    pub fn now() -> Self {
+        Self {
+            wall: std::time::Instant::now(),
+            clock: Instant::now(),
+        }
+    }
+}
+
 /// A finished run, as both modes describe it to [`outcome`].
 pub struct Run<'a> {
     pub scenario: &'a Scenario,
     /// `inproc` or `netns`.
     pub mode: &'static str,
     pub plan: &'a Plan,
-    /// When the run started (wall time is measured from here).
-    pub started: Instant,
+    /// When the run started (wall and simulated time are measured from here).
+    pub started: Started,
     /// When the workload started (the timeline's second 0).
     pub phase: Instant,
 }
@@ -311,7 +328,10 @@ pub fn outcome(
         mode: run.mode.into(),
         seed: run.plan.seed,
         nodes: run.plan.nodes.len(),
-        wall_secs: run.started.elapsed().as_secs_f64(),
+        wall_secs: run.started.wall.elapsed().as_secs_f64(),
+        clock: run.scenario.clock,
+        simulated_secs: (run.scenario.clock == crate::scenario::Clock::Virtual)
+            .then(|| run.started.clock.elapsed().as_secs_f64()),
         peak_rss_kib: crate::report::peak_rss_kib(),
         time_to_first_bootstrap_ms,
         isolated_nodes,

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::PeerId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::wire::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner};

@@ -48,7 +48,7 @@ impl Client {
     /// it, answers with the addresses it announced to us; failing both, with the addresses in its
     /// signed presence record.
     pub async fn find_peer(&self, peer: PeerId) -> Result<FoundPeer, Error> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         match self
             .request(|reply| Command::FindPeer { peer, reply })
             .await?

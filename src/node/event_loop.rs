@@ -10,11 +10,7 @@
 //!
 //! Nothing here blocks: per-stream work runs in other tasks, signatures on the blocking pool.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
@@ -40,6 +36,7 @@ mod traversal;
 mod trim;
 
 pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
+use tokio::time::Instant;
 pub use traversal::Metrics as TraversalMetrics;
 
 use super::{

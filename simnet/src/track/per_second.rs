@@ -1,7 +1,7 @@
 //! The report's timeline: per second of the workload, messages (group copies included) sent, sent
 //! to live nodes and delivered of those, and arrived.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::Log;
 use crate::{plan::Plan, report::Second};

@@ -2,12 +2,10 @@
 //! milliseconds from the start of the workload phase, which every process starts together
 //! (`simnet::team`), so the coordinator lays the logs of all processes on one clock.
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{File, GroupSend, Log, Lookup, Resolution, Sent};
 use crate::plan::{Op, Plan};

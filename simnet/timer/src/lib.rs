@@ -11,7 +11,9 @@
 //!
 //! A `Delay` created outside any tokio runtime (a libp2p type built in a plain thread, or a test
 //! executor) uses a runtime of its own, started on first use on one thread, which only drives
-//! timers.
+//! timers. So does one created on a current-thread runtime, unless the process said that its
+//! current-thread runtimes drive their own timers ([`timers_on_current_thread_runtimes`]: simnet's
+//! virtual time, where the runtime's clock is paused and every timer must be on it).
 
 #![deny(missing_docs)]
 
@@ -19,7 +21,10 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -33,39 +38,63 @@ use tokio::{
 /// until it is reset.
 pub struct Delay {
     sleep: Pin<Box<Sleep>>,
+    /// On [`own_runtime`], whose clock `reset` must read.
+    own: bool,
+}
+
+static ON_CURRENT_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// From now on, a `Delay` created on a current-thread runtime registers with that runtime (by
+/// default it goes to a runtime of its own, because a current-thread runtime drives timers only
+/// while something blocks on it). For a process whose work all runs on one current-thread runtime,
+/// such as simnet in virtual time: a paused clock moves only that runtime's timers.
+pub fn timers_on_current_thread_runtimes() {
+    ON_CURRENT_THREAD.store(true, Ordering::Relaxed);
 }
 
 impl Delay {
     /// A delay that fires `dur` from now. Durations too long to represent mean "never" in
     /// practice (about 30 years), as tokio's `sleep` does.
     pub fn new(dur: Duration) -> Delay {
-        let sleep = match Handle::try_current() {
+        let (sleep, own) = match Handle::try_current() {
             // A current-thread runtime only drives timers while something blocks on it; a delay
             // created on it but polled elsewhere could then never fire. Multi-thread runtimes
             // always drive theirs.
-            Ok(handle) if handle.runtime_flavor() != RuntimeFlavor::CurrentThread => {
-                tokio::time::sleep(dur)
+            Ok(handle)
+                if handle.runtime_flavor() != RuntimeFlavor::CurrentThread
+                    || ON_CURRENT_THREAD.load(Ordering::Relaxed) =>
+            {
+                (tokio::time::sleep(dur), false)
             }
             _ => {
                 let _guard = own_runtime().enter();
-                tokio::time::sleep(dur)
+                (tokio::time::sleep(dur), true)
             }
         };
         Delay {
             sleep: Box::pin(sleep),
+            own,
         }
     }
 
-    /// Sets the delay to fire `dur` from now, whether or not it already fired.
+    /// Sets the delay to fire `dur` from now, whether or not it already fired. "Now" is read on
+    /// the clock of the runtime the delay is registered with, which is not always the caller's.
     pub fn reset(&mut self, dur: Duration) {
-        let deadline = Instant::now().checked_add(dur).unwrap_or_else(far_future);
+        let now = match self.own {
+            true => {
+                let _guard = own_runtime().enter();
+                Instant::now()
+            }
+            false => Instant::now(),
+        };
+        let deadline = now.checked_add(dur).unwrap_or_else(|| far_future(now));
         self.sleep.as_mut().reset(deadline);
     }
 }
 
 /// What `tokio::time::sleep` uses for a deadline that does not fit in an `Instant`.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// The runtime of delays created outside a multi-thread tokio runtime: one thread, timers only.
@@ -131,6 +160,18 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_delay_made_on_a_current_thread_runtime_fires_while_that_runtime_is_blocked() {
         fires_within(Delay::new(Duration::from_millis(20)));
+    }
+
+    /// A delay on the timer thread's runtime, reset from a runtime whose clock is paused (and
+    /// behind the system's), still waits its full duration: `reset` reads the delay's clock.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_reset_reads_the_clock_of_the_delays_runtime_not_the_callers() {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut d = Delay::new(Duration::from_secs(3600));
+        let start = StdInstant::now();
+        d.reset(Duration::from_millis(100));
+        fires_within(d);
+        assert!(start.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]

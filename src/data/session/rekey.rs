@@ -7,10 +7,11 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
 
 use super::{Error, ErrorCode, Inner};
 use crate::crypto::{

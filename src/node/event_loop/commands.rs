@@ -1,7 +1,7 @@
 //! Answers to [`Command`]s from clients: status, peers, DHT lookups and dials. Lookups and dials
 //! are started here and finished by the swarm events in the parent module.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use libp2p::{
     Multiaddr, PeerId, kad,

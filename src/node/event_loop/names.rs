@@ -208,7 +208,7 @@ impl EventLoop {
             let value = name::sign(&keys.identity, &handle, seq, expires_at, released);
             let mut record = Record::new(name::key(&handle), value);
             record.publisher = Some(keys.peer_id());
-            record.expires = Some(std::time::Instant::now() + Duration::from_secs(ttl));
+            record.expires = Some(web_time::Instant::now() + Duration::from_secs(ttl));
             let _ = tx.blocking_send(Internal::NameSigned { record, reply });
         });
     }

@@ -284,7 +284,7 @@ impl EventLoop {
             );
             let mut rec = Record::new(record::key(&keys.peer_id()), value);
             rec.publisher = Some(keys.peer_id());
-            rec.expires = Some(std::time::Instant::now() + ttl);
+            rec.expires = Some(web_time::Instant::now() + ttl);
             let _ = tx.blocking_send(Internal::Signed { record: rec, seq });
         });
     }
@@ -352,7 +352,7 @@ impl EventLoop {
         match result {
             Ok(Some(expires_at)) => {
                 let left = expires_at.saturating_sub(crate::time::unix_secs());
-                record.expires = Some(std::time::Instant::now() + Duration::from_secs(left));
+                record.expires = Some(web_time::Instant::now() + Duration::from_secs(left));
                 if let Err(e) = kad.store_mut().put(record) {
                     tracing::debug!(error = ?e, "DHT store refused a valid record");
                 } else {

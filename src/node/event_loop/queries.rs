@@ -2,13 +2,11 @@
 //! [`MAX_PENDING_DIALS`] at once (more get [`Error::Busy`]); each answered once, when its query or
 //! connection ends.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use libp2p::{PeerId, kad, swarm::ConnectionId};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::{MAX_PENDING_DIALS, MAX_PENDING_FINDS};
 use crate::node::{Connected, Error, FoundPeer};

@@ -4,10 +4,7 @@
 //! public, DCUtR hole punching, and moving a peer from a relayed to a direct connection once
 //! there is one (the relayed connections are closed, so new data streams take the direct path).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId, autonat,
@@ -24,6 +21,7 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
+use tokio::time::Instant;
 
 use super::EventLoop;
 use crate::{
