@@ -1,10 +1,8 @@
 //! Files and byte counts of a run: the workload's file contents, waiting for a transfer to end,
 //! and what a node's transports sent.
 
-use tokio::time::Instant;
-
 use commucat::{data, node::Node, store::transfers::State};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
 use crate::meter;
 

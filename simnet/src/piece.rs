@@ -2,10 +2,10 @@
 //! every process. A run in one process is one piece.
 
 use std::{collections::HashMap, str::FromStr};
-use tokio::time::Instant;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::{
     hops::Tables,

@@ -19,8 +19,10 @@ use prometheus_client::{
 use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::PeerId;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::time::Instant;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    time::Instant,
+};
 use tokio_util::codec::FramedRead;
 
 use crate::wire::{BindingParts, DecodeError, ErrorCode, Frame, FrameCodec, Inner};

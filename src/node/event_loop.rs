@@ -24,7 +24,10 @@ use libp2p::{
         dial_opts::{DialOpts, PeerCondition},
     },
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
@@ -36,7 +39,6 @@ mod traversal;
 mod trim;
 
 pub use presence::{MAX_PENDING_VALIDATIONS, Metrics as PresenceMetrics};
-use tokio::time::Instant;
 pub use traversal::Metrics as TraversalMetrics;
 
 use super::{
@@ -166,7 +168,7 @@ impl EventLoop {
         parts: Parts,
     ) -> Self {
         let local = *swarm.local_peer_id();
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_BUFFER);
         Self {
             swarm,
@@ -239,7 +241,7 @@ impl EventLoop {
         for (peer, addr) in self.conn.bootstrap.clone() {
             self.relay_candidate(peer, &[addr], true);
         }
-        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
         while self.swarm.listeners().next().is_none() {
             match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
                 Ok(event) => self.on_swarm_event(event),
@@ -367,9 +369,7 @@ impl EventLoop {
                     self.trim.disconnected(&peer_id);
                     self.emit(Event::PeerDisconnected { peer_id });
                     let connected = self.swarm.connected_peers().count();
-                    self.conn
-                        .redial
-                        .lost_peer(tokio::time::Instant::now(), connected);
+                    self.conn.redial.lost_peer(Instant::now(), connected);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -562,8 +562,7 @@ impl EventLoop {
                 kad::QueryResult::Bootstrap(result) => {
                     tracing::debug!(ok = result.is_ok(), "kademlia bootstrap step");
                     let kad = &mut self.swarm.behaviour_mut().kad;
-                    self.join
-                        .on_step(kad, id, &step, tokio::time::Instant::now());
+                    self.join.on_step(kad, id, &step, Instant::now());
                 }
                 _ => {}
             },

@@ -5,8 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use libp2p::{PeerId, kad, swarm::ConnectionId};
-use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{MAX_PENDING_DIALS, MAX_PENDING_FINDS};
 use crate::node::{Connected, Error, FoundPeer};
@@ -89,7 +88,7 @@ impl Queries {
 /// anything.
 pub(super) struct Join {
     /// Bootstraps that begin before this stop after their first step; `None`: none do.
-    light_until: Option<tokio::time::Instant>,
+    light_until: Option<Instant>,
     /// The bootstrap query being cut short.
     cutting: Option<kad::QueryId>,
     /// Whether `cutting` is a stand-in.
@@ -97,7 +96,7 @@ pub(super) struct Join {
 }
 
 impl Join {
-    pub(super) fn new(cfg: &crate::dht::Config, now: tokio::time::Instant) -> Self {
+    pub(super) fn new(cfg: &crate::dht::Config, now: Instant) -> Self {
         let light_until = match cfg.periodic_bootstrap_secs {
             _ if cfg.refresh_buckets_on_join => None,
             // No periodic refresh: the buckets are never refreshed on purpose.
@@ -119,7 +118,7 @@ impl Join {
         kad: &mut crate::dht::Behaviour,
         id: kad::QueryId,
         step: &kad::ProgressStep,
-        now: tokio::time::Instant,
+        now: Instant,
     ) {
         let was_cutting = self.cutting == Some(id);
         if self.stop_after(id, step, now) {
@@ -142,12 +141,7 @@ impl Join {
         }
     }
 
-    fn stop_after(
-        &mut self,
-        id: kad::QueryId,
-        step: &kad::ProgressStep,
-        now: tokio::time::Instant,
-    ) -> bool {
+    fn stop_after(&mut self, id: kad::QueryId, step: &kad::ProgressStep, now: Instant) -> bool {
         if step.last {
             if self.cutting == Some(id) {
                 self.cutting = None;
@@ -212,7 +206,7 @@ mod tests {
             count: count.try_into().expect("count > 0"),
             last,
         };
-        let t0 = tokio::time::Instant::now();
+        let t0 = Instant::now();
         let cfg = dht::Config::default(); // periodic refresh after 300 s
         let mut join = Join::new(&cfg, t0);
         assert!(
@@ -268,7 +262,7 @@ mod tests {
         use libp2p::swarm::{NetworkBehaviour, ToSwarm};
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let (mut dials, mut ended) = (0, Vec::new());
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         while let std::task::Poll::Ready(event) = kad.poll(&mut cx) {
             match event {
                 ToSwarm::Dial { .. } => dials += 1,
@@ -296,7 +290,7 @@ mod tests {
             let addr = format!("/memory/{}", i + 1).parse().expect("addr");
             kad.add_address(&PeerId::random(), addr);
         }
-        let mut join = Join::new(&dht::Config::default(), tokio::time::Instant::now());
+        let mut join = Join::new(&dht::Config::default(), Instant::now());
         let first = kad.bootstrap().expect("known peers");
         let (dials, ended) = run(&mut kad, &mut join);
         assert!(dials > 0, "the own-key lookup asks peers");

@@ -79,7 +79,7 @@ pub(super) struct State {
     pub(super) reservations: usize,
     /// `kad.mode = "auto"`: Kademlia serves exactly while the node is public.
     pub(super) kad_auto: bool,
-    pub(super) next_check: tokio::time::Instant,
+    pub(super) next_check: Instant,
     pub(super) punches: HashMap<PeerId, Punch>,
     pub(super) metrics: Metrics,
     /// `network.external_addresses`: public by configuration, never re-checked.
@@ -87,11 +87,7 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(
-        cfg: &crate::node::Config,
-        metrics: Metrics,
-        now: tokio::time::Instant,
-    ) -> Self {
+    pub(super) fn new(cfg: &crate::node::Config, metrics: Metrics, now: Instant) -> Self {
         Self {
             nat: nat::Tracker::default(),
             relays: nat::Relays::default(),
@@ -186,7 +182,7 @@ impl EventLoop {
         let after = self.traversal.nat.reachability();
         if before != after {
             tracing::info!(%after, "reachability changed");
-            self.traversal.next_check = tokio::time::Instant::now();
+            self.traversal.next_check = Instant::now();
             if self.traversal.kad_auto {
                 self.swarm.behaviour_mut().kad.set_mode(Some(
                     if after == nat::Reachability::Public {
@@ -209,7 +205,7 @@ impl EventLoop {
     /// Keeps `relay.reservations` reservations while the node is not public and drops them when
     /// it is.
     pub(super) fn maintain_relays(&mut self) {
-        self.traversal.next_check = tokio::time::Instant::now() + RELAY_CHECK_INTERVAL;
+        self.traversal.next_check = Instant::now() + RELAY_CHECK_INTERVAL;
         self.traversal
             .punches
             .retain(|_, p| p.started.elapsed() < PUNCH_TIMEOUT);
@@ -264,7 +260,7 @@ impl EventLoop {
                 address: address.clone(),
             });
             // The address other peers reach us at: published now, not within seconds.
-            self.presence.publish_now(tokio::time::Instant::now());
+            self.presence.publish_now(Instant::now());
         }
     }
 
@@ -277,7 +273,7 @@ impl EventLoop {
                 .get_or_create(&OutcomeLabels { outcome: "lost" })
                 .inc();
             self.emit(Event::RelayReservationLost { relay: r.relay });
-            self.traversal.next_check = tokio::time::Instant::now();
+            self.traversal.next_check = Instant::now();
         }
     }
 
@@ -315,7 +311,7 @@ impl EventLoop {
     /// direct one ends the peer's relayed connections.
     pub(super) fn on_connection_kind(&mut self, peer: PeerId, relayed: bool) {
         if !relayed && self.want_relays() && self.traversal.relays.connected(&peer) {
-            self.traversal.next_check = tokio::time::Instant::now();
+            self.traversal.next_check = Instant::now();
         }
         let Some(state) = self.conn.peers.get(&peer) else {
             return;
@@ -527,7 +523,7 @@ mod tests {
     #[test]
     fn desktops_want_relays_from_the_start_until_they_are_public() {
         let cfg = crate::node::Config::default();
-        let mut s = State::new(&cfg, Metrics::default(), tokio::time::Instant::now());
+        let mut s = State::new(&cfg, Metrics::default(), Instant::now());
         assert!(
             s.want_relays(Role::Desktop),
             "unknown, just started: relay first"
@@ -547,7 +543,7 @@ mod tests {
     #[test]
     fn kademlia_follows_reachability_only_in_auto_mode_on_desktops() {
         let mut cfg = crate::node::Config::default();
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         assert!(State::new(&cfg, Metrics::default(), now).kad_auto);
         cfg.role = Role::Bootstrap;
         assert!(!State::new(&cfg, Metrics::default(), now).kad_auto);
