@@ -11,7 +11,8 @@ use std::{
 
 use libp2p::{PeerId, identity::Keypair};
 use ml_dsa::{
-    EncodedVerifyingKey, MlDsa65, Signature, SigningKey, VerifyingKey, signature::Keypair as _,
+    EncodedVerifyingKey, ExpandedSigningKey, MlDsa65, Signature, SigningKey, VerifyingKey,
+    signature::Keypair as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,10 @@ pub enum Error {
 /// The two keys of a node and the signatures that bind them.
 pub struct Identity {
     keypair: Keypair,
-    ml_dsa: SigningKey<MlDsa65>,
+    /// The expanded ML-DSA-65 key alone: ml-dsa's `SigningKey` also keeps a precomputed
+    /// verifying key (~43 KiB), which signing never reads and peers get encoded in `binding`.
+    ml_dsa: ExpandedSigningKey<MlDsa65>,
+    ml_dsa_seed: [u8; 32],
     binding: Binding,
 }
 
@@ -119,7 +123,8 @@ impl Identity {
         let binding = Binding::create(&keypair, &ml_dsa);
         Self {
             keypair,
-            ml_dsa,
+            ml_dsa: ml_dsa.expanded_key().clone(),
+            ml_dsa_seed,
             binding,
         }
     }
@@ -140,7 +145,6 @@ impl Identity {
     /// Signs `msg` with the ML-DSA-65 key (deterministic variant, FIPS 204 context `ctx`, ≤ 255 bytes).
     pub fn sign_ml_dsa(&self, msg: &[u8], ctx: &[u8]) -> Vec<u8> {
         self.ml_dsa
-            .expanded_key()
             .sign_deterministic(msg, ctx)
             .expect("contexts used by this crate are shorter than 255 bytes")
             .encode()
@@ -167,7 +171,7 @@ impl Identity {
             .expect("identities are always Ed25519");
         let mut ed_secret = [0u8; 32];
         ed_secret.copy_from_slice(ed.secret().as_ref());
-        (ed_secret, self.ml_dsa.to_seed().into())
+        (ed_secret, self.ml_dsa_seed)
     }
 
     /// Loads the identity stored in `dir`, or `None` when there is none yet.
