@@ -28,11 +28,13 @@ use libp2p::{
     PeerId, Transport,
     core::{muxing::StreamMuxerBox, transport::MemoryTransport, upgrade},
     identity::Keypair,
-    noise, plaintext, tcp, yamux,
+    noise, tcp, yamux,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+mod plaintext;
 
 /// Writes queued on one connection end before the writer waits (backpressure).
 pub const WRITE_QUEUE: usize = 256;
@@ -140,10 +142,11 @@ where
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
-    /// libp2p's plaintext upgrade (`/plaintext/2.0.0`): peers exchange their public keys, which
-    /// prove nothing and encrypt nothing. A connection's setup costs no Diffie-Hellman, its bytes
-    /// no cipher: half a simulated node's CPU went to Noise. Everything above it (Yamux, identify,
-    /// Kademlia, the data protocol with its own post-quantum handshake) is unchanged.
+    /// libp2p's plaintext upgrade (`/plaintext/2.0.0`, here `link::plaintext`): peers exchange
+    /// their public keys, which prove nothing and encrypt nothing. A connection's setup costs no
+    /// Diffie-Hellman, its bytes no cipher: half a simulated node's CPU went to Noise. Everything
+    /// above it (Yamux, identify, Kademlia, the data protocol with its own post-quantum
+    /// handshake) is unchanged.
     #[default]
     Plaintext,
     /// Noise XX, as the node uses on TCP and QUIC's TLS stands for on QUIC.
