@@ -6,9 +6,9 @@
 //! Not libp2p-plaintext's `Config`, which speaks the same bytes: its handshake reads through a
 //! `Framed` and keeps the framer's 8 KiB read buffer in its output for the connection's whole
 //! life, even when empty, and every connection end of a simulation then held 8 KiB it never
-//! used (237 MB of `bursty-join`'s peak, simnet/README.md, "What a node costs"). This one reads
-//! the exchange to its last byte and no further, and hands on the socket itself. The test below
-//! runs it against libp2p-plaintext.
+//! used (237 MB of `bursty-join`'s peak: simnet/README.md, "Memory at the joins' peak"). This
+//! one reads the exchange to its last byte and no further, and hands on the socket itself. The
+//! tests below run it against libp2p-plaintext.
 
 use std::{io, iter};
 
@@ -221,6 +221,28 @@ mod tests {
             libp2p.read_exact(&mut y).await.unwrap();
             assert_eq!((&x, &y), (b"theirs", b"ours"));
         }
+    }
+
+    /// What the remote sends right after its exchange, in the same write, is left on the socket.
+    #[tokio::test]
+    async fn reads_no_further_than_the_exchange() {
+        let (a, mut b) = pair();
+        let theirs = Keypair::generate_ed25519();
+        let mut bytes = Config::new(&theirs).exchange;
+        bytes.extend_from_slice(b"next");
+        b.write_all(&bytes).await.unwrap();
+        let mine = Config::new(&Keypair::generate_ed25519());
+        let (peer, mut socket) = mine.upgrade_inbound(a, PROTOCOL).await.unwrap();
+        assert_eq!(peer, theirs.public().to_peer_id());
+        let mut next = [0u8; 4];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            socket.read_exact(&mut next),
+        )
+        .await
+        .expect("the bytes after the exchange are still there to read")
+        .unwrap();
+        assert_eq!(&next, b"next");
     }
 
     #[tokio::test]
