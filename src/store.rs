@@ -1,5 +1,7 @@
 //! Persistent node state in one sled database under the data directory, and the check that it
-//! still holds everything it committed ([`commit`], `protocols/store-v1.md`).
+//! still holds everything it committed ([`commit`], `protocols/store-v1.md`). Stores in memory
+//! ([`Store::temporary`]) are for tests and simulation; simulated nodes share a database, each
+//! under its own tree names ([`Store::temporary_in`], [`SharedTemporary`]).
 //!
 //! Trees: `peerbook` (known peers, [`peerbook`]), `outbox` / `inbox` (messages, [`outbox`],
 //! [`inbox`]), `transfers_*` ([`transfers`]), `bundles` (verified key bundles of peers, for IK
@@ -18,6 +20,7 @@ pub mod node_state;
 pub mod outbox;
 pub mod peerbook;
 pub mod transfers;
+mod trees;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,6 +37,8 @@ pub use node_state::{Bundles, NameClaim, PresenceSeq, Sequence};
 pub use outbox::Outbox;
 pub use peerbook::PeerBook;
 pub use transfers::Transfers;
+use trees::Trees;
+pub use trees::{Counts, SharedTemporary};
 
 /// Small values: outbox epoch, presence sequence number.
 pub const META_TREE: &str = "meta";
@@ -137,7 +142,7 @@ pub fn peer_key(peer: &PeerId) -> Vec<u8> {
 /// Handle to the node's database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: Trees,
     committer: Committer,
     /// The data directory, for a database on disk.
     data_dir: Option<PathBuf>,
@@ -202,7 +207,7 @@ impl Store {
                 expected: record,
                 found_generation: found,
                 clean,
-                now: db.as_ref().map(Counts::of).unwrap_or_default(),
+                now: db.as_ref().map(Counts::of_db).unwrap_or_default(),
                 unreadable,
             };
             if !opts.accept_data_loss {
@@ -226,6 +231,7 @@ impl Store {
         let _ = std::fs::remove_file(data_dir.join(commit::CLEAN_FILE));
         // The generation goes on from the larger of the two, so the record stays ahead of nothing
         // the database does not hold.
+        let db = Trees::whole(db);
         let committer = Committer::new(&db, Some(data_dir), expected.max(found))?;
         let store = Self::new(db, committer, Some(data_dir.to_owned()));
         store.committer.commit_blocking()?;
@@ -269,7 +275,7 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let found = stored_generation(&db)?;
-            let counts = Counts::of(&db);
+            let counts = Counts::of_db(&db);
             if record.is_some_and(|r| r.generation > found) {
                 return Err(loss(found, counts, None));
             }
@@ -288,7 +294,7 @@ impl Store {
         result
     }
 
-    fn new(db: sled::Db, committer: Committer, data_dir: Option<PathBuf>) -> Self {
+    fn new(db: Trees, committer: Committer, data_dir: Option<PathBuf>) -> Self {
         Self {
             db,
             committer,
@@ -302,12 +308,15 @@ impl Store {
     /// in-memory buffer of one segment, so a thousand simulated nodes kept up to a thousand
     /// half-touched 512 KiB buffers (`cargo bench -p simnet --bench node_parts`).
     pub fn temporary() -> Result<Self, Error> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .cache_capacity(1024 * 1024)
-            .segment_size(64 * 1024)
-            .flush_every_ms(None)
-            .open()?;
+        let db = Trees::whole(temporary_config(1024 * 1024).open()?);
+        let committer = Committer::new(&db, None, 0)?;
+        Ok(Self::new(db, committer, None))
+    }
+
+    /// A temporary store whose trees live in `shared` under the prefix `name/` (simulated
+    /// nodes, see [`SharedTemporary`]): alike in everything but the cost of a database.
+    pub fn temporary_in(shared: &SharedTemporary, name: &str) -> Result<Self, Error> {
+        let db = shared.trees(name);
         let committer = Committer::new(&db, None, 0)?;
         Ok(Self::new(db, committer, None))
     }
@@ -454,6 +463,15 @@ pub struct Check {
 /// was just closed (a node restarted in the same process, say) let go of it within moments.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// A database in memory (a temporary file sled deletes on drop) with a cache of `cache_bytes`.
+fn temporary_config(cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .temporary(true)
+        .cache_capacity(cache_bytes)
+        .segment_size(64 * 1024)
+        .flush_every_ms(None)
+}
+
 fn open_db(data_dir: &Path, path: &Path, cache_mib: u64) -> Result<sled::Db, Error> {
     waiting_for_lock(|| {
         sled::Config::new()
@@ -541,50 +559,6 @@ fn tempfile_dir(data_dir: &Path) -> Result<PathBuf, Error> {
     ));
     std::fs::create_dir(&dir).map_err(|e| Error::file(&dir, e))?;
     Ok(dir)
-}
-
-/// What a database held, for the reports (record counts).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counts {
-    pub inbox: usize,
-    pub queued: usize,
-    pub delivery_marks: usize,
-    pub tokens: usize,
-    pub transfers: usize,
-}
-
-impl Counts {
-    pub(crate) fn of(db: &sled::Db) -> Self {
-        let len = |name: &str| {
-            if db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == name.as_bytes())
-            {
-                db.open_tree(name).map_or(0, |t| t.len())
-            } else {
-                0
-            }
-        };
-        Self {
-            inbox: len(inbox::TREE),
-            queued: len(outbox::TREE),
-            delivery_marks: len(inbox::HWM_TREE),
-            tokens: len(ASSIST_TOKENS_TREE),
-            transfers: len(transfers::IN_TREE) + len(transfers::OUT_TREE),
-        }
-    }
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} received messages, {} messages waiting to be sent, delivery marks for {} \
-             sender(s), {} assist token(s), {} file transfer(s)",
-            self.inbox, self.queued, self.delivery_marks, self.tokens, self.transfers
-        )
-    }
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ pub struct Committer {
 }
 
 struct Inner {
-    db: sled::Db,
+    db: super::Trees,
     meta: sled::Tree,
     record: Option<Mutex<RecordFile>>,
     generation: AtomicU64,
@@ -157,7 +157,7 @@ struct Inner {
 
 impl Committer {
     pub(super) fn new(
-        db: &sled::Db,
+        db: &super::Trees,
         data_dir: Option<&Path>,
         generation: u64,
     ) -> Result<Self, Error> {

@@ -65,7 +65,7 @@ pub enum Accepted {
 
 #[derive(Clone)]
 pub struct Inbox {
-    db: sled::Db,
+    db: super::Trees,
     committer: super::Committer,
     messages: sled::Tree,
     hwm: sled::Tree,
@@ -83,7 +83,7 @@ fn hwm_key(from: &PeerId, epoch: u64) -> Vec<u8> {
 
 impl Inbox {
     pub(super) fn open(
-        db: &sled::Db,
+        db: &super::Trees,
         committer: super::Committer,
         notify: Broadcast<Message>,
     ) -> Result<Self, Error> {

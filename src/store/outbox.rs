@@ -56,7 +56,7 @@ pub struct Entry {
 
 #[derive(Clone)]
 pub struct Outbox {
-    db: sled::Db,
+    db: super::Trees,
     committer: super::Committer,
     queue: sled::Tree,
     seqs: sled::Tree,
@@ -71,7 +71,7 @@ fn queue_key(peer: &PeerId, seq: u64) -> Vec<u8> {
 }
 
 impl Outbox {
-    pub(super) fn open(db: &sled::Db, committer: super::Committer) -> Result<Self, Error> {
+    pub(super) fn open(db: &super::Trees, committer: super::Committer) -> Result<Self, Error> {
         let meta = db.open_tree(super::META_TREE)?;
         let epoch = match meta.get(EPOCH_KEY)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),

@@ -79,3 +79,51 @@ async fn commit_on_many_stores_at_once() -> Vec<usize> {
     }
     stores.iter().map(|s| s.inbox().unwrap().len()).collect()
 }
+
+/// Stores that share one database (simulated nodes) see only their own trees: what one queues,
+/// receives and keeps in `meta` the other does not, and each counts only its own.
+#[tokio::test]
+async fn stores_sharing_a_database_stay_apart() {
+    let shared = SharedTemporary::new(2).unwrap();
+    let (a, b) = (
+        Store::temporary_in(&shared, "node-0").unwrap(),
+        Store::temporary_in(&shared, "node-1").unwrap(),
+    );
+    let peer = libp2p::PeerId::random();
+    for body in ["one", "two"] {
+        a.outbox()
+            .unwrap()
+            .enqueue(peer, body.into(), Default::default())
+            .unwrap();
+    }
+    let data = crate::wire::Data {
+        epoch: 1,
+        seq: 1,
+        msg_id: [7; 16],
+        sent_at_ms: 0,
+        via: Default::default(),
+        group: None,
+        body: "hello".into(),
+    };
+    b.inbox().unwrap().accept(&peer, &data).unwrap();
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+
+    assert_eq!(a.outbox().unwrap().queued(), 2);
+    assert_eq!(b.outbox().unwrap().queued(), 0);
+    assert_eq!((a.inbox().unwrap().len(), b.inbox().unwrap().len()), (0, 1));
+    assert_ne!(
+        a.outbox().unwrap().epoch(),
+        b.outbox().unwrap().epoch(),
+        "each store has its own outbox epoch in its own meta tree"
+    );
+    let counts = |s: &Store| Counts::of(&s.db);
+    assert_eq!((counts(&a).queued, counts(&a).inbox), (2, 0));
+    assert_eq!((counts(&b).queued, counts(&b).inbox), (0, 1));
+    // A store of its own keeps the names protocols/store-v1.md gives its trees.
+    let own = Store::temporary().unwrap();
+    own.outbox().unwrap();
+    assert!(own.db.exists(outbox::TREE));
+    assert!(shared.trees("node-0").exists(outbox::TREE));
+    assert!(!shared.trees("node-2").exists(outbox::TREE));
+}

@@ -124,7 +124,7 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    pub(super) fn open(db: &sled::Db) -> Result<Self, Error> {
+    pub(super) fn open(db: &super::Trees) -> Result<Self, Error> {
         Ok(Self {
             out: Records::open(db, OUT_TREE)?,
             inc: Records::open(db, IN_TREE)?,
@@ -183,7 +183,7 @@ pub struct Records<T> {
 }
 
 impl<T: Record> Records<T> {
-    fn open(db: &sled::Db, name: &str) -> Result<Self, Error> {
+    fn open(db: &super::Trees, name: &str) -> Result<Self, Error> {
         Ok(Self {
             tree: db.open_tree(name)?,
             records: PhantomData,
