@@ -6,6 +6,8 @@
 //!   that `NODE_PARTS_PEERS` peers (default 150) identified twice each — about what one node of
 //!   `bursty-join` records — against sled's default segment size (512 KiB) with the same writes;
 //! - the same store empty;
+//! - a store as simnet gives its nodes (`Store::temporary_in`: 64 stores share one database),
+//!   with the same peer book;
 //! - a node identity (`Identity`: Ed25519 keypair, ML-DSA-65 signing key and binding).
 //!
 //! `cargo bench -p simnet --bench node_parts`. Linux only (reads `/proc/self/status`). Figures
@@ -15,7 +17,7 @@ use std::any::Any;
 
 use commucat::{
     identity::Identity,
-    store::{Store, peerbook},
+    store::{SharedTemporary, Store, peerbook},
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -67,6 +69,18 @@ fn identified(i: usize) -> (Vec<Multiaddr>, Option<String>) {
     (addrs, Some("commucat/0.1.0".to_string()))
 }
 
+/// Records each of `peers` twice in `store`'s peer book, as identify does.
+fn fill_peer_book(store: &Store, peers: &[PeerId], limits: peerbook::Limits) {
+    let book = store.peer_book(limits).expect("the peer book opens");
+    for _ in 0..2 {
+        for (i, peer) in peers.iter().enumerate() {
+            let (addrs, agent_version) = identified(i);
+            book.record(peer, addrs, agent_version, true)
+                .expect("the peer book records");
+        }
+    }
+}
+
 fn main() {
     let n = env_usize("NODE_PARTS_N", 300);
     let peers_n = env_usize("NODE_PARTS_PEERS", 150);
@@ -101,14 +115,17 @@ fn main() {
     });
     let store = per_instance(&mut kept, n, |_| {
         let store = Store::temporary().expect("a temporary store opens");
-        let book = store.peer_book(limits).expect("the peer book opens");
-        for _ in 0..2 {
-            for (i, peer) in peers.iter().enumerate() {
-                let (addrs, agent_version) = identified(i);
-                book.record(peer, addrs, agent_version, true)
-                    .expect("the peer book records");
-            }
+        fill_peer_book(&store, &peers, limits);
+        store
+    });
+    let mut shared = None;
+    let in_shared = per_instance(&mut kept, n, |i| {
+        if i % 64 == 0 {
+            shared = Some(SharedTemporary::new(64).expect("a shared database opens"));
         }
+        let db = shared.as_ref().expect("opened at i = 0");
+        let store = Store::temporary_in(db, &format!("node-{i}")).expect("a store opens");
+        fill_peer_book(&store, &peers, limits);
         store
     });
     let empty = per_instance(&mut kept, n, |_| {
@@ -123,6 +140,10 @@ fn main() {
     println!(
         "temporary store with its peer book: {store:.0} KiB per node (sled's default segment size: {baseline:.0} KiB; ratio {:.2})",
         store / baseline
+    );
+    println!(
+        "the same, 64 stores in one database:  {in_shared:.0} KiB per node (ratio {:.2})",
+        in_shared / store
     );
     println!("temporary store, empty:             {empty:.0} KiB per node");
     println!("identity (Ed25519, ML-DSA-65):       {identity:.0} KiB per node");

@@ -19,7 +19,7 @@ use commucat::{
     crypto::LocalKeys,
     daemon::{self, Daemon},
     node::Event,
-    store::Store,
+    store::{SharedTemporary, Store},
 };
 use futures::{StreamExt, stream};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
@@ -44,6 +44,10 @@ pub const SPLIT_CONNECTIONS_PER_IP: u32 = 1 << 16;
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take to stop or start during churn.
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nodes whose stores share one in-memory sled database, each under its own tree names
+/// (`commucat::store::SharedTemporary`): a database of its own cost a node ~250 KiB before it
+/// held anything (simnet/README.md, "Toward `dht-10000`").
+pub const STORES_PER_DB: usize = 64;
 
 /// Memory-transport ports handed out in this process: each node keeps its port across restarts,
 /// as a desktop keeps its TCP port.
@@ -147,6 +151,20 @@ pub struct Fleet {
     bytes_of_stopped: u64,
 }
 
+/// The database node `i`'s store shares with its neighbours in numbering.
+fn shared_db(
+    dbs: &mut HashMap<usize, SharedTemporary>,
+    i: usize,
+) -> anyhow::Result<SharedTemporary> {
+    let k = i / STORES_PER_DB;
+    if let Some(db) = dbs.get(&k) {
+        return Ok(db.clone());
+    }
+    let db = SharedTemporary::new(STORES_PER_DB as u64)?;
+    dbs.insert(k, db.clone());
+    Ok(db)
+}
+
 impl Fleet {
     /// A slot per planned node of this process, each on its own port and told its bootstrap
     /// peers.
@@ -165,6 +183,7 @@ impl Fleet {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         };
         let mut slots = Vec::with_capacity(total);
+        let mut dbs: HashMap<usize, SharedTemporary> = HashMap::new();
         for (i, p) in plan.nodes.iter().enumerate() {
             if !team.owns(i) {
                 slots.push(None);
@@ -182,7 +201,7 @@ impl Fleet {
                 .collect();
             slots.push(Some(Arc::new(Slot {
                 keys: Arc::new(plan.keys(i)),
-                store: Store::temporary()?,
+                store: Store::temporary_in(&shared_db(&mut dbs, i)?, &format!("node-{i}"))?,
                 cfg,
                 downloads: tempfile::tempdir()?,
                 files: tempfile::tempdir()?,
