@@ -229,9 +229,9 @@ impl Store {
             db.expect("opened when nothing was lost")
         };
         let _ = std::fs::remove_file(data_dir.join(commit::CLEAN_FILE));
+        let db = Trees::whole(db);
         // The generation goes on from the larger of the two, so the record stays ahead of nothing
         // the database does not hold.
-        let db = Trees::whole(db);
         let committer = Committer::new(&db, Some(data_dir), expected.max(found))?;
         let store = Self::new(db, committer, Some(data_dir.to_owned()));
         store.committer.commit_blocking()?;
