@@ -151,20 +151,6 @@ pub struct Fleet {
     bytes_of_stopped: u64,
 }
 
-/// The database node `i`'s store shares with its neighbours in numbering.
-fn shared_db(
-    dbs: &mut HashMap<usize, SharedTemporary>,
-    i: usize,
-) -> anyhow::Result<SharedTemporary> {
-    let k = i / STORES_PER_DB;
-    if let Some(db) = dbs.get(&k) {
-        return Ok(db.clone());
-    }
-    let db = SharedTemporary::new(STORES_PER_DB as u64)?;
-    dbs.insert(k, db.clone());
-    Ok(db)
-}
-
 impl Fleet {
     /// A slot per planned node of this process, each on its own port and told its bootstrap
     /// peers.
@@ -183,7 +169,8 @@ impl Fleet {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         };
         let mut slots = Vec::with_capacity(total);
-        let mut dbs: HashMap<usize, SharedTemporary> = HashMap::new();
+        // Nodes with the same i / STORES_PER_DB share a database (the loop meets them in order).
+        let mut db: Option<(usize, SharedTemporary)> = None;
         for (i, p) in plan.nodes.iter().enumerate() {
             if !team.owns(i) {
                 slots.push(None);
@@ -199,9 +186,14 @@ impl Fleet {
             cfg.bootstrap.peers = (p.bootstrap.iter())
                 .map(|&b| addrs[b].clone().with(Protocol::P2p(ids[b])))
                 .collect();
+            let k = i / STORES_PER_DB;
+            if db.as_ref().is_none_or(|(held, _)| *held != k) {
+                db = Some((k, SharedTemporary::new(STORES_PER_DB as u64)?));
+            }
+            let shared = &db.as_ref().context("set above")?.1;
             slots.push(Some(Arc::new(Slot {
                 keys: Arc::new(plan.keys(i)),
-                store: Store::temporary_in(&shared_db(&mut dbs, i)?, &format!("node-{i}"))?,
+                store: Store::temporary_in(shared, &format!("node-{i}"))?,
                 cfg,
                 downloads: tempfile::tempdir()?,
                 files: tempfile::tempdir()?,

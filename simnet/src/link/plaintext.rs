@@ -10,7 +10,7 @@
 //! one reads the exchange to its last byte and no further, and hands on the socket itself. The
 //! tests below run it against libp2p-plaintext.
 
-use std::{io, iter};
+use std::{io, iter, sync::Arc};
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, future::BoxFuture};
 use libp2p::{
@@ -24,10 +24,11 @@ pub const PROTOCOL: &str = "/plaintext/2.0.0";
 /// Longest `Exchange` accepted (an Ed25519 key's is 78 bytes; RSA keys are longer).
 pub const MAX_EXCHANGE: usize = 4096;
 
-/// The upgrade: this node's `Exchange`, encoded once.
+/// The upgrade: this node's `Exchange`, encoded once (libp2p clones the upgrade for every
+/// connection).
 #[derive(Clone)]
 pub struct Config {
-    exchange: Vec<u8>,
+    exchange: Arc<[u8]>,
 }
 
 impl Config {
@@ -38,7 +39,9 @@ impl Config {
         field(&mut body, 2, &public.encode_protobuf());
         let mut exchange = varint(body.len() as u64);
         exchange.extend_from_slice(&body);
-        Self { exchange }
+        Self {
+            exchange: exchange.into(),
+        }
     }
 
     async fn handshake<C>(self, mut socket: C) -> io::Result<(PeerId, C)>
@@ -99,14 +102,8 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("plaintext: {what}"))
 }
 
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out
+fn varint(v: u64) -> Vec<u8> {
+    unsigned_varint::encode::u64(v, &mut unsigned_varint::encode::u64_buffer()).to_vec()
 }
 
 /// A length-delimited protobuf field (wire type 2).
@@ -136,14 +133,7 @@ async fn read_len<C: AsyncRead + Unpin>(socket: &mut C) -> io::Result<usize> {
 
 /// A varint at the start of `buf`, and the rest.
 fn take_varint(buf: &[u8]) -> Option<(u64, &[u8])> {
-    let mut v = 0u64;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, &buf[i + 1..]));
-        }
-    }
-    None
+    unsigned_varint::decode::u64(buf).ok()
 }
 
 /// `Exchange`'s `id` and `pubkey`; other fields are skipped, as protobuf readers do.
@@ -228,7 +218,7 @@ mod tests {
     async fn reads_no_further_than_the_exchange() {
         let (a, mut b) = pair();
         let theirs = Keypair::generate_ed25519();
-        let mut bytes = Config::new(&theirs).exchange;
+        let mut bytes = Config::new(&theirs).exchange.to_vec();
         bytes.extend_from_slice(b"next");
         b.write_all(&bytes).await.unwrap();
         let mine = Config::new(&Keypair::generate_ed25519());
