@@ -452,6 +452,15 @@ async fn metrics_count_sessions_and_requests() {
         "{after}"
     );
     assert!(metric(&after, "commucat_data_handshakes_noise_total") >= 1.0);
+    // What B's identify told A, as libp2p-metrics counts it.
+    assert!(metric(&after, "commucat_libp2p_identify_received_total") >= 1.0);
+    for gauge in [
+        "commucat_libp2p_identify_remote_protocols{protocol=\"/ipfs/ping/1.0.0\"}",
+        "commucat_libp2p_identify_remote_listen_addresses{listen_address=\"/ip4/tcp",
+        "commucat_libp2p_identify_local_observed_addresses{observed_address=\"/ip4/tcp",
+    ] {
+        assert!(metric(&after, gauge) >= 1.0, "{gauge} in {after}");
+    }
     assert!(
         metric(
             &after,
