@@ -68,6 +68,9 @@ async fn five() -> Vec<Peer> {
 }
 
 async fn members_agree(peers: &[&Peer], group: GroupId, n: usize) {
+    // Printed each time it changes: a failed run shows what each member held last (once, in a
+    // full run of the suite, the members of the last test below had not agreed after 120 s).
+    let last = std::sync::Mutex::new(Vec::new());
     until("the members to hold the same log", WAIT, || async {
         let heads: Vec<_> = peers
             .iter()
@@ -79,6 +82,21 @@ async fn members_agree(peers: &[&Peer], group: GroupId, n: usize) {
                     .map(|g| (g.head, g.members.len()))
             })
             .collect();
+        let mut last = last.lock().unwrap();
+        if *last != heads {
+            let shown: Vec<String> = (heads.iter())
+                .map(|h| match h {
+                    Some((head, n)) => format!(
+                        "seq {} {} ({n} members)",
+                        head.seq,
+                        hex::encode(&head.digest[..4])
+                    ),
+                    None => "no log".into(),
+                })
+                .collect();
+            eprintln!("the members hold: {}", shown.join(", "));
+            *last = heads.clone();
+        }
         heads.iter().all(|h| h.is_some() && *h == heads[0]) && heads[0].unwrap().1 == n
     })
     .await;
