@@ -6,7 +6,8 @@
 //!   that `NODE_PARTS_PEERS` peers (default 150) identified twice each — about what one node of
 //!   `bursty-join` records — against sled's default segment size (512 KiB) with the same writes;
 //! - the same store empty;
-//! - a store as simnet gives its nodes (`Store::temporary_in`: 64 stores share one database),
+//! - a store as simnet gives its nodes (`Store::temporary_in`: `fleet::STORES_PER_DB` stores share
+//!   one database),
 //!   with the same peer book;
 //! - a node identity (`Identity`: Ed25519 keypair, ML-DSA-65 signing key and binding).
 //!
@@ -20,6 +21,7 @@ use commucat::{
     store::{SharedTemporary, Store, peerbook},
 };
 use libp2p::{Multiaddr, PeerId};
+use simnet::fleet::STORES_PER_DB;
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
@@ -120,8 +122,8 @@ fn main() {
     });
     let mut shared = None;
     let in_shared = per_instance(&mut kept, n, |i| {
-        if i % 64 == 0 {
-            shared = Some(SharedTemporary::new(64).expect("a shared database opens"));
+        if i % STORES_PER_DB == 0 {
+            shared = Some(SharedTemporary::new(STORES_PER_DB as u64).expect("a database opens"));
         }
         let db = shared.as_ref().expect("opened at i = 0");
         let store = Store::temporary_in(db, &format!("node-{i}")).expect("a store opens");
@@ -142,7 +144,7 @@ fn main() {
         store / baseline
     );
     println!(
-        "the same, 64 stores in one database:  {in_shared:.0} KiB per node (ratio {:.2})",
+        "the same, {STORES_PER_DB} stores in one database:  {in_shared:.0} KiB per node (ratio {:.2})",
         in_shared / store
     );
     println!("temporary store, empty:             {empty:.0} KiB per node");

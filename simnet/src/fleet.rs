@@ -187,17 +187,18 @@ impl Fleet {
                 .map(|&b| addrs[b].clone().with(Protocol::P2p(ids[b])))
                 .collect();
             let k = i / STORES_PER_DB;
-            if db.as_ref().is_none_or(|(held, _)| *held != k) {
-                db = Some((k, SharedTemporary::new(STORES_PER_DB as u64)?));
-            }
-            let shared = &db.as_ref().context("set above")?.1;
+            let shared = match db.take() {
+                Some((held, shared)) if held == k => shared,
+                _ => SharedTemporary::new(STORES_PER_DB as u64)?,
+            };
             slots.push(Some(Arc::new(Slot {
                 keys: Arc::new(plan.keys(i)),
-                store: Store::temporary_in(shared, &format!("node-{i}"))?,
+                store: Store::temporary_in(&shared, &format!("node-{i}"))?,
                 cfg,
                 downloads: tempfile::tempdir()?,
                 files: tempfile::tempdir()?,
             })));
+            db = Some((k, shared));
         }
         Ok(Self {
             ids,
