@@ -18,6 +18,7 @@ mod command;
 pub mod config;
 mod event;
 mod event_loop;
+pub mod hold;
 pub mod ip_limits;
 pub mod streams;
 pub mod transport;
@@ -119,9 +120,19 @@ impl Node {
         )?;
         let (data_behaviour, data_streams, data_control) =
             crate::node::streams::new(crate::node::streams::Metrics::register(&mut registry));
-        let behaviour =
-            behaviour::Behaviour::new(&keypair, cfg, with_mdns, relay_client, data_behaviour)
-                .map_err(Error::Mdns)?;
+        let hold = hold::Behaviour::new(
+            hold::holding_limit(cfg.bootstrap.min_peers, cfg.network.trim_connections_to),
+            hold::held_by_limit(cfg.network.trim_connections_to),
+            hold::Metrics::register(&mut registry),
+        );
+        let behaviour = behaviour::Behaviour::new(
+            &keypair,
+            cfg,
+            with_mdns,
+            relay_client,
+            (data_behaviour, hold),
+        )
+        .map_err(Error::Mdns)?;
         let swarm = Swarm::new(
             transport,
             behaviour,

@@ -18,37 +18,22 @@ use commucat::{
 };
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport as _,
-    core::{transport::MemoryTransport, upgrade},
+    Multiaddr, PeerId, Swarm,
     kad::{self, Quorum, Record, store::MemoryStore},
     multiaddr::Protocol,
-    noise,
     swarm::SwarmEvent,
-    yamux,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
 const NODES: usize = 4;
 
 fn attacker() -> Swarm<kad::Behaviour<MemoryStore>> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_other_transport(|kp| {
-            Ok(MemoryTransport::default()
-                .upgrade(upgrade::Version::V1)
-                .authenticate(noise::Config::new(kp)?)
-                .multiplex(yamux::Config::default()))
-        })
-        .unwrap()
-        .with_behaviour(|kp| {
-            let id = kp.public().to_peer_id();
-            let mut cfg = kad::Config::new(dht::PROTOCOL);
-            cfg.set_max_packet_size(dht::MAX_KAD_PACKET);
-            kad::Behaviour::with_config(id, MemoryStore::new(id), cfg)
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build()
+    common::inproc::raw_swarm(|kp| {
+        let id = kp.public().to_peer_id();
+        let mut cfg = kad::Config::new(dht::PROTOCOL);
+        cfg.set_max_packet_size(dht::MAX_KAD_PACKET);
+        kad::Behaviour::with_config(id, MemoryStore::new(id), cfg)
+    })
 }
 
 /// Drives the attacker's swarm until `done` says so for one of its events.

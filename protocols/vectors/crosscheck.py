@@ -20,6 +20,7 @@ data-v2-session.json: rebuilds both key bundles' bodies (pyca/cryptography, dili
 their ids, the prologue, the three Noise XX messages with their ML-KEM-768 payloads and the handshake
 hash (noiseprotocol, kyber-py, hashlib), the session keys, the first SEALED frame (FINISHED) and one
 key update (kyber-py, HKDF-SHA3-512 with the root as salt).
+hold-v1.json: rebuilds the multistream-select messages from their rules (varint length, text, newline).
 names-v1.json: normalises the typed handle with Python's unicodedata (NFKC) and str.casefold, and
 verifies the name record's binding and signatures likewise.
 Exits non-zero on any mismatch.
@@ -334,4 +335,21 @@ ch, ah = hashlib.sha256(create_raw).digest(), hashlib.sha256(add_raw).digest()
 check("groups: entry hashes and the chain", ch.hex() == gv["create"]["hash"] and ah.hex() == gv["add"]["hash"]
       and a["prev"] == ch)
 check("groups: head digest", hashlib.sha256(ch + ah).hexdigest() == gv["head_digest"])
+
+
+# hold-v1.json: multistream-select 1.0.0 messages are an unsigned LEB128 length, the text and "\n".
+def ms(text):
+    raw, n, out = text.encode() + b"\n", len(text) + 1, b""
+    while True:
+        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out + raw
+
+
+hv = json.loads((here / "hold-v1.json").read_text())
+header = ms("/multistream/1.0.0")
+check("hold: proposal and acceptance", (header + ms(hv["protocol"])).hex() == hv["dialer_proposal"]
+      == hv["listener_accept"])
+check("hold: refusal", (header + ms("na")).hex() == hv["listener_refuse"])
 sys.exit(1 if failures else 0)

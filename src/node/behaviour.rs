@@ -29,6 +29,7 @@ pub fn agent_version() -> String {
 pub fn protocols(cfg: &Config) -> Vec<String> {
     let mut out = vec![
         crate::wire::PROTOCOL.to_string(),
+        crate::node::hold::PROTOCOL.to_string(),
         dht::PROTOCOL.to_string(),
         "/ipfs/id/1.0.0".to_string(),
         "/ipfs/id/push/1.0.0".to_string(),
@@ -65,6 +66,8 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// `/commucat/data` streams, both ways (none lost, see [`crate::node::streams`]).
     pub data: crate::node::streams::Behaviour,
+    /// `/commucat/hold/1.0.0`: the connections to `bootstrap.min_peers` peers kept open.
+    pub hold: crate::node::hold::Behaviour,
     /// Streams of other protocols (the benchmark's raw streams).
     pub stream: libp2p_stream::Behaviour,
 }
@@ -75,7 +78,10 @@ impl Behaviour {
         cfg: &Config,
         with_mdns: bool,
         relay_client: relay::client::Behaviour,
-        data: crate::node::streams::Behaviour,
+        (data, hold): (
+            crate::node::streams::Behaviour,
+            crate::node::hold::Behaviour,
+        ),
     ) -> std::io::Result<Self> {
         let local = keypair.public().to_peer_id();
         let n = &cfg.network;
@@ -125,6 +131,7 @@ impl Behaviour {
             relay_client,
             dcutr: dcutr::Behaviour::new(local),
             data,
+            hold,
             stream: libp2p_stream::Behaviour::new(),
         })
     }

@@ -118,7 +118,7 @@ pub struct Bootstrap {
     /// list is `bootstrap/peers.toml`, compiled in.
     pub peers: Vec<Multiaddr>,
     /// When fewer peers than this are connected, as many bootstrap and remembered peers as are
-    /// missing are dialled again.
+    /// missing are dialled again. This many peers are also held (`node::hold`).
     pub min_peers: usize,
     /// Seconds between those checks.
     pub check_interval_secs: NonZeroU64,

@@ -452,14 +452,17 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(event) => {
                 self.metrics.record(&event);
-                if let ping::Event {
-                    peer,
-                    result: Ok(rtt),
-                    ..
-                } = event
-                    && let Some(state) = self.conn.peers.get_mut(&peer)
-                {
-                    state.rtt = Some(rtt);
+                match event.result {
+                    Ok(rtt) => {
+                        if let Some(state) = self.conn.peers.get_mut(&event.peer) {
+                            state.rtt = Some(rtt);
+                        }
+                    }
+                    // Not answered: a held connection would never idle out (`node::hold`).
+                    Err(ping::Failure::Timeout | ping::Failure::Other { .. }) => {
+                        (self.swarm.behaviour_mut().hold).ping_failed(event.peer, event.connection)
+                    }
+                    Err(ping::Failure::Unsupported) => {}
                 }
             }
             BehaviourEvent::Kad(event) => {

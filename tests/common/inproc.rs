@@ -107,3 +107,24 @@ pub fn metric(node: &Node, name: &str) -> f64 {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+/// A bare libp2p swarm on the memory transport (Noise, Yamux), with `behaviour` and a 120 s idle
+/// timeout: a peer whose handlers nobody on the team wrote.
+pub fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    use libp2p::{Transport as _, core::upgrade};
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_other_transport(|kp| {
+            Ok(libp2p::core::transport::MemoryTransport::default()
+                .upgrade(upgrade::Version::V1)
+                .authenticate(libp2p::noise::Config::new(kp)?)
+                .multiplex(libp2p::yamux::Config::default()))
+        })
+        .unwrap()
+        .with_behaviour(behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}

@@ -2,8 +2,8 @@
 //! `network.trim_connections_above` connections are established, the node closes whole peers'
 //! connections, the longest-connected first, until `network.trim_connections_to` remain. It spares
 //! peers connected for less than `network.trim_grace_secs`, peers with an open data stream (a
-//! session or a transfer), relays holding our reservation, peers holding one on us, and the
-//! bootstrap peers.
+//! session or a transfer), relays holding our reservation, peers holding one on us, the
+//! bootstrap peers, and peers held open by `/commucat/hold/1.0.0` either way (`node::hold`).
 //!
 //! Without it, a desktop in a network of a few hundred nodes filled its `max_connections` with the
 //! peers its DHT lookups and theirs had touched, and then could not dial the one peer it had
@@ -136,8 +136,9 @@ impl EventLoop {
         let active = self.swarm.behaviour().data.active().clone();
         let bootstrap: HashSet<PeerId> = self.conn.bootstrap.iter().map(|(p, _)| *p).collect();
         let relays = &self.traversal.relays;
+        let held = self.swarm.behaviour().hold.holds();
         let victims = self.trim.pick(established as usize, per_peer, now, |p| {
-            bootstrap.contains(p) || active.contains(p) || relays.holds(p)
+            bootstrap.contains(p) || active.contains(p) || relays.holds(p) || held.contains(p)
         });
         if !victims.is_empty() {
             tracing::debug!(peers = victims.len(), "trimming connections");
