@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 /// Most nodes one scenario may start.
-pub const MAX_NODES: usize = 5_000;
+pub const MAX_NODES: usize = 10_000;
 /// Most workload operations one scenario may schedule.
 pub const MAX_OPERATIONS: usize = 1_000_000;
 /// Longest workload phase, seconds.
